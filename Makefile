@@ -1,0 +1,41 @@
+SHELL := /bin/bash
+# dsmigrate: live process migration for DSM clusters.
+# make demo  - install what is missing, build, run the demo on a namespace cluster
+# make test  - install what is missing, run unit and integration tests (root)
+# make bench - benchmarks (ratios measured side by side)
+
+GO      ?= go
+export GOFLAGS ?= -mod=mod
+BIN     := bin
+CMDS    := migrated dsmrun
+
+.PHONY: all build deps demo test unit integration bench clean vet
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+vet:
+	$(GO) vet ./...
+
+demo: deps build
+	@bash scripts/demo.sh
+
+unit: build
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /test/integration)
+
+integration: deps build
+	$(GO) test -count=1 -timeout 40m -v ./test/integration/ 2>&1 | tee /tmp/dsmigrate-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; exit $${PIPESTATUS[0]}
+
+test: deps build unit integration
+
+bench: deps build
+	@bash scripts/bench.sh
+
+clean:
+	rm -rf $(BIN)

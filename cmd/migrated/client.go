@@ -1,0 +1,255 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"dsmigrate/internal/wire"
+)
+
+// call sends req to the local daemon and returns the connection for replies.
+func call(c *cli.Context, req Request) (*wire.Conn, error) {
+	path := c.String("socket")
+	conn, err := net.Dial("unix", path)
+	if err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			return nil, fmt.Errorf("cannot reach the daemon at %s: only root may use it", path)
+		}
+		return nil, fmt.Errorf("cannot reach the daemon at %s (%v): is `migrated serve` running on this host?", path, err)
+	}
+	wc := wire.Plain(conn)
+	if err := wc.WriteJSON(tRequest, &req); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return wc, nil
+}
+
+func roundTrip(c *cli.Context, req Request) (*Reply, error) {
+	wc, err := call(c, req)
+	if err != nil {
+		return nil, err
+	}
+	defer wc.Close()
+	var r Reply
+	if err := wc.ReadJSON(tReply, &r); err != nil {
+		return nil, remoteErr(err)
+	}
+	return &r, nil
+}
+
+// remoteErr strips the transport's wording from a daemon's error.
+func remoteErr(err error) error {
+	var re *wire.RemoteError
+	if errors.As(err, &re) {
+		return errors.New(re.Msg)
+	}
+	return err
+}
+
+func runCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "run",
+		Usage:     "start a migratable process on this host; prints its ID",
+		ArgsUsage: "-- CMD [ARG...]",
+		Flags:     []cli.Flag{&cli.StringFlag{Name: "name", Usage: "a name to find it by"}},
+		Action: func(c *cli.Context) error {
+			if c.NArg() == 0 {
+				return errors.New("no command: migrated run [--name NAME] -- CMD [ARG...]")
+			}
+			dir, _ := os.Getwd()
+			r, err := roundTrip(c, Request{Op: "run", Name: c.String("name"), Argv: c.Args().Slice(), Env: os.Environ(), Dir: dir})
+			if err != nil {
+				return err
+			}
+			fmt.Println(r.ID)
+			return nil
+		},
+	}
+}
+
+func psCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "ps",
+		Usage: "list the processes on this host",
+		Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+		Action: func(c *cli.Context) error {
+			r, err := roundTrip(c, Request{Op: "ps"})
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				if r.Procs == nil {
+					r.Procs = []ProcInfo{}
+				}
+				return printJSON(r.Procs)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tNAME\tPID\tSTATE\tCOMMAND")
+			for _, p := range r.Procs {
+				st := p.State
+				if p.ExitCode != nil && st == "exited" {
+					st = fmt.Sprintf("exited(%d)", *p.ExitCode)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", p.ID, p.Name, p.PID, st, strings.Join(p.Command, " "))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func logsCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "logs",
+		Usage:     "print a process's output since it started, across migrations",
+		ArgsUsage: "ID",
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return errors.New("usage: migrated logs ID")
+			}
+			wc, err := call(c, Request{Op: "logs", ID: c.Args().First()})
+			if err != nil {
+				return err
+			}
+			defer wc.Close()
+			if err := wc.ReadJSON(tReply, &Reply{}); err != nil {
+				return remoteErr(err)
+			}
+			for {
+				typ, b, err := wc.ReadMsg()
+				if err != nil {
+					return err
+				}
+				if typ != tLogData {
+					return nil
+				}
+				os.Stdout.Write(b)
+			}
+		},
+	}
+}
+
+func killCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "kill",
+		Usage:     "kill a process (and its children) and forget it",
+		ArgsUsage: "ID",
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return errors.New("usage: migrated kill ID")
+			}
+			_, err := roundTrip(c, Request{Op: "kill", ID: c.Args().First()})
+			return err
+		},
+	}
+}
+
+func migrateCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "migrate",
+		Usage:     "move a running process to another host's daemon",
+		ArgsUsage: "ID",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "to", Required: true, Usage: "ADDR:PORT of the target daemon"},
+			&cli.StringFlag{Name: "move-ip", Usage: "CIDR: move this address with the process (its TCP connections survive)"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return errors.New("usage: migrated migrate ID --to ADDR:PORT [--move-ip CIDR]")
+			}
+			id := c.Args().First()
+			wc, err := call(c, Request{Op: "migrate", ID: id, To: c.String("to"), MoveIP: c.String("move-ip")})
+			if err != nil {
+				return err
+			}
+			defer wc.Close()
+			fmt.Fprintf(os.Stderr, "migrating %s to %s\n", id, c.String("to"))
+			for {
+				typ, b, err := wc.ReadMsg()
+				if err != nil {
+					return remoteErr(err)
+				}
+				switch typ {
+				case tEvent:
+					var e Event
+					json.Unmarshal(b, &e)
+					fmt.Fprintf(os.Stderr, "  %-9s %8.1f ms  %s\n", e.Phase, ms(e.Dur), e.Info)
+				case tReply:
+					var r Reply
+					if err := json.Unmarshal(b, &r); err != nil {
+						return err
+					}
+					if rec := r.Record; rec != nil {
+						fmt.Fprintf(os.Stderr, "done: total %.1f ms, downtime %.1f ms, %.1f MiB moved\n",
+							ms(rec.Total), ms(rec.Downtime), float64(rec.Bytes)/(1<<20))
+						if rec.Outcome != "ok" {
+							fmt.Fprintf(os.Stderr, "warning: %s\n", rec.Outcome)
+						}
+					}
+					return nil
+				case wire.TypeError:
+					return remoteErr(wc.DecodeError(b))
+				}
+			}
+		},
+	}
+}
+
+func historyCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "history",
+		Usage: "show the migrations this host's daemon sent",
+		Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+		Action: func(c *cli.Context) error {
+			r, err := roundTrip(c, Request{Op: "history"})
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				if r.Records == nil {
+					r.Records = []MigrationRec{}
+				}
+				return printJSON(r.Records)
+			}
+			printRecords(r.Records)
+			return nil
+		},
+	}
+}
+
+func printRecords(recs []MigrationRec) {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "WHEN\tID\tNAME\tFROM\tTO\tTOTAL\tDOWNTIME\tMIB\tPHASES\tOUTCOME")
+	for _, r := range recs {
+		var ph []string
+		for _, e := range r.Phases {
+			ph = append(ph, fmt.Sprintf("%s=%.0fms", e.Phase, ms(e.Dur)))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.0fms\t%.0fms\t%.1f\t%s\t%s\n", r.Start.Format(time.TimeOnly), r.ID, r.Name,
+			r.From, r.To, ms(r.Total), ms(r.Downtime), float64(r.Bytes)/(1<<20), strings.Join(ph, ","), r.Outcome)
+	}
+	tw.Flush()
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func jsonUnmarshal(b []byte, v any) error {
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("malformed message: %v", err)
+	}
+	return nil
+}

@@ -1,0 +1,391 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"dsmigrate/criu"
+	"dsmigrate/internal/wire"
+)
+
+const defaultSocket = "/run/migrated.sock"
+
+// Daemon is one host's migration daemon.
+type Daemon struct {
+	listen    string
+	stateDir  string
+	imagesDir string
+	criu      *criu.Client
+	token     []byte
+	log       *slog.Logger
+
+	mu      sync.Mutex
+	procs   map[string]*Proc
+	records []MigrationRec
+}
+
+var (
+	idRE   = regexp.MustCompile(`^[0-9a-f]{12}$`)
+	nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,63}$`)
+)
+
+func newID() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func serveCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "run the daemon of this host",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "listen", Required: true, Usage: "ADDR:PORT for other daemons and remote clients"},
+			&cli.StringFlag{Name: "state-dir", Required: true, Usage: "where logs, images and records live"},
+			&cli.StringFlag{Name: "criu", Value: "/usr/local/sbin/migrate-criu", EnvVars: []string{"MIGRATED_CRIU"},
+				Usage: "the CRIU binary (>= 4.2; scripts/install-deps.sh installs one)"},
+			&cli.StringFlag{Name: "token-file", EnvVars: []string{"MIGRATED_TOKEN_FILE"},
+				Usage: "shared secret of the cluster's daemons; without it no migration is accepted"},
+		},
+		Action: func(c *cli.Context) error {
+			d := &Daemon{
+				listen:   c.String("listen"),
+				stateDir: c.String("state-dir"),
+				criu:     criu.New(c.String("criu")),
+				procs:    map[string]*Proc{},
+				log:      slog.New(slog.NewTextHandler(os.Stderr, nil)),
+			}
+			return d.serve(c.Context, c.String("socket"), c.String("token-file"))
+		},
+	}
+}
+
+func (d *Daemon) serve(ctx context.Context, sockPath, tokenFile string) error {
+	if os.Geteuid() != 0 {
+		return errors.New("the daemon must run as root (it drives CRIU)")
+	}
+	v, err := d.criu.Check(ctx)
+	if err != nil {
+		return err
+	}
+	d.log.Info("CRIU ready", "version", v.String(), "path", d.criu.Path)
+	if tokenFile != "" {
+		if d.token, err = wire.LoadToken(tokenFile); err != nil {
+			return err
+		}
+	} else {
+		d.log.Warn("no --token-file: this daemon will not accept migrations or remote requests")
+	}
+	d.imagesDir = filepath.Join(d.stateDir, "images")
+	for _, dir := range []string{d.stateDir, d.imagesDir, filepath.Join(d.stateDir, "procs")} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+	}
+	unmount, err := ensureTmpfs(d.imagesDir)
+	if err != nil {
+		return err
+	}
+	defer unmount()
+	d.loadRecords()
+
+	lc := net.ListenConfig{}
+	lc.SetMultipathTCP(false)
+	tl, err := lc.Listen(ctx, "tcp", d.listen)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s: %v", d.listen, err)
+	}
+	defer tl.Close()
+	os.Remove(sockPath)
+	if err := os.MkdirAll(filepath.Dir(sockPath), 0o755); err != nil {
+		return err
+	}
+	old := unix.Umask(0o077)
+	ul, err := net.Listen("unix", sockPath)
+	unix.Umask(old)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s: %v", sockPath, err)
+	}
+	defer ul.Close()
+	os.Chmod(sockPath, 0o600)
+	d.log.Info("serving", "listen", d.listen, "socket", sockPath, "state", d.stateDir)
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	go d.acceptLoop(ul, d.handleLocal)
+	go d.acceptLoop(tl, d.handlePeer)
+	<-ctx.Done()
+	d.log.Info("shutting down")
+	return nil
+}
+
+func (d *Daemon) acceptLoop(l net.Listener, h func(net.Conn)) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			d.log.Warn("accept", "err", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		go h(c)
+	}
+}
+
+// handleLocal serves a client on the control socket: root only.
+func (d *Daemon) handleLocal(c net.Conn) {
+	defer c.Close()
+	if uc, ok := c.(*net.UnixConn); ok {
+		raw, err := uc.SyscallConn()
+		if err != nil {
+			return
+		}
+		var cred *unix.Ucred
+		raw.Control(func(fd uintptr) { cred, _ = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+		if cred == nil || cred.Uid != 0 {
+			return
+		}
+	}
+	wc := wire.Plain(c)
+	var req Request
+	if err := wc.ReadJSON(tRequest, &req); err != nil {
+		return
+	}
+	d.handleRequest(wc, req, true)
+}
+
+// handlePeer serves a TCP connection: another daemon sending a process, or a
+// remote client (dsmrun). Nothing happens before the peer proves the token.
+func (d *Daemon) handlePeer(c net.Conn) {
+	defer c.Close()
+	if d.token == nil {
+		return
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	wc, err := wire.Server(c, d.token)
+	if err != nil {
+		d.log.Warn("peer refused", "remote", c.RemoteAddr(), "err", err)
+		return
+	}
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	typ, payload, err := wc.ReadMsg()
+	if err != nil {
+		return
+	}
+	c.SetDeadline(time.Time{})
+	switch typ {
+	case tBegin:
+		var b beginMsg
+		if err := json.Unmarshal(payload, &b); err != nil {
+			wc.WriteError(fmt.Errorf("bad begin message: %v", err))
+			return
+		}
+		d.migrateIn(wc, b, c.RemoteAddr().String())
+	case tRequest:
+		var req Request
+		if err := json.Unmarshal(payload, &req); err != nil {
+			wc.WriteError(fmt.Errorf("bad request: %v", err))
+			return
+		}
+		d.handleRequest(wc, req, false)
+	default:
+		wc.WriteError(fmt.Errorf("unexpected message type %d", typ))
+	}
+}
+
+func (d *Daemon) handleRequest(c *wire.Conn, req Request, local bool) {
+	reply, err := d.do(c, req, local)
+	if err != nil {
+		c.WriteError(err)
+		return
+	}
+	if reply != nil {
+		c.WriteJSON(tReply, reply)
+	}
+}
+
+func (d *Daemon) do(c *wire.Conn, req Request, local bool) (*Reply, error) {
+	switch req.Op {
+	case "run":
+		if req.Name != "" && !nameRE.MatchString(req.Name) {
+			return nil, fmt.Errorf("bad name %q: use letters, digits and ._:@+- (at most 64)", req.Name)
+		}
+		id := newID()
+		name := req.Name
+		if name == "" {
+			name = filepath.Base(firstOr(req.Argv, "proc"))
+		}
+		p, err := d.launch(id, name, req.Argv, req.Env, req.Dir)
+		if err != nil {
+			return nil, err
+		}
+		d.mu.Lock()
+		d.procs[id] = p
+		d.mu.Unlock()
+		d.log.Info("started", "id", id, "name", name, "pid", p.pid, "argv", req.Argv)
+		return &Reply{ID: id}, nil
+	case "ps":
+		return &Reply{Procs: d.list()}, nil
+	case "history":
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return &Reply{Records: append([]MigrationRec(nil), d.records...)}, nil
+	case "logs":
+		p, err := d.get(req.ID)
+		if err != nil {
+			return nil, err
+		}
+		p.flushLog()
+		if err := c.WriteJSON(tReply, &Reply{ID: p.ID}); err != nil {
+			return nil, nil
+		}
+		w := &msgWriter{c: c, typ: tLogData}
+		p.readLog(w)
+		c.WriteMsg(tDone, nil)
+		return nil, nil
+	case "kill":
+		p, err := d.get(req.ID)
+		if err != nil {
+			return nil, err
+		}
+		p.mu.Lock()
+		st := p.state
+		p.mu.Unlock()
+		if st == "running" {
+			killTree(p)
+		}
+		if !local || st != "migrating" {
+			d.mu.Lock()
+			delete(d.procs, p.ID)
+			d.mu.Unlock()
+		}
+		return &Reply{ID: p.ID}, nil
+	case "migrate":
+		rec, err := d.migrateOut(req, func(e Event) { c.WriteJSON(tEvent, e) })
+		if err != nil {
+			return nil, err
+		}
+		return &Reply{ID: req.ID, Record: rec}, nil
+	}
+	return nil, fmt.Errorf("unknown request %q", req.Op)
+}
+
+func firstOr(s []string, def string) string {
+	if len(s) > 0 {
+		return s[0]
+	}
+	return def
+}
+
+// msgWriter turns writes into messages of one type.
+type msgWriter struct {
+	c   *wire.Conn
+	typ byte
+}
+
+func (w *msgWriter) Write(b []byte) (int, error) {
+	for off := 0; off < len(b); off += 256 << 10 {
+		end := min(off+256<<10, len(b))
+		if err := w.c.WriteMsg(w.typ, b[off:end]); err != nil {
+			return off, err
+		}
+	}
+	return len(b), nil
+}
+
+func (d *Daemon) get(id string) (*Proc, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p, ok := d.procs[id]; ok {
+		return p, nil
+	}
+	// Accept a unique prefix or a name, as users type them.
+	var found *Proc
+	for _, p := range d.procs {
+		if p.Name == id || (len(id) >= 4 && len(p.ID) > len(id) && p.ID[:len(id)] == id) {
+			if found != nil {
+				return nil, fmt.Errorf("%q is ambiguous: use the full ID from `migrated ps`", id)
+			}
+			found = p
+		}
+	}
+	if found == nil {
+		return nil, fmt.Errorf("no process %q on this host: `migrated ps` lists them", id)
+	}
+	return found, nil
+}
+
+func (d *Daemon) list() []ProcInfo {
+	d.mu.Lock()
+	out := make([]ProcInfo, 0, len(d.procs))
+	for _, p := range d.procs {
+		out = append(out, p.info())
+	}
+	d.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Started.Before(out[j].Started) })
+	return out
+}
+
+// addRecord keeps a migration record in memory and in STATE/migrations.jsonl.
+func (d *Daemon) addRecord(r MigrationRec) {
+	d.mu.Lock()
+	d.records = append(d.records, r)
+	d.mu.Unlock()
+	f, err := os.OpenFile(filepath.Join(d.stateDir, "migrations.jsonl"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	json.NewEncoder(f).Encode(r)
+}
+
+func (d *Daemon) loadRecords() {
+	b, err := os.ReadFile(filepath.Join(d.stateDir, "migrations.jsonl"))
+	if err != nil {
+		return
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	for {
+		var r MigrationRec
+		if dec.Decode(&r) != nil {
+			return
+		}
+		d.records = append(d.records, r)
+	}
+}
+
+// ensureTmpfs mounts a tmpfs on dir unless it already is one, so images pass
+// through memory, never the disk. It returns the matching unmount.
+func ensureTmpfs(dir string) (func(), error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return nil, err
+	}
+	if st.Type == unix.TMPFS_MAGIC {
+		return func() {}, nil
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700"); err != nil {
+		return nil, fmt.Errorf("cannot mount a tmpfs for images on %s: %v", dir, err)
+	}
+	return func() { unix.Unmount(dir, unix.MNT_DETACH) }, nil
+}

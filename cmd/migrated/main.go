@@ -1,0 +1,48 @@
+// Command migrated is the per-host migration daemon and its client.
+//
+//	migrated serve --listen ADDR:PORT --state-dir DIR [--criu PATH] [--token-file FILE]
+//	migrated run [--name NAME] -- CMD [ARG...]
+//	migrated ps [--json]
+//	migrated logs ID
+//	migrated migrate ID --to ADDR:PORT [--move-ip CIDR]
+//	migrated history [--json]
+//
+// The daemon owns the processes of its host: it starts them, captures their
+// output, reaps them, dumps them with CRIU and restores the ones other daemons
+// send it. Clients talk to the local daemon over a unix socket only root can
+// use; daemons talk to each other over TCP, authenticated with a shared token.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"dsmigrate/internal/cliutil"
+)
+
+func main() {
+	app := &cli.App{
+		Name:  "migrated",
+		Usage: "live-migrate Linux processes between hosts with CRIU",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "socket", Value: defaultSocket, EnvVars: []string{"MIGRATED_SOCKET"},
+				Usage: "the local daemon's control socket"},
+		},
+		Commands: []*cli.Command{
+			serveCommand(),
+			runCommand(),
+			psCommand(),
+			logsCommand(),
+			migrateCommand(),
+			historyCommand(),
+			killCommand(),
+		},
+		HideHelpCommand: true,
+	}
+	if err := app.Run(cliutil.Permute(app, os.Args)); err != nil {
+		fmt.Fprintf(os.Stderr, "migrated: %v\n", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,510 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	"dsmigrate/criu"
+	"dsmigrate/internal/wire"
+	"dsmigrate/netmove"
+)
+
+// Timeouts of a migration's steps. A step that overruns fails the migration,
+// which then resumes the process on its source.
+const (
+	dialTimeout    = 5 * time.Second
+	dumpTimeout    = 5 * time.Minute
+	restoreTimeout = 5 * time.Minute
+	commitTimeout  = 30 * time.Second
+	maxImageBytes  = 64 << 30
+	logName        = "@log" // the process's output log, shipped with the images
+)
+
+var fileRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// migrateOut moves process req.ID to the daemon at req.To. The process is
+// frozen and dumped (left stopped), its images and log stream to the target,
+// which restores it stopped; only when the target confirms is the source copy
+// killed and the target copy resumed. Any failure before that point resumes
+// the process here.
+func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, error) {
+	p, err := d.get(req.ID)
+	if err != nil {
+		return nil, err
+	}
+	if req.To == "" {
+		return nil, errors.New("no target: migrate ID --to ADDR:PORT")
+	}
+	if _, _, err := net.SplitHostPort(req.To); err != nil {
+		return nil, fmt.Errorf("bad target %q: want ADDR:PORT", req.To)
+	}
+	if d.token == nil {
+		return nil, errors.New("this daemon has no --token-file, so it cannot authenticate to a target")
+	}
+	var iface string
+	if req.MoveIP != "" {
+		if iface, err = netmove.Iface(req.MoveIP); err != nil {
+			return nil, err
+		}
+		if ok, err := netmove.HasAddr(req.MoveIP); err != nil || !ok {
+			return nil, fmt.Errorf("--move-ip %s: this host does not hold that address", req.MoveIP)
+		}
+	}
+	p.mu.Lock()
+	if p.state != "running" {
+		st := p.state
+		p.mu.Unlock()
+		return nil, fmt.Errorf("process %s is %s, not running", p.ID, st)
+	}
+	p.state = "migrating"
+	pid := p.pid
+	p.mu.Unlock()
+
+	rec := &MigrationRec{ID: p.ID, Name: p.Name, From: d.listen, To: req.To, MoveIP: req.MoveIP, Start: time.Now()}
+	phase := func(name string, dur time.Duration, info string) {
+		e := Event{Phase: name, Dur: dur, Info: info}
+		rec.Phases = append(rec.Phases, e)
+		event(e)
+	}
+	fail := func(err error) (*MigrationRec, error) {
+		rec.Outcome = err.Error()
+		rec.Total = time.Since(rec.Start)
+		d.addRecord(*rec)
+		d.log.Warn("migration failed", "id", p.ID, "to", req.To, "err", err)
+		return nil, err
+	}
+	resumed := func() {
+		p.mu.Lock()
+		if p.state == "migrating" {
+			p.state = "running"
+		}
+		p.mu.Unlock()
+	}
+
+	// Connect and authenticate before touching the process.
+	raw, err := net.DialTimeout("tcp", req.To, dialTimeout)
+	if err != nil {
+		resumed()
+		return fail(fmt.Errorf("target %s unreachable: %v; the process keeps running here", req.To, err))
+	}
+	defer raw.Close()
+	raw.SetDeadline(time.Now().Add(dialTimeout * 2))
+	c, err := wire.Client(raw, d.token)
+	if err != nil {
+		resumed()
+		return fail(fmt.Errorf("target %s: %v; the process keeps running here", req.To, err))
+	}
+	p.mu.Lock()
+	begin := beginMsg{ID: p.ID, Name: p.Name, Argv: p.Argv, PipeKey: p.pipeKey, MoveIP: req.MoveIP,
+		Started: p.Started, Moves: p.Moves + 1, Source: d.listen}
+	p.mu.Unlock()
+	if err := c.WriteJSON(tBegin, &begin); err != nil {
+		resumed()
+		return fail(fmt.Errorf("target %s: %v", req.To, err))
+	}
+	if err := c.ReadJSON(tAccept, &struct{}{}); err != nil {
+		resumed()
+		return fail(fmt.Errorf("target %s refused the process: %v; it keeps running here", req.To, err))
+	}
+	raw.SetDeadline(time.Time{})
+
+	// Freeze and dump, leaving the tree stopped: until the target confirms,
+	// it can be resumed here.
+	dir := filepath.Join(d.imagesDir, p.ID+"-out-"+newID())
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		resumed()
+		return fail(err)
+	}
+	defer os.RemoveAll(dir)
+	tcp := req.MoveIP != ""
+	ctx, cancel := context.WithTimeout(context.Background(), dumpTimeout)
+	t0 := time.Now()
+	st, err := d.criu.Dump(ctx, criu.DumpOpts{Pid: pid, ImagesDir: dir, TCPEstablished: tcp, LeaveStopped: true})
+	cancel()
+	if err != nil {
+		// CRIU resumes the tree itself when a dump fails.
+		if table, err := netmove.LockName(dir); err == nil {
+			netmove.DeleteLock(table)
+		}
+		resumed()
+		return fail(fmt.Errorf("dump failed, the process keeps running here: %w", err))
+	}
+	dumpDur := time.Since(t0)
+	phase("freeze", st.Freezing, "")
+	phase("dump", dumpDur-st.Freezing, fmt.Sprintf("%d pages written", st.PagesWritten))
+
+	ipRemoved, lockTable := false, ""
+	rollback := func(cause error) (*MigrationRec, error) {
+		if err := d.resumeHere(p, dir, tcp, ipRemoved, iface, req.MoveIP, lockTable); err != nil {
+			return fail(fmt.Errorf("%v; resuming on the source ALSO failed: %v", cause, err))
+		}
+		return fail(fmt.Errorf("%v; the process resumed on the source", cause))
+	}
+
+	t1 := time.Now()
+	p.flushLog()
+	n, err := sendImages(c, dir, p.logPath)
+	rec.Bytes = n
+	if err != nil {
+		return rollback(fmt.Errorf("transfer to %s failed: %v", req.To, err))
+	}
+	phase("transfer", time.Since(t1), fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)))
+
+	var rm restoreMsg
+	if tcp {
+		if lockTable, err = netmove.LockName(dir); err != nil {
+			return rollback(err)
+		}
+		if rm.Lock, err = netmove.ExportLock(lockTable); err != nil {
+			return rollback(err)
+		}
+		if err := netmove.DelAddr(iface, req.MoveIP); err != nil {
+			return rollback(err)
+		}
+		ipRemoved = true
+	}
+	t2 := time.Now()
+	if err := c.WriteJSON(tRestore, &rm); err != nil {
+		return rollback(fmt.Errorf("target %s: %v", req.To, err))
+	}
+	raw.SetDeadline(time.Now().Add(restoreTimeout))
+	var rd restoredMsg
+	if err := c.ReadJSON(tRestored, &rd); err != nil {
+		return rollback(fmt.Errorf("restore on %s failed: %v", req.To, err))
+	}
+	if tcp {
+		phase("network", rd.Net, req.MoveIP+" moved")
+	}
+	phase("restore", time.Since(t2)-rd.Net, "")
+
+	// The commit point: the source copy goes, then the target copy runs.
+	t3 := time.Now()
+	p.mu.Lock()
+	p.state = "migrated"
+	p.mu.Unlock()
+	killTree(p)
+	if tcp {
+		netmove.DeleteLock(lockTable)
+	}
+	raw.SetDeadline(time.Now().Add(commitTimeout))
+	if err := c.WriteMsg(tCommit, nil); err == nil {
+		err = c.ReadJSON(tDone, &struct{}{})
+	}
+	if err != nil {
+		d.log.Error("commit not confirmed: the process may be lost", "id", p.ID, "target", req.To, "err", err)
+	}
+	d.mu.Lock()
+	delete(d.procs, p.ID)
+	d.mu.Unlock()
+	os.RemoveAll(filepath.Dir(p.logPath))
+	phase("resume", time.Since(t3), "")
+	rec.Total = time.Since(rec.Start)
+	rec.Downtime = time.Since(t0)
+	rec.Outcome = "ok"
+	if err != nil {
+		rec.Outcome = "commit not confirmed: " + err.Error()
+	}
+	d.addRecord(*rec)
+	d.log.Info("migrated", "id", p.ID, "to", req.To, "total", rec.Total, "downtime", rec.Downtime)
+	return rec, nil
+}
+
+// resumeHere undoes a migration after the dump: the address comes back and
+// the stopped tree continues. A tree whose TCP sockets CRIU left in repair mode
+// cannot simply continue; it is killed and restored here from its images.
+func (d *Daemon) resumeHere(p *Proc, dir string, tcp, ipRemoved bool, iface, cidr, lockTable string) error {
+	if ipRemoved {
+		if err := netmove.AddAddr(iface, cidr); err != nil {
+			return err
+		}
+		netmove.Announce(iface, strings.Split(cidr, "/")[0])
+	}
+	p.mu.Lock()
+	pid := p.pid
+	p.mu.Unlock()
+	if !tcp {
+		signalTree(pid, syscall.SIGCONT)
+		p.mu.Lock()
+		p.state = "running"
+		p.mu.Unlock()
+		return nil
+	}
+	p.mu.Lock()
+	p.state = "migrated" // the reaper must not report the kill as an exit
+	p.mu.Unlock()
+	killTree(p)
+	p.mu.Lock()
+	key := p.pipeKey
+	p.mu.Unlock()
+	np, err := d.restoreProc(p.ID, p.Name, p.Argv, p.Started, p.Moves, key, dir, p.logPath, true)
+	if lockTable == "" {
+		lockTable, _ = netmove.LockName(dir)
+	}
+	if lockTable != "" {
+		netmove.DeleteLock(lockTable)
+	}
+	if err != nil {
+		return err
+	}
+	signalTree(np.pid, syscall.SIGCONT)
+	np.state = "running"
+	d.mu.Lock()
+	d.procs[p.ID] = np
+	d.mu.Unlock()
+	return nil
+}
+
+// restoreProc restores the images in dir as a stopped child of this daemon,
+// its output going into a fresh pipe that is appended to logPath.
+func (d *Daemon) restoreProc(id, name string, argv []string, started time.Time, moves int, key, dir, logPath string, tcp bool) (*Proc, error) {
+	r, w, newKey, err := outputPipe()
+	if err != nil {
+		return nil, err
+	}
+	defer w.Close()
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), restoreTimeout)
+	defer cancel()
+	pid, _, err := d.criu.Restore(ctx, criu.RestoreOpts{ImagesDir: dir, TCPEstablished: tcp, LeaveStopped: true,
+		InheritFds: map[string]*os.File{key: w}})
+	if err != nil {
+		r.Close()
+		logf.Close()
+		return nil, err
+	}
+	proc, err := os.FindProcess(pid)
+	if err != nil {
+		r.Close()
+		logf.Close()
+		syscall.Kill(pid, syscall.SIGKILL)
+		return nil, err
+	}
+	p := &Proc{ID: id, Name: name, Argv: argv, Started: started, Moves: moves, logPath: logPath,
+		pid: pid, state: "stopped", pipeKey: newKey, out: r, gone: make(chan struct{})}
+	go p.capture(r, logf)
+	go d.reap(p, proc)
+	return p, nil
+}
+
+// sendImages streams the log and every image file in dir.
+func sendImages(c *wire.Conn, dir, logPath string) (int64, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	files := [][2]string{{logName, logPath}}
+	for _, e := range entries {
+		if e.Type().IsRegular() && e.Name() != criu.LogName {
+			files = append(files, [2]string{e.Name(), filepath.Join(dir, e.Name())})
+		}
+	}
+	var total int64
+	for _, f := range files {
+		n, err := sendFile(c, f[0], f[1])
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, c.WriteMsg(tFilesDone, nil)
+}
+
+func sendFile(c *wire.Conn, name, path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if err := c.WriteJSON(tFile, &fileMsg{Name: name, Size: fi.Size()}); err != nil {
+		return 0, err
+	}
+	return c.SendStream(f)
+}
+
+// migrateIn receives a process from the daemon at src and restores it here.
+func (d *Daemon) migrateIn(c *wire.Conn, b beginMsg, src string) {
+	err := d.receive(c, b)
+	if err != nil {
+		d.log.Warn("incoming migration failed", "id", b.ID, "from", src, "err", err)
+		c.WriteError(err)
+	}
+}
+
+func (d *Daemon) receive(c *wire.Conn, b beginMsg) (err error) {
+	if !idRE.MatchString(b.ID) || !nameRE.MatchString(b.Name) || len(b.Argv) == 0 || len(b.Argv) > 4096 ||
+		!strings.HasPrefix(b.PipeKey, "pipe:[") {
+		return errors.New("malformed migration request")
+	}
+	var iface string
+	if b.MoveIP != "" {
+		if iface, err = netmove.Iface(b.MoveIP); err != nil {
+			return err
+		}
+	}
+	// Reserve the ID so that two migrations of one process cannot cross.
+	d.mu.Lock()
+	if _, ok := d.procs[b.ID]; ok {
+		d.mu.Unlock()
+		return fmt.Errorf("process %s already exists on %s", b.ID, d.listen)
+	}
+	placeholder := &Proc{ID: b.ID, Name: b.Name, Argv: b.Argv, Started: b.Started, state: "incoming", gone: make(chan struct{})}
+	d.procs[b.ID] = placeholder
+	d.mu.Unlock()
+	var p *Proc
+	defer func() {
+		if p == nil || err != nil {
+			d.mu.Lock()
+			if d.procs[b.ID] == placeholder {
+				delete(d.procs, b.ID)
+			}
+			d.mu.Unlock()
+		}
+	}()
+
+	dir := filepath.Join(d.imagesDir, b.ID+"-in-"+newID())
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if err := d.prepareProcDir(placeholder); err != nil {
+		return err
+	}
+	logPath := placeholder.logPath
+	if err := c.WriteJSON(tAccept, struct{}{}); err != nil {
+		return err
+	}
+	if err := recvImages(c, dir, logPath); err != nil {
+		os.RemoveAll(filepath.Dir(logPath))
+		return err
+	}
+	var rm restoreMsg
+	if err := c.ReadJSON(tRestore, &rm); err != nil {
+		os.RemoveAll(filepath.Dir(logPath))
+		return err
+	}
+
+	t0 := time.Now()
+	var lockTable string
+	if b.MoveIP != "" {
+		if lockTable, err = netmove.CheckLock(rm.Lock); err != nil {
+			return err
+		}
+		if err := netmove.ImportLock(rm.Lock); err != nil {
+			return err
+		}
+		if err := netmove.AddAddr(iface, b.MoveIP); err != nil {
+			netmove.DeleteLock(lockTable)
+			return err
+		}
+		netmove.Announce(iface, strings.Split(b.MoveIP, "/")[0])
+	}
+	netDur := time.Since(t0)
+	undoNet := func() {
+		if b.MoveIP != "" {
+			netmove.DelAddr(iface, b.MoveIP)
+			netmove.DeleteLock(lockTable)
+		}
+	}
+	np, err := d.restoreProc(b.ID, b.Name, b.Argv, b.Started, b.Moves, b.PipeKey, dir, logPath, b.MoveIP != "")
+	if err != nil {
+		undoNet()
+		os.RemoveAll(filepath.Dir(logPath))
+		return err
+	}
+	if err := c.WriteJSON(tRestored, &restoredMsg{PID: np.pid, Restore: time.Since(t0), Net: netDur}); err != nil {
+		np.state = "migrated"
+		killTree(np)
+		undoNet()
+		return err
+	}
+	// Wait for the source to give up its copy.
+	c.SetDeadline(time.Now().Add(commitTimeout + restoreTimeout))
+	if typ, _, err := c.ReadMsg(); err != nil || typ != tCommit {
+		np.mu.Lock()
+		np.state = "migrated"
+		np.mu.Unlock()
+		killTree(np)
+		undoNet()
+		if err == nil {
+			err = fmt.Errorf("unexpected message %d instead of commit", typ)
+		}
+		return fmt.Errorf("source did not commit: %v", err)
+	}
+	if b.MoveIP != "" {
+		netmove.DeleteLock(lockTable)
+	}
+	np.mu.Lock()
+	np.state = "running"
+	np.mu.Unlock()
+	signalTree(np.pid, syscall.SIGCONT)
+	p = np
+	d.mu.Lock()
+	d.procs[b.ID] = np
+	d.mu.Unlock()
+	d.log.Info("restored", "id", b.ID, "pid", np.pid, "from", b.Source)
+	c.WriteJSON(tDone, struct{}{})
+	return nil
+}
+
+// recvImages receives the files sendImages sent. Names and sizes come from
+// the network: names are checked against a strict pattern (no paths), sizes
+// against a total budget.
+func recvImages(c *wire.Conn, dir, logPath string) error {
+	var total int64
+	for {
+		typ, payload, err := c.ReadMsg()
+		if err != nil {
+			return err
+		}
+		switch typ {
+		case tFilesDone:
+			return nil
+		case tFile:
+		default:
+			return fmt.Errorf("unexpected message %d during transfer", typ)
+		}
+		var fm fileMsg
+		if err := jsonUnmarshal(payload, &fm); err != nil {
+			return err
+		}
+		path := logPath
+		if fm.Name != logName {
+			if !fileRE.MatchString(fm.Name) {
+				return fmt.Errorf("refusing image file name %q", fm.Name)
+			}
+			path = filepath.Join(dir, fm.Name)
+		}
+		if fm.Size < 0 || total+fm.Size > maxImageBytes {
+			return fmt.Errorf("image too large (%d bytes)", total+fm.Size)
+		}
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			return err
+		}
+		n, err := c.RecvStream(f, fm.Size)
+		f.Close()
+		if err == nil && n != fm.Size {
+			err = fmt.Errorf("file %s: got %d of %d bytes", fm.Name, n, fm.Size)
+		}
+		if err != nil {
+			return err
+		}
+		total += n
+	}
+}

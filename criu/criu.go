@@ -1,0 +1,383 @@
+// Package criu is a thin, typed layer over CRIU's swrk RPC mode, built on
+// go-criu's protocol types.
+//
+// It runs its own swrk child instead of go-criu's Criu object for three reasons
+// the daemon needs: every call has a deadline after which the CRIU process is
+// killed (a hung dump must not hold a frozen process forever), file descriptors
+// can be handed to CRIU for --inherit-fd, and a failure carries CRIU's errno and
+// the relevant lines of its log rather than only "operation failed".
+package criu
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/checkpoint-restore/go-criu/v8/rpc"
+	"github.com/checkpoint-restore/go-criu/v8/stats"
+	"golang.org/x/sys/unix"
+)
+
+// MinVersion is the oldest CRIU this project works with: 4.1 cannot dump TCP
+// sockets on kernels >= 6.16 (SO_PASSCRED), fixed in 4.2.
+var MinVersion = Version{4, 2, 0}
+
+// DefaultTimeout bounds a CRIU call when the context has no deadline.
+const DefaultTimeout = 5 * time.Minute
+
+// Version is a CRIU release number.
+type Version struct{ Major, Minor, Sub int }
+
+func (v Version) String() string { return fmt.Sprintf("%d.%d.%d", v.Major, v.Minor, v.Sub) }
+
+// Less reports whether v is older than w.
+func (v Version) Less(w Version) bool {
+	if v.Major != w.Major {
+		return v.Major < w.Major
+	}
+	if v.Minor != w.Minor {
+		return v.Minor < w.Minor
+	}
+	return v.Sub < w.Sub
+}
+
+// Error is a failed CRIU call.
+type Error struct {
+	Op    string   // "dump", "restore", ...
+	Errno int      // CRIU's cr_errno (an errno value, 0 if unknown)
+	Msg   string   // CRIU's cr_errmsg or the transport failure
+	Log   []string // the lines of CRIU's log that explain the failure
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "criu %s failed", e.Op)
+	if e.Errno != 0 {
+		fmt.Fprintf(&b, " (errno %d: %s)", e.Errno, syscall.Errno(e.Errno))
+	}
+	if e.Msg != "" {
+		fmt.Fprintf(&b, ": %s", e.Msg)
+	}
+	for _, l := range e.Log {
+		fmt.Fprintf(&b, "\n  %s", l)
+	}
+	return b.String()
+}
+
+// Client runs CRIU at Path.
+type Client struct {
+	Path string
+}
+
+// New returns a client for the CRIU binary at path ("criu" searches PATH).
+func New(path string) *Client { return &Client{Path: path} }
+
+// Version asks CRIU for its version.
+func (c *Client) Version(ctx context.Context) (Version, error) {
+	resp, err := c.call(ctx, "version", &rpc.CriuReq{Type: rpc.CriuReqType_VERSION.Enum()}, nil, nil, "")
+	if err != nil {
+		return Version{}, err
+	}
+	v := resp.GetVersion()
+	return Version{int(v.GetMajorNumber()), int(v.GetMinorNumber()), int(v.GetSublevel())}, nil
+}
+
+// Check verifies that CRIU is usable here: its version is at least MinVersion
+// and `criu check` passes. The error names the fix.
+func (c *Client) Check(ctx context.Context) (Version, error) {
+	if _, err := exec.LookPath(c.Path); err != nil {
+		return Version{}, fmt.Errorf("CRIU not found at %q: run scripts/install-deps.sh (installs CRIU >= %s) or pass --criu PATH", c.Path, MinVersion)
+	}
+	v, err := c.Version(ctx)
+	if err != nil {
+		return v, fmt.Errorf("CRIU at %q does not answer its RPC: %w; run scripts/install-deps.sh or pass --criu PATH", c.Path, err)
+	}
+	if v.Less(MinVersion) {
+		return v, fmt.Errorf("CRIU %s at %q is too old (need >= %s): run scripts/install-deps.sh or pass --criu PATH", v, c.Path, MinVersion)
+	}
+	cctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	out, err := exec.CommandContext(cctx, c.Path, "check").CombinedOutput()
+	if err != nil {
+		return v, fmt.Errorf("`%s check` failed (%v): %s; this kernel lacks what CRIU needs", c.Path, err, strings.TrimSpace(lastLines(string(out), 8)))
+	}
+	return v, nil
+}
+
+// Notify is called for CRIU's notification scripts ("post-dump",
+// "network-lock", "post-restore", ...); an error aborts the operation.
+type Notify func(script string, pid int) error
+
+// DumpOpts describes a dump.
+type DumpOpts struct {
+	Pid            int
+	ImagesDir      string   // must exist; the log and stats are written here too
+	TCPEstablished bool     // dump established TCP connections (--tcp-established)
+	LeaveStopped   bool     // leave the tree stopped instead of killing it
+	LeaveRunning   bool     // leave the tree running (mutually exclusive with LeaveStopped)
+	External       []string // --external resources
+	FileLocks      bool
+	Notify         Notify
+}
+
+// DumpStats are CRIU's own figures for a dump.
+type DumpStats struct {
+	Freezing     time.Duration // time to freeze the tree
+	Frozen       time.Duration // time the tree stayed frozen
+	MemDump      time.Duration
+	MemWrite     time.Duration
+	PagesScanned uint64
+	PagesWritten uint64
+}
+
+// LogName is the file CRIU logs to, inside the images directory.
+const LogName = "criu.log"
+
+// Dump checkpoints the tree rooted at o.Pid into o.ImagesDir.
+func (c *Client) Dump(ctx context.Context, o DumpOpts) (*DumpStats, error) {
+	opts := baseOpts(o.ImagesDir)
+	opts.Pid = ptr(int32(o.Pid))
+	opts.TcpEstablished = ptr(o.TCPEstablished)
+	opts.LeaveStopped = ptr(o.LeaveStopped)
+	opts.LeaveRunning = ptr(o.LeaveRunning)
+	opts.External = o.External
+	opts.FileLocks = ptr(o.FileLocks)
+	opts.NotifyScripts = ptr(o.Notify != nil)
+	req := &rpc.CriuReq{Type: rpc.CriuReqType_DUMP.Enum(), Opts: opts}
+	if _, err := c.call(ctx, "dump", req, nil, o.Notify, o.ImagesDir); err != nil {
+		return nil, err
+	}
+	st := &DumpStats{}
+	if d, err := openDir(o.ImagesDir); err == nil {
+		defer d.Close()
+		if s, err := stats.CriuGetDumpStats(d); err == nil {
+			st.Freezing = us(s.GetFreezingTime())
+			st.Frozen = us(s.GetFrozenTime())
+			st.MemDump = us(s.GetMemdumpTime())
+			st.MemWrite = us(s.GetMemwriteTime())
+			st.PagesScanned = s.GetPagesScanned()
+			st.PagesWritten = s.GetPagesWritten()
+		}
+	}
+	return st, nil
+}
+
+// RestoreOpts describes a restore.
+type RestoreOpts struct {
+	ImagesDir      string
+	TCPEstablished bool
+	LeaveStopped   bool
+	FileLocks      bool
+	// InheritFds hands files to the restored tree in place of the resources
+	// named by the keys (e.g. "pipe:[1234]"), as --inherit-fd does.
+	InheritFds map[string]*os.File
+	External   []string
+	Notify     Notify
+}
+
+// RestoreStats are CRIU's own figures for a restore.
+type RestoreStats struct {
+	Forking        time.Duration
+	Restore        time.Duration
+	PagesRestored  uint64
+	PagesCompared  uint64
+	PagesSkippedCo uint64
+}
+
+// Restore restores the tree in o.ImagesDir as a child of the calling process
+// (restore-sibling), so that the caller reaps it. It returns the root's pid.
+func (c *Client) Restore(ctx context.Context, o RestoreOpts) (int, *RestoreStats, error) {
+	opts := baseOpts(o.ImagesDir)
+	opts.RstSibling = ptr(true)
+	opts.TcpEstablished = ptr(o.TCPEstablished)
+	opts.LeaveStopped = ptr(o.LeaveStopped)
+	opts.FileLocks = ptr(o.FileLocks)
+	opts.External = o.External
+	opts.NotifyScripts = ptr(o.Notify != nil)
+	var files []*os.File
+	for key, f := range o.InheritFds {
+		// ExtraFiles[i] becomes fd 3+i in CRIU; fd 3 is the RPC socket.
+		files = append(files, f)
+		opts.InheritFd = append(opts.InheritFd, &rpc.InheritFd{Key: ptr(key), Fd: ptr(int32(3 + len(files)))})
+	}
+	req := &rpc.CriuReq{Type: rpc.CriuReqType_RESTORE.Enum(), Opts: opts}
+	resp, err := c.call(ctx, "restore", req, files, o.Notify, o.ImagesDir)
+	if err != nil {
+		return 0, nil, err
+	}
+	st := &RestoreStats{}
+	if d, err := openDir(o.ImagesDir); err == nil {
+		defer d.Close()
+		if s, err := stats.CriuGetRestoreStats(d); err == nil {
+			st.Forking = us(s.GetForkingTime())
+			st.Restore = us(s.GetRestoreTime())
+			st.PagesRestored = s.GetPagesRestored()
+			st.PagesCompared = s.GetPagesCompared()
+			st.PagesSkippedCo = s.GetPagesSkippedCow()
+		}
+	}
+	return int(resp.GetRestore().GetPid()), st, nil
+}
+
+func baseOpts(dir string) *rpc.CriuOpts {
+	return &rpc.CriuOpts{
+		ImagesDirFd: ptr(int32(-1)),
+		ImagesDir:   ptr(dir),
+		LogFile:     ptr(LogName),
+		LogLevel:    ptr(int32(4)),
+		// CRIU's RPC default is iptables; nftables keeps the whole lock in one
+		// table that can be copied to another host (ENVIRONMENT.md).
+		NetworkLock: rpc.CriuNetworkLockMethod_NFTABLES.Enum(),
+		ShellJob:    ptr(false),
+	}
+}
+
+// call runs one request in a fresh `criu swrk`, answering notifications, and
+// kills CRIU when ctx ends.
+func (c *Client) call(ctx context.Context, op string, req *rpc.CriuReq, files []*os.File, nfy Notify, logDir string) (*rpc.CriuResp, error) {
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	fail := func(errno int, msg string) error {
+		e := &Error{Op: op, Errno: errno, Msg: msg}
+		if logDir != "" {
+			e.Log = logErrors(filepath.Join(logDir, LogName))
+		}
+		return e
+	}
+
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fail(0, err.Error())
+	}
+	cln := os.NewFile(uintptr(fds[0]), "criu-rpc")
+	srv := os.NewFile(uintptr(fds[1]), "criu-rpc-srv")
+	defer cln.Close()
+
+	cmd := exec.CommandContext(ctx, c.Path, "swrk", "3")
+	cmd.ExtraFiles = append([]*os.File{srv}, files...)
+	cmd.Stderr = nil // CRIU logs to LogFile; swrk's stderr carries nothing useful
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		srv.Close()
+		return nil, fail(0, fmt.Sprintf("cannot start %s: %v", c.Path, err))
+	}
+	srv.Close()
+	defer func() {
+		cln.Close()
+		_ = cmd.Wait()
+	}()
+	// A read blocked on the socket returns when CRIU dies; make sure it does
+	// when the context ends even if CRIU ignores the kill for a moment.
+	stop := context.AfterFunc(ctx, func() { cln.SetDeadline(time.Now()) })
+	defer stop()
+
+	buf := make([]byte, 1<<16)
+	var hookErr error
+	for {
+		b, err := req.MarshalVT()
+		if err != nil {
+			return nil, fail(0, err.Error())
+		}
+		if _, err := cln.Write(b); err != nil {
+			return nil, fail(0, "writing to CRIU: "+err.Error())
+		}
+		n, err := cln.Read(buf)
+		if err == nil && n == 0 {
+			err = errors.New("CRIU exited")
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, fail(int(syscall.ETIMEDOUT), fmt.Sprintf("CRIU killed: %v", context.Cause(ctx)))
+			}
+			if hookErr != nil {
+				return nil, fail(0, hookErr.Error())
+			}
+			return nil, fail(0, "reading from CRIU: "+err.Error())
+		}
+		resp := &rpc.CriuResp{}
+		if err := resp.UnmarshalVT(buf[:n]); err != nil {
+			return nil, fail(0, "bad CRIU response: "+err.Error())
+		}
+		if !resp.GetSuccess() {
+			if hookErr != nil {
+				return nil, fail(int(resp.GetCrErrno()), hookErr.Error())
+			}
+			return nil, fail(int(resp.GetCrErrno()), resp.GetCrErrmsg())
+		}
+		if resp.GetType() != rpc.CriuReqType_NOTIFY {
+			return resp, nil
+		}
+		ok := true
+		if nfy != nil {
+			if err := nfy(resp.GetNotify().GetScript(), int(resp.GetNotify().GetPid())); err != nil {
+				// Answering "not successful" makes CRIU abort and undo; its
+				// failure response then carries this error.
+				hookErr = fmt.Errorf("%s hook: %w", resp.GetNotify().GetScript(), err)
+				ok = false
+			}
+		}
+		req = &rpc.CriuReq{Type: rpc.CriuReqType_NOTIFY.Enum(), NotifySuccess: ptr(ok)}
+	}
+}
+
+// logErrors returns the lines of a CRIU log that explain a failure: its error
+// and warning lines (at most the last 12), else its last lines.
+func logErrors(path string) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var errs, tail []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		l := sc.Text()
+		if strings.Contains(l, "rlimit: Can't setup RLIMIT_NOFILE") {
+			continue // logged on every run here, harmless (ENVIRONMENT.md)
+		}
+		if strings.Contains(l, "Error") || strings.Contains(l, "Warn") {
+			errs = append(errs, l)
+		}
+		tail = append(tail, l)
+		if len(tail) > 6 {
+			tail = tail[1:]
+		}
+	}
+	if len(errs) == 0 {
+		return tail
+	}
+	if len(errs) > 12 {
+		errs = errs[len(errs)-12:]
+	}
+	return errs
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, DefaultTimeout)
+}
+
+func openDir(dir string) (*os.File, error) { return os.Open(dir) }
+
+func us(v uint32) time.Duration { return time.Duration(v) * time.Microsecond }
+
+func ptr[T any](v T) *T { return &v }
