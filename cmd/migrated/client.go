@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -12,47 +11,17 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"dsmigrate/internal/wire"
+	"dsmigrate/internal/api"
 )
 
-// call sends req to the local daemon and returns the connection for replies.
-func call(c *cli.Context, req Request) (*wire.Conn, error) {
-	path := c.String("socket")
-	conn, err := net.Dial("unix", path)
-	if err != nil {
-		if errors.Is(err, os.ErrPermission) {
-			return nil, fmt.Errorf("cannot reach the daemon at %s: only root may use it", path)
-		}
-		return nil, fmt.Errorf("cannot reach the daemon at %s (%v): is `migrated serve` running on this host?", path, err)
-	}
-	wc := wire.Plain(conn)
-	if err := wc.WriteJSON(tRequest, &req); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return wc, nil
-}
+func local(c *cli.Context) (*api.Client, error) { return api.DialLocal(c.String("socket")) }
 
 func roundTrip(c *cli.Context, req Request) (*Reply, error) {
-	wc, err := call(c, req)
+	cl, err := local(c)
 	if err != nil {
 		return nil, err
 	}
-	defer wc.Close()
-	var r Reply
-	if err := wc.ReadJSON(tReply, &r); err != nil {
-		return nil, remoteErr(err)
-	}
-	return &r, nil
-}
-
-// remoteErr strips the transport's wording from a daemon's error.
-func remoteErr(err error) error {
-	var re *wire.RemoteError
-	if errors.As(err, &re) {
-		return errors.New(re.Msg)
-	}
-	return err
+	return cl.Do(req)
 }
 
 func runCommand() *cli.Command {
@@ -115,24 +84,12 @@ func logsCommand() *cli.Command {
 			if c.NArg() != 1 {
 				return errors.New("usage: migrated logs ID")
 			}
-			wc, err := call(c, Request{Op: "logs", ID: c.Args().First()})
+			cl, err := local(c)
 			if err != nil {
 				return err
 			}
-			defer wc.Close()
-			if err := wc.ReadJSON(tReply, &Reply{}); err != nil {
-				return remoteErr(err)
-			}
-			for {
-				typ, b, err := wc.ReadMsg()
-				if err != nil {
-					return err
-				}
-				if typ != tLogData {
-					return nil
-				}
-				os.Stdout.Write(b)
-			}
+			_, err = cl.Stream(Request{Op: "logs", ID: c.Args().First()}, os.Stdout, nil)
+			return err
 		},
 	}
 }
@@ -166,39 +123,24 @@ func migrateCommand() *cli.Command {
 				return errors.New("usage: migrated migrate ID --to ADDR:PORT [--move-ip CIDR]")
 			}
 			id := c.Args().First()
-			wc, err := call(c, Request{Op: "migrate", ID: id, To: c.String("to"), MoveIP: c.String("move-ip")})
+			cl, err := local(c)
 			if err != nil {
 				return err
 			}
-			defer wc.Close()
 			fmt.Fprintf(os.Stderr, "migrating %s to %s\n", id, c.String("to"))
-			for {
-				typ, b, err := wc.ReadMsg()
-				if err != nil {
-					return remoteErr(err)
-				}
-				switch typ {
-				case tEvent:
-					var e Event
-					json.Unmarshal(b, &e)
-					fmt.Fprintf(os.Stderr, "  %-9s %8.1f ms  %s\n", e.Phase, ms(e.Dur), e.Info)
-				case tReply:
-					var r Reply
-					if err := json.Unmarshal(b, &r); err != nil {
-						return err
-					}
-					if rec := r.Record; rec != nil {
-						fmt.Fprintf(os.Stderr, "done: total %.1f ms, downtime %.1f ms, %.1f MiB moved\n",
-							ms(rec.Total), ms(rec.Downtime), float64(rec.Bytes)/(1<<20))
-						if rec.Outcome != "ok" {
-							fmt.Fprintf(os.Stderr, "warning: %s\n", rec.Outcome)
-						}
-					}
-					return nil
-				case wire.TypeError:
-					return remoteErr(wc.DecodeError(b))
+			r, err := cl.Stream(Request{Op: "migrate", ID: id, To: c.String("to"), MoveIP: c.String("move-ip")}, nil,
+				func(e Event) { fmt.Fprintf(os.Stderr, "  %-9s %8.1f ms  %s\n", e.Phase, ms(e.Dur), e.Info) })
+			if err != nil {
+				return err
+			}
+			if rec := r.Record; rec != nil {
+				fmt.Fprintf(os.Stderr, "done: total %.1f ms, downtime %.1f ms, %.1f MiB moved\n",
+					ms(rec.Total), ms(rec.Downtime), float64(rec.Bytes)/(1<<20))
+				if rec.Outcome != "ok" {
+					fmt.Fprintf(os.Stderr, "warning: %s\n", rec.Outcome)
 				}
 			}
+			return nil
 		},
 	}
 }

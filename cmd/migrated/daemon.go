@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -23,10 +24,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"dsmigrate/criu"
+	"dsmigrate/internal/api"
 	"dsmigrate/internal/wire"
 )
 
-const defaultSocket = "/run/migrated.sock"
+const defaultSocket = api.DefaultSocket
 
 // Daemon is one host's migration daemon.
 type Daemon struct {
@@ -171,7 +173,7 @@ func (d *Daemon) handleLocal(c net.Conn) {
 	if err := wc.ReadJSON(tRequest, &req); err != nil {
 		return
 	}
-	d.handleRequest(wc, req, true)
+	d.handleRequest(wc, req)
 }
 
 // handlePeer serves a TCP connection: another daemon sending a process, or a
@@ -184,6 +186,9 @@ func (d *Daemon) handlePeer(c net.Conn) {
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	wc, err := wire.Server(c, d.token)
 	if err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			return // a port probe, not a peer
+		}
 		d.log.Warn("peer refused", "remote", c.RemoteAddr(), "err", err)
 		return
 	}
@@ -207,14 +212,14 @@ func (d *Daemon) handlePeer(c net.Conn) {
 			wc.WriteError(fmt.Errorf("bad request: %v", err))
 			return
 		}
-		d.handleRequest(wc, req, false)
+		d.handleRequest(wc, req)
 	default:
 		wc.WriteError(fmt.Errorf("unexpected message type %d", typ))
 	}
 }
 
-func (d *Daemon) handleRequest(c *wire.Conn, req Request, local bool) {
-	reply, err := d.do(c, req, local)
+func (d *Daemon) handleRequest(c *wire.Conn, req Request) {
+	reply, err := d.do(c, req)
 	if err != nil {
 		c.WriteError(err)
 		return
@@ -224,7 +229,7 @@ func (d *Daemon) handleRequest(c *wire.Conn, req Request, local bool) {
 	}
 }
 
-func (d *Daemon) do(c *wire.Conn, req Request, local bool) (*Reply, error) {
+func (d *Daemon) do(c *wire.Conn, req Request) (*Reply, error) {
 	switch req.Op {
 	case "run":
 		if req.Name != "" && !nameRE.MatchString(req.Name) {
@@ -239,6 +244,7 @@ func (d *Daemon) do(c *wire.Conn, req Request, local bool) (*Reply, error) {
 		if err != nil {
 			return nil, err
 		}
+		p.Job, p.Rank = req.Job, req.Rank
 		d.mu.Lock()
 		d.procs[id] = p
 		d.mu.Unlock()
@@ -256,13 +262,16 @@ func (d *Daemon) do(c *wire.Conn, req Request, local bool) (*Reply, error) {
 			return nil, err
 		}
 		p.flushLog()
-		if err := c.WriteJSON(tReply, &Reply{ID: p.ID}); err != nil {
-			return nil, nil
+		if _, err := p.copyLog(&msgWriter{c: c, typ: tLogData}, 0); err != nil {
+			return nil, err
 		}
-		w := &msgWriter{c: c, typ: tLogData}
-		p.readLog(w)
-		c.WriteMsg(tDone, nil)
-		return nil, nil
+		return &Reply{ID: p.ID}, nil
+	case "follow":
+		p, err := d.get(req.ID)
+		if err != nil {
+			return nil, err
+		}
+		return d.follow(c, p, req.Offset)
 	case "kill":
 		p, err := d.get(req.ID)
 		if err != nil {
@@ -271,14 +280,16 @@ func (d *Daemon) do(c *wire.Conn, req Request, local bool) (*Reply, error) {
 		p.mu.Lock()
 		st := p.state
 		p.mu.Unlock()
+		if st == "migrating" || st == "incoming" {
+			return nil, fmt.Errorf("process %s is %s: try again when the migration is over", p.ID, st)
+		}
 		if st == "running" {
 			killTree(p)
 		}
-		if !local || st != "migrating" {
-			d.mu.Lock()
-			delete(d.procs, p.ID)
-			d.mu.Unlock()
-		}
+		d.mu.Lock()
+		delete(d.procs, p.ID)
+		d.mu.Unlock()
+		os.RemoveAll(filepath.Dir(p.logPath))
 		return &Reply{ID: p.ID}, nil
 	case "migrate":
 		rec, err := d.migrateOut(req, func(e Event) { c.WriteJSON(tEvent, e) })

@@ -104,7 +104,7 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 	}
 	p.mu.Lock()
 	begin := beginMsg{ID: p.ID, Name: p.Name, Argv: p.Argv, PipeKey: p.pipeKey, MoveIP: req.MoveIP,
-		Started: p.Started, Moves: p.Moves + 1, Source: d.listen}
+		Started: p.Started, Moves: p.Moves + 1, Source: d.listen, Job: p.Job, Rank: p.Rank}
 	p.mu.Unlock()
 	if err := c.WriteJSON(tBegin, &begin); err != nil {
 		resumed()
@@ -141,7 +141,10 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 	phase("freeze", st.Freezing, "")
 	phase("dump", dumpDur-st.Freezing, fmt.Sprintf("%d pages written", st.PagesWritten))
 
-	ipRemoved, lockTable := false, ""
+	// CRIU leaves its network lock table on this host after a dump that
+	// leaves the tree stopped (an empty one without TCP connections).
+	lockTable, _ := netmove.LockName(dir)
+	ipRemoved := false
 	rollback := func(cause error) (*MigrationRec, error) {
 		if err := d.resumeHere(p, dir, tcp, ipRemoved, iface, req.MoveIP, lockTable); err != nil {
 			return fail(fmt.Errorf("%v; resuming on the source ALSO failed: %v", cause, err))
@@ -160,8 +163,8 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 
 	var rm restoreMsg
 	if tcp {
-		if lockTable, err = netmove.LockName(dir); err != nil {
-			return rollback(err)
+		if lockTable == "" {
+			return rollback(errors.New("CRIU left no network lock table for the dump"))
 		}
 		if rm.Lock, err = netmove.ExportLock(lockTable); err != nil {
 			return rollback(err)
@@ -188,10 +191,10 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 	// The commit point: the source copy goes, then the target copy runs.
 	t3 := time.Now()
 	p.mu.Lock()
-	p.state = "migrated"
+	p.state, p.movedTo = "migrated", req.To
 	p.mu.Unlock()
 	killTree(p)
-	if tcp {
+	if lockTable != "" {
 		netmove.DeleteLock(lockTable)
 	}
 	raw.SetDeadline(time.Now().Add(commitTimeout))
@@ -204,8 +207,9 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 	d.mu.Lock()
 	delete(d.procs, p.ID)
 	d.mu.Unlock()
-	os.RemoveAll(filepath.Dir(p.logPath))
 	phase("resume", time.Since(t3), "")
+	// Keep the log a while for followers that are reading it still.
+	time.AfterFunc(time.Minute, func() { os.RemoveAll(filepath.Dir(p.logPath)) })
 	rec.Total = time.Since(rec.Start)
 	rec.Downtime = time.Since(t0)
 	rec.Outcome = "ok"
@@ -231,6 +235,9 @@ func (d *Daemon) resumeHere(p *Proc, dir string, tcp, ipRemoved bool, iface, cid
 	pid := p.pid
 	p.mu.Unlock()
 	if !tcp {
+		if lockTable != "" {
+			netmove.DeleteLock(lockTable)
+		}
 		signalTree(pid, syscall.SIGCONT)
 		p.mu.Lock()
 		p.state = "running"
@@ -245,9 +252,6 @@ func (d *Daemon) resumeHere(p *Proc, dir string, tcp, ipRemoved bool, iface, cid
 	key := p.pipeKey
 	p.mu.Unlock()
 	np, err := d.restoreProc(p.ID, p.Name, p.Argv, p.Started, p.Moves, key, dir, p.logPath, true)
-	if lockTable == "" {
-		lockTable, _ = netmove.LockName(dir)
-	}
 	if lockTable != "" {
 		netmove.DeleteLock(lockTable)
 	}
@@ -255,7 +259,7 @@ func (d *Daemon) resumeHere(p *Proc, dir string, tcp, ipRemoved bool, iface, cid
 		return err
 	}
 	signalTree(np.pid, syscall.SIGCONT)
-	np.state = "running"
+	np.state, np.Job, np.Rank = "running", p.Job, p.Rank
 	d.mu.Lock()
 	d.procs[p.ID] = np
 	d.mu.Unlock()
@@ -291,8 +295,8 @@ func (d *Daemon) restoreProc(id, name string, argv []string, started time.Time, 
 		syscall.Kill(pid, syscall.SIGKILL)
 		return nil, err
 	}
-	p := &Proc{ID: id, Name: name, Argv: argv, Started: started, Moves: moves, logPath: logPath,
-		pid: pid, state: "stopped", pipeKey: newKey, out: r, gone: make(chan struct{})}
+	p := newProc(id, name, argv, started)
+	p.Moves, p.logPath, p.pid, p.state, p.pipeKey, p.out = moves, logPath, pid, "stopped", newKey, r
 	go p.capture(r, logf)
 	go d.reap(p, proc)
 	return p, nil
@@ -363,7 +367,8 @@ func (d *Daemon) receive(c *wire.Conn, b beginMsg) (err error) {
 		d.mu.Unlock()
 		return fmt.Errorf("process %s already exists on %s", b.ID, d.listen)
 	}
-	placeholder := &Proc{ID: b.ID, Name: b.Name, Argv: b.Argv, Started: b.Started, state: "incoming", gone: make(chan struct{})}
+	placeholder := newProc(b.ID, b.Name, b.Argv, b.Started)
+	placeholder.state = "incoming"
 	d.procs[b.ID] = placeholder
 	d.mu.Unlock()
 	var p *Proc
@@ -386,6 +391,7 @@ func (d *Daemon) receive(c *wire.Conn, b beginMsg) (err error) {
 		return err
 	}
 	logPath := placeholder.logPath
+	os.Remove(logPath) // left from an earlier stay of this process here
 	if err := c.WriteJSON(tAccept, struct{}{}); err != nil {
 		return err
 	}
@@ -453,6 +459,7 @@ func (d *Daemon) receive(c *wire.Conn, b beginMsg) (err error) {
 	np.state = "running"
 	np.mu.Unlock()
 	signalTree(np.pid, syscall.SIGCONT)
+	np.Job, np.Rank = b.Job, b.Rank
 	p = np
 	d.mu.Lock()
 	d.procs[b.ID] = np

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"dsmigrate/internal/wire"
 )
 
 // Proc is a process this daemon owns.
@@ -23,6 +25,8 @@ type Proc struct {
 	Argv    []string
 	Started time.Time
 	Moves   int
+	Job     string // the DSM job this process is a rank of, if any
+	Rank    int
 	logPath string
 
 	mu      sync.Mutex
@@ -30,7 +34,10 @@ type Proc struct {
 	state   string // running, migrating, exited, migrated
 	exit    *int
 	pipeKey string // "pipe:[ino]" of the process's stdout/stderr, for --inherit-fd
-	gone    chan struct{}
+	gone    chan struct{} // closed when the process is reaped
+	movedTo string        // the daemon it migrated to
+
+	captured chan struct{} // closed when its output pipe has no writer left
 
 	logMu sync.Mutex // held while a chunk of output is appended to the log
 	out   *os.File   // read end of the output pipe
@@ -40,7 +47,7 @@ func (p *Proc) info() ProcInfo {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return ProcInfo{ID: p.ID, Name: p.Name, PID: p.pid, State: p.state, Command: p.Argv,
-		Started: p.Started, Moves: p.Moves, ExitCode: p.exit}
+		Started: p.Started, Moves: p.Moves, ExitCode: p.exit, Job: p.Job, Rank: p.Rank}
 }
 
 // outputPipe makes the pipe a process writes its stdout and stderr to, and
@@ -73,7 +80,7 @@ func (d *Daemon) launch(id, name string, argv, env []string, dir string) (*Proc,
 	if err != nil {
 		return nil, fmt.Errorf("cannot run %q: %v", argv[0], err)
 	}
-	p := &Proc{ID: id, Name: name, Argv: argv, Started: time.Now(), gone: make(chan struct{})}
+	p := newProc(id, name, argv, time.Now())
 	if err := d.prepareProcDir(p); err != nil {
 		return nil, err
 	}
@@ -124,6 +131,7 @@ func (d *Daemon) prepareProcDir(p *Proc) error {
 
 // capture appends the process's output to its log until every writer is gone.
 func (p *Proc) capture(r, logf *os.File) {
+	defer close(p.captured)
 	defer logf.Close()
 	buf := make([]byte, 64<<10)
 	for {
@@ -220,12 +228,64 @@ func killTree(p *Proc) {
 	}
 }
 
-// readLog copies the process's log to w.
-func (p *Proc) readLog(w io.Writer) (int64, error) {
+func newProc(id, name string, argv []string, started time.Time) *Proc {
+	return &Proc{ID: id, Name: name, Argv: argv, Started: started, gone: make(chan struct{}), captured: make(chan struct{})}
+}
+
+// follow streams the log from off as it grows, until the process has exited
+// or left this host, and says which.
+func (d *Daemon) follow(c *wire.Conn, p *Proc, off int64) (*Reply, error) {
+	w := &msgWriter{c: c, typ: tLogData}
+	for {
+		p.mu.Lock()
+		st, exit, moved := p.state, p.exit, p.movedTo
+		p.mu.Unlock()
+		done := st == "exited" || (st == "migrated" && moved != "")
+		if st == "migrated" && moved == "" {
+			// Restored here again after a failed move: follow the new copy.
+			np, err := d.get(p.ID)
+			if err != nil {
+				return nil, err
+			}
+			if np != p {
+				p = np
+				continue
+			}
+		}
+		if st == "exited" {
+			select {
+			case <-p.captured:
+			case <-time.After(2 * time.Second):
+			}
+		}
+		n, err := p.copyLog(w, off)
+		if err != nil {
+			return nil, err
+		}
+		off += n
+		if done {
+			r := &Reply{ID: p.ID, State: st, MovedTo: moved}
+			if exit != nil {
+				r.ExitCode = *exit
+			}
+			return r, nil
+		}
+		select {
+		case <-p.gone:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// copyLog copies the log from off to w.
+func (p *Proc) copyLog(w io.Writer, off int64) (int64, error) {
 	f, err := os.Open(p.logPath)
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		return 0, err
+	}
 	return io.Copy(w, f)
 }

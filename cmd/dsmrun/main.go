@@ -1,0 +1,411 @@
+// Command dsmrun launches dsmshm programs across hosts through their migrated
+// daemons, and lists and migrates their ranks.
+//
+//	dsmrun run --hosts ADDR:PORT[,ADDR:PORT...] -n N [--token-file FILE] -- PROGRAM [ARG...]
+//	dsmrun ps [--json]
+//	dsmrun migrate JOB RANK --to ADDR:PORT
+//
+// dsmrun keeps no state of its own: every rank is a process of some daemon,
+// labelled with its job and rank, so any dsmrun can find a job's ranks by
+// asking the daemons.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"dsmigrate/internal/api"
+	"dsmigrate/internal/cliutil"
+	"dsmigrate/internal/wire"
+)
+
+func main() {
+	hostFlags := []cli.Flag{
+		&cli.StringFlag{Name: "hosts", EnvVars: []string{"MIGRATED_HOSTS"}, Usage: "ADDR:PORT of the daemons, comma-separated"},
+		&cli.StringFlag{Name: "token-file", EnvVars: []string{"MIGRATED_TOKEN_FILE"}, Usage: "the daemons' shared token"},
+	}
+	app := &cli.App{
+		Name:  "dsmrun",
+		Usage: "run and migrate DSM programs across hosts",
+		Commands: []*cli.Command{
+			{
+				Name:      "run",
+				Usage:     "start N ranks of PROGRAM over the hosts, round-robin, and stream their output",
+				ArgsUsage: "-- PROGRAM [ARG...]",
+				Flags: append([]cli.Flag{
+					&cli.IntFlag{Name: "n", Value: 1, Usage: "number of ranks"},
+					&cli.IntFlag{Name: "port", Usage: "first TCP port of the ranks (default: random)"},
+				}, hostFlags...),
+				Action: runJob,
+			},
+			{Name: "ps", Usage: "list running jobs and where their ranks are", Flags: append([]cli.Flag{
+				&cli.BoolFlag{Name: "json", Usage: "print JSON"}}, hostFlags...), Action: psJobs},
+			{Name: "migrate", Usage: "move one rank of a running job to another daemon", ArgsUsage: "JOB RANK",
+				Flags: append([]cli.Flag{
+					&cli.StringFlag{Name: "to", Required: true, Usage: "ADDR:PORT of the target daemon"},
+					&cli.StringFlag{Name: "move-ip", Usage: "CIDR: an address of the rank's own that moves with it"},
+				}, hostFlags...), Action: migrateRank},
+		},
+		HideHelpCommand: true,
+	}
+	if err := app.Run(cliutil.Permute(app, os.Args)); err != nil {
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) {
+			fmt.Fprintf(os.Stderr, "dsmrun: %v\n", err)
+			os.Exit(ec.ExitCode())
+		}
+		fmt.Fprintf(os.Stderr, "dsmrun: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// cluster is the set of daemons a command talks to.
+type cluster struct {
+	hosts []string
+	token []byte
+}
+
+func newCluster(c *cli.Context) (*cluster, error) {
+	hs := c.String("hosts")
+	if hs == "" {
+		return nil, errors.New("no hosts: pass --hosts ADDR:PORT[,...] or set MIGRATED_HOSTS")
+	}
+	cl := &cluster{}
+	for _, h := range strings.Split(hs, ",") {
+		h = strings.TrimSpace(h)
+		if _, _, err := net.SplitHostPort(h); err != nil {
+			return nil, fmt.Errorf("bad host %q in --hosts: want ADDR:PORT", h)
+		}
+		cl.hosts = append(cl.hosts, h)
+	}
+	tf := c.String("token-file")
+	if tf == "" {
+		return nil, errors.New("no token: pass --token-file FILE or set MIGRATED_TOKEN_FILE")
+	}
+	var err error
+	if cl.token, err = wire.LoadToken(tf); err != nil {
+		return nil, err
+	}
+	return cl, nil
+}
+
+func (cl *cluster) do(host string, req api.Request) (*api.Reply, error) {
+	c, err := api.DialRemote(host, cl.token)
+	if err != nil {
+		return nil, err
+	}
+	return c.Do(req)
+}
+
+// rank is one process of a job, where it runs now.
+type rank struct {
+	n    int
+	mu   sync.Mutex
+	host string
+	id   string
+}
+
+func (r *rank) where() (string, string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.host, r.id
+}
+
+func runJob(c *cli.Context) error {
+	cl, err := newCluster(c)
+	if err != nil {
+		return err
+	}
+	n := c.Int("n")
+	if n < 1 || n > 1024 {
+		return fmt.Errorf("-n %d: want 1..1024 ranks", n)
+	}
+	if c.NArg() == 0 {
+		return errors.New("no program: dsmrun run --hosts ... -n N -- PROGRAM [ARG...]")
+	}
+	port := c.Int("port")
+	if port == 0 {
+		p, _ := rand.Int(rand.Reader, big.NewInt(20000))
+		port = 20000 + int(p.Int64())
+	}
+	if port < 1024 || port+n > 65535 {
+		return fmt.Errorf("--port %d: the ranks need ports %d..%d", port, port, port+n-1)
+	}
+	jb := make([]byte, 4)
+	rand.Read(jb)
+	job := hex.EncodeToString(jb)
+	peers := make([]string, n)
+	for r := range n {
+		h, _, _ := net.SplitHostPort(cl.hosts[r%len(cl.hosts)])
+		peers[r] = net.JoinHostPort(h, fmt.Sprint(port+r))
+	}
+	dir, _ := os.Getwd()
+	ranks := make([]*rank, n)
+	killAll := func() {
+		var wg sync.WaitGroup
+		for _, rk := range ranks {
+			if rk == nil {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				h, id := rk.where()
+				cl.do(h, api.Request{Op: "kill", ID: id})
+			}()
+		}
+		wg.Wait()
+	}
+	for r := range n {
+		host := cl.hosts[r%len(cl.hosts)]
+		env := append(os.Environ(), "DSM_JOB="+job, fmt.Sprintf("DSM_RANK=%d", r), fmt.Sprintf("DSM_SIZE=%d", n),
+			"DSM_PEERS="+strings.Join(peers, ","), "GODEBUG=multipathtcp=0")
+		rep, err := cl.do(host, api.Request{Op: "run", Name: fmt.Sprintf("%s.r%d", job, r), Argv: c.Args().Slice(),
+			Env: env, Dir: dir, Job: job, Rank: r})
+		if err != nil {
+			killAll()
+			return fmt.Errorf("starting rank %d on %s: %v", r, host, err)
+		}
+		ranks[r] = &rank{n: r, host: host, id: rep.ID}
+	}
+	fmt.Fprintf(os.Stderr, "job: %s\n", job)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		fmt.Fprintf(os.Stderr, "dsmrun: %v: stopping job %s\n", s, job)
+		killAll()
+		os.Exit(130)
+	}()
+
+	var out sync.Mutex
+	codes := make(chan [2]int, n)
+	for _, rk := range ranks {
+		go func() { codes <- [2]int{rk.n, follow(cl, rk, &out)} }()
+	}
+	status := 0
+	for range n {
+		rc := <-codes
+		if rc[1] != 0 && status == 0 {
+			status = rc[1]
+			fmt.Fprintf(os.Stderr, "dsmrun: rank %d failed (exit %d): stopping the others\n", rc[0], rc[1])
+			go killAll()
+		}
+	}
+	if status != 0 {
+		return cli.Exit(fmt.Sprintf("job %s failed", job), status)
+	}
+	return nil
+}
+
+// follow streams a rank's output, prefixed with its rank, wherever it moves,
+// and returns its exit code.
+func follow(cl *cluster, rk *rank, out *sync.Mutex) int {
+	pw := &prefixWriter{prefix: fmt.Sprintf("[%d] ", rk.n), mu: out}
+	var off int64
+	for {
+		host, id := rk.where()
+		c, err := api.DialRemote(host, cl.token)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "dsmrun: rank %d: %v\n", rk.n, err)
+			return 255
+		}
+		cw := &countWriter{w: pw}
+		rep, err := c.Stream(api.Request{Op: "follow", ID: id, Offset: off}, cw, nil)
+		off += cw.n
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "dsmrun: rank %d on %s: %v\n", rk.n, host, err)
+			return 255
+		}
+		switch rep.State {
+		case "migrated":
+			rk.mu.Lock()
+			rk.host = rep.MovedTo
+			rk.mu.Unlock()
+		default:
+			pw.flush()
+			return rep.ExitCode
+		}
+	}
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n += int64(n)
+	return n, err
+}
+
+// prefixWriter writes whole lines, each behind a prefix.
+type prefixWriter struct {
+	prefix string
+	mu     *sync.Mutex
+	buf    []byte
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.buf = append(p.buf, b...)
+	for {
+		i := bytes.IndexByte(p.buf, '\n')
+		if i < 0 {
+			break
+		}
+		p.mu.Lock()
+		os.Stdout.WriteString(p.prefix + string(p.buf[:i+1]))
+		p.mu.Unlock()
+		p.buf = p.buf[i+1:]
+	}
+	return len(b), nil
+}
+
+func (p *prefixWriter) flush() {
+	if len(p.buf) > 0 {
+		p.Write([]byte("\n"))
+	}
+}
+
+// Job is a running job as `dsmrun ps --json` prints it.
+type Job struct {
+	ID    string     `json:"id"`
+	Ranks []RankInfo `json:"ranks"`
+}
+
+// RankInfo is one rank of a Job.
+type RankInfo struct {
+	Rank   int    `json:"rank"`
+	Host   string `json:"host"`
+	State  string `json:"state"`
+	PID    int    `json:"pid"`
+	ProcID string `json:"proc_id"`
+}
+
+// jobs asks every daemon for its processes and groups the ranks by job.
+func (cl *cluster) jobs() ([]Job, error) {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	byJob := map[string]*Job{}
+	var errs []error
+	for _, h := range cl.hosts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rep, err := cl.do(h, api.Request{Op: "ps"})
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			for _, p := range rep.Procs {
+				if p.Job == "" {
+					continue
+				}
+				j := byJob[p.Job]
+				if j == nil {
+					j = &Job{ID: p.Job}
+					byJob[p.Job] = j
+				}
+				j.Ranks = append(j.Ranks, RankInfo{Rank: p.Rank, Host: h, State: p.State, PID: p.PID, ProcID: p.ID})
+			}
+		}()
+	}
+	wg.Wait()
+	out := make([]Job, 0, len(byJob))
+	for _, j := range byJob {
+		sort.Slice(j.Ranks, func(a, b int) bool { return j.Ranks[a].Rank < j.Ranks[b].Rank })
+		out = append(out, *j)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
+	return out, errors.Join(errs...)
+}
+
+func psJobs(c *cli.Context) error {
+	cl, err := newCluster(c)
+	if err != nil {
+		return err
+	}
+	jobs, err := cl.jobs()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "dsmrun: warning: %v\n", err)
+	}
+	if c.Bool("json") {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(jobs)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "JOB\tRANK\tHOST\tPID\tSTATE\tPROC")
+	for _, j := range jobs {
+		for _, r := range j.Ranks {
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\n", j.ID, r.Rank, r.Host, r.PID, r.State, r.ProcID)
+		}
+	}
+	return tw.Flush()
+}
+
+func migrateRank(c *cli.Context) error {
+	if c.NArg() != 2 {
+		return errors.New("usage: dsmrun migrate JOB RANK --to ADDR:PORT")
+	}
+	cl, err := newCluster(c)
+	if err != nil {
+		return err
+	}
+	job := c.Args().Get(0)
+	var rankN int
+	if _, err := fmt.Sscan(c.Args().Get(1), &rankN); err != nil {
+		return fmt.Errorf("bad rank %q", c.Args().Get(1))
+	}
+	jobs, _ := cl.jobs()
+	for _, j := range jobs {
+		if j.ID != job {
+			continue
+		}
+		for _, r := range j.Ranks {
+			if r.Rank != rankN {
+				continue
+			}
+			cli, err := api.DialRemote(r.Host, cl.token)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "migrating job %s rank %d: %s -> %s\n", job, rankN, r.Host, c.String("to"))
+			rep, err := cli.Stream(api.Request{Op: "migrate", ID: r.ProcID, To: c.String("to"), MoveIP: c.String("move-ip")}, nil,
+				func(e api.Event) { fmt.Fprintf(os.Stderr, "  %-9s %8.1f ms  %s\n", e.Phase, float64(e.Dur.Microseconds())/1000, e.Info) })
+			if err != nil {
+				return err
+			}
+			if rec := rep.Record; rec != nil {
+				fmt.Fprintf(os.Stderr, "done: total %.1f ms, downtime %.1f ms\n", float64(rec.Total.Microseconds())/1000,
+					float64(rec.Downtime.Microseconds())/1000)
+			}
+			return nil
+		}
+		return fmt.Errorf("job %s has no rank %d", job, rankN)
+	}
+	return fmt.Errorf("no running job %q: `dsmrun ps` lists them", job)
+}
+
+var _ = bufio.NewReader

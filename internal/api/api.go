@@ -1,0 +1,81 @@
+// Package api is the protocol between migrated daemons and their clients
+// (the migrated client commands and dsmrun): requests, replies, and how to
+// reach a daemon, locally over its unix socket or remotely over TCP with the
+// cluster's token.
+package api
+
+import "time"
+
+// Message types of the client protocol. Values below 0x80 are the project's;
+// internal/wire reserves the rest.
+const (
+	TRequest byte = 1 // client -> daemon: Request
+	TReply   byte = 2 // daemon -> client: the final answer to a Request
+	TEvent   byte = 3 // daemon -> client: progress of a migration
+	TLogData byte = 4 // daemon -> client: a chunk of a log
+	TEnd     byte = 5 // daemon -> client: end of a log
+)
+
+// Request is what a client asks of a daemon.
+type Request struct {
+	Op     string   `json:"op"` // run, ps, logs, migrate, kill, history
+	ID     string   `json:"id,omitempty"`
+	Name   string   `json:"name,omitempty"`
+	Argv   []string `json:"argv,omitempty"`
+	Env    []string `json:"env,omitempty"`
+	To     string   `json:"to,omitempty"`
+	MoveIP string   `json:"move_ip,omitempty"`
+	Dir    string   `json:"dir,omitempty"`
+	Job    string   `json:"job,omitempty"`  // run: the DSM job this process is a rank of
+	Rank   int      `json:"rank,omitempty"` // run: its rank in Job
+	Offset int64    `json:"offset,omitempty"`
+}
+
+// Reply answers a Request.
+type Reply struct {
+	ID      string         `json:"id,omitempty"`
+	Procs   []ProcInfo     `json:"procs,omitempty"`
+	Records []MigrationRec `json:"records,omitempty"`
+	Size    int64          `json:"size,omitempty"` // logs: bytes that follow
+	Record  *MigrationRec  `json:"record,omitempty"`
+	// follow: how the process left this host.
+	State    string `json:"state,omitempty"`     // "exited" or "migrated"
+	ExitCode int    `json:"exit_code,omitempty"` // when exited
+	MovedTo  string `json:"moved_to,omitempty"`  // when migrated: the daemon it went to
+}
+
+// ProcInfo is a process as `migrated ps` shows it.
+type ProcInfo struct {
+	ID       string    `json:"id"`
+	Name     string    `json:"name"`
+	PID      int       `json:"pid"`
+	State    string    `json:"state"`
+	Command  []string  `json:"command"`
+	Started  time.Time `json:"started"`
+	Moves    int       `json:"moves"`
+	ExitCode *int      `json:"exit_code,omitempty"`
+	Job      string    `json:"job,omitempty"`
+	Rank     int       `json:"rank"`
+}
+
+// Event is a step of a migration, shown by the client as it happens.
+type Event struct {
+	Phase string        `json:"phase"`
+	Dur   time.Duration `json:"dur"`
+	Info  string        `json:"info,omitempty"`
+}
+
+// MigrationRec is the record every migration leaves on its source daemon.
+type MigrationRec struct {
+	ID       string        `json:"id"`
+	Name     string        `json:"name"`
+	From     string        `json:"from"`
+	To       string        `json:"to"`
+	MoveIP   string        `json:"move_ip,omitempty"`
+	Start    time.Time     `json:"start"`
+	Phases   []Event       `json:"phases"`
+	Total    time.Duration `json:"total"`
+	Downtime time.Duration `json:"downtime"`
+	Bytes    int64         `json:"bytes"`
+	Outcome  string        `json:"outcome"` // "ok" or the error
+}

@@ -1,0 +1,112 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"dsmigrate/internal/wire"
+)
+
+// DefaultSocket is where a daemon serves its local clients.
+const DefaultSocket = "/run/migrated.sock"
+
+// Client is a connection to one daemon, good for one request.
+type Client struct {
+	c *wire.Conn
+}
+
+// DialLocal reaches this host's daemon over its root-only unix socket.
+func DialLocal(path string) (*Client, error) {
+	conn, err := net.Dial("unix", path)
+	if err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			return nil, fmt.Errorf("cannot reach the daemon at %s: only root may use it", path)
+		}
+		return nil, fmt.Errorf("cannot reach the daemon at %s (%v): is `migrated serve` running on this host?", path, err)
+	}
+	return &Client{wire.Plain(conn)}, nil
+}
+
+// DialRemote reaches the daemon at addr over TCP, authenticated with token.
+func DialRemote(addr string, token []byte) (*Client, error) {
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("daemon %s unreachable: %v", addr, err)
+	}
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	wc, err := wire.Client(conn, token)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("daemon %s: %w", addr, err)
+	}
+	conn.SetDeadline(time.Time{})
+	return &Client{wc}, nil
+}
+
+// Close ends the connection.
+func (c *Client) Close() error { return c.c.Close() }
+
+// Do sends req and waits for its reply; the connection is closed after.
+func (c *Client) Do(req Request) (*Reply, error) {
+	defer c.Close()
+	if err := c.c.WriteJSON(TRequest, &req); err != nil {
+		return nil, err
+	}
+	var r Reply
+	if err := c.c.ReadJSON(TReply, &r); err != nil {
+		return nil, Unwrap(err)
+	}
+	return &r, nil
+}
+
+// Stream sends req and passes log data to out and events to ev until the
+// final reply, which it returns. It serves logs, follow and migrate.
+func (c *Client) Stream(req Request, out io.Writer, ev func(Event)) (*Reply, error) {
+	defer c.Close()
+	if err := c.c.WriteJSON(TRequest, &req); err != nil {
+		return nil, err
+	}
+	for {
+		typ, b, err := c.c.ReadMsg()
+		if err != nil {
+			return nil, err
+		}
+		switch typ {
+		case TLogData:
+			if out != nil {
+				if _, err := out.Write(b); err != nil {
+					return nil, err
+				}
+			}
+		case TEvent:
+			var e Event
+			if json.Unmarshal(b, &e) == nil && ev != nil {
+				ev(e)
+			}
+		case TReply:
+			var r Reply
+			if err := json.Unmarshal(b, &r); err != nil {
+				return nil, fmt.Errorf("malformed reply: %v", err)
+			}
+			return &r, nil
+		case wire.TypeError:
+			return nil, Unwrap(c.c.DecodeError(b))
+		default:
+			return nil, fmt.Errorf("unexpected message type %d", typ)
+		}
+	}
+}
+
+// Unwrap strips the transport's wording from a daemon's error.
+func Unwrap(err error) error {
+	var re *wire.RemoteError
+	if errors.As(err, &re) {
+		return errors.New(re.Msg)
+	}
+	return err
+}

@@ -1,0 +1,36 @@
+// Package netmove moves network endpoints between hosts during a migration:
+// an IP address leaves the source's interface and arrives on the target's,
+// the neighbours learn its new MAC address at once (gratuitous ARP), and
+// CRIU's network lock, which keeps the peers of a dumped TCP connection from
+// seeing resets while the connection is in flight, is copied from the source
+// to the target and removed where it is no longer wanted.
+//
+// Every function works in the network namespace of the calling thread, so a
+// daemon running inside a host's namespaces (the intended arrangement) needs
+// no special care. Code that must act on another namespace should call these
+// functions on a locked OS thread that it throws away afterwards.
+//
+// The package owns no long-lived state: addresses are changed through
+// netlink (github.com/vishvananda/netlink), the lock through the nft tool and
+// announcements through arping (iputils), each with a deadline.
+//
+// # CRIU's network lock
+//
+// With --network-lock nftables, CRIU 4.x puts the lock of a dump into one
+// table of the inet family named "CRIU-" plus the dump's run id, a UUID that
+// CRIU cuts to fit its name buffer: CRIU 4.2.1 was seen creating
+// "inet CRIU-8008451e-740e-41f8-ad" for run id
+// 8008451e-740e-41f8-ad28-726dc99e3699. The name is not derived from a pid
+// (only restores of images older than CRIU 4.0 use "CRIU-<pid>"), so
+// [LockName] finds it from the images directory of the dump: the run id is
+// recorded in inventory.img, and restore uses it to delete the lock. The
+// typical sequence for a TCP connection whose address moves:
+//
+//	source: criu dump --tcp-established --network-lock nftables --leave-stopped
+//	source: name := LockName(imagesDir); rules := ExportLock(name)
+//	target: CheckLock(rules); ImportLock(rules)
+//	source: DelAddr(iface, cidr)
+//	target: AddAddr(iface, cidr); Announce(iface, ip)
+//	target: criu restore --tcp-established (deletes the target's copy)
+//	source: DeleteLock(name)
+package netmove

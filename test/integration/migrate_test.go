@@ -1,0 +1,260 @@
+package integration
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A stateful process goes round h1 -> h2 -> h3 -> h1 and keeps counting from
+// where it was: its log, which travels with it, has every number once.
+func TestStatefulRoundTrip(t *testing.T) {
+	needRoot(t)
+	id := start(t, 1, "counter", "migtest", "counter")
+	waitLog(t, 1, id, `count \d+`, 10)
+	route := []int{1, 2, 3, 1}
+	for i := 0; i+1 < len(route); i++ {
+		out := migrate(t, route[i], route[i+1], id)
+		for _, ph := range []string{"freeze", "dump", "transfer", "restore", "resume"} {
+			if !strings.Contains(out, ph) {
+				t.Errorf("migrate output lacks phase %q:\n%s", ph, out)
+			}
+		}
+		waitLog(t, route[i+1], id, `count \d+`, 10)
+	}
+	n := checkConsecutive(t, logs(t, 1, id), "count ", 1)
+	if n < 40 {
+		t.Fatalf("only %d counts after three moves", n)
+	}
+}
+
+// 256 MiB of touched memory arrives with identical content.
+func TestLargeMemory(t *testing.T) {
+	needRoot(t)
+	id := start(t, 1, "mem256", "migtest", "mem", "256")
+	l := waitLog(t, 1, id, `mem ok`, 1)
+	want := regexp.MustCompile(`mem ready 256 MiB ([0-9a-f]+)`).FindStringSubmatch(l)
+	if want == nil {
+		t.Fatalf("no digest in log:\n%s", l)
+	}
+	migrate(t, 1, 2, id)
+	l = waitLog(t, 2, id, `mem ok `+want[1], 3)
+	if strings.Contains(l, "BAD") {
+		t.Fatalf("memory changed in transit:\n%s", tail(l, 5))
+	}
+}
+
+// A multi-threaded Go program keeps its threads and their work.
+func TestThreads(t *testing.T) {
+	needRoot(t)
+	id := start(t, 2, "threads", "migtest", "threads", "6")
+	l := waitLog(t, 2, id, `threads \d+ tasks \d+`, 3)
+	before := lastMatch(t, l, `threads (\d+) tasks`)
+	migrate(t, 2, 3, id)
+	l = waitLog(t, 3, id, `threads \d+ tasks \d+`, 5)
+	after := lastMatch(t, l, `threads (\d+) tasks`)
+	tasks := lastMatch(t, l, `threads \d+ tasks (\d+)`)
+	if len(after) < len(before) || (len(after) == len(before) && after <= before) {
+		t.Fatalf("the threads' work did not go on: %s before, %s after", before, after)
+	}
+	if n, _ := strconv.Atoi(tasks); n < 7 {
+		t.Fatalf("%s threads after the move, want the 6 workers and main", tasks)
+	}
+}
+
+// A parent and its children move as one tree and all go on working.
+func TestProcessTree(t *testing.T) {
+	needRoot(t)
+	id := start(t, 3, "tree", "migtest", "tree", "3")
+	waitLog(t, 3, id, `child 2 tick`, 3)
+	migrate(t, 3, 1, id)
+	for k := 0; k < 3; k++ {
+		waitLog(t, 1, id, fmt.Sprintf(`child %d tick`, k), 5)
+	}
+	waitLog(t, 1, id, `parent tick`, 5)
+	for k := 0; k < 3; k++ {
+		checkConsecutive(t, logs(t, 1, id), fmt.Sprintf("child %d tick ", k), 1)
+	}
+}
+
+// withIP puts an extra address on hK's eth0 for the test.
+func withIP(t *testing.T, k int, cidr string) {
+	t.Helper()
+	mustOn(t, k, "ip", "addr", "add", cidr, "dev", "eth0")
+	t.Cleanup(func() {
+		for h := 1; h <= nHosts; h++ {
+			on(h, "ip", "addr", "del", cidr, "dev", "eth0")
+		}
+	})
+}
+
+// A TCP client keeps its connection to a server on h3 through a move with
+// its address: the server sees no reset, every echo comes back in order.
+func TestTCPClientMoveIP(t *testing.T) {
+	needRoot(t)
+	withIP(t, 1, "10.77.0.101/24")
+	srv := start(t, 3, "echo-srv", "migtest", "tcp-server", "0.0.0.0:7101")
+	waitLog(t, 3, srv, `server conns`, 1)
+	cli := start(t, 1, "echo-cli", "migtest", "tcp-client", "10.77.0.101", "10.77.0.3:7101")
+	waitLog(t, 1, cli, `client ok`, 3)
+	migrate(t, 1, 2, cli, "--move-ip", "10.77.0.101/24")
+	l := waitLog(t, 2, cli, `client ok`, 10)
+	if strings.Contains(l, "FAIL") {
+		t.Fatalf("client failed:\n%s", tail(l, 5))
+	}
+	checkConsecutive(t, l, "client ok ", 10) // every tenth echo, in order: none lost or doubled
+	sl := logs(t, 3, srv)
+	if strings.Contains(sl, "closed") {
+		t.Fatalf("server saw the connection end:\n%s", tail(sl, 5))
+	}
+	if strings.Contains(mustOn(t, 1, "ip", "-4", "addr", "show", "dev", "eth0"), "10.77.0.101/") {
+		t.Fatal("h1 still holds 10.77.0.101 after the move")
+	}
+	if !strings.Contains(mustOn(t, 2, "ip", "-4", "addr", "show", "dev", "eth0"), "10.77.0.101/") {
+		t.Fatal("h2 does not hold 10.77.0.101 after the move")
+	}
+}
+
+// A TCP server moves with its address and keeps serving its clients.
+func TestTCPServerMoveIP(t *testing.T) {
+	needRoot(t)
+	withIP(t, 1, "10.77.0.102/24")
+	srv := start(t, 1, "srv", "migtest", "tcp-server", "10.77.0.102:7102")
+	waitLog(t, 1, srv, `server conns`, 1)
+	c1 := start(t, 3, "cli1", "migtest", "tcp-client", "", "10.77.0.102:7102")
+	c2 := start(t, 4, "cli2", "migtest", "tcp-client", "", "10.77.0.102:7102")
+	waitLog(t, 3, c1, `client ok`, 3)
+	waitLog(t, 4, c2, `client ok`, 3)
+	migrate(t, 1, 2, srv, "--move-ip", "10.77.0.102/24")
+	for _, c := range []struct {
+		k  int
+		id string
+	}{{3, c1}, {4, c2}} {
+		l := waitLog(t, c.k, c.id, `client ok`, 10)
+		if strings.Contains(l, "FAIL") {
+			t.Fatalf("client on h%d failed:\n%s", c.k, tail(l, 5))
+		}
+		checkConsecutive(t, l, "client ok ", 10)
+	}
+	if l := logs(t, 2, srv); strings.Contains(l, "closed") || !strings.Contains(tail(l, 1), "conns 2") {
+		t.Fatalf("server after the move:\n%s", tail(l, 5))
+	}
+}
+
+// The target daemon dies in the middle of a migration: the process goes on
+// running on the source, once, with its memory intact.
+func TestTargetKilledMidMigration(t *testing.T) {
+	needRoot(t)
+	id := start(t, 1, "victim", "migtest", "mem", "768")
+	waitLog(t, 1, id, `mem ok`, 1)
+	cmd := exec.Command(cluster, "exec", "h1", "sh", "-c", "exec 2>&1; exec migrated migrate "+id+" --to "+addr(4))
+	out, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var seen strings.Builder
+	sc := bufio.NewScanner(out)
+	killed := false
+	for sc.Scan() {
+		seen.WriteString(sc.Text() + "\n")
+		if !killed && strings.Contains(sc.Text(), "dump") {
+			killDaemon(t, 4)
+			killed = true
+		}
+	}
+	err := cmd.Wait()
+	if !killed {
+		t.Fatalf("the migration never reached the transfer:\n%s", seen.String())
+	}
+	if err == nil {
+		t.Fatalf("migrate succeeded although the target died:\n%s", seen.String())
+	}
+	if !strings.Contains(seen.String(), "resumed on the source") {
+		t.Errorf("migrate did not say the process resumed:\n%s", seen.String())
+	}
+	p := find(t, 1, id)
+	if p == nil || p.State != "running" {
+		t.Fatalf("after the failed migration h1 shows %+v", p)
+	}
+	l := waitLog(t, 1, id, `mem ok`, 3)
+	if strings.Contains(l, "BAD") {
+		t.Fatal(tail(l, 5))
+	}
+	waitPort(t, 4, addr(4)) // cluster.sh's supervisor restarts it
+}
+
+// A daemon with another token is refused: nothing is sent, the process stays.
+func TestBadTokenRefused(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "token")
+	os.WriteFile(tok, []byte("an-entirely-different-secret-token\n"), 0o600)
+	state := filepath.Join(dir, "state")
+	// A second daemon on h3, port 7078, with its own token and socket.
+	go on(3, "env", "MIGRATED_SOCKET=/run/rogue.sock", "migrated", "serve", "--listen", "10.77.0.3:7078",
+		"--state-dir", state, "--token-file", tok)
+	t.Cleanup(func() { on(3, "pkill", "-f", "[1]0.77.0.3:7078") })
+	waitPort(t, 3, "10.77.0.3:7078")
+	id := start(t, 1, "stay", "migtest", "counter")
+	waitLog(t, 1, id, `count`, 3)
+	out, err := on(1, "migrated", "migrate", id, "--to", "10.77.0.3:7078")
+	if err == nil {
+		t.Fatalf("migration to a daemon with another token succeeded:\n%s", out)
+	}
+	if !strings.Contains(err.Error(), "authentication") {
+		t.Errorf("error does not say why: %v", err)
+	}
+	if p := find(t, 1, id); p == nil || p.State != "running" {
+		t.Fatalf("h1 shows %+v after the refused migration", p)
+	}
+	waitLog(t, 1, id, `count`, 5)
+	checkConsecutive(t, logs(t, 1, id), "count ", 1)
+}
+
+// Unreachable target: refused before anything is frozen.
+func TestUnreachableTarget(t *testing.T) {
+	needRoot(t)
+	id := start(t, 2, "stay2", "migtest", "counter")
+	waitLog(t, 2, id, `count`, 3)
+	_, err := on(2, "migrated", "migrate", id, "--to", "10.77.0.3:1")
+	if err == nil || !strings.Contains(err.Error(), "unreachable") {
+		t.Fatalf("want an 'unreachable' error, got %v", err)
+	}
+	waitLog(t, 2, id, `count`, 5)
+	checkConsecutive(t, logs(t, 2, id), "count ", 1)
+}
+
+func lastMatch(t *testing.T, s, re string) string {
+	t.Helper()
+	m := regexp.MustCompile(re).FindAllStringSubmatch(s, -1)
+	if m == nil {
+		t.Fatalf("no %q in:\n%s", re, tail(s, 5))
+	}
+	return m[len(m)-1][1]
+}
+
+func killDaemon(t *testing.T, k int) {
+	t.Helper()
+	if _, err := on(k, "pkill", "-KILL", "-x", "migrated"); err != nil {
+		t.Fatalf("cannot kill h%d's daemon: %v", k, err)
+	}
+}
+
+func waitPort(t *testing.T, k int, hostport string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := on(k, "nc", "-z", "-w", "1", strings.Split(hostport, ":")[0], strings.Split(hostport, ":")[1]); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("nothing listens on %s in h%d", hostport, k)
+}
