@@ -11,7 +11,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
@@ -393,7 +392,9 @@ func migrateRank(c *cli.Context) error {
 			}
 			fmt.Fprintf(os.Stderr, "migrating job %s rank %d: %s -> %s\n", job, rankN, r.Host, c.String("to"))
 			rep, err := cli.Stream(api.Request{Op: "migrate", ID: r.ProcID, To: c.String("to"), MoveIP: c.String("move-ip")}, nil,
-				func(e api.Event) { fmt.Fprintf(os.Stderr, "  %-9s %8.1f ms  %s\n", e.Phase, float64(e.Dur.Microseconds())/1000, e.Info) })
+				func(e api.Event) {
+					fmt.Fprintf(os.Stderr, "  %-9s %8.1f ms  %s\n", e.Phase, float64(e.Dur.Microseconds())/1000, e.Info)
+				})
 			if err != nil {
 				return err
 			}
@@ -408,4 +409,3 @@ func migrateRank(c *cli.Context) error {
 	return fmt.Errorf("no running job %q: `dsmrun ps` lists them", job)
 }
 
-var _ = bufio.NewReader

@@ -33,7 +33,7 @@ type Proc struct {
 	pid     int
 	state   string // running, migrating, exited, migrated
 	exit    *int
-	pipeKey string // "pipe:[ino]" of the process's stdout/stderr, for --inherit-fd
+	pipeKey string        // "pipe:[ino]" of the process's stdout/stderr, for --inherit-fd
 	gone    chan struct{} // closed when the process is reaped
 	movedTo string        // the daemon it migrated to
 

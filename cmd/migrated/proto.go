@@ -36,16 +36,16 @@ const (
 
 // beginMsg opens a migration on the target.
 type beginMsg struct {
-	ID       string    `json:"id"`
-	Name     string    `json:"name"`
-	Argv     []string  `json:"argv"`
-	PipeKey  string    `json:"pipe_key"`
-	MoveIP   string    `json:"move_ip,omitempty"`
-	Started  time.Time `json:"started"`
-	Moves    int       `json:"moves"`
-	Source   string    `json:"source"`
-	Job      string    `json:"job,omitempty"`
-	Rank     int       `json:"rank,omitempty"`
+	ID      string    `json:"id"`
+	Name    string    `json:"name"`
+	Argv    []string  `json:"argv"`
+	PipeKey string    `json:"pipe_key"`
+	MoveIP  string    `json:"move_ip,omitempty"`
+	Started time.Time `json:"started"`
+	Moves   int       `json:"moves"`
+	Source  string    `json:"source"`
+	Job     string    `json:"job,omitempty"`
+	Rank    int       `json:"rank,omitempty"`
 }
 
 // fileMsg announces one file of the image set; its content follows as a stream.
