@@ -231,7 +231,7 @@ func baseOpts(dir string) *rpc.CriuOpts {
 		ImagesDirFd: ptr(int32(-1)),
 		ImagesDir:   ptr(dir),
 		LogFile:     ptr(LogName),
-		LogLevel:    ptr(int32(4)),
+		LogLevel:    ptr(int32(3)),
 		// CRIU's RPC default is iptables; nftables keeps the whole lock in one
 		// table that can be copied to another host (ENVIRONMENT.md).
 		NetworkLock: rpc.CriuNetworkLockMethod_NFTABLES.Enum(),

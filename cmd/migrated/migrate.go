@@ -193,25 +193,31 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 	p.mu.Lock()
 	p.state, p.movedTo = "migrated", req.To
 	p.mu.Unlock()
-	killTree(p)
-	if lockTable != "" {
-		netmove.DeleteLock(lockTable)
-	}
+	// SIGKILL ends a stopped task without it running again, so the target
+	// may resume at once; reaping and cleaning up happen after.
+	signalTree(pid, syscall.SIGKILL)
 	raw.SetDeadline(time.Now().Add(commitTimeout))
-	if err := c.WriteMsg(tCommit, nil); err == nil {
+	if err = c.WriteMsg(tCommit, nil); err == nil {
 		err = c.ReadJSON(tDone, &struct{}{})
 	}
+	resumeDur := time.Since(t3)
+	go func() {
+		killTree(p) // reap the source copy
+		if lockTable != "" {
+			netmove.DeleteLock(lockTable)
+		}
+	}()
 	if err != nil {
 		d.log.Error("commit not confirmed: the process may be lost", "id", p.ID, "target", req.To, "err", err)
 	}
 	d.mu.Lock()
 	delete(d.procs, p.ID)
 	d.mu.Unlock()
-	phase("resume", time.Since(t3), "")
+	phase("resume", resumeDur, "")
 	// Keep the log a while for followers that are reading it still.
 	time.AfterFunc(time.Minute, func() { os.RemoveAll(filepath.Dir(p.logPath)) })
 	rec.Total = time.Since(rec.Start)
-	rec.Downtime = time.Since(t0)
+	rec.Downtime = t3.Add(resumeDur).Sub(t0)
 	rec.Outcome = "ok"
 	if err != nil {
 		rec.Outcome = "commit not confirmed: " + err.Error()
@@ -281,13 +287,16 @@ func (d *Daemon) restoreProc(id, name string, argv []string, started time.Time, 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), restoreTimeout)
 	defer cancel()
-	pid, _, err := d.criu.Restore(ctx, criu.RestoreOpts{ImagesDir: dir, TCPEstablished: tcp, LeaveStopped: true,
+	t0 := time.Now()
+	pid, st, err := d.criu.Restore(ctx, criu.RestoreOpts{ImagesDir: dir, TCPEstablished: tcp, LeaveStopped: true,
 		InheritFds: map[string]*os.File{key: w}})
 	if err != nil {
 		r.Close()
 		logf.Close()
 		return nil, err
 	}
+	d.log.Info("criu restore", "id", id, "took", time.Since(t0), "criu_restore", st.Restore, "forking", st.Forking,
+		"pages", st.PagesRestored)
 	proc, err := os.FindProcess(pid)
 	if err != nil {
 		r.Close()
@@ -452,20 +461,20 @@ func (d *Daemon) receive(c *wire.Conn, b beginMsg) (err error) {
 		}
 		return fmt.Errorf("source did not commit: %v", err)
 	}
-	if b.MoveIP != "" {
-		netmove.DeleteLock(lockTable)
-	}
 	np.mu.Lock()
 	np.state = "running"
 	np.mu.Unlock()
 	signalTree(np.pid, syscall.SIGCONT)
+	c.WriteJSON(tDone, struct{}{})
+	if b.MoveIP != "" {
+		netmove.DeleteLock(lockTable) // normally gone already: the restore removes its lock
+	}
 	np.Job, np.Rank = b.Job, b.Rank
 	p = np
 	d.mu.Lock()
 	d.procs[b.ID] = np
 	d.mu.Unlock()
 	d.log.Info("restored", "id", b.ID, "pid", np.pid, "from", b.Source)
-	c.WriteJSON(tDone, struct{}{})
 	return nil
 }
 
