@@ -25,6 +25,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
 
@@ -196,9 +197,10 @@ func runJob(c *cli.Context) error {
 	}()
 
 	var out sync.Mutex
+	var stopping atomic.Bool
 	codes := make(chan [2]int, n)
 	for _, rk := range ranks {
-		go func() { codes <- [2]int{rk.n, follow(cl, rk, &out)} }()
+		go func() { codes <- [2]int{rk.n, follow(cl, rk, &out, &stopping)} }()
 	}
 	status := 0
 	for range n {
@@ -206,9 +208,11 @@ func runJob(c *cli.Context) error {
 		if rc[1] != 0 && status == 0 {
 			status = rc[1]
 			fmt.Fprintf(os.Stderr, "dsmrun: rank %d failed (exit %d): stopping the others\n", rc[0], rc[1])
+			stopping.Store(true)
 			go killAll()
 		}
 	}
+	killAll() // the ranks have ended: forget their records on the daemons
 	if status != 0 {
 		return cli.Exit(fmt.Sprintf("job %s failed", job), status)
 	}
@@ -217,7 +221,7 @@ func runJob(c *cli.Context) error {
 
 // follow streams a rank's output, prefixed with its rank, wherever it moves,
 // and returns its exit code.
-func follow(cl *cluster, rk *rank, out *sync.Mutex) int {
+func follow(cl *cluster, rk *rank, out *sync.Mutex, stopping *atomic.Bool) int {
 	pw := &prefixWriter{prefix: fmt.Sprintf("[%d] ", rk.n), mu: out}
 	var off int64
 	for {
@@ -231,7 +235,9 @@ func follow(cl *cluster, rk *rank, out *sync.Mutex) int {
 		rep, err := c.Stream(api.Request{Op: "follow", ID: id, Offset: off}, cw, nil)
 		off += cw.n
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "dsmrun: rank %d on %s: %v\n", rk.n, host, err)
+			if !stopping.Load() {
+				fmt.Fprintf(os.Stderr, "dsmrun: rank %d on %s: %v\n", rk.n, host, err)
+			}
 			return 255
 		}
 		switch rep.State {

@@ -289,7 +289,8 @@ func (d *Daemon) do(c *wire.Conn, req Request) (*Reply, error) {
 		d.mu.Lock()
 		delete(d.procs, p.ID)
 		d.mu.Unlock()
-		os.RemoveAll(filepath.Dir(p.logPath))
+		// Followers may be reading the log still.
+		time.AfterFunc(time.Minute, func() { os.RemoveAll(filepath.Dir(p.logPath)) })
 		return &Reply{ID: p.ID}, nil
 	case "migrate":
 		rec, err := d.migrateOut(req, func(e Event) { c.WriteJSON(tEvent, e) })
