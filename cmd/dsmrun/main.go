@@ -142,7 +142,9 @@ func runJob(c *cli.Context) error {
 	}
 	port := c.Int("port")
 	if port == 0 {
-		p, _ := rand.Int(rand.Reader, big.NewInt(20000))
+		// Below Linux's ephemeral range (32768-60999), where outgoing
+		// connections would take the ranks' ports.
+		p, _ := rand.Int(rand.Reader, big.NewInt(int64(32000-n-20000)))
 		port = 20000 + int(p.Int64())
 	}
 	if port < 1024 || port+n > 65535 {

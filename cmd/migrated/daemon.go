@@ -37,6 +37,7 @@ type Daemon struct {
 	imagesDir string
 	criu      *criu.Client
 	token     []byte
+	ctlPath   string // the control socket of migration-aware processes
 	log       *slog.Logger
 
 	mu      sync.Mutex
@@ -128,6 +129,13 @@ func (d *Daemon) serve(ctx context.Context, sockPath, tokenFile string) error {
 	}
 	defer ul.Close()
 	os.Chmod(sockPath, 0o600)
+	d.ctlPath = sockPath + ".ctl"
+	cl, err := listenControl(d.ctlPath)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	go d.serveControl(cl)
 	d.log.Info("serving", "listen", d.listen, "socket", sockPath, "state", d.stateDir)
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)

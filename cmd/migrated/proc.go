@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"dsmigrate/internal/wire"
+	mrt "dsmigrate/runtime"
 )
 
 // Proc is a process this daemon owns.
@@ -38,6 +39,9 @@ type Proc struct {
 	movedTo string        // the daemon it migrated to
 
 	captured chan struct{} // closed when its output pipe has no writer left
+
+	hooks   bool     // registered migration hooks (package runtime)
+	pending *control // a command waiting for the process to fetch it
 
 	logMu sync.Mutex // held while a chunk of output is appended to the log
 	out   *os.File   // read end of the output pipe
@@ -102,7 +106,7 @@ func (d *Daemon) launch(id, name string, argv, env []string, dir string) (*Proc,
 	}
 	cmd := exec.Command(path, argv[1:]...)
 	cmd.Args = argv
-	cmd.Env = env
+	cmd.Env = append(env, mrt.EnvID+"="+id, mrt.EnvControl+"="+d.ctlPath)
 	cmd.Dir = dir
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, w, w
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 		fmt.Println("integration tests need root: skipped")
 		os.Exit(m.Run())
 	}
-	build := exec.Command("go", "build", "-o", filepath.Join(repo, "bin")+"/", "./cmd/...", "./test/integration/migtest")
+	build := exec.Command("go", "build", "-o", filepath.Join(repo, "bin")+"/", "./cmd/...", "./test/integration/migtest", "./examples/...")
 	build.Dir, build.Stdout, build.Stderr = repo, os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Println("build failed:", err)

@@ -1,0 +1,161 @@
+package dsmshm
+
+/*
+#cgo CFLAGS: -O2 -Wall -Wextra -Wno-unused-parameter
+#include "dsm.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"sync"
+	"syscall"
+	"unsafe"
+)
+
+// This file is the only one that calls into C. Pointers passed to C point to
+// Go memory without Go pointers inside (slices of integers and bytes) and
+// are not retained by C after the call returns, as cgo's rules require.
+
+var installOnce struct {
+	sync.Once
+	err error
+}
+
+// installHandler installs the SIGSEGV handler once per process, after the Go
+// runtime installed its own (which the handler chains to).
+func installHandler() error {
+	installOnce.Do(func() {
+		if rc := C.dsm_install_handler(); rc != 0 {
+			installOnce.err = fmt.Errorf("dsmshm: installing SIGSEGV handler: %w", syscall.Errno(-rc))
+		}
+	})
+	return installOnce.err
+}
+
+func errno(rc C.int) error {
+	if rc == 0 {
+		return nil
+	}
+	return syscall.Errno(-rc)
+}
+
+// cnode owns a C dsm_node: the page channels and the page server thread.
+type cnode struct{ p *C.dsm_node }
+
+func newCNode(rank, size int) (cnode, error) {
+	p := C.dsm_node_new(C.int(rank), C.int(size))
+	if p == nil {
+		return cnode{}, fmt.Errorf("dsmshm: allocating node: out of memory")
+	}
+	if err := errno(C.dsm_node_start(p)); err != nil {
+		C.dsm_node_free(p)
+		return cnode{}, fmt.Errorf("dsmshm: starting page server thread: %w", err)
+	}
+	return cnode{p}, nil
+}
+
+func (c cnode) setChan(rank, fd int) { C.dsm_node_set_chan(c.p, C.int(rank), C.int(fd)) }
+
+func (c cnode) serveFD(fd int) error { return errno(C.dsm_node_serve_fd(c.p, C.int(fd))) }
+
+// stop ends the page server thread, so no request touches a segment.
+func (c cnode) stop() { C.dsm_node_stop(c.p) }
+
+func (c cnode) free() { C.dsm_node_free(c.p) }
+
+type cstats struct {
+	readFaults, writeFaults, twins, fetches, fetchNS, served, invalidations uint64
+}
+
+func (c cnode) stats() cstats {
+	var s C.dsm_cstats
+	C.dsm_node_stats(c.p, &s)
+	return cstats{uint64(s.read_faults), uint64(s.write_faults), uint64(s.twins), uint64(s.fetches),
+		uint64(s.fetch_ns), uint64(s.served), uint64(s.invalidations)}
+}
+
+// cseg owns a C dsm_seg: the two mappings of the segment's memory, the twin
+// area and the page table.
+type cseg struct{ p *C.dsm_seg }
+
+func newCSeg(n cnode, id uint32, homes []int32) (cseg, error) {
+	var rc C.int
+	p := C.dsm_seg_new(n.p, C.uint32_t(id), C.size_t(len(homes)), (*C.int32_t)(unsafe.Pointer(&homes[0])), &rc)
+	if p == nil {
+		return cseg{}, errno(rc)
+	}
+	return cseg{p}, nil
+}
+
+// base returns the application view. It is memory mapped outside the Go
+// heap and lives until free, so slices over it are sound until then.
+func (s cseg) base() unsafe.Pointer { return unsafe.Pointer(C.dsm_seg_app(s.p)) }
+
+func (s cseg) free() { C.dsm_seg_free(s.p) }
+
+func (s cseg) prepare(first, n int, write bool) error {
+	w := C.int(0)
+	if write {
+		w = 1
+	}
+	return errno(C.dsm_prepare(s.p, C.size_t(first), C.size_t(n), w))
+}
+
+// collectDirty appends the pages currently writable (dirty) to out[:0].
+func (s cseg) collectDirty(out []uint32) []uint32 {
+	n := C.dsm_collect_dirty(s.p, (*C.uint32_t)(unsafe.Pointer(&out[:1][0])))
+	return out[:n]
+}
+
+// flush write-protects pages and encodes their diffs into buf, which must
+// hold maxDiff bytes per page. See dsm_flush_pages.
+func (s cseg) flush(pages []uint32, buf []byte, difflen []int32, ver []uint64) error {
+	return errno(C.dsm_flush_pages(s.p, (*C.uint32_t)(unsafe.Pointer(&pages[0])), C.size_t(len(pages)),
+		(*C.uint8_t)(unsafe.Pointer(&buf[0])), (*C.int32_t)(unsafe.Pointer(&difflen[0])),
+		(*C.uint64_t)(unsafe.Pointer(&ver[0]))))
+}
+
+func (s cseg) applyDiff(page uint32, d []byte) (before, after uint64, err error) {
+	var b, a C.uint64_t
+	var p *C.uint8_t
+	if len(d) > 0 {
+		p = (*C.uint8_t)(unsafe.Pointer(&d[0]))
+	}
+	err = errno(C.dsm_apply_diff(s.p, C.uint32_t(page), p, C.size_t(len(d)), &b, &a))
+	return uint64(b), uint64(a), err
+}
+
+func (s cseg) setVersionIf(page uint32, before, after uint64) {
+	C.dsm_set_version_if(s.p, C.uint32_t(page), C.uint64_t(before), C.uint64_t(after))
+}
+
+// invalidate drops the copies of pages older than req; it returns the pages
+// it could not drop because they are dirty. dirty needs room for len(pages).
+func (s cseg) invalidate(pages []uint32, req []uint64, dirty []uint32) ([]uint32, error) {
+	rc := C.dsm_invalidate(s.p, (*C.uint32_t)(unsafe.Pointer(&pages[0])), (*C.uint64_t)(unsafe.Pointer(&req[0])),
+		C.size_t(len(pages)), (*C.uint32_t)(unsafe.Pointer(&dirty[0])))
+	if rc < 0 {
+		return nil, syscall.Errno(-rc)
+	}
+	return dirty[:rc], nil
+}
+
+// Page states, as in dsm.h.
+const (
+	stateInvalid = C.DSM_INVALID
+	stateRO      = C.DSM_RO
+	stateRW      = C.DSM_RW
+)
+
+func (s cseg) pageState(page uint32) (state int, ver uint64) {
+	var v C.uint64_t
+	st := C.dsm_page_state(s.p, C.uint32_t(page), &v)
+	return int(st), uint64(v)
+}
+
+func init() {
+	if C.DSM_PAGE != pageSize || C.DSM_MAX_DIFF != maxDiff {
+		panic("dsmshm: dsm.h and wire.go disagree on page or diff size")
+	}
+}

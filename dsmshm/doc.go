@@ -1,0 +1,169 @@
+// Package dsmshm is a software distributed shared memory for Go programs in
+// the line of TreadMarks: the ranks of a job (one process each, usually
+// started by dsmrun) share segments of memory that they read and write as
+// plain Go slices, and synchronize with locks and barriers.
+//
+//	node, err := dsmshm.Start()          // joins the job dsmrun describes
+//	defer node.Close()                   // collective: a final barrier
+//	seg, err := node.Alloc("grid", n*8)  // collective, zero-filled
+//	g := dsmshm.View[float64](seg)       // or seg.Bytes()
+//	g[i] = 1                             // no accessor calls
+//	node.Barrier(0)                      // everyone sees everyone's writes
+//	node.Lock(3); g[0]++; node.Unlock(3)
+//
+// The package name says what it provides (distributed shared memory) and
+// shadows nothing that programs commonly import. It needs Linux on x86-64
+// and cgo (the fault handler reads the x86 page-fault error code to tell
+// reads from writes).
+//
+// # Consistency model
+//
+// Release consistency for data-race-free programs: writes a rank makes
+// before a release (Unlock, or entering a barrier) are visible to every rank
+// after a matching acquire (Lock of the same id, or leaving the barrier),
+// transitively. Accesses not ordered by synchronization may see old values.
+// Goroutines of one rank share that rank's memory directly; locks exclude
+// goroutines of one rank from each other as well, and Barrier is called by
+// one goroutine per rank.
+//
+// # Protocol: home-based lazy release consistency
+//
+// Every page has a home rank (pages are dealt out in contiguous blocks, so
+// rank r is home for the r-th part of each segment, which suits programs
+// that partition data by rank). The home's copy is the master copy and is
+// never invalid. Elsewhere a page is invalid, read-only or read-write:
+//
+//   - A write to a read-only page faults; the handler copies the page to a
+//     twin, marks it dirty (read-write) and returns, and the write proceeds.
+//     At the home no twin is needed.
+//   - At a release every dirty page is write-protected and diffed against
+//     its twin (byte-exact runs, so ranks writing different bytes of one
+//     page never overwrite each other: a multiple-writer protocol without
+//     ping-pong). Diffs go to the homes, which apply them at once and answer
+//     with the page's new version number; the release completes when every
+//     home has answered. The home bumps the version of pages it wrote itself.
+//   - The resulting write notices, (page, version) pairs, travel with the
+//     synchronization: to the lock's manager (rank id mod Size) with Unlock
+//     and from it with the next grant; to the barrier manager (rank 0) and
+//     back from it to all. At an acquire a rank invalidates every cached page
+//     older than its notice (one mprotect per run of pages).
+//   - A read or write of an invalid page faults; the handler fetches the
+//     whole page from its home and maps it, and the access proceeds.
+//
+// Home-based LRC was chosen over TreadMarks' homeless LRC because it is the
+// simpler one to get right and it bounds memory without a separate garbage
+// collector. In homeless LRC every writer keeps its diffs until all ranks
+// have seen them, write notices are kept per interval with vector
+// timestamps, and a miss gathers and orders diffs from several writers;
+// memory grows until a global garbage collection at a barrier. Here diffs
+// exist only between a release and the home's answer. Write notices are
+// per-page version numbers, and a newer notice for a page subsumes every
+// older one, so every set of notices (a rank's knowledge, a lock manager's,
+// the barrier manager's) holds at most one entry per shared page, however
+// long the program runs: that is the garbage collection. To keep messages
+// small, each set stamps its entries with a local sequence number and every
+// sender remembers, per receiver, how far it has sent; only newer entries
+// travel. A rank's knowledge includes everything it acquired, and it passes
+// all of it on at its next release, so notices follow happens-before
+// transitively. The costs of this choice are diffs sent at every release even
+// if nobody reads them, and whole pages fetched on a miss; a miss is one
+// round trip to one home.
+//
+// A rank's copy can be behind its own notice (another rank wrote the same
+// page concurrently), so an acquire checks every notice it receives against
+// the cached version, not only notices that are news. A page dirtied again
+// by a goroutine of the rank while an acquire invalidates it is flushed
+// first and retried, so no local write is lost.
+//
+// # Faults
+//
+// Go turns SIGSEGV into a panic, so the fault handler is C (dsm.c),
+// installed after the Go runtime with SA_SIGINFO|SA_ONSTACK and all signals
+// masked. It handles faults inside registered segments and passes every
+// other fault to the handler it replaced, Go's: a nil dereference still
+// panics and can be recovered as usual.
+//
+// A handler must never wait for a goroutine: the faulting thread cannot be
+// preempted while in the handler, so a garbage collector stopping the world
+// would wait for it forever while the goroutine it waits for stays stopped.
+// Here no fault ever waits for Go code. The page table (states, versions,
+// per-page futex locks) lives in C. An invalid-page fault is resolved by the
+// faulting thread itself: it sends a request over a blocking socket (one
+// "page channel" per home, serialized by a futex) and reads the page back.
+// At the home the request is answered by a page server thread that is a
+// plain pthread, not a goroutine, reading the master copy under the page's
+// lock. Go code takes page locks only inside cgo calls, which run to
+// completion on their own thread and do not hold up a stop-the-world. So
+// faults from any goroutine work under any GC pressure, even with
+// GOMAXPROCS=1, and the cost of a stop-the-world meeting a fetch is at most
+// one round trip. userfaultfd was not used: CRIU refuses to dump a process
+// holding one, and PROT_NONE plus this handler serves both purposes, so the
+// library needs no Detach/Reattach around a checkpoint.
+//
+// Each segment is a memfd mapped twice: the application view, whose
+// protections encode the page states, and a system view, always writable,
+// through which the library installs fetched pages, applies diffs, makes
+// twins and serves pages without changing protections under the
+// application's feet. A page is write-protected before it is diffed, so a
+// concurrent writer of the same rank faults and re-twins after the diff.
+//
+// Measured here (2 cores, two ranks in one process; see TestFaultCosts): a
+// write fault on a page homed locally costs about 8 us, a write fault with a
+// twin about 11 us, a read fault that fetches a page 20-90 us (a socketpair
+// or TCP on loopback; most of the spread is waking the home's page server
+// thread on two busy cores).
+//
+// # System calls on shared memory
+//
+// When the kernel touches shared memory on behalf of a system call
+// (f.Write(seg.Bytes()), f.Read into a segment), a protected page raises no
+// signal: the call fails with EFAULT ("bad address"), possibly after a short
+// transfer. Call seg.Prepare(off, n, write) first: it brings the range up to
+// date and, with write, makes it writable (twinned), without faults. The
+// range stays prepared until this rank's next acquire; do not synchronize
+// between Prepare and the system call.
+//
+// # The VMA limit
+//
+// Every run of pages with one protection is a separate memory mapping
+// (VMA), and the kernel limits a process to vm.max_map_count of them (65530
+// by default). Protection changes are made per run of adjacent pages and the
+// kernel merges neighbours that agree, but in the worst case every page of
+// the application view is its own VMA. Alloc therefore refuses (ErrTooLarge)
+// a segment whose pages, added to those already allocated and the mappings
+// in use, could exceed the limit; the error says which sysctl to raise.
+// With the default limit that is about 240 MiB of shared memory.
+//
+// # Transport
+//
+// Ranks talk over TCP. Every rank dials every other rank (retrying for up
+// to 30 s while peers start) twice: a control connection carrying framed
+// messages (wire.go: length-prefixed, bounded to 64 MiB, counts checked
+// against the frame size, a read deadline once a frame has started; the
+// decoder is fuzzed) and a page channel for fetches. Listeners bind the
+// wildcard address and MPTCP is disabled on every socket, because CRIU
+// refuses MPTCP sockets. Control frames carry per-peer sequence numbers and
+// receivers drop duplicates; UpdatePeer(rank, addr) redials a moved rank,
+// and a peer's connection that ends without a goodbye is an error only if
+// the peer does not reconnect within the dial timeout. Protocol tests run
+// ranks in one process over an in-memory transport.
+//
+// # Lifecycle and locks
+//
+// Start and Alloc are collective and end with a barrier, so no rank can
+// fetch a page before its home has the segment. Close is collective too: a
+// final barrier, then goodbyes on every connection, then the page server
+// thread stops and the mappings go away; slices over segments must not be
+// used after Close. Go-side lock order: barrierMu, syncMu, freeMu, segMu, mu;
+// the dispatcher goroutine never takes syncMu. C-side: page locks in
+// ascending page order, then a page channel's lock.
+//
+// # Unfinished
+//
+// UpdatePeer is a seam, not a migration protocol: frames written to a
+// connection that dies before the peer reads them are not retransmitted
+// (that needs acknowledged sequence numbers and a resend buffer). Segments
+// live until Close. A rank that dies is noticed when its connection breaks
+// (or after the dial timeout if it closed cleanly without a goodbye); a
+// fault waiting on a dead home aborts the process with a message after 60 s.
+package dsmshm

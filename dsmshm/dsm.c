@@ -1,0 +1,681 @@
+// C half of dsmshm. See dsm.h and doc.go.
+//
+// Locking: every page has a futex word (seg->lock[p]) that guards its state,
+// version, twin and protection. Ranges are always locked in ascending page
+// order and the fault handler holds at most one page lock, so lock order is
+// total. A page lock may be held across a page fetch (a network round trip to
+// the home's page server thread), never across Go code: Go calls into this
+// file only through cgo, so a Go caller holding a page lock is "in a system
+// call" as far as the Go scheduler is concerned and never delays a GC stop.
+// Each page channel (one blocking socket per home) has its own futex word,
+// taken after the page lock.
+
+#define _GNU_SOURCE
+#include "dsm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#define MAX_REG 1024
+#define MAX_SEG 1024
+#define MAX_FDS 512
+#define MAX_RUN 512 // pages per flush run; bounds a stack array
+
+typedef struct {
+	int fd;
+	uint32_t mu;
+} dsm_chan;
+
+struct dsm_node {
+	int rank, size;
+	dsm_chan *chans;
+	dsm_seg *segs[MAX_SEG];
+	uint32_t mu; // guards fds, nfds, stopping
+	int fds[MAX_FDS];
+	int nfds;
+	int stopping;
+	int wake[2];
+	pthread_t thr;
+	int started;
+	dsm_cstats st;
+};
+
+struct dsm_seg {
+	dsm_node *node;
+	uint32_t id;
+	size_t npages, len;
+	char *app, *sys, *twin;
+	uint8_t *state;
+	uint32_t *lock;
+	uint64_t *ver;
+	int32_t *home;
+	int memfd;
+};
+
+static dsm_seg *registry[MAX_REG];
+static int registry_hi; // slots at or above it were never used
+static struct sigaction old_segv;
+
+// ---- futex mutex (Drepper, "Futexes are tricky", mutex #2) ----
+
+static void mu_lock(uint32_t *l) {
+	uint32_t c = 0;
+	if (__atomic_compare_exchange_n(l, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+		return;
+	if (c != 2)
+		c = __atomic_exchange_n(l, 2, __ATOMIC_ACQUIRE);
+	while (c != 0) {
+		syscall(SYS_futex, l, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
+		c = __atomic_exchange_n(l, 2, __ATOMIC_ACQUIRE);
+	}
+}
+
+static void mu_unlock(uint32_t *l) {
+	if (__atomic_exchange_n(l, 0, __ATOMIC_RELEASE) != 1)
+		syscall(SYS_futex, l, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+static void add(uint64_t *c, uint64_t v) { __atomic_add_fetch(c, v, __ATOMIC_RELAXED); }
+
+static uint64_t now_ns(void) {
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+// ---- blocking I/O that survives EINTR (cgo callers get Go's SIGURG) ----
+
+static int read_full(int fd, void *p, size_t n) {
+	char *b = p;
+	while (n > 0) {
+		ssize_t r = read(fd, b, n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r == 0 ? -EPIPE : -errno;
+		b += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+static int write_full(int fd, const void *p, size_t n) {
+	const char *b = p;
+	while (n > 0) {
+		ssize_t r = send(fd, b, n, MSG_NOSIGNAL);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r == 0 ? -EPIPE : -errno;
+		b += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+// ---- page protection ----
+
+static int prot_of(uint8_t st) {
+	return st == DSM_INVALID ? PROT_NONE : st == DSM_RO ? PROT_READ : PROT_READ | PROT_WRITE;
+}
+
+// protect_range sets the protection of pages [a,b) from their states, one
+// mprotect per run of equal state, so adjacent pages that agree share a VMA.
+static int protect_range(dsm_seg *s, size_t a, size_t b) {
+	size_t i = a;
+	while (i < b) {
+		uint8_t st = s->state[i];
+		size_t j = i + 1;
+		while (j < b && s->state[j] == st)
+			j++;
+		if (mprotect(s->app + i * DSM_PAGE, (j - i) * DSM_PAGE, prot_of(st)) != 0)
+			return -errno;
+		i = j;
+	}
+	return 0;
+}
+
+static void lock_range(dsm_seg *s, size_t a, size_t b) {
+	for (size_t i = a; i < b; i++)
+		mu_lock(&s->lock[i]);
+}
+
+static void unlock_range(dsm_seg *s, size_t a, size_t b) {
+	for (size_t i = a; i < b; i++)
+		mu_unlock(&s->lock[i]);
+}
+
+// ---- page fetch (client side) ----
+
+// fetch copies the home's current copy of page p into the system view.
+// Called with the page lock held.
+static int fetch(dsm_seg *s, size_t p) {
+	dsm_node *n = s->node;
+	dsm_chan *c = &n->chans[s->home[p]];
+	uint32_t req[2] = {s->id, (uint32_t)p};
+	uint64_t hdr[2]; // status, version
+	uint64_t t0 = now_ns();
+	mu_lock(&c->mu);
+	int err = c->fd < 0 ? -ENOTCONN : write_full(c->fd, req, sizeof req);
+	if (err == 0)
+		err = read_full(c->fd, hdr, sizeof hdr);
+	if (err == 0 && hdr[0] != 0)
+		err = -EPROTO;
+	if (err == 0)
+		err = read_full(c->fd, s->sys + p * DSM_PAGE, DSM_PAGE);
+	mu_unlock(&c->mu);
+	if (err != 0)
+		return err;
+	s->ver[p] = hdr[1];
+	add(&n->st.fetches, 1);
+	add(&n->st.fetch_ns, now_ns() - t0);
+	return 0;
+}
+
+// make_ready brings pages [a,b) up to date and, if write, writable with a
+// twin. Pages homed here are never invalid and need no twin.
+static int make_ready(dsm_seg *s, size_t a, size_t b, int write) {
+	int err = 0;
+	lock_range(s, a, b);
+	for (size_t p = a; p < b && err == 0; p++) {
+		int home = s->home[p] == s->node->rank;
+		if (s->state[p] == DSM_INVALID) {
+			err = fetch(s, p);
+			if (err != 0)
+				break;
+			s->state[p] = DSM_RO;
+		}
+		if (write && s->state[p] == DSM_RO) {
+			if (!home) {
+				memcpy(s->twin + p * DSM_PAGE, s->sys + p * DSM_PAGE, DSM_PAGE);
+				add(&s->node->st.twins, 1);
+			}
+			s->state[p] = DSM_RW;
+		}
+	}
+	// Protect even after a failed fetch, so protections match the states
+	// of the pages that were made ready.
+	int perr = protect_range(s, a, b);
+	unlock_range(s, a, b);
+	return err != 0 ? err : perr;
+}
+
+int dsm_prepare(dsm_seg *s, size_t first, size_t n, int write) {
+	if (first > s->npages || n > s->npages - first)
+		return -EINVAL;
+	return make_ready(s, first, first + n, write);
+}
+
+// ---- the SIGSEGV handler ----
+
+static dsm_seg *lookup(char *addr) {
+	int hi = __atomic_load_n(&registry_hi, __ATOMIC_ACQUIRE);
+	for (int i = 0; i < hi; i++) {
+		dsm_seg *s = __atomic_load_n(&registry[i], __ATOMIC_ACQUIRE);
+		if (s && addr >= s->app && addr < s->app + s->len)
+			return s;
+	}
+	return NULL;
+}
+
+static void die(const char *msg, int err) {
+	char buf[160];
+	const char *e = strerror(-err);
+	size_t n = 0;
+	for (const char *p = "dsmshm: fatal: "; *p && n < sizeof buf; p++)
+		buf[n++] = *p;
+	for (const char *p = msg; *p && n < sizeof buf; p++)
+		buf[n++] = *p;
+	for (const char *p = ": "; *p && n < sizeof buf; p++)
+		buf[n++] = *p;
+	for (const char *p = e; *p && n < sizeof buf - 1; p++)
+		buf[n++] = *p;
+	buf[n++] = '\n';
+	ssize_t r = write(2, buf, n);
+	(void)r;
+	abort();
+}
+
+static void handler(int sig, siginfo_t *si, void *ctx) {
+	int saved = errno;
+	dsm_seg *s = lookup(si->si_addr);
+	if (s == NULL) {
+		errno = saved;
+		if (old_segv.sa_flags & SA_SIGINFO) {
+			old_segv.sa_sigaction(sig, si, ctx);
+		} else if (old_segv.sa_handler == SIG_DFL || old_segv.sa_handler == SIG_IGN) {
+			// Restore the default action; the fault repeats and kills us.
+			signal(sig, SIG_DFL);
+		} else {
+			old_segv.sa_handler(sig);
+		}
+		return;
+	}
+	ucontext_t *uc = ctx;
+	int write = (uc->uc_mcontext.gregs[REG_ERR] & 2) != 0;
+	size_t p = (size_t)((char *)si->si_addr - s->app) / DSM_PAGE;
+	add(write ? &s->node->st.write_faults : &s->node->st.read_faults, 1);
+	int err = make_ready(s, p, p + 1, write);
+	if (err != 0)
+		die("resolving a shared-memory fault (page fetch from its home failed)", err);
+	errno = saved;
+}
+
+int dsm_install_handler(void) {
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_sigaction = handler;
+	sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+	sigfillset(&sa.sa_mask);
+	if (sigaction(SIGSEGV, &sa, &old_segv) != 0)
+		return -errno;
+	return 0;
+}
+
+// ---- segments ----
+
+dsm_seg *dsm_seg_new(dsm_node *n, uint32_t id, size_t npages, const int32_t *homes, int *err) {
+	if (id >= MAX_SEG) {
+		*err = -ENOSPC;
+		return NULL;
+	}
+	dsm_seg *s = calloc(1, sizeof *s);
+	if (s == NULL) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	s->node = n;
+	s->id = id;
+	s->npages = npages;
+	s->len = npages * DSM_PAGE;
+	s->app = s->sys = s->twin = MAP_FAILED;
+	s->memfd = (int)syscall(SYS_memfd_create, "dsmshm", 1 /* MFD_CLOEXEC */);
+	s->state = malloc(npages);
+	s->lock = calloc(npages, sizeof *s->lock);
+	s->ver = calloc(npages, sizeof *s->ver);
+	s->home = malloc(npages * sizeof *s->home);
+	if (s->memfd < 0 || !s->state || !s->lock || !s->ver || !s->home) {
+		*err = s->memfd < 0 ? -errno : -ENOMEM;
+		goto fail;
+	}
+	memcpy(s->home, homes, npages * sizeof *s->home);
+	memset(s->state, DSM_RO, npages);
+	if (ftruncate(s->memfd, (off_t)s->len) != 0) {
+		*err = -errno;
+		goto fail;
+	}
+	s->app = mmap(NULL, s->len, PROT_READ, MAP_SHARED, s->memfd, 0);
+	s->sys = mmap(NULL, s->len, PROT_READ | PROT_WRITE, MAP_SHARED, s->memfd, 0);
+	s->twin = mmap(NULL, s->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (s->app == MAP_FAILED || s->sys == MAP_FAILED || s->twin == MAP_FAILED) {
+		*err = -errno;
+		goto fail;
+	}
+	for (int i = 0; i < MAX_REG; i++) {
+		dsm_seg *empty = NULL;
+		if (__atomic_compare_exchange_n(&registry[i], &empty, s, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+			int hi = __atomic_load_n(&registry_hi, __ATOMIC_RELAXED);
+			while (hi < i + 1 &&
+			       !__atomic_compare_exchange_n(&registry_hi, &hi, i + 1, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+				;
+			mu_lock(&n->mu);
+			n->segs[id] = s;
+			mu_unlock(&n->mu);
+			return s;
+		}
+	}
+	*err = -ENOSPC;
+fail:
+	dsm_seg_free(s);
+	return NULL;
+}
+
+char *dsm_seg_app(dsm_seg *s) { return s->app; }
+
+void dsm_seg_free(dsm_seg *s) {
+	for (int i = 0; i < MAX_REG; i++) {
+		dsm_seg *me = s;
+		__atomic_compare_exchange_n(&registry[i], &me, NULL, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+	}
+	mu_lock(&s->node->mu);
+	if (s->id < MAX_SEG && s->node->segs[s->id] == s)
+		s->node->segs[s->id] = NULL;
+	mu_unlock(&s->node->mu);
+	if (s->app != MAP_FAILED)
+		munmap(s->app, s->len);
+	if (s->sys != MAP_FAILED)
+		munmap(s->sys, s->len);
+	if (s->twin != MAP_FAILED)
+		munmap(s->twin, s->len);
+	if (s->memfd >= 0)
+		close(s->memfd);
+	free(s->state);
+	free(s->lock);
+	free(s->ver);
+	free(s->home);
+	free(s);
+}
+
+int dsm_page_state(dsm_seg *s, uint32_t p, uint64_t *ver) {
+	mu_lock(&s->lock[p]);
+	int st = s->state[p];
+	*ver = s->ver[p];
+	mu_unlock(&s->lock[p]);
+	return st;
+}
+
+// ---- release: diffs ----
+
+size_t dsm_collect_dirty(dsm_seg *s, uint32_t *out) {
+	size_t n = 0;
+	for (size_t p = 0; p < s->npages; p++)
+		if (__atomic_load_n(&s->state[p], __ATOMIC_RELAXED) == DSM_RW)
+			out[n++] = (uint32_t)p;
+	return n;
+}
+
+// encode_diff writes the runs of bytes where cur differs from twin as
+// (offset u16, length u16, bytes). Runs are byte exact: a byte this rank did
+// not change must never be sent, or it would overwrite another writer's.
+static size_t encode_diff(const uint8_t *cur, const uint8_t *twin, uint8_t *out) {
+	size_t o = 0, i = 0;
+	while (i < DSM_PAGE) {
+		while (i + 8 <= DSM_PAGE && *(const uint64_t *)(cur + i) == *(const uint64_t *)(twin + i))
+			i += 8;
+		while (i < DSM_PAGE && cur[i] == twin[i])
+			i++;
+		if (i >= DSM_PAGE)
+			break;
+		size_t j = i;
+		while (j < DSM_PAGE && cur[j] != twin[j])
+			j++;
+		uint16_t h[2] = {(uint16_t)i, (uint16_t)(j - i)};
+		memcpy(out + o, h, 4);
+		memcpy(out + o + 4, cur + i, j - i);
+		o += 4 + (j - i);
+		i = j;
+	}
+	return o;
+}
+
+// dsm_flush_pages write-protects the dirty pages among pages (sorted), then
+// for pages homed elsewhere encodes a diff into buf (DSM_MAX_DIFF bytes per
+// page) and sets difflen[i]; for pages homed here bumps the version and sets
+// ver[i], difflen[i] = 0. Pages no longer dirty get difflen[i] = -1.
+int dsm_flush_pages(dsm_seg *s, const uint32_t *pages, size_t n, uint8_t *buf, int32_t *difflen, uint64_t *ver) {
+	size_t i = 0;
+	for (size_t k = 0; k < n; k++)
+		if (pages[k] >= s->npages || (k > 0 && pages[k] <= pages[k - 1]))
+			return -EINVAL;
+	while (i < n) {
+		size_t j = i + 1;
+		while (j < n && j - i < MAX_RUN && pages[j] == pages[j - 1] + 1)
+			j++;
+		size_t a = pages[i], b = pages[j - 1] + 1;
+		lock_range(s, a, b);
+		uint8_t was[MAX_RUN];
+		for (size_t p = a; p < b; p++) {
+			was[p - a] = s->state[p];
+			if (s->state[p] == DSM_RW)
+				s->state[p] = DSM_RO;
+		}
+		int err = protect_range(s, a, b);
+		if (err != 0) {
+			unlock_range(s, a, b);
+			return err;
+		}
+		for (size_t k = i; k < j; k++) {
+			size_t p = pages[k];
+			difflen[k] = -1;
+			if (was[p - a] != DSM_RW)
+				continue;
+			if (s->home[p] == s->node->rank) {
+				ver[k] = ++s->ver[p];
+				difflen[k] = 0;
+			} else {
+				difflen[k] = (int32_t)encode_diff((uint8_t *)s->sys + p * DSM_PAGE,
+				                                  (uint8_t *)s->twin + p * DSM_PAGE, buf + k * DSM_MAX_DIFF);
+				ver[k] = s->ver[p];
+			}
+		}
+		unlock_range(s, a, b);
+		i = j;
+	}
+	return 0;
+}
+
+// dsm_apply_diff applies a diff from another rank to a page homed here. The
+// diff comes from the network: it is validated completely before any byte is
+// written.
+int dsm_apply_diff(dsm_seg *s, uint32_t p, const uint8_t *d, size_t len, uint64_t *before, uint64_t *after) {
+	if (p >= s->npages || s->home[p] != s->node->rank)
+		return -EINVAL;
+	for (size_t o = 0; o < len;) {
+		uint16_t h[2];
+		if (len - o < 4)
+			return -EINVAL;
+		memcpy(h, d + o, 4);
+		if ((size_t)h[0] + h[1] > DSM_PAGE || len - o - 4 < h[1])
+			return -EINVAL;
+		o += 4 + h[1];
+	}
+	mu_lock(&s->lock[p]);
+	for (size_t o = 0; o < len;) {
+		uint16_t h[2];
+		memcpy(h, d + o, 4);
+		memcpy(s->sys + (size_t)p * DSM_PAGE + h[0], d + o + 4, h[1]);
+		o += 4 + h[1];
+	}
+	*before = s->ver[p]++;
+	*after = s->ver[p];
+	mu_unlock(&s->lock[p]);
+	return 0;
+}
+
+// dsm_set_version_if records that this rank's copy of p is version after,
+// provided the home applied our diff directly on top of the version we had.
+void dsm_set_version_if(dsm_seg *s, uint32_t p, uint64_t before, uint64_t after) {
+	if (p >= s->npages)
+		return;
+	mu_lock(&s->lock[p]);
+	if (s->state[p] != DSM_INVALID && s->ver[p] == before)
+		s->ver[p] = after;
+	mu_unlock(&s->lock[p]);
+}
+
+// ---- acquire: invalidation ----
+
+// dsm_invalidate invalidates every page among pages (sorted) whose copy is
+// older than req[i]. Dirty pages cannot be dropped: they are listed in dirty
+// and left alone for the caller to flush and retry. Returns the number of
+// dirty pages, or a negative errno.
+long dsm_invalidate(dsm_seg *s, const uint32_t *pages, const uint64_t *req, size_t n, uint32_t *dirty) {
+	size_t nd = 0, i = 0, inv = 0;
+	for (size_t k = 0; k < n; k++)
+		if (pages[k] >= s->npages || (k > 0 && pages[k] <= pages[k - 1]))
+			return -EINVAL;
+	while (i < n) {
+		size_t j = i + 1;
+		while (j < n && pages[j] == pages[j - 1] + 1)
+			j++;
+		size_t a = pages[i], b = pages[j - 1] + 1;
+		lock_range(s, a, b);
+		for (size_t k = i; k < j; k++) {
+			size_t p = pages[k];
+			if (s->home[p] == s->node->rank || s->ver[p] >= req[k] || s->state[p] == DSM_INVALID)
+				continue;
+			if (s->state[p] == DSM_RW) {
+				dirty[nd++] = (uint32_t)p;
+				continue;
+			}
+			s->state[p] = DSM_INVALID;
+			inv++;
+		}
+		int err = protect_range(s, a, b);
+		unlock_range(s, a, b);
+		if (err != 0)
+			return err;
+		i = j;
+	}
+	add(&s->node->st.invalidations, inv);
+	return (long)nd;
+}
+
+// ---- nodes and the page server thread ----
+
+dsm_node *dsm_node_new(int rank, int size) {
+	dsm_node *n = calloc(1, sizeof *n);
+	if (n == NULL)
+		return NULL;
+	n->rank = rank;
+	n->size = size;
+	n->chans = calloc((size_t)size, sizeof *n->chans);
+	if (n->chans == NULL || pipe2(n->wake, O_CLOEXEC) != 0) {
+		free(n->chans);
+		free(n);
+		return NULL;
+	}
+	for (int i = 0; i < size; i++)
+		n->chans[i].fd = -1;
+	return n;
+}
+
+void dsm_node_set_chan(dsm_node *n, int rank, int fd) {
+	dsm_chan *c = &n->chans[rank];
+	mu_lock(&c->mu);
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = fd;
+	mu_unlock(&c->mu);
+}
+
+int dsm_node_serve_fd(dsm_node *n, int fd) {
+	mu_lock(&n->mu);
+	if (n->nfds == MAX_FDS || n->stopping) {
+		mu_unlock(&n->mu);
+		return -ENOSPC;
+	}
+	n->fds[n->nfds++] = fd;
+	mu_unlock(&n->mu);
+	char b = 0;
+	ssize_t r = write(n->wake[1], &b, 1);
+	(void)r;
+	return 0;
+}
+
+// serve_one answers one page request on fd. A short or bad request closes it.
+static int serve_one(dsm_node *n, int fd) {
+	uint32_t req[2];
+	// Response: status u64, version u64, then the page if status is 0.
+	static __thread struct {
+		uint64_t hdr[2];
+		uint8_t page[DSM_PAGE];
+	} resp;
+	if (read_full(fd, req, sizeof req) != 0)
+		return -1;
+	resp.hdr[0] = 1;
+	resp.hdr[1] = 0;
+	mu_lock(&n->mu);
+	dsm_seg *s = req[0] < MAX_SEG ? n->segs[req[0]] : NULL;
+	mu_unlock(&n->mu);
+	if (s != NULL && req[1] < s->npages && s->home[req[1]] == n->rank) {
+		mu_lock(&s->lock[req[1]]);
+		memcpy(resp.page, s->sys + (size_t)req[1] * DSM_PAGE, DSM_PAGE);
+		resp.hdr[1] = s->ver[req[1]];
+		mu_unlock(&s->lock[req[1]]);
+		resp.hdr[0] = 0;
+		add(&n->st.served, 1);
+	}
+	return write_full(fd, &resp, resp.hdr[0] == 0 ? sizeof resp : sizeof resp.hdr);
+}
+
+static void *serve(void *arg) {
+	dsm_node *n = arg;
+	sigset_t all;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	struct pollfd pf[MAX_FDS + 1];
+	for (;;) {
+		mu_lock(&n->mu);
+		if (n->stopping) {
+			mu_unlock(&n->mu);
+			return NULL;
+		}
+		int nf = n->nfds;
+		for (int i = 0; i < nf; i++)
+			pf[i] = (struct pollfd){.fd = n->fds[i], .events = POLLIN};
+		mu_unlock(&n->mu);
+		pf[nf] = (struct pollfd){.fd = n->wake[0], .events = POLLIN};
+		if (poll(pf, (nfds_t)nf + 1, -1) < 0)
+			continue;
+		if (pf[nf].revents) {
+			char b[64];
+			ssize_t r = read(n->wake[0], b, sizeof b);
+			(void)r;
+		}
+		for (int i = 0; i < nf; i++) {
+			if (pf[i].revents == 0 || serve_one(n, pf[i].fd) == 0)
+				continue;
+			mu_lock(&n->mu);
+			for (int k = 0; k < n->nfds; k++) {
+				if (n->fds[k] == pf[i].fd) {
+					n->fds[k] = n->fds[--n->nfds];
+					break;
+				}
+			}
+			mu_unlock(&n->mu);
+			close(pf[i].fd);
+		}
+	}
+}
+
+int dsm_node_start(dsm_node *n) {
+	int err = pthread_create(&n->thr, NULL, serve, n);
+	if (err != 0)
+		return -err;
+	n->started = 1;
+	return 0;
+}
+
+void dsm_node_stop(dsm_node *n) {
+	mu_lock(&n->mu);
+	n->stopping = 1;
+	mu_unlock(&n->mu);
+	char b = 0;
+	ssize_t r = write(n->wake[1], &b, 1);
+	(void)r;
+	if (n->started)
+		pthread_join(n->thr, NULL);
+	n->started = 0;
+}
+
+void dsm_node_free(dsm_node *n) {
+	dsm_node_stop(n);
+	for (int i = 0; i < n->nfds; i++)
+		close(n->fds[i]);
+	for (int i = 0; i < n->size; i++)
+		if (n->chans[i].fd >= 0)
+			close(n->chans[i].fd);
+	close(n->wake[0]);
+	close(n->wake[1]);
+	free(n->chans);
+	free(n);
+}
+
+void dsm_node_stats(dsm_node *n, dsm_cstats *out) {
+	uint64_t *src = (uint64_t *)&n->st, *dst = (uint64_t *)out;
+	for (size_t i = 0; i < sizeof *out / sizeof(uint64_t); i++)
+		dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+}

@@ -1,0 +1,44 @@
+// C half of dsmshm: the page table, the SIGSEGV handler and the page server
+// thread. Everything the fault handler touches lives here, so that a handler
+// never waits for Go code (see doc.go, "Faults").
+#ifndef DSMSHM_DSM_H
+#define DSMSHM_DSM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define DSM_PAGE 4096
+// Largest encoded diff of one page: 2048 runs of one byte, 4-byte header each.
+#define DSM_MAX_DIFF (DSM_PAGE / 2 * 5)
+
+enum { DSM_INVALID = 0, DSM_RO = 1, DSM_RW = 2 };
+
+typedef struct dsm_node dsm_node;
+typedef struct dsm_seg dsm_seg;
+
+typedef struct {
+	uint64_t read_faults, write_faults, twins, fetches, fetch_ns, served, invalidations;
+} dsm_cstats;
+
+int dsm_install_handler(void);
+
+dsm_node *dsm_node_new(int rank, int size);
+int dsm_node_start(dsm_node *n);
+void dsm_node_set_chan(dsm_node *n, int rank, int fd);
+int dsm_node_serve_fd(dsm_node *n, int fd);
+void dsm_node_stop(dsm_node *n); // stops the page server thread
+void dsm_node_free(dsm_node *n); // stops it if needed; free segments first
+void dsm_node_stats(dsm_node *n, dsm_cstats *out);
+
+dsm_seg *dsm_seg_new(dsm_node *n, uint32_t id, size_t npages, const int32_t *homes, int *err);
+char *dsm_seg_app(dsm_seg *s);
+void dsm_seg_free(dsm_seg *s);
+int dsm_prepare(dsm_seg *s, size_t first, size_t n, int write);
+size_t dsm_collect_dirty(dsm_seg *s, uint32_t *out);
+int dsm_flush_pages(dsm_seg *s, const uint32_t *pages, size_t n, uint8_t *buf, int32_t *difflen, uint64_t *ver);
+int dsm_apply_diff(dsm_seg *s, uint32_t page, const uint8_t *d, size_t len, uint64_t *before, uint64_t *after);
+void dsm_set_version_if(dsm_seg *s, uint32_t page, uint64_t before, uint64_t after);
+long dsm_invalidate(dsm_seg *s, const uint32_t *pages, const uint64_t *req, size_t n, uint32_t *dirty);
+int dsm_page_state(dsm_seg *s, uint32_t page, uint64_t *ver);
+
+#endif

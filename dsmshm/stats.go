@@ -1,0 +1,51 @@
+package dsmshm
+
+import "time"
+
+// Stats are counters of one rank since Start, in the spirit of TreadMarks'
+// Tmk_stat.
+type Stats struct {
+	ReadFaults    uint64 // faults on invalid pages by reads (and spurious faults)
+	WriteFaults   uint64 // faults by writes to read-only or invalid pages
+	Twins         uint64 // pages copied before a first write
+	Diffs         uint64 // diffs this rank made and sent to homes
+	DiffBytes     uint64 // encoded size of those diffs
+	DiffsApplied  uint64 // diffs this rank applied as a home
+	PagesFetched  uint64 // pages fetched from their homes
+	PagesServed   uint64 // pages this rank sent as a home
+	Invalidations uint64 // cached pages invalidated by write notices
+	WriteNotices  int    // pages this rank currently knows versions of
+	MessagesSent  uint64 // control messages (page requests are PagesFetched)
+	BytesSent     uint64 // bytes of control messages
+	LockAcquires  uint64
+	Barriers      uint64 // barriers passed, including Start, Alloc and Close
+	LockWait      time.Duration
+	BarrierWait   time.Duration
+	FetchTime     time.Duration // time spent fetching pages, summed over threads
+	WaitTime      time.Duration // LockWait + BarrierWait + FetchTime
+}
+
+// Stats returns this rank's counters.
+func (n *Node) Stats() Stats {
+	n.freeMu.RLock()
+	c := n.final
+	if !n.freed {
+		c = n.c.stats()
+	}
+	n.freeMu.RUnlock()
+	n.syncMu.Lock()
+	wn := n.known.len()
+	n.syncMu.Unlock()
+	s := Stats{
+		ReadFaults: c.readFaults, WriteFaults: c.writeFaults, Twins: c.twins,
+		Diffs: n.st.diffs.Load(), DiffBytes: n.st.diffBytes.Load(), DiffsApplied: n.st.diffsApplied.Load(),
+		PagesFetched: c.fetches, PagesServed: c.served, Invalidations: c.invalidations, WriteNotices: wn,
+		MessagesSent: n.ctr.msgs.Load(), BytesSent: n.ctr.bytes.Load(),
+		LockAcquires: n.st.lockAcquires.Load(), Barriers: n.st.barriers.Load(),
+		LockWait:    time.Duration(n.st.lockWait.Load()),
+		BarrierWait: time.Duration(n.st.barrierWait.Load()),
+		FetchTime:   time.Duration(c.fetchNS),
+	}
+	s.WaitTime = s.LockWait + s.BarrierWait + s.FetchTime
+	return s
+}

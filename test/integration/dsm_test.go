@@ -1,0 +1,155 @@
+package integration
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// dsmrun runs dsmrun in the root namespace against the first three hosts.
+func dsmrun(args ...string) *exec.Cmd {
+	cmd := exec.Command(filepath.Join(repo, "bin", "dsmrun"), args...)
+	hosts := strings.Join([]string{addr(1), addr(2), addr(3)}, ",")
+	cmd.Env = append(os.Environ(), "MIGRATED_HOSTS="+hosts)
+	return cmd
+}
+
+// Every example verifies its result under dsmrun with 2, 3 and 4 ranks over
+// three hosts.
+func TestDSMExamples(t *testing.T) {
+	needRoot(t)
+	for _, ex := range []string{"jacobi", "tsp", "matmul", "isort"} {
+		for _, n := range []int{2, 3, 4} {
+			t.Run(fmt.Sprintf("%s-%d", ex, n), func(t *testing.T) {
+				cmd := dsmrun("run", "-n", fmt.Sprint(n), "--", filepath.Join(repo, "bin", ex))
+				var out, errb bytes.Buffer
+				cmd.Stdout, cmd.Stderr = &out, &errb
+				done := make(chan error, 1)
+				if err := cmd.Start(); err != nil {
+					t.Fatal(err)
+				}
+				go func() { done <- cmd.Wait() }()
+				select {
+				case err := <-done:
+					if err != nil {
+						t.Fatalf("dsmrun: %v\nstdout:\n%s\nstderr:\n%s", err, tail(out.String(), 20), errb.String())
+					}
+				case <-time.After(3 * time.Minute):
+					cmd.Process.Kill()
+					t.Fatalf("timed out\nstdout:\n%s\nstderr:\n%s", tail(out.String(), 20), errb.String())
+				}
+				if !regexp.MustCompile(`(?m)^\[0\] result: \S+ verified$`).MatchString(out.String()) {
+					t.Fatalf("no verified result from rank 0:\n%s", tail(out.String(), 20))
+				}
+				if !regexp.MustCompile(`job: [0-9a-f]+`).MatchString(errb.String()) {
+					t.Errorf("dsmrun did not print the job ID on stderr:\n%s", errb.String())
+				}
+				for k := 1; k <= 3; k++ {
+					for _, p := range ps(t, k) {
+						if strings.Contains(p.Name, ".r") && p.State == "running" {
+							t.Errorf("rank process %s still running on h%d after the job", p.Name, k)
+						}
+					}
+				}
+			})
+		}
+	}
+}
+
+// A failing rank stops the job: dsmrun exits non-zero and leaves nothing running.
+func TestDSMRankFailureStopsJob(t *testing.T) {
+	needRoot(t)
+	// jacobi with a bad flag exits non-zero on every rank; sleep keeps the
+	// others alive: use a program that fails on rank 1 only.
+	script := filepath.Join(t.TempDir(), "fail1.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\nif [ \"$DSM_RANK\" = 1 ]; then echo rank1 fails; exit 3; fi\nexec sleep 600\n"), 0o755)
+	cmd := dsmrun("run", "-n", "3", "--", script)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
+		t.Fatalf("dsmrun exit: %v, want status 3\n%s%s", err, out.String(), errb.String())
+	}
+	if !strings.Contains(out.String(), "[1] rank1 fails") {
+		t.Errorf("rank output not prefixed: %q", out.String())
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var left []string
+		for k := 1; k <= 3; k++ {
+			for _, p := range ps(t, k) {
+				if p.State == "running" && strings.Contains(p.Name, ".r") {
+					left = append(left, fmt.Sprintf("h%d:%s", k, p.Name))
+				}
+			}
+		}
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ranks left running after a failed job: %v", left)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// dsmrun ps --json lists a running job with each rank's host.
+func TestDSMPs(t *testing.T) {
+	needRoot(t)
+	script := filepath.Join(t.TempDir(), "sleep.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\nexec sleep 600\n"), 0o755)
+	cmd := dsmrun("run", "-n", "4", "--", script)
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() }()
+	var job string
+	for i := 0; i < 100 && job == ""; i++ {
+		if m := regexp.MustCompile(`job: ([0-9a-f]+)`).FindStringSubmatch(errb.String()); m != nil {
+			job = m[1]
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if job == "" {
+		t.Fatalf("no job ID: %s", errb.String())
+	}
+	out, err := dsmrun("ps", "--json").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var jobs []struct {
+		ID    string `json:"id"`
+		Ranks []struct {
+			Rank  int    `json:"rank"`
+			Host  string `json:"host"`
+			State string `json:"state"`
+		} `json:"ranks"`
+	}
+	if err := json.Unmarshal(out, &jobs); err != nil {
+		t.Fatalf("dsmrun ps --json: %v\n%s", err, out)
+	}
+	for _, j := range jobs {
+		if j.ID != job {
+			continue
+		}
+		if len(j.Ranks) != 4 {
+			t.Fatalf("job %s has %d ranks, want 4: %s", job, len(j.Ranks), out)
+		}
+		for i, r := range j.Ranks {
+			if r.Rank != i || r.Host != addr(i%3+1) || r.State != "running" {
+				t.Fatalf("rank %d: %+v, want on %s running", i, r, addr(i%3+1))
+			}
+		}
+		return
+	}
+	t.Fatalf("job %s not in dsmrun ps: %s", job, out)
+}
