@@ -416,4 +416,3 @@ func migrateRank(c *cli.Context) error {
 	}
 	return fmt.Errorf("no running job %q: `dsmrun ps` lists them", job)
 }
-
