@@ -125,6 +125,11 @@ type DumpOpts struct {
 	External       []string // --external resources
 	FileLocks      bool
 	Notify         Notify
+	// PageServer, if set, is a connected stream socket that CRIU sends the
+	// pages and pagemaps to, speaking the page-server protocol (criu_opts.ps
+	// with its fd), instead of writing them into ImagesDir. The caller keeps
+	// its own copy of the file and closes it after Dump returns.
+	PageServer *os.File
 }
 
 // DumpStats are CRIU's own figures for a dump.
@@ -150,8 +155,14 @@ func (c *Client) Dump(ctx context.Context, o DumpOpts) (*DumpStats, error) {
 	opts.External = o.External
 	opts.FileLocks = ptr(o.FileLocks)
 	opts.NotifyScripts = ptr(o.Notify != nil)
+	var files []*os.File
+	if o.PageServer != nil {
+		// ExtraFiles[0] becomes fd 4 in CRIU; fd 3 is the RPC socket.
+		files = append(files, o.PageServer)
+		opts.Ps = &rpc.CriuPageServerInfo{Fd: ptr(int32(4))}
+	}
 	req := &rpc.CriuReq{Type: rpc.CriuReqType_DUMP.Enum(), Opts: opts}
-	if _, err := c.call(ctx, "dump", req, nil, o.Notify, o.ImagesDir); err != nil {
+	if _, err := c.call(ctx, "dump", req, files, o.Notify, o.ImagesDir); err != nil {
 		return nil, err
 	}
 	st := &DumpStats{}
@@ -167,6 +178,37 @@ func (c *Client) Dump(ctx context.Context, o DumpOpts) (*DumpStats, error) {
 		}
 	}
 	return st, nil
+}
+
+// PageServerLog is the file a page server logs to, inside its images directory.
+const PageServerLog = "page-server.log"
+
+// PageServer runs `criu page-server` on the connected stream socket sock
+// (--ps-socket): it writes the pages and pagemaps a dump with
+// DumpOpts.PageServer sends into dir, and returns when the dump has flushed
+// and the session is over. The peer's bytes are as trusted as image files
+// (CRIU parses them); sock carries nothing else. CRIU is killed when ctx
+// ends. The caller keeps its copy of sock and closes it when it likes.
+func (c *Client) PageServer(ctx context.Context, dir string, sock *os.File) error {
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, c.Path, "page-server", "--ps-socket", "3", "-D", dir,
+		"-o", PageServerLog, "-v3")
+	cmd.ExtraFiles = []*os.File{sock}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.WaitDelay = 5 * time.Second
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		return nil
+	}
+	e := &Error{Op: "page-server", Msg: err.Error()}
+	if ctx.Err() != nil {
+		e.Errno, e.Msg = int(syscall.ETIMEDOUT), fmt.Sprintf("CRIU killed: %v", context.Cause(ctx))
+	}
+	if e.Log = logErrors(filepath.Join(dir, PageServerLog)); len(e.Log) == 0 && len(out) > 0 {
+		e.Log = strings.Split(lastLines(string(out), 6), "\n")
+	}
+	return e
 }
 
 // RestoreOpts describes a restore.

@@ -125,21 +125,40 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 	}
 	defer os.RemoveAll(dir)
 	tcp := req.MoveIP != ""
+	// The pages stream to the target's page server while CRIU dumps
+	// (pages.go); the rest of the images follow after the dump.
+	local, criuEnd, err := pageSocket()
+	if err != nil {
+		resumed()
+		return fail(err)
+	}
+	// The wire deadline ends the stream before CRIU's own deadline kills
+	// CRIU: a stalled target makes the dump fail cleanly, not die.
+	raw.SetDeadline(time.Now().Add(dumpTimeout - pagesWindDown))
+	pages := startPageSender(c, local)
 	ctx, cancel := context.WithTimeout(context.Background(), dumpTimeout)
 	t0 := time.Now()
-	st, err := d.criu.Dump(ctx, criu.DumpOpts{Pid: pid, ImagesDir: dir, TCPEstablished: tcp, LeaveStopped: true})
+	st, err := d.criu.Dump(ctx, criu.DumpOpts{Pid: pid, ImagesDir: dir, TCPEstablished: tcp, LeaveStopped: true,
+		PageServer: criuEnd})
 	cancel()
+	criuEnd.Close()
+	early, relayErr := pages.wait(raw, err != nil)
+	rec.Bytes = pages.sent.Load() + pages.back.Load()
 	if err != nil {
 		// CRIU resumes the tree itself when a dump fails.
 		if table, err := netmove.LockName(dir); err == nil {
 			netmove.DeleteLock(table)
 		}
 		resumed()
+		if relayErr != nil && early {
+			return fail(fmt.Errorf("dump failed, the process keeps running here: streaming pages to %s: %v; %w", req.To, relayErr, err))
+		}
 		return fail(fmt.Errorf("dump failed, the process keeps running here: %w", err))
 	}
 	dumpDur := time.Since(t0)
 	phase("freeze", st.Freezing, "")
-	phase("dump", dumpDur-st.Freezing, fmt.Sprintf("%d pages written", st.PagesWritten))
+	phase("dump", dumpDur-st.Freezing, fmt.Sprintf("%d pages, %.1f MiB streamed to the target", st.PagesWritten,
+		float64(pages.sent.Load())/(1<<20)))
 
 	// CRIU leaves its network lock table on this host after a dump that
 	// leaves the tree stopped (an empty one without TCP connections).
@@ -151,15 +170,18 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 		}
 		return fail(fmt.Errorf("%v; the process resumed on the source", cause))
 	}
+	if relayErr != nil {
+		return rollback(fmt.Errorf("streaming pages to %s failed: %v", req.To, relayErr))
+	}
 
 	t1 := time.Now()
 	p.flushLog()
-	n, err := sendImages(c, dir, p.logPath)
-	rec.Bytes = n
+	n, nfiles, err := sendImages(c, dir, p.logPath)
+	rec.Bytes += n
 	if err != nil {
 		return rollback(fmt.Errorf("transfer to %s failed: %v", req.To, err))
 	}
-	phase("transfer", time.Since(t1), fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)))
+	phase("transfer", time.Since(t1), fmt.Sprintf("%.1f MiB in %d files (log and images but pages)", float64(n)/(1<<20), nfiles))
 
 	var rm restoreMsg
 	if tcp {
@@ -311,11 +333,12 @@ func (d *Daemon) restoreProc(id, name string, argv []string, started time.Time, 
 	return p, nil
 }
 
-// sendImages streams the log and every image file in dir.
-func sendImages(c *wire.Conn, dir, logPath string) (int64, error) {
+// sendImages streams the log and every image file in dir, and says how many
+// bytes and files it sent.
+func sendImages(c *wire.Conn, dir, logPath string) (int64, int, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	files := [][2]string{{logName, logPath}}
 	for _, e := range entries {
@@ -328,10 +351,10 @@ func sendImages(c *wire.Conn, dir, logPath string) (int64, error) {
 		n, err := sendFile(c, f[0], f[1])
 		total += n
 		if err != nil {
-			return total, err
+			return total, len(files), err
 		}
 	}
-	return total, c.WriteMsg(tFilesDone, nil)
+	return total, len(files), c.WriteMsg(tFilesDone, nil)
 }
 
 func sendFile(c *wire.Conn, name, path string) (int64, error) {
@@ -404,7 +427,12 @@ func (d *Daemon) receive(c *wire.Conn, b beginMsg) (err error) {
 	if err := c.WriteJSON(tAccept, struct{}{}); err != nil {
 		return err
 	}
-	if err := recvImages(c, dir, logPath); err != nil {
+	pageBytes, err := d.recvPages(c, dir)
+	if err != nil {
+		os.RemoveAll(filepath.Dir(logPath))
+		return err
+	}
+	if err := recvImages(c, dir, logPath, pageBytes); err != nil {
 		os.RemoveAll(filepath.Dir(logPath))
 		return err
 	}
@@ -465,24 +493,26 @@ func (d *Daemon) receive(c *wire.Conn, b beginMsg) (err error) {
 	np.state = "running"
 	np.mu.Unlock()
 	signalTree(np.pid, syscall.SIGCONT)
-	c.WriteJSON(tDone, struct{}{})
-	if b.MoveIP != "" {
-		netmove.DeleteLock(lockTable) // normally gone already: the restore removes its lock
-	}
+	// Registered before tDone: once the source's migrate returns, ps here
+	// shows the process running, not the placeholder.
 	np.Job, np.Rank = b.Job, b.Rank
 	p = np
 	d.mu.Lock()
 	d.procs[b.ID] = np
 	d.mu.Unlock()
+	c.WriteJSON(tDone, struct{}{})
+	if b.MoveIP != "" {
+		netmove.DeleteLock(lockTable) // normally gone already: the restore removes its lock
+	}
 	d.log.Info("restored", "id", b.ID, "pid", np.pid, "from", b.Source)
 	return nil
 }
 
 // recvImages receives the files sendImages sent. Names and sizes come from
 // the network: names are checked against a strict pattern (no paths), sizes
-// against a total budget.
-func recvImages(c *wire.Conn, dir, logPath string) error {
-	var total int64
+// against a total budget of which total bytes (the pages) are spent already.
+// A name the page server wrote already is refused (O_EXCL).
+func recvImages(c *wire.Conn, dir, logPath string, total int64) error {
 	for {
 		typ, payload, err := c.ReadMsg()
 		if err != nil {

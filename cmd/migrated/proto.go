@@ -32,6 +32,10 @@ const (
 	tRestored  byte = 15
 	tCommit    byte = 16
 	tDone      byte = 17
+	tPages     byte = 18 // source -> target: a chunk of CRIU's page-server stream
+	tPagesBack byte = 19 // target -> source: a chunk of the page server's replies
+	tPagesEnd  byte = 20 // source -> target: CRIU's dump has exited, the stream is over
+	tPagesDone byte = 21 // target -> source: the page server has written every page
 )
 
 // beginMsg opens a migration on the target.
