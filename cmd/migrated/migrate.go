@@ -15,6 +15,7 @@ import (
 	"dsmigrate/criu"
 	"dsmigrate/internal/wire"
 	"dsmigrate/netmove"
+	mrt "dsmigrate/runtime"
 )
 
 // Timeouts of a migration's steps. A step that overruns fails the migration,
@@ -104,7 +105,7 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 	}
 	p.mu.Lock()
 	begin := beginMsg{ID: p.ID, Name: p.Name, Argv: p.Argv, PipeKey: p.pipeKey, MoveIP: req.MoveIP,
-		Started: p.Started, Moves: p.Moves + 1, Source: d.listen, Job: p.Job, Rank: p.Rank}
+		Started: p.Started, Moves: p.Moves + 1, Source: d.listen, Job: p.Job, Rank: p.Rank, Hooks: p.hooks}
 	p.mu.Unlock()
 	if err := c.WriteJSON(tBegin, &begin); err != nil {
 		resumed()
@@ -116,11 +117,35 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 	}
 	raw.SetDeadline(time.Time{})
 
+	// A migration-aware process (package runtime) first closes what must not
+	// be dumped, e.g. a DSM rank its connections to peers that stay behind.
+	// Whatever goes wrong after this, it is told to resume.
+	prepared := false
+	unprepare := func() {
+		if prepared {
+			if err := d.rebind(p.ID, false); err != nil {
+				d.log.Error("resume hook after a called-off migration", "id", p.ID, "err", err)
+			}
+		}
+	}
+	if begin.Hooks {
+		tp := time.Now()
+		err := d.command(p, mrt.Command{Op: "prepare"})
+		prepared = true
+		if err != nil {
+			unprepare()
+			resumed()
+			return fail(fmt.Errorf("the process could not prepare: %v; it keeps running here", err))
+		}
+		phase("prepare", time.Since(tp), "")
+	}
+
 	// Freeze and dump, leaving the tree stopped: until the target confirms,
 	// it can be resumed here.
 	dir := filepath.Join(d.imagesDir, p.ID+"-out-"+newID())
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		resumed()
+		unprepare()
 		return fail(err)
 	}
 	defer os.RemoveAll(dir)
@@ -130,6 +155,7 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 	local, criuEnd, err := pageSocket()
 	if err != nil {
 		resumed()
+		unprepare()
 		return fail(err)
 	}
 	// The wire deadline ends the stream before CRIU's own deadline kills
@@ -150,6 +176,7 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 			netmove.DeleteLock(table)
 		}
 		resumed()
+		unprepare()
 		if relayErr != nil && early {
 			return fail(fmt.Errorf("dump failed, the process keeps running here: streaming pages to %s: %v; %w", req.To, relayErr, err))
 		}
@@ -168,6 +195,7 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 		if err := d.resumeHere(p, dir, tcp, ipRemoved, iface, req.MoveIP, lockTable); err != nil {
 			return fail(fmt.Errorf("%v; resuming on the source ALSO failed: %v", cause, err))
 		}
+		unprepare()
 		return fail(fmt.Errorf("%v; the process resumed on the source", cause))
 	}
 	if relayErr != nil {
@@ -219,10 +247,11 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 	// may resume at once; reaping and cleaning up happen after.
 	signalTree(pid, syscall.SIGKILL)
 	raw.SetDeadline(time.Now().Add(commitTimeout))
+	var done doneMsg
 	if err = c.WriteMsg(tCommit, nil); err == nil {
-		err = c.ReadJSON(tDone, &struct{}{})
+		err = c.ReadJSON(tDone, &done)
 	}
-	resumeDur := time.Since(t3)
+	resumeDur := time.Since(t3) - done.Rebind
 	go func() {
 		killTree(p) // reap the source copy
 		if lockTable != "" {
@@ -236,13 +265,18 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 	delete(d.procs, p.ID)
 	d.mu.Unlock()
 	phase("resume", resumeDur, "")
+	if begin.Hooks {
+		phase("rebind", done.Rebind, done.RebindErr)
+	}
 	// Keep the log a while for followers that are reading it still.
 	time.AfterFunc(time.Minute, func() { os.RemoveAll(filepath.Dir(p.logPath)) })
 	rec.Total = time.Since(rec.Start)
-	rec.Downtime = t3.Add(resumeDur).Sub(t0)
+	rec.Downtime = t3.Add(resumeDur + done.Rebind).Sub(t0)
 	rec.Outcome = "ok"
 	if err != nil {
 		rec.Outcome = "commit not confirmed: " + err.Error()
+	} else if done.RebindErr != "" {
+		rec.Outcome = "running on the target, but its resume hook failed: " + done.RebindErr
 	}
 	d.addRecord(*rec)
 	d.log.Info("migrated", "id", p.ID, "to", req.To, "total", rec.Total, "downtime", rec.Downtime)
@@ -500,7 +534,18 @@ func (d *Daemon) receive(c *wire.Conn, b beginMsg) (err error) {
 	d.mu.Lock()
 	d.procs[b.ID] = np
 	d.mu.Unlock()
-	c.WriteJSON(tDone, struct{}{})
+	var done doneMsg
+	if b.Hooks {
+		np.mu.Lock()
+		np.hooks = true
+		np.mu.Unlock()
+		t := time.Now()
+		if err := d.rebind(b.ID, true); err != nil {
+			done.RebindErr = err.Error()
+		}
+		done.Rebind = time.Since(t)
+	}
+	c.WriteJSON(tDone, &done)
 	if b.MoveIP != "" {
 		netmove.DeleteLock(lockTable) // normally gone already: the restore removes its lock
 	}
@@ -553,4 +598,15 @@ func recvImages(c *wire.Conn, dir, logPath string, total int64) error {
 		}
 		total += n
 	}
+}
+
+// rebind runs the resume hook of process id: after a restore here (moved),
+// or after a migration called off once it had prepared.
+func (d *Daemon) rebind(id string, moved bool) error {
+	p, err := d.get(id)
+	if err != nil {
+		return err
+	}
+	host, _, _ := net.SplitHostPort(d.listen)
+	return d.command(p, mrt.Command{Op: "resume", Resume: mrt.ResumeInfo{Moved: moved, Host: host}})
 }

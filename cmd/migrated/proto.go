@@ -50,6 +50,7 @@ type beginMsg struct {
 	Source  string    `json:"source"`
 	Job     string    `json:"job,omitempty"`
 	Rank    int       `json:"rank,omitempty"`
+	Hooks   bool      `json:"hooks,omitempty"` // migration-aware: run its prepare/resume hooks
 }
 
 // fileMsg announces one file of the image set; its content follows as a stream.
@@ -68,4 +69,10 @@ type restoredMsg struct {
 	PID     int           `json:"pid"`
 	Restore time.Duration `json:"restore"`
 	Net     time.Duration `json:"net"`
+}
+
+// doneMsg confirms that the process runs on the target.
+type doneMsg struct {
+	Rebind    time.Duration `json:"rebind,omitempty"` // its resume hook's time
+	RebindErr string        `json:"rebind_err,omitempty"`
 }
