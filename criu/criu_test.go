@@ -1,0 +1,151 @@
+package criu
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const testCRIU = "/usr/local/sbin/migrate-criu"
+
+func client(t *testing.T) *Client {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if _, err := os.Stat(testCRIU); err != nil {
+		t.Skip("CRIU not installed (scripts/install-deps.sh)")
+	}
+	return New(testCRIU)
+}
+
+// sleeper starts a process CRIU can dump: its own session, stdio /dev/null.
+func sleeper(t *testing.T) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command("sleep", "300")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd
+}
+
+func TestCheck(t *testing.T) {
+	c := client(t)
+	v, err := c.Check(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Less(MinVersion) {
+		t.Fatalf("version %s < %s", v, MinVersion)
+	}
+	if _, err := New("/nonexistent/criu").Check(context.Background()); err == nil ||
+		!strings.Contains(err.Error(), "install-deps.sh") {
+		t.Fatalf("missing CRIU: %v, want an error naming the fix", err)
+	}
+}
+
+// A dump leaves the tree stopped with its stats; a restore brings it back as
+// our child under the same pid.
+func TestDumpRestore(t *testing.T) {
+	c := client(t)
+	cmd := sleeper(t)
+	pid := cmd.Process.Pid
+	dir := t.TempDir()
+	st, err := c.Dump(context.Background(), DumpOpts{Pid: pid, ImagesDir: dir, LeaveStopped: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.PagesWritten == 0 || st.Frozen == 0 {
+		t.Errorf("dump stats look empty: %+v", st)
+	}
+	if s := procState(pid); s != "T" {
+		t.Fatalf("after a leave-stopped dump the process is %q, want T (stopped)", s)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	rpid, rst, err := c.Restore(context.Background(), RestoreOpts{ImagesDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		syscall.Kill(rpid, syscall.SIGKILL)
+		var ws syscall.WaitStatus
+		syscall.Wait4(rpid, &ws, 0, nil)
+	}()
+	if rpid != pid {
+		t.Fatalf("restored as pid %d, want %d", rpid, pid)
+	}
+	if rst.Restore == 0 {
+		t.Errorf("restore stats look empty: %+v", rst)
+	}
+	if s := procState(rpid); s != "S" {
+		t.Fatalf("restored process state %q, want S (sleeping)", s)
+	}
+}
+
+// A failure carries errno-ish detail and CRIU's log lines.
+func TestDumpFailureExplains(t *testing.T) {
+	c := client(t)
+	_, err := c.Dump(context.Background(), DumpOpts{Pid: 999999, ImagesDir: t.TempDir()})
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("dump of a missing pid: %v, want *criu.Error", err)
+	}
+	if len(ce.Log) == 0 {
+		t.Fatalf("no log lines in %v", err)
+	}
+}
+
+// A deadline kills CRIU and says so.
+func TestDeadlineKills(t *testing.T) {
+	c := client(t)
+	cmd := sleeper(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	defer cancel()
+	time.Sleep(2 * time.Millisecond)
+	start := time.Now()
+	_, err := c.Dump(ctx, DumpOpts{Pid: cmd.Process.Pid, ImagesDir: t.TempDir(), LeaveRunning: true})
+	if err == nil {
+		t.Fatal("dump with an expired deadline succeeded")
+	}
+	if time.Since(start) > 10*time.Second {
+		t.Fatalf("took %v to give up", time.Since(start))
+	}
+	if s := procState(cmd.Process.Pid); s != "S" {
+		t.Fatalf("the process is %q after a killed dump, want S", s)
+	}
+}
+
+func TestLogErrors(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "log")
+	os.WriteFile(path, []byte("(0.1) one\n(0.2) Error (criu/x.c:1): bad thing\n(0.3) rlimit: Can't setup RLIMIT_NOFILE for self\n(0.4) two\n"), 0o600)
+	got := logErrors(path)
+	if len(got) != 1 || !strings.Contains(got[0], "bad thing") {
+		t.Fatalf("logErrors = %q", got)
+	}
+	e := &Error{Op: "dump", Errno: int(syscall.EPERM), Msg: "m", Log: got}
+	if s := e.Error(); !strings.Contains(s, "operation not permitted") || !strings.Contains(s, "bad thing") {
+		t.Fatalf("Error() = %q", s)
+	}
+}
+
+func procState(pid int) string {
+	b, err := os.ReadFile(filepath.Join("/proc", itoa(pid), "stat"))
+	if err != nil {
+		return ""
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return strings.Fields(s[i+1:])[0]
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
