@@ -87,8 +87,8 @@ func TestDumpRestore(t *testing.T) {
 	if rst.Restore == 0 {
 		t.Errorf("restore stats look empty: %+v", rst)
 	}
-	if s := procState(rpid); s != "S" {
-		t.Fatalf("restored process state %q, want S (sleeping)", s)
+	if s := procState(rpid); s != "S" && s != "R" {
+		t.Fatalf("restored process state %q, want it running (S or R)", s)
 	}
 }
 
@@ -120,8 +120,8 @@ func TestDeadlineKills(t *testing.T) {
 	if time.Since(start) > 10*time.Second {
 		t.Fatalf("took %v to give up", time.Since(start))
 	}
-	if s := procState(cmd.Process.Pid); s != "S" {
-		t.Fatalf("the process is %q after a killed dump, want S", s)
+	if s := procState(cmd.Process.Pid); s != "S" && s != "R" {
+		t.Fatalf("the process is %q after a killed dump, want it running (S or R)", s)
 	}
 }
 

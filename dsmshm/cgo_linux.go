@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -58,6 +59,27 @@ func newCNode(rank, size int) (cnode, error) {
 func (c cnode) setChan(rank, fd int) { C.dsm_node_set_chan(c.p, C.int(rank), C.int(fd)) }
 
 func (c cnode) serveFD(fd int) error { return errno(C.dsm_node_serve_fd(c.p, C.int(fd))) }
+
+// chanAway closes the page channel to rank, which announced a migration:
+// faults on its pages wait up to the away timeout for a new channel.
+func (c cnode) chanAway(rank int) { C.dsm_node_chan_away(c.p, C.int(rank)) }
+
+// setWaits sets how long a fault waits for a broken page channel to be
+// replaced: down for a home that vanished, away for one that announced a
+// migration.
+func (c cnode) setWaits(down, away time.Duration) {
+	C.dsm_node_set_waits(c.p, C.uint64_t(down.Nanoseconds()), C.uint64_t(away.Nanoseconds()))
+}
+
+// setFailed makes faults waiting for a page channel give up.
+func (c cnode) setFailed() { C.dsm_node_set_failed(c.p) }
+
+// pause blocks new page fetches, waits for those in flight, and closes every
+// page channel, this rank's and those its page server serves.
+func (c cnode) pause() { C.dsm_node_pause(c.p) }
+
+// unpause lets fetches proceed again.
+func (c cnode) unpause() { C.dsm_node_unpause(c.p) }
 
 // stop ends the page server thread, so no request touches a segment.
 func (c cnode) stop() { C.dsm_node_stop(c.p) }

@@ -35,7 +35,9 @@
 
 typedef struct {
 	int fd;
-	uint32_t mu;
+	uint32_t mu;         // guards the fields below
+	int away;            // the home announced that it is migrating
+	uint64_t down_since; // when the channel was found broken (0: not down)
 } dsm_chan;
 
 struct dsm_node {
@@ -50,6 +52,14 @@ struct dsm_node {
 	pthread_t thr;
 	int started;
 	dsm_cstats st;
+	// Migration (see doc.go, "Migration"). paused and inflight form a
+	// Dekker pair (sequentially consistent atomics): a fetch announces
+	// itself in inflight, then checks paused; dsm_node_pause sets paused,
+	// then waits for inflight to drain.
+	int paused, inflight;
+	int failed;                       // the node failed: waiting faults give up
+	uint64_t down_wait_ns, away_wait_ns; // how long a fault waits for a broken channel
+	uint64_t drop_req, drop_done;     // guarded by mu: the server drops its fds
 };
 
 struct dsm_seg {
@@ -160,28 +170,63 @@ static void unlock_range(dsm_seg *s, size_t a, size_t b) {
 // ---- page fetch (client side) ----
 
 // fetch copies the home's current copy of page p into the system view.
-// Called with the page lock held.
+// Called with the page lock held. It returns -EAGAIN when the page cannot be
+// fetched now but may be later: this rank is paused for a migration, or the
+// channel to the home is broken and the home may come back (it announced a
+// migration, or it may reconnect within the dial timeout). The caller must
+// then release everything and retry (see the handler). A broken channel is
+// closed here; the Go side installs a new one when the home is back.
 static int fetch(dsm_seg *s, size_t p) {
 	dsm_node *n = s->node;
 	dsm_chan *c = &n->chans[s->home[p]];
 	uint32_t req[2] = {s->id, (uint32_t)p};
 	uint64_t hdr[2]; // status, version
 	uint64_t t0 = now_ns();
+	__atomic_add_fetch(&n->inflight, 1, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&n->paused, __ATOMIC_SEQ_CST)) {
+		__atomic_sub_fetch(&n->inflight, 1, __ATOMIC_SEQ_CST);
+		return -EAGAIN;
+	}
 	mu_lock(&c->mu);
 	int err = c->fd < 0 ? -ENOTCONN : write_full(c->fd, req, sizeof req);
 	if (err == 0)
 		err = read_full(c->fd, hdr, sizeof hdr);
-	if (err == 0 && hdr[0] != 0)
-		err = -EPROTO;
+	if (err == 0 && hdr[0] != 0) {
+		mu_unlock(&c->mu);
+		__atomic_sub_fetch(&n->inflight, 1, __ATOMIC_SEQ_CST);
+		return -EPROTO;
+	}
 	if (err == 0)
 		err = read_full(c->fd, s->sys + p * DSM_PAGE, DSM_PAGE);
+	uint64_t since = 0;
+	int away = 0;
+	if (err != 0) {
+		// The channel is unusable (and may be mid-response): drop it.
+		if (c->fd >= 0)
+			close(c->fd);
+		c->fd = -1;
+		if (c->down_since == 0)
+			c->down_since = now_ns();
+		since = c->down_since;
+		away = c->away;
+	}
 	mu_unlock(&c->mu);
-	if (err != 0)
-		return err;
+	__atomic_sub_fetch(&n->inflight, 1, __ATOMIC_SEQ_CST);
+	if (err != 0) {
+		uint64_t limit = away ? n->away_wait_ns : n->down_wait_ns;
+		if (__atomic_load_n(&n->failed, __ATOMIC_RELAXED) || now_ns() - since > limit)
+			return err;
+		return -EAGAIN;
+	}
 	s->ver[p] = hdr[1];
 	add(&n->st.fetches, 1);
 	add(&n->st.fetch_ns, now_ns() - t0);
 	return 0;
+}
+
+static void sleep_ms(long ms) {
+	struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+	nanosleep(&ts, NULL); // async-signal-safe
 }
 
 // make_ready brings pages [a,b) up to date and, if write, writable with a
@@ -215,7 +260,14 @@ static int make_ready(dsm_seg *s, size_t a, size_t b, int write) {
 int dsm_prepare(dsm_seg *s, size_t first, size_t n, int write) {
 	if (first > s->npages || n > s->npages - first)
 		return -EINVAL;
-	return make_ready(s, first, first + n, write);
+	for (;;) {
+		// A cgo call: waiting here holds up neither the Go scheduler nor
+		// a stop-the-world.
+		int err = make_ready(s, first, first + n, write);
+		if (err != -EAGAIN)
+			return err;
+		sleep_ms(1);
+	}
 }
 
 // ---- the SIGSEGV handler ----
@@ -268,6 +320,17 @@ static void handler(int sig, siginfo_t *si, void *ctx) {
 	size_t p = (size_t)((char *)si->si_addr - s->app) / DSM_PAGE;
 	add(write ? &s->node->st.write_faults : &s->node->st.read_faults, 1);
 	int err = make_ready(s, p, p + 1, write);
+	if (err == -EAGAIN) {
+		// The page cannot be had now (a migration is under way). Do not
+		// wait here: a thread inside this handler cannot be preempted, so
+		// a stop-the-world would wait for it while the goroutines that
+		// reconnect the home are stopped. Sleep briefly and return with
+		// nothing held; the access faults again, and in between any
+		// pending preemption signal is delivered (see doc.go, "Migration").
+		sleep_ms(1);
+		errno = saved;
+		return;
+	}
 	if (err != 0)
 		die("resolving a shared-memory fault (page fetch from its home failed)", err);
 	errno = saved;
@@ -549,6 +612,8 @@ dsm_node *dsm_node_new(int rank, int size) {
 	}
 	for (int i = 0; i < size; i++)
 		n->chans[i].fd = -1;
+	n->down_wait_ns = 30ull * 1000000000u;
+	n->away_wait_ns = 300ull * 1000000000u;
 	return n;
 }
 
@@ -558,8 +623,62 @@ void dsm_node_set_chan(dsm_node *n, int rank, int fd) {
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = fd;
+	c->away = 0;
+	c->down_since = 0;
 	mu_unlock(&c->mu);
 }
+
+void dsm_node_chan_away(dsm_node *n, int rank) {
+	dsm_chan *c = &n->chans[rank];
+	mu_lock(&c->mu);
+	c->away = 1;
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	c->down_since = now_ns();
+	mu_unlock(&c->mu);
+}
+
+void dsm_node_set_waits(dsm_node *n, uint64_t down_ns, uint64_t away_ns) {
+	n->down_wait_ns = down_ns;
+	n->away_wait_ns = away_ns;
+}
+
+void dsm_node_set_failed(dsm_node *n) { __atomic_store_n(&n->failed, 1, __ATOMIC_RELAXED); }
+
+void dsm_node_pause(dsm_node *n) {
+	__atomic_store_n(&n->paused, 1, __ATOMIC_SEQ_CST);
+	while (__atomic_load_n(&n->inflight, __ATOMIC_SEQ_CST) != 0)
+		sleep_ms(1);
+	// No fetch runs or starts now: close this rank's page channels.
+	for (int i = 0; i < n->size; i++) {
+		dsm_chan *c = &n->chans[i];
+		mu_lock(&c->mu);
+		if (c->fd >= 0)
+			close(c->fd);
+		c->fd = -1;
+		c->down_since = 0;
+		mu_unlock(&c->mu);
+	}
+	// The page server closes the channels it serves, between requests.
+	mu_lock(&n->mu);
+	uint64_t req = ++n->drop_req;
+	int started = n->started;
+	mu_unlock(&n->mu);
+	char b = 0;
+	ssize_t r = write(n->wake[1], &b, 1);
+	(void)r;
+	for (;;) {
+		mu_lock(&n->mu);
+		int done = n->drop_done >= req || !started || n->stopping;
+		mu_unlock(&n->mu);
+		if (done)
+			break;
+		sleep_ms(1);
+	}
+}
+
+void dsm_node_unpause(dsm_node *n) { __atomic_store_n(&n->paused, 0, __ATOMIC_SEQ_CST); }
 
 int dsm_node_serve_fd(dsm_node *n, int fd) {
 	mu_lock(&n->mu);
@@ -612,6 +731,12 @@ static void *serve(void *arg) {
 		if (n->stopping) {
 			mu_unlock(&n->mu);
 			return NULL;
+		}
+		if (n->drop_done != n->drop_req) {
+			for (int i = 0; i < n->nfds; i++)
+				close(n->fds[i]);
+			n->nfds = 0;
+			n->drop_done = n->drop_req;
 		}
 		int nf = n->nfds;
 		for (int i = 0; i < nf; i++)

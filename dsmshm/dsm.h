@@ -26,6 +26,11 @@ dsm_node *dsm_node_new(int rank, int size);
 int dsm_node_start(dsm_node *n);
 void dsm_node_set_chan(dsm_node *n, int rank, int fd);
 int dsm_node_serve_fd(dsm_node *n, int fd);
+void dsm_node_chan_away(dsm_node *n, int rank);
+void dsm_node_set_waits(dsm_node *n, uint64_t down_ns, uint64_t away_ns);
+void dsm_node_set_failed(dsm_node *n);
+void dsm_node_pause(dsm_node *n);   // blocks fetches, waits for in-flight ones, closes every page channel
+void dsm_node_unpause(dsm_node *n);
 void dsm_node_stop(dsm_node *n); // stops the page server thread
 void dsm_node_free(dsm_node *n); // stops it if needed; free segments first
 void dsm_node_stats(dsm_node *n, dsm_cstats *out);

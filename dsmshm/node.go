@@ -27,8 +27,12 @@ type Config struct {
 	Rank  int      // this rank, 0 <= Rank < len(Peers)
 	Peers []string // host:port of every rank in rank order; rank r listens on 0.0.0.0:<port of Peers[r]>
 	// DialTimeout bounds how long Start waits for peers to come up
-	// (default 30 s).
+	// (default 30 s), and how long a rank waits for a peer whose
+	// connection broke unannounced to come back.
 	DialTimeout time.Duration
+	// AwayTimeout bounds how long ranks wait for a rank that announced a
+	// migration to come back (default 5 min). See doc.go, "Migration".
+	AwayTimeout time.Duration
 }
 
 // MaxRanks is the largest job size: each rank's page server thread polls
@@ -41,12 +45,23 @@ var ErrNotLaunched = errors.New("not started by dsmrun")
 // Start joins the job described by the environment set by dsmrun: DSM_JOB,
 // DSM_RANK, DSM_SIZE and DSM_PEERS. It is collective: it returns once every
 // rank has started.
+//
+// When the process was launched by migrated, Start also registers the
+// rank's migration hooks with it (see doc.go, "Migration").
 func Start() (*Node, error) {
 	cfg, err := configFromEnv(os.Getenv)
 	if err != nil {
 		return nil, err
 	}
-	return StartWith(cfg)
+	n, err := StartWith(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.register(); err != nil {
+		n.abort()
+		return nil, err
+	}
+	return n, nil
 }
 
 func configFromEnv(getenv func(string) string) (Config, error) {
@@ -99,10 +114,14 @@ func StartWith(cfg Config) (_ *Node, retErr error) {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 30 * time.Second
 	}
+	if cfg.AwayTimeout <= 0 {
+		cfg.AwayTimeout = defaultAwayWait
+	}
 	n, err := newNode(cfg.Rank, len(cfg.Peers))
 	if err != nil {
 		return nil, err
 	}
+	n.c.setWaits(cfg.DialTimeout, cfg.AwayTimeout)
 	defer func() {
 		if retErr != nil {
 			n.c.free()
@@ -110,7 +129,8 @@ func StartWith(cfg Config) (_ *Node, retErr error) {
 	}()
 	tr, err := newTCPTransport(tcpConfig{
 		rank: cfg.Rank, size: len(cfg.Peers), job: cfg.Job, addrs: cfg.Peers, dialWait: cfg.DialTimeout,
-		ctr: &n.ctr, setChan: n.c.setChan, serveFD: n.c.serveFD,
+		awayWait: cfg.AwayTimeout, ctr: &n.ctr, setChan: n.c.setChan, serveFD: n.c.serveFD,
+		chanAway: n.c.chanAway, pages: n.c,
 	})
 	if err != nil {
 		return nil, err
@@ -289,6 +309,14 @@ func (n *Node) fail(err error) {
 	n.failOnce.Do(func() {
 		n.failErr = err
 		close(n.dead)
+		// Faults waiting for a page channel give up now. TryRLock: fail
+		// may run while Close holds freeMu.
+		if n.freeMu.TryRLock() {
+			if !n.freed {
+				n.c.setFailed()
+			}
+			n.freeMu.RUnlock()
+		}
 	})
 }
 

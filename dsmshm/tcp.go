@@ -24,6 +24,11 @@ const (
 	// pageServeTimeout bounds how long a page server waits for the rest of
 	// a started request before dropping the channel.
 	pageServeTimeout = 5 * time.Second
+	// defaultAwayWait bounds how long peers wait for a rank that announced
+	// a migration.
+	defaultAwayWait = 5 * time.Minute
+	// pausePoll is how often a parked writer looks for resume.
+	pausePoll = 5 * time.Millisecond
 )
 
 // tcpTransport connects the ranks of a job. Every rank dials every other
@@ -32,23 +37,50 @@ const (
 // channel over which this rank fetches pages the peer is home for. Page
 // channels are handed to C as blocking file descriptors: the fault handler
 // uses them directly (see doc.go).
+//
+// Frames are numbered per peer and kept until the peer acknowledges them
+// (mAck, on the peer's own control connection), so that a connection that
+// breaks (a rank migrates, see pause and resume) loses nothing: the writer
+// resends what is unacknowledged on its next connection and the receiver
+// drops what it has already delivered.
 type tcpTransport struct {
 	rank, size int
 	job        string
+	port       string
 	ln         net.Listener
 	inbox      *queue[envelope]
 	peers      []*peer
 	ctr        *netCounters
 	setChan    func(rank, fd int)
 	serveFD    func(fd int) error
+	chanAway   func(rank int)
+	pages      pager
 	dialWait   time.Duration
+	awayWait   time.Duration
 
 	wg      sync.WaitGroup // accept loop, readers, writers
 	writers sync.WaitGroup // one per peer: done when its writer sent everything
 	byes    sync.WaitGroup // one per peer: done when its bye arrived
 	closing atomic.Bool
-	mu      sync.Mutex // guards conns
+	readers atomic.Int64 // live readLoops
+
+	mu      sync.Mutex // guards conns, inbound, self; paused changes under it
 	conns   []net.Conn
+	inbound []net.Conn // accepted control connections
+	self    string     // this rank's address, as announced after a migration
+
+	// Migration: pause (Prepare) bumps epoch and sets paused; resume
+	// clears it. Writers park when they see a new epoch and reconnect,
+	// announcing self, when paused is cleared.
+	migMu  sync.Mutex // serializes pause and resume
+	paused atomic.Bool
+	epoch  atomic.Int64
+}
+
+// pager is the C side's part in a pause: see cnode.pause.
+type pager interface {
+	pause()
+	unpause()
 }
 
 // peer is this rank's view of another rank: where it lives, the outgoing
@@ -57,15 +89,32 @@ type peer struct {
 	rank int
 	out  *queue[*message]
 
-	mu   sync.Mutex // guards addr, gen, conn
-	addr string
-	gen  int      // bumped by UpdatePeer; a writer seeing a new gen redials
-	conn net.Conn // current outgoing control connection
+	mu      sync.Mutex // guards addr, conn, awayAt, unacked, acked
+	addr    string
+	gen     atomic.Int64 // bumped when the peer announces a new address; a writer seeing it redials
+	conn    net.Conn     // current outgoing control connection
+	awayAt  time.Time    // when it announced a migration; zero when present
+	unacked []sentFrame  // frames sent but not acknowledged, in order
+	acked   uint64
 
-	sendSeq uint64        // owned by the writer goroutine
-	recvSeq atomic.Uint64 // highest seq delivered from this peer
-	inGen   atomic.Int64  // bumped for every control connection accepted from this peer
-	byeOnce sync.Once
+	sendSeq atomic.Uint64 // written by the writer goroutine only
+
+	recvMu    sync.Mutex // orders delivery across an old and a new connection
+	recvSeq   uint64     // highest seq delivered from this peer
+	ackQueued atomic.Bool
+	inGen     atomic.Int64 // bumped for every control connection accepted from this peer
+	byeOnce   sync.Once
+
+	// Writer state seen by pause and resume.
+	parked    atomic.Int64 // last pause epoch the writer parked for
+	resumed   atomic.Int64 // last pause epoch the writer reconnected after
+	resumeErr atomic.Pointer[error]
+	done      atomic.Bool // the writer exited
+}
+
+type sentFrame struct {
+	seq uint64
+	b   []byte
 }
 
 func (p *peer) setConn(c net.Conn) {
@@ -74,10 +123,49 @@ func (p *peer) setConn(c net.Conn) {
 	p.mu.Unlock()
 }
 
-func (p *peer) target() (string, int) {
+func (p *peer) target() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.addr, p.gen
+	return p.addr
+}
+
+func (p *peer) away() (time.Time, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.awayAt, !p.awayAt.IsZero()
+}
+
+// keep records a frame until the peer acknowledges it.
+func (p *peer) keep(seq uint64, frame []byte) {
+	p.mu.Lock()
+	p.unacked = append(p.unacked, sentFrame{seq, append([]byte(nil), frame...)})
+	p.mu.Unlock()
+}
+
+// ack drops the frames the peer acknowledged.
+func (p *peer) ack(seq uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if seq <= p.acked {
+		return
+	}
+	p.acked = seq
+	i := 0
+	for i < len(p.unacked) && p.unacked[i].seq <= seq {
+		p.unacked[i] = sentFrame{}
+		i++
+	}
+	p.unacked = p.unacked[i:]
+	if len(p.unacked) == 0 {
+		p.unacked = nil // let the backing array go
+	}
+}
+
+// pending returns the unacknowledged frames.
+func (p *peer) pending() []sentFrame {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]sentFrame(nil), p.unacked...)
 }
 
 type tcpConfig struct {
@@ -85,9 +173,12 @@ type tcpConfig struct {
 	job        string
 	addrs      []string
 	dialWait   time.Duration
+	awayWait   time.Duration
 	ctr        *netCounters
 	setChan    func(rank, fd int)
 	serveFD    func(fd int) error
+	chanAway   func(rank int)
+	pages      pager
 }
 
 func listenConfig() *net.ListenConfig {
@@ -114,8 +205,12 @@ func newTCPTransport(cfg tcpConfig) (_ *tcpTransport, retErr error) {
 		return nil, fmt.Errorf("dsmshm: listening for peers: %w", err)
 	}
 	t := &tcpTransport{
-		rank: cfg.rank, size: cfg.size, job: cfg.job, ln: ln, inbox: newQueue[envelope](),
-		ctr: cfg.ctr, setChan: cfg.setChan, serveFD: cfg.serveFD, dialWait: cfg.dialWait,
+		rank: cfg.rank, size: cfg.size, job: cfg.job, port: port, ln: ln, inbox: newQueue[envelope](),
+		ctr: cfg.ctr, setChan: cfg.setChan, serveFD: cfg.serveFD, chanAway: cfg.chanAway, pages: cfg.pages,
+		dialWait: cfg.dialWait, awayWait: cfg.awayWait, self: cfg.addrs[cfg.rank],
+	}
+	if t.awayWait <= 0 {
+		t.awayWait = defaultAwayWait
 	}
 	t.peers = make([]*peer, cfg.size)
 	for r := range t.peers {
@@ -138,7 +233,7 @@ func newTCPTransport(cfg tcpConfig) (_ *tcpTransport, retErr error) {
 			continue
 		}
 		go func() {
-			conn, err := t.dial(t.peers[r], connControl, time.Now().Add(t.dialWait))
+			conn, err := t.dial(t.peers[r], connControl, "", time.Now().Add(t.dialWait), nil)
 			if err == nil {
 				t.wg.Add(1)
 				t.writers.Add(1)
@@ -146,7 +241,7 @@ func newTCPTransport(cfg tcpConfig) (_ *tcpTransport, retErr error) {
 			}
 			errs <- err
 		}()
-		go func() { errs <- t.dialPage(t.peers[r], time.Now().Add(t.dialWait)) }()
+		go func() { errs <- t.dialPage(t.peers[r], time.Now().Add(t.dialWait), nil) }()
 	}
 	var all []error
 	for range 2 * (cfg.size - 1) {
@@ -158,13 +253,15 @@ func newTCPTransport(cfg tcpConfig) (_ *tcpTransport, retErr error) {
 	return t, nil
 }
 
-// dial connects to p and says hello, retrying until deadline.
-func (t *tcpTransport) dial(p *peer, kind uint8, deadline time.Time) (net.Conn, error) {
+// dial connects to p and says hello, retrying until deadline or until stop
+// (if not nil) says to give up. A non-empty announce tells p that this rank
+// is back from a migration and lives at announce now.
+func (t *tcpTransport) dial(p *peer, kind uint8, announce string, deadline time.Time, stop func() bool) (net.Conn, error) {
 	for {
-		addr, _ := p.target()
+		addr := p.target()
 		conn, err := dialer().Dial("tcp4", addr)
 		if err == nil {
-			hello := appendFrame(nil, 0, &message{Type: mHello, Rank: int32(t.rank), Kind: kind, Job: t.job})
+			hello := appendFrame(nil, 0, &message{Type: mHello, Rank: int32(t.rank), Kind: kind, Job: t.job, Addr: announce})
 			conn.SetWriteDeadline(time.Now().Add(handshakeTimeout))
 			if _, err = conn.Write(hello); err == nil {
 				conn.SetWriteDeadline(time.Time{})
@@ -172,7 +269,10 @@ func (t *tcpTransport) dial(p *peer, kind uint8, deadline time.Time) (net.Conn, 
 			}
 			conn.Close()
 		}
-		if time.Now().After(deadline) || t.closing.Load() {
+		if time.Now().After(deadline) || t.closing.Load() || (stop != nil && stop()) {
+			if err == nil {
+				err = errors.New("given up")
+			}
 			return nil, fmt.Errorf("dsmshm: connecting to rank %d at %s: %w", p.rank, addr, err)
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -180,14 +280,22 @@ func (t *tcpTransport) dial(p *peer, kind uint8, deadline time.Time) (net.Conn, 
 }
 
 // dialPage opens the page channel to p and hands it to C.
-func (t *tcpTransport) dialPage(p *peer, deadline time.Time) error {
-	conn, err := t.dial(p, connPage, deadline)
+func (t *tcpTransport) dialPage(p *peer, deadline time.Time, stop func() bool) error {
+	conn, err := t.dial(p, connPage, "", deadline, stop)
 	if err != nil {
 		return err
 	}
 	fd, err := detachFD(conn, pageIOTimeout)
 	if err != nil {
 		return fmt.Errorf("dsmshm: page channel to rank %d: %w", p.rank, err)
+	}
+	// Under t.mu: a pause either closes this channel or happens first and
+	// this one is dropped (resume dials anew).
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.paused.Load() {
+		unix.Close(fd)
+		return nil
 	}
 	t.setChan(p.rank, fd)
 	return nil
@@ -259,7 +367,8 @@ func (t *tcpTransport) acceptLoop() {
 }
 
 // handshake reads the hello of an accepted connection and starts serving it.
-// A connection that does not introduce itself properly is dropped.
+// A connection that does not introduce itself properly is dropped, and so is
+// every connection while this rank is paused for a migration.
 func (t *tcpTransport) handshake(conn net.Conn) {
 	defer t.wg.Done()
 	conn.SetReadDeadline(time.Now().Add(handshakeTimeout))
@@ -276,44 +385,84 @@ func (t *tcpTransport) handshake(conn net.Conn) {
 		return
 	}
 	conn.SetReadDeadline(time.Time{})
+	p := t.peers[m.Rank]
 	switch m.Kind {
 	case connPage:
 		fd, err := detachFD(conn, pageServeTimeout)
 		if err == nil {
-			err = t.serveFD(fd)
+			// Under t.mu, so that a pause either sees this fd among
+			// those it drops or this handshake sees the pause.
+			t.mu.Lock()
+			if t.paused.Load() {
+				err = errPaused
+			} else {
+				err = t.serveFD(fd)
+			}
+			t.mu.Unlock()
 			if err != nil {
 				unix.Close(fd)
 			}
 		}
-		if err != nil {
+		if err != nil && err != errPaused {
 			t.inbox.push(envelope{err: fmt.Errorf("dsmshm: page channel from rank %d: %w", m.Rank, err)})
 		}
 	case connControl:
-		t.track(conn)
+		t.mu.Lock()
+		if t.paused.Load() {
+			t.mu.Unlock()
+			conn.Close()
+			if m.Addr != "" {
+				// Keep the news: our writer reconnects to the new
+				// address when we resume; so does the peer's.
+				p.mu.Lock()
+				p.inGen.Add(1)
+				p.mu.Unlock()
+				t.peerBack(p, m.Addr)
+			}
+			return
+		}
+		t.conns = append(t.conns, conn)
+		t.inbound = append(t.inbound, conn)
+		t.readers.Add(1)
+		t.mu.Unlock()
+		// A new generation before peerBack: an away frame still unread on
+		// an older connection is stale from now on (see peerAway).
+		p.mu.Lock()
+		gen := p.inGen.Add(1)
+		p.mu.Unlock()
+		if m.Addr != "" {
+			t.peerBack(p, m.Addr)
+		}
 		t.wg.Add(1)
-		p := t.peers[m.Rank]
-		go t.readLoop(p, conn, p.inGen.Add(1))
+		go t.readLoop(p, conn, gen, t.epoch.Load())
 	default:
 		conn.Close()
 	}
 }
 
+var errPaused = errors.New("dsmshm: paused for a migration")
+
 // readLoop delivers frames from p's control connection to the inbox. Once a
 // frame's length has arrived its body must follow within frameBodyTimeout.
 // A connection that ends without a bye means the peer died, unless it
-// reconnects within the dial timeout (it moved: see UpdatePeer).
-func (t *tcpTransport) readLoop(p *peer, conn net.Conn, gen int64) {
+// announced a migration or reconnects within the dial timeout.
+func (t *tcpTransport) readLoop(p *peer, conn net.Conn, gen, epoch int64) {
 	defer t.wg.Done()
+	defer t.readers.Add(-1)
 	defer t.untrack(conn)
 	var buf []byte
 	for {
 		frame, err := readFrame(conn, buf, func() { conn.SetReadDeadline(time.Now().Add(frameBodyTimeout)) })
 		if err != nil {
+			_, away := p.away()
 			switch {
-			case t.closing.Load() || p.inGen.Load() != gen:
+			case t.closing.Load() || p.inGen.Load() != gen || t.epoch.Load() != epoch:
+				// replaced, closing, or closed by our own pause
+			case away:
+				// it comes back (a new connection) or the away timer fails the node
 			case errors.Is(err, io.EOF):
 				time.AfterFunc(t.dialWait, func() {
-					if p.inGen.Load() == gen && !t.closing.Load() {
+					if _, away := p.away(); p.inGen.Load() == gen && !t.closing.Load() && !away {
 						t.inbox.push(envelope{err: fmt.Errorf("dsmshm: rank %d closed its connection without goodbye "+
 							"and did not reconnect within %v", p.rank, t.dialWait)})
 					}
@@ -331,60 +480,241 @@ func (t *tcpTransport) readLoop(p *peer, conn net.Conn, gen int64) {
 			conn.Close()
 			return
 		}
-		if seq <= p.recvSeq.Load() {
+		if seq == 0 {
+			switch m.Type {
+			case mAck:
+				p.ack(uint64(m.ID))
+			case mAway:
+				t.peerAway(p, gen)
+			default:
+				t.inbox.push(envelope{err: fmt.Errorf("dsmshm: from rank %d: unnumbered %v", p.rank, m.Type)})
+				conn.Close()
+				return
+			}
+			continue
+		}
+		p.recvMu.Lock()
+		if seq <= p.recvSeq {
+			p.recvMu.Unlock()
 			continue // already delivered over an earlier connection
 		}
-		p.recvSeq.Store(seq)
+		if seq != p.recvSeq+1 {
+			p.recvMu.Unlock()
+			t.inbox.push(envelope{err: fmt.Errorf("dsmshm: from rank %d: frame %d after %d: frames lost", p.rank, seq, p.recvSeq)})
+			conn.Close()
+			return
+		}
+		p.recvSeq = seq
+		if m.Type != mBye {
+			t.inbox.push(envelope{from: p.rank, m: m})
+		}
+		p.recvMu.Unlock()
+		if !p.ackQueued.Swap(true) {
+			p.out.push(&message{Type: mAck})
+		}
 		if m.Type == mBye {
 			p.byeOnce.Do(t.byes.Done)
 			return // the peer sends nothing more; its EOF is expected
 		}
-		t.inbox.push(envelope{from: p.rank, m: m})
 	}
 }
 
-// writeLoop sends p's queued messages in order. If the peer has moved
-// (UpdatePeer), it redials the new address and resends the message that
-// failed; the receiver drops duplicates by sequence number.
+// peerAway records that p announced a migration: its connections close, and
+// messages to it wait (up to awayWait) until it announces where it is.
+// An away read late from an old connection (gen), after the peer has
+// already come back on a newer one, is ignored.
+func (t *tcpTransport) peerAway(p *peer, gen int64) {
+	at := time.Now()
+	p.mu.Lock()
+	if p.inGen.Load() != gen {
+		p.mu.Unlock()
+		return
+	}
+	p.awayAt = at
+	t.chanAway(p.rank) // under p.mu: ordered before a new channel from peerBack
+	p.mu.Unlock()
+	time.AfterFunc(t.awayWait, func() {
+		if a, away := p.away(); away && a.Equal(at) && !t.closing.Load() {
+			t.inbox.push(envelope{err: fmt.Errorf("dsmshm: rank %d announced a migration and did not come back within %v",
+				p.rank, t.awayWait)})
+		}
+	})
+}
+
+// peerBack records that p lives at addr now (it announced itself after a
+// migration, or UpdatePeer said so): its writer redials and resends what p
+// has not acknowledged, and the page channel to it is redialled.
+func (t *tcpTransport) peerBack(p *peer, addr string) {
+	p.mu.Lock()
+	p.addr = addr
+	p.awayAt = time.Time{}
+	conn := p.conn
+	p.gen.Add(1)
+	p.mu.Unlock()
+	if conn != nil {
+		conn.Close() // the writer notices and redials
+	}
+	p.out.kick()
+	if t.paused.Load() {
+		return // our own resume dials page channels
+	}
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		if err := t.dialPage(p, time.Now().Add(t.dialWait), t.paused.Load); err != nil && !t.closing.Load() && !t.paused.Load() {
+			t.inbox.push(envelope{err: err})
+		}
+	}()
+}
+
+// writeLoop sends p's queued messages in order, numbered, keeping each frame
+// until p acknowledges it. When the connection breaks or p moves, it waits
+// for p to be reachable, reconnects and resends what is unacknowledged; the
+// receiver drops duplicates by sequence number. When this rank pauses for a
+// migration, it tells p (mAway), closes the connection and waits for resume.
 func (t *tcpTransport) writeLoop(p *peer, conn net.Conn) {
 	defer t.wg.Done()
 	defer t.writers.Done()
-	_, gen := p.target()
+	defer p.done.Store(true)
+	w := writer{t: t, p: p, gen: p.gen.Load(), epoch: t.epoch.Load()}
+	p.parked.Store(w.epoch)
+	p.resumed.Store(w.epoch)
 	t.track(conn)
 	p.setConn(conn)
 	// Closing after the last write still delivers what was written: the
 	// peer never sends on this connection, so close sends FIN, not RST.
-	defer func() { t.untrack(conn) }()
+	defer func() {
+		if conn != nil {
+			t.untrack(conn)
+		}
+	}()
 	var buf []byte
 	for {
-		m, ok := p.out.pop()
+		if conn == nil {
+			if conn = w.reconnect(); conn == nil {
+				return
+			}
+		}
+		m, ok, stopped := p.out.popUnless(func() bool {
+			return t.epoch.Load() != w.epoch || p.gen.Load() != w.gen
+		})
+		if stopped {
+			if t.epoch.Load() != w.epoch {
+				// Pausing: the last frame on this connection says so.
+				buf = appendFrame(buf[:0], 0, &message{Type: mAway})
+				conn.SetWriteDeadline(time.Now().Add(handshakeTimeout))
+				conn.Write(buf)
+			}
+			w.drop(conn)
+			conn = nil
+			continue
+		}
 		if !ok {
 			return
 		}
-		p.sendSeq++
-		buf = appendFrame(buf[:0], p.sendSeq, m)
-		for {
-			_, err := conn.Write(buf)
-			if err == nil {
-				t.ctr.count(len(buf))
-				break
-			}
-			if _, g := p.target(); g != gen && !t.closing.Load() {
-				t.untrack(conn)
-				var derr error
-				if conn, derr = t.dial(p, connControl, time.Now().Add(t.dialWait)); derr == nil {
-					_, gen = p.target()
-					t.track(conn)
-					p.setConn(conn)
-					continue
-				}
-				err = derr
-			}
-			if !t.closing.Load() {
-				t.inbox.push(envelope{err: fmt.Errorf("dsmshm: sending to rank %d: %w", p.rank, err)})
-			}
-			return
+		if m.Type == mAck {
+			p.ackQueued.Store(false)
+			p.recvMu.Lock()
+			buf = appendFrame(buf[:0], 0, &message{Type: mAck, ID: int64(p.recvSeq)})
+			p.recvMu.Unlock()
+		} else {
+			seq := p.sendSeq.Add(1)
+			buf = appendFrame(buf[:0], seq, m)
+			p.keep(seq, buf)
 		}
+		if _, err := conn.Write(buf); err != nil {
+			w.drop(conn) // the frame is resent after reconnecting
+			conn = nil
+			continue
+		}
+		if m.Type != mAck {
+			t.ctr.count(len(buf))
+		}
+	}
+}
+
+type writer struct {
+	t      *tcpTransport
+	p      *peer
+	gen    int64     // p.gen of the current connection
+	epoch  int64     // last pause this writer parked for
+	lostAt time.Time // when the connection broke (zero: closed on purpose)
+}
+
+func (w *writer) drop(conn net.Conn) {
+	w.t.untrack(conn)
+	w.p.setConn(nil)
+	if w.p.gen.Load() == w.gen && w.t.epoch.Load() == w.epoch {
+		w.lostAt = time.Now()
+	}
+}
+
+// reconnect waits until p can be dialled, dials it and resends what p has
+// not acknowledged. It returns nil when the writer should exit.
+func (w *writer) reconnect() net.Conn {
+	t, p := w.t, w.p
+	for {
+		if t.closing.Load() {
+			return nil
+		}
+		if e := t.epoch.Load(); e != w.epoch {
+			w.epoch = e // parked: nothing of this rank dials until resume
+			p.parked.Store(e)
+			continue
+		}
+		if t.paused.Load() {
+			time.Sleep(pausePoll)
+			continue
+		}
+		announce := ""
+		if p.resumed.Load() != w.epoch {
+			t.mu.Lock()
+			announce = t.self
+			t.mu.Unlock()
+		} else if p.gen.Load() == w.gen {
+			// The connection broke and p has not announced a new address.
+			if _, away := p.away(); !away && time.Since(w.lostAt) > t.dialWait {
+				t.inbox.push(envelope{err: fmt.Errorf("dsmshm: sending to rank %d: connection lost and not re-established within %v",
+					p.rank, t.dialWait)})
+				return nil
+			}
+			time.Sleep(pausePoll)
+			continue
+		}
+		gen := p.gen.Load()
+		conn, err := t.dial(p, connControl, announce, time.Now().Add(t.dialWait), t.paused.Load)
+		if err == nil {
+			t.track(conn)
+			for _, f := range p.pending() {
+				if _, err = conn.Write(f.b); err != nil {
+					break
+				}
+			}
+			if err != nil {
+				t.untrack(conn)
+			}
+		}
+		if t.paused.Load() {
+			if err == nil {
+				t.untrack(conn)
+			}
+			continue // paused again meanwhile; resume dials anew
+		}
+		if announce != "" {
+			if err != nil {
+				p.resumeErr.Store(&err)
+			}
+			p.resumed.Store(w.epoch)
+		}
+		if err != nil {
+			if !t.closing.Load() {
+				t.inbox.push(envelope{err: fmt.Errorf("dsmshm: reconnecting to rank %d: %w", p.rank, err)})
+			}
+			return nil
+		}
+		w.gen, w.lostAt = gen, time.Time{}
+		p.setConn(conn)
+		return conn
 	}
 }
 
@@ -410,9 +740,9 @@ func (t *tcpTransport) recv() (int, *message, error) {
 }
 
 // UpdatePeer records that rank now lives at addr: the control connection is
-// re-established by its writer and the page channel is redialled now. This is
-// the seam for rank migration; it does not yet retransmit frames that were
-// written to the old connection but never read (see doc.go, "Unfinished").
+// re-established by its writer (resending what the rank has not
+// acknowledged) and the page channel is redialled now. A migrated rank
+// announces itself (see resume), so peers need not call this.
 func (t *tcpTransport) UpdatePeer(rank int, addr string) error {
 	if rank < 0 || rank >= t.size || rank == t.rank {
 		return fmt.Errorf("dsmshm: UpdatePeer: bad rank %d", rank)
@@ -420,13 +750,116 @@ func (t *tcpTransport) UpdatePeer(rank int, addr string) error {
 	p := t.peers[rank]
 	p.mu.Lock()
 	p.addr = addr
-	p.gen++
+	p.awayAt = time.Time{}
 	conn := p.conn
+	p.gen.Add(1)
 	p.mu.Unlock()
 	if conn != nil {
 		conn.Close() // the writer notices and redials
 	}
-	return t.dialPage(p, time.Now().Add(t.dialWait))
+	p.out.kick()
+	return t.dialPage(p, time.Now().Add(t.dialWait), nil)
+}
+
+// pause prepares this rank for a checkpoint: it returns when no connection
+// of the rank is open but its listener and nothing will dial until resume.
+// Writers tell their peers (mAway) and park; messages queue meanwhile.
+// Inbound control connections are closed (what was not read is resent by the
+// peers, who keep it until acknowledged); page fetches in flight finish, new
+// ones wait, and every page channel is closed.
+func (t *tcpTransport) pause() error {
+	t.migMu.Lock()
+	defer t.migMu.Unlock()
+	if t.paused.Load() {
+		return nil
+	}
+	t.mu.Lock()
+	t.paused.Store(true)
+	e := t.epoch.Add(1)
+	t.mu.Unlock()
+	var errs []error
+	deadline := time.Now().Add(handshakeTimeout + time.Second)
+	for _, p := range t.peers {
+		if p.rank == t.rank {
+			continue
+		}
+		p.out.kick()
+		for p.parked.Load() != e && !p.done.Load() {
+			if time.Now().After(deadline) {
+				errs = append(errs, fmt.Errorf("dsmshm: pausing: the writer to rank %d did not stop", p.rank))
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	t.mu.Lock()
+	for _, c := range t.inbound {
+		c.Close()
+	}
+	t.inbound = nil
+	t.pages.pause() // under t.mu: no page channel is accepted meanwhile
+	t.mu.Unlock()
+	for t.readers.Load() != 0 {
+		if time.Now().After(deadline) {
+			errs = append(errs, errors.New("dsmshm: pausing: connections from peers did not close"))
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return errors.Join(errs...)
+}
+
+// resume reconnects after pause. host, if not empty, is this rank's new
+// host: its address becomes host:port (the listener is restored on the same
+// port). Writers dial every peer announcing the address and resend what is
+// unacknowledged; peers then redial this rank and resend theirs. Page
+// channels to every peer are dialled anew before fetches may proceed.
+func (t *tcpTransport) resume(host string) error {
+	t.migMu.Lock()
+	defer t.migMu.Unlock()
+	if !t.paused.Load() {
+		return nil
+	}
+	t.mu.Lock()
+	if host != "" {
+		t.self = net.JoinHostPort(host, t.port)
+	}
+	for _, p := range t.peers {
+		p.resumeErr.Store(nil)
+	}
+	t.paused.Store(false)
+	e := t.epoch.Load()
+	t.mu.Unlock()
+	deadline := time.Now().Add(t.dialWait)
+	errs := make(chan error, t.size)
+	for _, p := range t.peers {
+		if p.rank == t.rank {
+			continue
+		}
+		p.out.kick()
+		go func() { errs <- t.dialPage(p, deadline, nil) }()
+	}
+	var all []error
+	for range t.size - 1 {
+		all = append(all, <-errs)
+	}
+	for _, p := range t.peers {
+		if p.rank == t.rank {
+			continue
+		}
+		for p.resumed.Load() != e && !p.done.Load() {
+			if time.Now().After(deadline.Add(time.Second)) {
+				all = append(all, fmt.Errorf("dsmshm: resuming: rank %d not reconnected", p.rank))
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if err := p.resumeErr.Load(); err != nil {
+			all = append(all, *err)
+		}
+	}
+	t.pages.unpause()
+	return errors.Join(all...)
 }
 
 // close says goodbye to every peer after its queue drains, waits (bounded)

@@ -80,6 +80,37 @@ func (q *queue[T]) pop() (T, bool) {
 	return v, true
 }
 
+// popUnless is pop that gives up (stopped) when stop returns true; stop is
+// checked before every wait and whenever kick is called.
+func (q *queue[T]) popUnless(stop func() bool) (v T, ok, stopped bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for {
+		if stop() {
+			return v, false, true
+		}
+		if len(q.items) > 0 || q.closed {
+			break
+		}
+		q.cond.Wait()
+	}
+	if len(q.items) == 0 {
+		return v, false, false
+	}
+	v = q.items[0]
+	var zero T
+	q.items[0] = zero
+	q.items = q.items[1:]
+	return v, true, false
+}
+
+// kick wakes a waiting popUnless so that it checks its stop condition.
+func (q *queue[T]) kick() {
+	q.mu.Lock()
+	q.cond.Broadcast()
+	q.mu.Unlock()
+}
+
 func (q *queue[T]) close() {
 	q.mu.Lock()
 	q.closed = true

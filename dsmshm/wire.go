@@ -42,11 +42,15 @@ const (
 	mDiffBatch
 	mDiffAck
 	mBye // last frame on a control connection: the sender is leaving cleanly
+	// Transport frames with sequence number 0, never delivered to the node:
+	mAck  // ID: the highest sequence number received from the addressee
+	mAway // the sender is migrating: its connections close and it comes back
 )
 
 var msgNames = map[msgType]string{
 	mHello: "hello", mLockReq: "lock-request", mLockGrant: "lock-grant", mUnlock: "unlock",
 	mBarrierEnter: "barrier-enter", mBarrierExit: "barrier-exit", mDiffBatch: "diff-batch", mDiffAck: "diff-ack", mBye: "bye",
+	mAck: "ack", mAway: "away",
 }
 
 func (t msgType) String() string {
@@ -91,6 +95,7 @@ type message struct {
 	Rank    int32  // hello
 	Kind    uint8  // hello: connControl or connPage
 	Job     string // hello
+	Addr    string // hello: set when the sender announces (re)connecting from this address
 	Notices []notice
 	Diffs   []diff
 	Acks    []ack
@@ -109,7 +114,8 @@ func appendFrame(b []byte, seq uint64, m *message) []byte {
 		b = binary.LittleEndian.AppendUint32(b, uint32(m.Rank))
 		b = append(b, m.Kind)
 		b = appendString(b, m.Job)
-	case mLockReq:
+		b = appendString(b, m.Addr)
+	case mLockReq, mAck:
 		b = binary.LittleEndian.AppendUint64(b, uint64(m.ID))
 	case mLockGrant, mUnlock:
 		b = binary.LittleEndian.AppendUint64(b, uint64(m.ID))
@@ -200,8 +206,9 @@ func decodeFrame(buf []byte) (seq uint64, m *message, err error) {
 		m.Rank = int32(d.u32())
 		m.Kind = d.u8()
 		m.Job = d.str()
-	case mBye:
-	case mLockReq:
+		m.Addr = d.str()
+	case mBye, mAway:
+	case mLockReq, mAck:
 		m.ID = int64(d.u64())
 	case mLockGrant, mUnlock:
 		m.ID = int64(d.u64())

@@ -298,7 +298,7 @@ func (d *Daemon) do(c *wire.Conn, req Request) (*Reply, error) {
 		delete(d.procs, p.ID)
 		d.mu.Unlock()
 		// Followers may be reading the log still.
-		time.AfterFunc(time.Minute, func() { os.RemoveAll(filepath.Dir(p.logPath)) })
+		d.forgetLater(p)
 		return &Reply{ID: p.ID}, nil
 	case "migrate":
 		rec, err := d.migrateOut(req, func(e Event) { c.WriteJSON(tEvent, e) })

@@ -269,7 +269,7 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 		phase("rebind", done.Rebind, done.RebindErr)
 	}
 	// Keep the log a while for followers that are reading it still.
-	time.AfterFunc(time.Minute, func() { os.RemoveAll(filepath.Dir(p.logPath)) })
+	d.forgetLater(p)
 	rec.Total = time.Since(rec.Start)
 	rec.Downtime = t3.Add(resumeDur + done.Rebind).Sub(t0)
 	rec.Outcome = "ok"

@@ -245,16 +245,22 @@ func (d *Daemon) follow(c *wire.Conn, p *Proc, off int64) (*Reply, error) {
 		st, exit, moved := p.state, p.exit, p.movedTo
 		p.mu.Unlock()
 		done := st == "exited" || (st == "migrated" && moved != "")
-		if st == "migrated" && moved == "" {
-			// Restored here again after a failed move: follow the new copy.
-			np, err := d.get(p.ID)
-			if err != nil {
-				return nil, err
+		if st == "incoming" || (st == "migrated" && moved == "") {
+			// Still arriving (the source commits a moment before this
+			// daemon registers the restored copy), or restored here again
+			// after a failed move: follow the copy registered under the ID.
+			d.mu.Lock()
+			np := d.procs[p.ID]
+			d.mu.Unlock()
+			if np == nil {
+				return nil, fmt.Errorf("process %s is no longer on this host", p.ID)
 			}
 			if np != p {
 				p = np
 				continue
 			}
+			time.Sleep(20 * time.Millisecond)
+			continue
 		}
 		if st == "exited" {
 			select {
@@ -292,4 +298,17 @@ func (p *Proc) copyLog(w io.Writer, off int64) (int64, error) {
 		return 0, err
 	}
 	return io.Copy(w, f)
+}
+
+// forgetLater removes the directory of a process this host no longer has,
+// after a while: followers may be reading its log still. If the process has
+// come back in the meantime (a round trip), the directory is its again.
+func (d *Daemon) forgetLater(p *Proc) {
+	time.AfterFunc(time.Minute, func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if _, back := d.procs[p.ID]; !back {
+			os.RemoveAll(filepath.Dir(p.logPath))
+		}
+	})
 }

@@ -1,0 +1,225 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// dsmJob is a running dsmrun job.
+type dsmJob struct {
+	t        *testing.T
+	cmd      *exec.Cmd
+	mu       sync.Mutex
+	out, err bytes.Buffer
+	id       string
+	done     chan error
+}
+
+type lockedBuf struct {
+	mu *sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (w lockedBuf) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func startJob(t *testing.T, n int, args ...string) *dsmJob {
+	t.Helper()
+	j := &dsmJob{t: t, done: make(chan error, 1)}
+	j.cmd = dsmrun(append([]string{"run", "-n", fmt.Sprint(n), "--"}, args...)...)
+	j.cmd.Stdout, j.cmd.Stderr = lockedBuf{&j.mu, &j.out}, lockedBuf{&j.mu, &j.err}
+	if err := j.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { j.done <- j.cmd.Wait() }()
+	t.Cleanup(func() { j.cmd.Process.Kill() })
+	rx := regexp.MustCompile(`job: ([0-9a-f]+)`)
+	for i := 0; i < 200 && j.id == ""; i++ {
+		if m := rx.FindStringSubmatch(j.stderr()); m != nil {
+			j.id = m[1]
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	if j.id == "" {
+		t.Fatalf("no job ID: %s", j.stderr())
+	}
+	return j
+}
+
+func (j *dsmJob) stdout() string { j.mu.Lock(); defer j.mu.Unlock(); return j.out.String() }
+func (j *dsmJob) stderr() string { j.mu.Lock(); defer j.mu.Unlock(); return j.err.String() }
+
+// wait checks that the job ends well and verifies its result.
+func (j *dsmJob) wait() {
+	t := j.t
+	t.Helper()
+	select {
+	case err := <-j.done:
+		if err != nil {
+			t.Fatalf("job %s: %v\nstdout:\n%s\nstderr:\n%s", j.id, err, tail(j.stdout(), 20), j.stderr())
+		}
+	case <-time.After(5 * time.Minute):
+		t.Fatalf("job %s timed out\nstdout:\n%s\nstderr:\n%s", j.id, tail(j.stdout(), 20), j.stderr())
+	}
+	if !regexp.MustCompile(`(?m)^\[0\] result: \S+ verified$`).MatchString(j.stdout()) {
+		t.Fatalf("no verified result:\n%s", tail(j.stdout(), 20))
+	}
+}
+
+// rankHost is where `dsmrun ps --json` says the rank runs.
+func (j *dsmJob) rankHost(rank int) string {
+	j.t.Helper()
+	out, err := dsmrunAll("ps", "--json").Output()
+	if err != nil {
+		j.t.Fatal(err)
+	}
+	var jobs []struct {
+		ID    string `json:"id"`
+		Ranks []struct {
+			Rank  int    `json:"rank"`
+			Host  string `json:"host"`
+			State string `json:"state"`
+		} `json:"ranks"`
+	}
+	if err := json.Unmarshal(out, &jobs); err != nil {
+		j.t.Fatalf("ps --json: %v: %s", err, out)
+	}
+	for _, jb := range jobs {
+		if jb.ID == j.id {
+			for _, r := range jb.Ranks {
+				if r.Rank == rank {
+					return r.Host
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// dsmrunAll is dsmrun against all four hosts (ranks move to h4 too).
+func dsmrunAll(args ...string) *exec.Cmd {
+	cmd := dsmrun(args...)
+	for i, e := range cmd.Env {
+		if strings.HasPrefix(e, "MIGRATED_HOSTS=") {
+			cmd.Env[i] = "MIGRATED_HOSTS=" + strings.Join([]string{addr(1), addr(2), addr(3), addr(4)}, ",")
+		}
+	}
+	return cmd
+}
+
+// migrateRank moves a rank and checks where dsmrun ps then shows it.
+func (j *dsmJob) migrateRank(rank, to int) {
+	j.t.Helper()
+	out, err := dsmrunAll("migrate", j.id, fmt.Sprint(rank), "--to", addr(to)).CombinedOutput()
+	if err != nil {
+		j.t.Fatalf("dsmrun migrate %s %d --to %s: %v\n%s\njob stderr:\n%s", j.id, rank, addr(to), err, out, j.stderr())
+	}
+	for _, ph := range []string{"prepare", "dump", "restore", "rebind"} {
+		if !strings.Contains(string(out), ph) {
+			j.t.Errorf("dsmrun migrate output lacks phase %q:\n%s", ph, out)
+		}
+	}
+	if h := j.rankHost(rank); h != addr(to) {
+		j.t.Fatalf("after the move dsmrun ps shows rank %d on %q, want %s", rank, h, addr(to))
+	}
+}
+
+// jacobiArgs makes a Jacobi run long enough to migrate ranks during it.
+func jacobiArgs() []string {
+	return []string{filepath.Join(repo, "bin", "jacobi"), "-n", "256", "-iters", "4000"}
+}
+
+func TestDSMMigrateOneRank(t *testing.T) {
+	needRoot(t)
+	j := startJob(t, 3, jacobiArgs()...)
+	time.Sleep(500 * time.Millisecond)
+	j.migrateRank(1, 4)
+	j.wait()
+}
+
+func TestDSMMigrateRankZero(t *testing.T) {
+	needRoot(t)
+	j := startJob(t, 3, jacobiArgs()...)
+	time.Sleep(500 * time.Millisecond)
+	j.migrateRank(0, 4)
+	j.wait()
+}
+
+func TestDSMMigrateBackAndForth(t *testing.T) {
+	needRoot(t)
+	j := startJob(t, 3, jacobiArgs()...)
+	for i := 0; i < 4; i++ {
+		time.Sleep(200 * time.Millisecond)
+		if i%2 == 0 {
+			j.migrateRank(2, 4)
+		} else {
+			j.migrateRank(2, 3)
+		}
+	}
+	j.wait()
+}
+
+func TestDSMMigrateSeveralRanks(t *testing.T) {
+	needRoot(t)
+	j := startJob(t, 4, jacobiArgs()...)
+	time.Sleep(300 * time.Millisecond)
+	j.migrateRank(1, 4)
+	j.migrateRank(3, 2)
+	j.migrateRank(0, 3)
+	j.wait()
+}
+
+// The lock-based TSP: ranks that take locks all the time and manage them
+// (lock id mod size) move in the middle of the search, rank 0 too.
+func TestDSMMigrateLockHolder(t *testing.T) {
+	needRoot(t)
+	j := startJob(t, 3, filepath.Join(repo, "bin", "tsp"), "-cities", "16")
+	time.Sleep(300 * time.Millisecond)
+	j.migrateRank(1, 4)
+	j.migrateRank(0, 2)
+	j.wait()
+}
+
+// The target daemon dies during a rank's migration: the rank resumes on its
+// source and the job still verifies.
+func TestDSMMigrateTargetKilled(t *testing.T) {
+	needRoot(t)
+	j := startJob(t, 3, jacobiArgs()...)
+	time.Sleep(300 * time.Millisecond)
+	src := j.rankHost(1)
+	cmd := dsmrunAll("migrate", j.id, "1", "--to", addr(4))
+	pipe, _ := cmd.StderrPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var seen strings.Builder
+	killed := false
+	sc := bufio.NewScanner(pipe)
+	for sc.Scan() {
+		seen.WriteString(sc.Text() + "\n")
+		if !killed && strings.Contains(sc.Text(), "dump") {
+			killDaemon(t, 4)
+			killed = true
+		}
+	}
+	if err := cmd.Wait(); err == nil || !killed {
+		t.Fatalf("migration did not fail as it should (killed=%v, err=%v):\n%s", killed, err, seen.String())
+	}
+	if h := j.rankHost(1); h != src {
+		t.Fatalf("rank 1 is on %q, want its source %s", h, src)
+	}
+	waitPort(t, 4, addr(4))
+	j.wait()
+}
