@@ -4,6 +4,7 @@
 //	dsmrun run --hosts ADDR:PORT[,ADDR:PORT...] -n N [--token-file FILE] -- PROGRAM [ARG...]
 //	dsmrun ps [--json]
 //	dsmrun migrate JOB RANK --to ADDR:PORT
+//	dsmrun history [--json] [JOB]
 //
 // dsmrun keeps no state of its own: every rank is a process of some daemon,
 // labelled with its job and rank, so any dsmrun can find a job's ranks by
@@ -57,6 +58,8 @@ func main() {
 			},
 			{Name: "ps", Usage: "list running jobs and where their ranks are", Flags: append([]cli.Flag{
 				&cli.BoolFlag{Name: "json", Usage: "print JSON"}}, hostFlags...), Action: psJobs},
+			{Name: "history", Usage: "every migration of a DSM rank the daemons recorded", ArgsUsage: "[JOB]",
+				Flags: append([]cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}}, hostFlags...), Action: history},
 			{Name: "migrate", Usage: "move one rank of a running job to another daemon", ArgsUsage: "JOB RANK",
 				Flags: append([]cli.Flag{
 					&cli.StringFlag{Name: "to", Required: true, Usage: "ADDR:PORT of the target daemon"},
@@ -400,19 +403,61 @@ func migrateRank(c *cli.Context) error {
 			}
 			fmt.Fprintf(os.Stderr, "migrating job %s rank %d: %s -> %s\n", job, rankN, r.Host, c.String("to"))
 			rep, err := cli.Stream(api.Request{Op: "migrate", ID: r.ProcID, To: c.String("to"), MoveIP: c.String("move-ip")}, nil,
-				func(e api.Event) {
-					fmt.Fprintf(os.Stderr, "  %-9s %8.1f ms  %s\n", e.Phase, float64(e.Dur.Microseconds())/1000, e.Info)
-				})
+				func(e api.Event) { api.PrintEvent(os.Stderr, e) })
 			if err != nil {
 				return err
 			}
-			if rec := rep.Record; rec != nil {
-				fmt.Fprintf(os.Stderr, "done: total %.1f ms, downtime %.1f ms\n", float64(rec.Total.Microseconds())/1000,
-					float64(rec.Downtime.Microseconds())/1000)
-			}
+			api.PrintDone(os.Stderr, rep.Record)
 			return nil
 		}
 		return fmt.Errorf("job %s has no rank %d", job, rankN)
 	}
 	return fmt.Errorf("no running job %q: `dsmrun ps` lists them", job)
+}
+
+// history gathers the migration records of DSM ranks from every daemon (each
+// keeps those it sent), oldest first, optionally for one job.
+func history(c *cli.Context) error {
+	cl, err := newCluster(c)
+	if err != nil {
+		return err
+	}
+	job := c.Args().First()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var recs []api.MigrationRec
+	var errs []error
+	for _, h := range cl.hosts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rep, err := cl.do(h, api.Request{Op: "history"})
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			for _, r := range rep.Records {
+				if r.Job != "" && (job == "" || r.Job == job) {
+					recs = append(recs, r)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		fmt.Fprintf(os.Stderr, "dsmrun: warning: %v\n", err)
+	}
+	sort.Slice(recs, func(a, b int) bool { return recs[a].Start.Before(recs[b].Start) })
+	if c.Bool("json") {
+		if recs == nil {
+			recs = []api.MigrationRec{}
+		}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(recs)
+	}
+	api.PrintRecords(os.Stdout, recs)
+	return nil
 }

@@ -7,7 +7,6 @@ import (
 	"os"
 	"strings"
 	"text/tabwriter"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -129,17 +128,11 @@ func migrateCommand() *cli.Command {
 			}
 			fmt.Fprintf(os.Stderr, "migrating %s to %s\n", id, c.String("to"))
 			r, err := cl.Stream(Request{Op: "migrate", ID: id, To: c.String("to"), MoveIP: c.String("move-ip")}, nil,
-				func(e Event) { fmt.Fprintf(os.Stderr, "  %-9s %8.1f ms  %s\n", e.Phase, ms(e.Dur), e.Info) })
+				func(e Event) { api.PrintEvent(os.Stderr, e) })
 			if err != nil {
 				return err
 			}
-			if rec := r.Record; rec != nil {
-				fmt.Fprintf(os.Stderr, "done: total %.1f ms, downtime %.1f ms, %.1f MiB moved\n",
-					ms(rec.Total), ms(rec.Downtime), float64(rec.Bytes)/(1<<20))
-				if rec.Outcome != "ok" {
-					fmt.Fprintf(os.Stderr, "warning: %s\n", rec.Outcome)
-				}
-			}
+			api.PrintDone(os.Stderr, r.Record)
 			return nil
 		},
 	}
@@ -161,27 +154,12 @@ func historyCommand() *cli.Command {
 				}
 				return printJSON(r.Records)
 			}
-			printRecords(r.Records)
+			api.PrintRecords(os.Stdout, r.Records)
 			return nil
 		},
 	}
 }
 
-func printRecords(recs []MigrationRec) {
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "WHEN\tID\tNAME\tFROM\tTO\tTOTAL\tDOWNTIME\tMIB\tPHASES\tOUTCOME")
-	for _, r := range recs {
-		var ph []string
-		for _, e := range r.Phases {
-			ph = append(ph, fmt.Sprintf("%s=%.0fms", e.Phase, ms(e.Dur)))
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%.0fms\t%.0fms\t%.1f\t%s\t%s\n", r.Start.Format(time.TimeOnly), r.ID, r.Name,
-			r.From, r.To, ms(r.Total), ms(r.Downtime), float64(r.Bytes)/(1<<20), strings.Join(ph, ","), r.Outcome)
-	}
-	tw.Flush()
-}
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 func printJSON(v any) error {
 	enc := json.NewEncoder(os.Stdout)

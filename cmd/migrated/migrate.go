@@ -69,7 +69,8 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 	pid := p.pid
 	p.mu.Unlock()
 
-	rec := &MigrationRec{ID: p.ID, Name: p.Name, From: d.listen, To: req.To, MoveIP: req.MoveIP, Start: time.Now()}
+	rec := &MigrationRec{ID: p.ID, Name: p.Name, From: d.listen, To: req.To, MoveIP: req.MoveIP, Start: time.Now(),
+		Job: p.Job, Rank: p.Rank}
 	phase := func(name string, dur time.Duration, info string) {
 		e := Event{Phase: name, Dur: dur, Info: info}
 		rec.Phases = append(rec.Phases, e)

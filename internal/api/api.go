@@ -72,6 +72,8 @@ type MigrationRec struct {
 	From     string        `json:"from"`
 	To       string        `json:"to"`
 	MoveIP   string        `json:"move_ip,omitempty"`
+	Job      string        `json:"job,omitempty"` // the DSM job, when the process is a rank
+	Rank     int           `json:"rank"`
 	Start    time.Time     `json:"start"`
 	Phases   []Event       `json:"phases"`
 	Total    time.Duration `json:"total"`

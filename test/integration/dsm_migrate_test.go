@@ -179,6 +179,36 @@ func TestDSMMigrateSeveralRanks(t *testing.T) {
 	j.migrateRank(3, 2)
 	j.migrateRank(0, 3)
 	j.wait()
+
+	// Every move left a record that dsmrun shows: job, rank, source,
+	// target, phases, bytes, outcome.
+	out, err := dsmrunAll("history", "--json", j.id).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []struct {
+		Job, From, To, Outcome string
+		Rank                   int
+		Bytes                  int64
+		Phases                 []struct{ Phase string }
+	}
+	if err := json.Unmarshal(out, &recs); err != nil {
+		t.Fatalf("dsmrun history --json: %v: %s", err, out)
+	}
+	want := []struct {
+		rank     int
+		from, to string
+	}{{1, addr(2), addr(4)}, {3, addr(1), addr(2)}, {0, addr(1), addr(3)}}
+	if len(recs) != len(want) {
+		t.Fatalf("dsmrun history shows %d records, want %d: %s", len(recs), len(want), out)
+	}
+	for i, w := range want {
+		r := recs[i]
+		if r.Job != j.id || r.Rank != w.rank || r.From != w.from || r.To != w.to || r.Outcome != "ok" ||
+			r.Bytes == 0 || len(r.Phases) < 6 {
+			t.Errorf("record %d = %+v, want rank %d %s -> %s ok", i, r, w.rank, w.from, w.to)
+		}
+	}
 }
 
 // The lock-based TSP: ranks that take locks all the time and manage them
