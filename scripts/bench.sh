@@ -76,3 +76,4 @@ END {
 		printf "| %s MiB | %d | %d | %d | %.2f | %.2f |\n", k, a, d, h, a/h, d/h }
 }' sizes="$SIZES" $results | tee $out/migrate.md
 if [ -x scripts/bench-dsm.sh ]; then bash scripts/bench-dsm.sh; fi
+bash scripts/bench-paper.sh
