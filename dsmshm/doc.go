@@ -35,13 +35,16 @@
 //
 //   - A write to a read-only page faults; the handler copies the page to a
 //     twin, marks it dirty (read-write) and returns, and the write proceeds.
-//     At the home no twin is needed.
-//   - At a release every dirty page is write-protected and diffed against
-//     its twin (byte-exact runs, so ranks writing different bytes of one
-//     page never overwrite each other: a multiple-writer protocol without
-//     ping-pong). Diffs go to the homes, which apply them at once and answer
-//     with the page's new version number; the release completes when every
-//     home has answered. The home bumps the version of pages it wrote itself.
+//     At the home no twin is needed, and a home page that no other rank
+//     holds a copy of is not write-protected at all (see "Exclusive home
+//     pages" below).
+//   - At a release every dirty page homed elsewhere is write-protected and
+//     diffed against its twin (byte-exact runs, so ranks writing different
+//     bytes of one page never overwrite each other: a multiple-writer
+//     protocol without ping-pong). Diffs go to the homes, which apply them
+//     at once and answer with the page's new version number; the release
+//     completes when every home has answered. The home bumps the version of
+//     pages it wrote itself while other ranks may hold copies of them.
 //   - The resulting write notices, (page, version) pairs, travel with the
 //     synchronization: to the lock's manager (rank id mod Size) with Unlock
 //     and from it with the next grant; to the barrier manager (rank 0) and
@@ -68,6 +71,51 @@
 // transitively. The costs of this choice are diffs sent at every release even
 // if nobody reads them, and whole pages fetched on a miss; a miss is one
 // round trip to one home.
+//
+// # Exclusive home pages
+//
+// The home keeps, per page it is home of, a copyset bit (dsm.c): set when
+// another rank may hold a copy. It is set when the page server serves the
+// page, when a diff from another rank is applied to it (the sender keeps its
+// copy as the new version), and by Prepare(write) at the home; every page
+// starts with it set, because every rank starts with a valid zero copy,
+// except in a one-rank job. A home page is clean (read-only, bit set), dirty
+// (writable, bit set: written since another rank may have copied it) or
+// exclusive (writable, bit clear). A release flushes only dirty pages: it
+// bumps the version, records the write notice and clears the bit, leaving
+// the page writable. Exclusive pages cost nothing: no fault, no
+// protection change, no notice. So in a one-rank job nothing is ever
+// protected, and in a job that partitions data by home, only the pages
+// others read (a Jacobi boundary row) fault and travel as notices.
+//
+// When the page server serves an exclusive page, it write-protects the page
+// and sets the bit under the page's lock, before copying the master copy
+// (dsm.c, track). A write by one of the home's threads that lands before
+// the mprotect is in the copy; one after it faults, and the handler waits
+// for the page lock (held by a plain pthread, never by a goroutine), marks
+// the page dirty and lets the write proceed, so the next release issues a
+// notice for it. Applying a diff to an exclusive page does the same.
+//
+// Why no update is lost: take a home page p and a copy of it at another
+// rank R with version u. Claim: from the moment p's bit was last cleared,
+// at a release of the home that published version v, every write the home
+// makes while the bit stays clear either is in R's copy or R will
+// invalidate its copy before it can be obliged to see the write.
+// Copies are made only by a fetch or a diff acknowledged by the home, both
+// of which set the bit, and versions only grow, so while the bit stays
+// clear every copy elsewhere was made before the clearing release and has
+// u < v. The notice (p, v) is in the home's knowledge from that release
+// on, and knowledge travels with every later release of the home, through
+// lock and barrier managers, transitively; so any acquire of R that follows
+// a later release of the home (which is the only way R can be obliged to
+// see the write) delivers (p, v) to R no later than that acquire, and the
+// acquire invalidates every cached copy older than a notice it receives
+// (a dirty one is flushed first: its diff's acknowledgement cannot make it
+// v or newer, since it was based on u < v). A fetch after that returns the
+// master copy, which has every write. The bit is cleared only together
+// with a version bump and a notice, so a copy made while it is set is
+// covered by that notice in the same way, and a dirty page's writes are
+// covered by the notice of the release that flushes it.
 //
 // A rank's copy can be behind its own notice (another rank wrote the same
 // page concurrently), so an acquire checks every notice it receives against
@@ -106,6 +154,8 @@
 // twins and serves pages without changing protections under the
 // application's feet. A page is write-protected before it is diffed, so a
 // concurrent writer of the same rank faults and re-twins after the diff.
+// The page server thread also write-protects an exclusive home page before
+// serving it (see "Exclusive home pages").
 //
 // Measured here (2 cores, two ranks in one process; see TestFaultCosts): a
 // write fault on a page homed locally costs about 8 us, a write fault with a
@@ -224,7 +274,12 @@
 // waiting for a thread in the re-fault loop (the return from the handler
 // evidently does not always let the preemption through) or blocked in a
 // page read. Not yet diagnosed. Without that pressure 15 of 15 runs passed.
-// Migration assumes one rank migrates at a time (two ranks resuming at once
+// The copyset is one bit per home page, not a set of ranks: a page another
+// rank reads in every interval faults once per interval at the home and
+// sends a notice, and notices still travel to every rank through the
+// barrier manager (they are few now: only pages others may hold). A page
+// fetch is one round trip per page, so a boundary row of two pages costs
+// two. Migration assumes one rank migrates at a time (two ranks resuming at once
 // may dial each other while one is still paused; it refuses the
 // connection). Peers of an absent rank keep the garbage collector on: a
 // peer thread that faults on a page of the absent home inside runtime

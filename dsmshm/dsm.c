@@ -71,6 +71,15 @@ struct dsm_seg {
 	uint32_t *lock;
 	uint64_t *ver;
 	int32_t *home;
+	// copyset[p], for a page homed here: nonzero when another rank may
+	// hold a copy of it (set when the page server serves it or a diff from
+	// another rank is applied to it, and by Prepare(write)), so the home's
+	// writes to it must be tracked: it is write-protected until written,
+	// and a write makes it dirty. Zero: nobody else can hold a valid copy;
+	// the page stays writable and the home's writes need no write notice.
+	// Cleared only by a release that issues a notice for the page (see
+	// doc.go, "Exclusive home pages"). Unused for pages homed elsewhere.
+	uint8_t *copyset;
 	int memfd;
 };
 
@@ -249,6 +258,12 @@ static int make_ready(dsm_seg *s, size_t a, size_t b, int write) {
 			}
 			s->state[p] = DSM_RW;
 		}
+		// A home page written through Prepare(write) must stay writable
+		// until the next release, whoever fetches it meanwhile: marking it
+		// tracked makes it dirty (writable, not protected by the page
+		// server), and the release ends that with a notice.
+		if (write && home)
+			__atomic_store_n(&s->copyset[p], 1, __ATOMIC_RELAXED);
 	}
 	// Protect even after a failed fetch, so protections match the states
 	// of the pages that were made ready.
@@ -369,17 +384,24 @@ dsm_seg *dsm_seg_new(dsm_node *n, uint32_t id, size_t npages, const int32_t *hom
 	s->lock = calloc(npages, sizeof *s->lock);
 	s->ver = calloc(npages, sizeof *s->ver);
 	s->home = malloc(npages * sizeof *s->home);
-	if (s->memfd < 0 || !s->state || !s->lock || !s->ver || !s->home) {
+	s->copyset = malloc(npages);
+	if (s->memfd < 0 || !s->state || !s->lock || !s->ver || !s->home || !s->copyset) {
 		*err = s->memfd < 0 ? -errno : -ENOMEM;
 		goto fail;
 	}
 	memcpy(s->home, homes, npages * sizeof *s->home);
-	memset(s->state, DSM_RO, npages);
+	// Every rank starts with a valid copy (version 0, zeros) of every page,
+	// so with other ranks every home page starts shared and read-only. A
+	// single rank is home of everything and nobody else can hold a copy:
+	// its pages start writable and stay so (no faults, no protection work).
+	int alone = n->size == 1;
+	memset(s->state, alone ? DSM_RW : DSM_RO, npages);
+	memset(s->copyset, alone ? 0 : 1, npages);
 	if (ftruncate(s->memfd, (off_t)s->len) != 0) {
 		*err = -errno;
 		goto fail;
 	}
-	s->app = mmap(NULL, s->len, PROT_READ, MAP_SHARED, s->memfd, 0);
+	s->app = mmap(NULL, s->len, alone ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, s->memfd, 0);
 	s->sys = mmap(NULL, s->len, PROT_READ | PROT_WRITE, MAP_SHARED, s->memfd, 0);
 	s->twin = mmap(NULL, s->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (s->app == MAP_FAILED || s->sys == MAP_FAILED || s->twin == MAP_FAILED) {
@@ -428,6 +450,7 @@ void dsm_seg_free(dsm_seg *s) {
 	free(s->lock);
 	free(s->ver);
 	free(s->home);
+	free(s->copyset);
 	free(s);
 }
 
@@ -441,10 +464,15 @@ int dsm_page_state(dsm_seg *s, uint32_t p, uint64_t *ver) {
 
 // ---- release: diffs ----
 
+// dsm_collect_dirty lists the dirty pages: writable pages homed elsewhere,
+// and writable pages homed here that another rank may hold a copy of
+// (exclusive home pages are writable but not dirty).
 size_t dsm_collect_dirty(dsm_seg *s, uint32_t *out) {
 	size_t n = 0;
+	int rank = s->node->rank;
 	for (size_t p = 0; p < s->npages; p++)
-		if (__atomic_load_n(&s->state[p], __ATOMIC_RELAXED) == DSM_RW)
+		if (__atomic_load_n(&s->state[p], __ATOMIC_RELAXED) == DSM_RW &&
+		    (s->home[p] != rank || __atomic_load_n(&s->copyset[p], __ATOMIC_RELAXED)))
 			out[n++] = (uint32_t)p;
 	return n;
 }
@@ -473,10 +501,13 @@ static size_t encode_diff(const uint8_t *cur, const uint8_t *twin, uint8_t *out)
 	return o;
 }
 
-// dsm_flush_pages write-protects the dirty pages among pages (sorted), then
-// for pages homed elsewhere encodes a diff into buf (DSM_MAX_DIFF bytes per
-// page) and sets difflen[i]; for pages homed here bumps the version and sets
-// ver[i], difflen[i] = 0. Pages no longer dirty get difflen[i] = -1.
+// dsm_flush_pages write-protects the dirty pages among pages (sorted) that
+// are homed elsewhere and encodes their diffs into buf (DSM_MAX_DIFF bytes
+// per page), setting difflen[i]; for dirty pages homed here it bumps the
+// version, sets ver[i], difflen[i] = 0, and clears the copyset: the notice
+// for the new version invalidates every older copy at its holder's next
+// acquire, so the page stays writable and exclusive (see doc.go). Pages no
+// longer dirty get difflen[i] = -1.
 int dsm_flush_pages(dsm_seg *s, const uint32_t *pages, size_t n, uint8_t *buf, int32_t *difflen, uint64_t *ver) {
 	size_t i = 0;
 	for (size_t k = 0; k < n; k++)
@@ -489,12 +520,15 @@ int dsm_flush_pages(dsm_seg *s, const uint32_t *pages, size_t n, uint8_t *buf, i
 		size_t a = pages[i], b = pages[j - 1] + 1;
 		lock_range(s, a, b);
 		uint8_t was[MAX_RUN];
+		int changed = 0;
 		for (size_t p = a; p < b; p++) {
 			was[p - a] = s->state[p];
-			if (s->state[p] == DSM_RW)
+			if (s->state[p] == DSM_RW && s->home[p] != s->node->rank) {
 				s->state[p] = DSM_RO;
+				changed = 1;
+			}
 		}
-		int err = protect_range(s, a, b);
+		int err = changed ? protect_range(s, a, b) : 0;
 		if (err != 0) {
 			unlock_range(s, a, b);
 			return err;
@@ -505,7 +539,10 @@ int dsm_flush_pages(dsm_seg *s, const uint32_t *pages, size_t n, uint8_t *buf, i
 			if (was[p - a] != DSM_RW)
 				continue;
 			if (s->home[p] == s->node->rank) {
+				if (!s->copyset[p])
+					continue; // exclusive: not dirty
 				ver[k] = ++s->ver[p];
+				__atomic_store_n(&s->copyset[p], 0, __ATOMIC_RELAXED);
 				difflen[k] = 0;
 			} else {
 				difflen[k] = (int32_t)encode_diff((uint8_t *)s->sys + p * DSM_PAGE,
@@ -516,6 +553,24 @@ int dsm_flush_pages(dsm_seg *s, const uint32_t *pages, size_t n, uint8_t *buf, i
 		unlock_range(s, a, b);
 		i = j;
 	}
+	return 0;
+}
+
+// track makes the home's writes to page p (homed here) tracked from now on,
+// because another rank is about to hold a copy: an exclusive page is
+// write-protected, so the home's next write faults and makes it dirty.
+// Called with the page lock held, before the copy is taken (served or
+// acknowledged): a write by the home that lands before the mprotect is in
+// the copy, one after it faults, waits for the page lock, and is tracked.
+static int track(dsm_seg *s, size_t p) {
+	if (s->copyset[p])
+		return 0;
+	if (s->state[p] == DSM_RW) {
+		if (mprotect(s->app + p * DSM_PAGE, DSM_PAGE, PROT_READ) != 0)
+			return -errno;
+		s->state[p] = DSM_RO;
+	}
+	__atomic_store_n(&s->copyset[p], 1, __ATOMIC_RELAXED);
 	return 0;
 }
 
@@ -535,6 +590,13 @@ int dsm_apply_diff(dsm_seg *s, uint32_t p, const uint8_t *d, size_t len, uint64_
 		o += 4 + h[1];
 	}
 	mu_lock(&s->lock[p]);
+	// The sender holds a copy and may keep it as the new version (see
+	// dsm_set_version_if): from now on the home's writes must be tracked.
+	int err = track(s, p);
+	if (err != 0) {
+		mu_unlock(&s->lock[p]);
+		return err;
+	}
 	for (size_t o = 0; o < len;) {
 		uint16_t h[2];
 		memcpy(h, d + o, 4);
@@ -711,11 +773,14 @@ static int serve_one(dsm_node *n, int fd) {
 	mu_unlock(&n->mu);
 	if (s != NULL && req[1] < s->npages && s->home[req[1]] == n->rank) {
 		mu_lock(&s->lock[req[1]]);
-		memcpy(resp.page, s->sys + (size_t)req[1] * DSM_PAGE, DSM_PAGE);
-		resp.hdr[1] = s->ver[req[1]];
+		// Track the home's writes from here on, before copying: see track.
+		if (track(s, req[1]) == 0) {
+			memcpy(resp.page, s->sys + (size_t)req[1] * DSM_PAGE, DSM_PAGE);
+			resp.hdr[1] = s->ver[req[1]];
+			resp.hdr[0] = 0;
+			add(&n->st.served, 1);
+		}
 		mu_unlock(&s->lock[req[1]]);
-		resp.hdr[0] = 0;
-		add(&n->st.served, 1);
 	}
 	return write_full(fd, &resp, resp.hdr[0] == 0 ? sizeof resp : sizeof resp.hdr);
 }

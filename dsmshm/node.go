@@ -609,7 +609,8 @@ const flushChunk = 128
 // maxBatch bounds the diff bytes in one message.
 const maxBatch = 1 << 20
 
-// flushLocked write-protects the given dirty pages, sends their diffs to
+// flushLocked write-protects the given dirty pages (those homed elsewhere;
+// dirty home pages become exclusive, see doc.go), sends their diffs to
 // their homes, waits for the acknowledgements, and records the resulting
 // versions as write notices of this rank.
 func (n *Node) flushLocked(work map[*Segment][]uint32) error {

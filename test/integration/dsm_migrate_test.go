@@ -138,7 +138,7 @@ func (j *dsmJob) migrateRank(rank, to int) {
 
 // jacobiArgs makes a Jacobi run long enough to migrate ranks during it.
 func jacobiArgs() []string {
-	return []string{filepath.Join(repo, "bin", "jacobi"), "-n", "256", "-iters", "4000"}
+	return []string{filepath.Join(repo, "bin", "jacobi"), "-n", "256", "-iters", "8000"}
 }
 
 func TestDSMMigrateOneRank(t *testing.T) {
