@@ -81,21 +81,7 @@ func (j *dsmJob) wait() {
 // rankHost is where `dsmrun ps --json` says the rank runs.
 func (j *dsmJob) rankHost(rank int) string {
 	j.t.Helper()
-	out, err := dsmrunAll("ps", "--json").Output()
-	if err != nil {
-		j.t.Fatal(err)
-	}
-	var jobs []struct {
-		ID    string `json:"id"`
-		Ranks []struct {
-			Rank  int    `json:"rank"`
-			Host  string `json:"host"`
-			State string `json:"state"`
-		} `json:"ranks"`
-	}
-	if err := json.Unmarshal(out, &jobs); err != nil {
-		j.t.Fatalf("ps --json: %v: %s", err, out)
-	}
+	jobs, _ := psJobs(j.t, dsmrunAll("ps", "--json"))
 	for _, jb := range jobs {
 		if jb.ID == j.id {
 			for _, r := range jb.Ranks {

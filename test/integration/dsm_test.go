@@ -122,21 +122,7 @@ func TestDSMPs(t *testing.T) {
 	if job == "" {
 		t.Fatalf("no job ID: %s", errb.String())
 	}
-	out, err := dsmrun("ps", "--json").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var jobs []struct {
-		ID    string `json:"id"`
-		Ranks []struct {
-			Rank  int    `json:"rank"`
-			Host  string `json:"host"`
-			State string `json:"state"`
-		} `json:"ranks"`
-	}
-	if err := json.Unmarshal(out, &jobs); err != nil {
-		t.Fatalf("dsmrun ps --json: %v\n%s", err, out)
-	}
+	jobs, out := psJobs(t, dsmrun("ps", "--json"))
 	for _, j := range jobs {
 		if j.ID != job {
 			continue
@@ -152,4 +138,28 @@ func TestDSMPs(t *testing.T) {
 		return
 	}
 	t.Fatalf("job %s not in dsmrun ps: %s", job, out)
+}
+
+// jobInfo is a job as `dsmrun ps --json` prints it.
+type jobInfo struct {
+	ID    string `json:"id"`
+	Ranks []struct {
+		Rank  int    `json:"rank"`
+		Host  string `json:"host"`
+		State string `json:"state"`
+	} `json:"ranks"`
+}
+
+// psJobs runs a `dsmrun ps --json` command and decodes what it prints.
+func psJobs(t *testing.T, cmd *exec.Cmd) ([]jobInfo, []byte) {
+	t.Helper()
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var jobs []jobInfo
+	if err := json.Unmarshal(out, &jobs); err != nil {
+		t.Fatalf("dsmrun ps --json: %v\n%s", err, out)
+	}
+	return jobs, out
 }
