@@ -239,3 +239,25 @@ func TestDSMMigrateTargetKilled(t *testing.T) {
 	waitPort(t, 4, addr(4))
 	j.wait()
 }
+
+// The other two examples, matmul (rows copied into shared memory) and isort
+// (fine-grained false sharing), verify with ranks moved during the run.
+func TestDSMMigrateMatmulIsort(t *testing.T) {
+	needRoot(t)
+	for _, tc := range []struct {
+		name  string
+		ranks int
+		args  []string
+	}{
+		{"matmul", 3, []string{filepath.Join(repo, "bin", "matmul"), "-n", "1400"}},
+		{"isort", 4, []string{filepath.Join(repo, "bin", "isort"), "-keys", "1048576", "-iters", "60"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := startJob(t, tc.ranks, tc.args...)
+			time.Sleep(600 * time.Millisecond)
+			j.migrateRank(1, 4)
+			j.migrateRank(2, 1)
+			j.wait()
+		})
+	}
+}
