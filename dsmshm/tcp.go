@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	mrt "dsmigrate/runtime"
 )
 
 const (
@@ -190,6 +193,11 @@ func listenConfig() *net.ListenConfig {
 func dialer() *net.Dialer {
 	d := &net.Dialer{Timeout: 5 * time.Second}
 	d.SetMultipathTCP(false)
+	if ip := net.ParseIP(os.Getenv(mrt.EnvBind)); ip != nil {
+		// The rank has an address of its own (dsmrun run --rank-ips): its
+		// connections use it at both ends, so they can move with it.
+		d.LocalAddr = &net.TCPAddr{IP: ip}
+	}
 	return d
 }
 

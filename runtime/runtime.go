@@ -43,6 +43,12 @@ const (
 	EnvRank    = "DSM_RANK"
 	EnvSize    = "DSM_SIZE"
 	EnvPeers   = "DSM_PEERS"
+	// EnvBind is the address a rank dials from when it has one of its own
+	// (dsmrun run --rank-ips). Every connection of the rank is then to or
+	// from that address, and a migration that moves the address (dsmrun
+	// migrate --move-ip) carries the connections through CRIU's TCP repair:
+	// no rebinding.
+	EnvBind = "DSM_BIND"
 )
 
 // Identity is who a launched process is.

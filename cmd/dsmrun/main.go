@@ -21,6 +21,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"sort"
@@ -35,6 +36,7 @@ import (
 	"dsmigrate/internal/api"
 	"dsmigrate/internal/cliutil"
 	"dsmigrate/internal/wire"
+	mrt "dsmigrate/runtime"
 )
 
 func main() {
@@ -53,6 +55,8 @@ func main() {
 				Flags: append([]cli.Flag{
 					&cli.IntFlag{Name: "n", Value: 1, Usage: "number of ranks"},
 					&cli.IntFlag{Name: "port", Usage: "first TCP port of the ranks (default: random)"},
+					&cli.StringFlag{Name: "rank-ips", Usage: "IP/PREFIX: give rank r the address IP+r of its own, " +
+						"so that `dsmrun migrate --move-ip` carries its connections (TCP repair) instead of rebinding them"},
 				}, hostFlags...),
 				Action: runJob,
 			},
@@ -156,9 +160,16 @@ func runJob(c *cli.Context) error {
 	jb := make([]byte, 4)
 	rand.Read(jb)
 	job := hex.EncodeToString(jb)
+	ips, err := rankIPs(c.String("rank-ips"), n)
+	if err != nil {
+		return err
+	}
 	peers := make([]string, n)
 	for r := range n {
 		h, _, _ := net.SplitHostPort(cl.hosts[r%len(cl.hosts)])
+		if ips != nil {
+			h = ips[r].Addr().String()
+		}
 		peers[r] = net.JoinHostPort(h, fmt.Sprint(port+r))
 	}
 	dir, _ := os.Getwd()
@@ -174,6 +185,9 @@ func runJob(c *cli.Context) error {
 				defer wg.Done()
 				h, id := rk.where()
 				cl.do(h, api.Request{Op: "kill", ID: id})
+				if ips != nil {
+					cl.do(h, api.Request{Op: "delip", MoveIP: ips[rk.n].String()})
+				}
 			}()
 		}
 		wg.Wait()
@@ -182,6 +196,14 @@ func runJob(c *cli.Context) error {
 		host := cl.hosts[r%len(cl.hosts)]
 		env := append(os.Environ(), "DSM_JOB="+job, fmt.Sprintf("DSM_RANK=%d", r), fmt.Sprintf("DSM_SIZE=%d", n),
 			"DSM_PEERS="+strings.Join(peers, ","), "GODEBUG=multipathtcp=0")
+		if ips != nil {
+			if _, err := cl.do(host, api.Request{Op: "addip", MoveIP: ips[r].String()}); err != nil {
+				killAll()
+				return fmt.Errorf("giving rank %d the address %s on %s: %v", r, ips[r], host, err)
+			}
+			ranks[r] = &rank{n: r, host: host} // so that killAll removes the address
+			env = append(env, mrt.EnvBind+"="+ips[r].Addr().String())
+		}
 		rep, err := cl.do(host, api.Request{Op: "run", Name: fmt.Sprintf("%s.r%d", job, r), Argv: c.Args().Slice(),
 			Env: env, Dir: dir, Job: job, Rank: r})
 		if err != nil {
@@ -460,4 +482,25 @@ func history(c *cli.Context) error {
 	}
 	api.PrintRecords(os.Stdout, recs)
 	return nil
+}
+
+// rankIPs expands --rank-ips IP/PREFIX into one address per rank.
+func rankIPs(spec string, n int) ([]netip.Prefix, error) {
+	if spec == "" {
+		return nil, nil
+	}
+	first, err := netip.ParsePrefix(spec)
+	if err != nil || !first.Addr().Is4() {
+		return nil, fmt.Errorf("--rank-ips %q: want IPv4/PREFIX, e.g. 10.77.0.100/24", spec)
+	}
+	out := make([]netip.Prefix, n)
+	a := first.Addr()
+	for r := range n {
+		if !first.Masked().Contains(a) {
+			return nil, fmt.Errorf("--rank-ips %s: %d ranks do not fit in the subnet", spec, n)
+		}
+		out[r] = netip.PrefixFrom(a, first.Bits())
+		a = a.Next()
+	}
+	return out, nil
 }

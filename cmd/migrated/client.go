@@ -160,7 +160,6 @@ func historyCommand() *cli.Command {
 	}
 }
 
-
 func printJSON(v any) error {
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")

@@ -26,6 +26,7 @@ import (
 	"dsmigrate/criu"
 	"dsmigrate/internal/api"
 	"dsmigrate/internal/wire"
+	"dsmigrate/netmove"
 )
 
 const defaultSocket = api.DefaultSocket
@@ -300,6 +301,22 @@ func (d *Daemon) do(c *wire.Conn, req Request) (*Reply, error) {
 		// Followers may be reading the log still.
 		d.forgetLater(p)
 		return &Reply{ID: p.ID}, nil
+	case "addip", "delip":
+		// An address of a process's own (dsmrun run --rank-ips), added
+		// before it starts; it then moves with it (migrate --move-ip).
+		iface, err := netmove.Iface(req.MoveIP)
+		if err != nil {
+			return nil, err
+		}
+		if req.Op == "addip" {
+			err = netmove.AddAddr(iface, req.MoveIP)
+		} else {
+			err = netmove.DelAddr(iface, req.MoveIP)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return &Reply{}, nil
 	case "migrate":
 		rec, err := d.migrateOut(req, func(e Event) { c.WriteJSON(tEvent, e) })
 		if err != nil {

@@ -129,7 +129,10 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 			}
 		}
 	}
-	if begin.Hooks {
+	// With --move-ip its connections move with it (TCP repair): nothing to
+	// close, nothing to rebind.
+	hooks := begin.Hooks && req.MoveIP == ""
+	if hooks {
 		tp := time.Now()
 		err := d.command(p, mrt.Command{Op: "prepare"})
 		prepared = true
@@ -266,7 +269,7 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 	delete(d.procs, p.ID)
 	d.mu.Unlock()
 	phase("resume", resumeDur, "")
-	if begin.Hooks {
+	if hooks {
 		phase("rebind", done.Rebind, done.RebindErr)
 	}
 	// Keep the log a while for followers that are reading it still.
@@ -536,10 +539,10 @@ func (d *Daemon) receive(c *wire.Conn, b beginMsg) (err error) {
 	d.procs[b.ID] = np
 	d.mu.Unlock()
 	var done doneMsg
-	if b.Hooks {
-		np.mu.Lock()
-		np.hooks = true
-		np.mu.Unlock()
+	np.mu.Lock()
+	np.hooks = b.Hooks
+	np.mu.Unlock()
+	if b.Hooks && b.MoveIP == "" {
 		t := time.Now()
 		if err := d.rebind(b.ID, true); err != nil {
 			done.RebindErr = err.Error()

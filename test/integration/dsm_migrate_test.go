@@ -38,7 +38,11 @@ func (w lockedBuf) Write(p []byte) (int, error) {
 func startJob(t *testing.T, n int, args ...string) *dsmJob {
 	t.Helper()
 	j := &dsmJob{t: t, done: make(chan error, 1)}
-	j.cmd = dsmrun(append([]string{"run", "-n", fmt.Sprint(n), "--"}, args...)...)
+	run := []string{"run", "-n", fmt.Sprint(n)}
+	if len(args) == 0 || args[0] != "--rank-ips" {
+		run = append(run, "--")
+	}
+	j.cmd = dsmrun(append(run, args...)...)
 	j.cmd.Stdout, j.cmd.Stderr = lockedBuf{&j.mu, &j.out}, lockedBuf{&j.mu, &j.err}
 	if err := j.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -259,5 +263,40 @@ func TestDSMMigrateMatmulIsort(t *testing.T) {
 			j.migrateRank(2, 1)
 			j.wait()
 		})
+	}
+}
+
+// IP-preserving mode: each rank has an address of its own (dsmrun run
+// --rank-ips) that its connections use; moving the address with the rank
+// carries the connections through CRIU's TCP repair, with no prepare and no
+// rebinding, and the job verifies.
+func TestDSMMigrateMoveIP(t *testing.T) {
+	needRoot(t)
+	j := startJob(t, 3, append([]string{"--rank-ips", "10.77.0.110/24", "--"}, jacobiArgs()...)...)
+	time.Sleep(500 * time.Millisecond)
+	for _, mv := range []struct {
+		rank, to int
+		cidr     string
+	}{{1, 4, "10.77.0.111/24"}, {0, 2, "10.77.0.110/24"}} {
+		out, err := dsmrunAll("migrate", j.id, fmt.Sprint(mv.rank), "--to", addr(mv.to), "--move-ip", mv.cidr).CombinedOutput()
+		if err != nil {
+			t.Fatalf("dsmrun migrate --move-ip: %v\n%s\njob stderr:\n%s", err, out, j.stderr())
+		}
+		if strings.Contains(string(out), "prepare") || !strings.Contains(string(out), "network") {
+			t.Errorf("with --move-ip the move should carry connections, not rebind them:\n%s", out)
+		}
+		if h := j.rankHost(mv.rank); h != addr(mv.to) {
+			t.Fatalf("rank %d on %q, want %s", mv.rank, h, addr(mv.to))
+		}
+		ip := strings.Split(mv.cidr, "/")[0] + "/"
+		if !strings.Contains(mustOn(t, mv.to, "ip", "-4", "addr", "show", "dev", "eth0"), ip) {
+			t.Fatalf("h%d does not hold %s after the move", mv.to, mv.cidr)
+		}
+	}
+	j.wait()
+	for k := 1; k <= nHosts; k++ {
+		if a := mustOn(t, k, "ip", "-4", "addr", "show", "dev", "eth0"); strings.Contains(a, "10.77.0.11") {
+			t.Errorf("h%d still holds a rank address after the job:\n%s", k, a)
+		}
 	}
 }
