@@ -105,16 +105,5 @@ func (n *Node) abort() {
 	}
 	n.tr.abort()
 	<-n.done
-	n.freeMu.Lock()
-	defer n.freeMu.Unlock()
-	n.final = n.c.stats()
-	n.freed = true
-	n.c.stop()
-	n.segMu.Lock()
-	for _, s := range n.segs {
-		s.c.free()
-	}
-	n.segs = nil
-	n.segMu.Unlock()
-	n.c.free()
+	n.release()
 }

@@ -279,7 +279,15 @@ func (n *Node) Close() error {
 		err = errors.Join(err, n.tr.close())
 	}
 	<-n.done
+	n.release()
+	return err
+}
+
+// release frees the node's C state and segments once its goroutines are
+// done, keeping the final statistics.
+func (n *Node) release() {
 	n.freeMu.Lock()
+	defer n.freeMu.Unlock()
 	n.final = n.c.stats()
 	n.freed = true
 	n.c.stop()
@@ -290,8 +298,6 @@ func (n *Node) Close() error {
 	n.segs = nil
 	n.segMu.Unlock()
 	n.c.free()
-	n.freeMu.Unlock()
-	return err
 }
 
 // ErrClosed is returned by calls on a node after Close.

@@ -549,10 +549,9 @@ func (t *tcpTransport) peerAway(p *peer, gen int64) {
 	})
 }
 
-// peerBack records that p lives at addr now (it announced itself after a
-// migration, or UpdatePeer said so): its writer redials and resends what p
-// has not acknowledged, and the page channel to it is redialled.
-func (t *tcpTransport) peerBack(p *peer, addr string) {
+// repoint makes p's address addr and has its writer redial there and resend
+// what p has not acknowledged.
+func (t *tcpTransport) repoint(p *peer, addr string) {
 	p.mu.Lock()
 	p.addr = addr
 	p.awayAt = time.Time{}
@@ -563,6 +562,13 @@ func (t *tcpTransport) peerBack(p *peer, addr string) {
 		conn.Close() // the writer notices and redials
 	}
 	p.out.kick()
+}
+
+// peerBack records that p lives at addr now (it announced itself after a
+// migration, or UpdatePeer said so): its writer redials and resends what p
+// has not acknowledged, and the page channel to it is redialled.
+func (t *tcpTransport) peerBack(p *peer, addr string) {
+	t.repoint(p, addr)
 	if t.paused.Load() {
 		return // our own resume dials page channels
 	}
@@ -756,16 +762,7 @@ func (t *tcpTransport) UpdatePeer(rank int, addr string) error {
 		return fmt.Errorf("dsmshm: UpdatePeer: bad rank %d", rank)
 	}
 	p := t.peers[rank]
-	p.mu.Lock()
-	p.addr = addr
-	p.awayAt = time.Time{}
-	conn := p.conn
-	p.gen.Add(1)
-	p.mu.Unlock()
-	if conn != nil {
-		conn.Close() // the writer notices and redials
-	}
-	p.out.kick()
+	t.repoint(p, addr)
 	return t.dialPage(p, time.Now().Add(t.dialWait), nil)
 }
 
