@@ -5,31 +5,13 @@ import (
 	"time"
 
 	"dsmigrate/dsmshm"
+	"dsmigrate/examples/jacobi/grid"
 )
 
-// The Jacobi code is examples/jacobi's, unchanged in shape: both the DSM and
-// the plain-slice runs call this same sweep.
+// The Jacobi kernel is examples/jacobi's own (package grid): the DSM and the
+// plain-slice runs call the very same Sweep.
 
-func setBoundary(g []float64, n int) {
-	for j := range n {
-		g[j] = 1
-	}
-}
-
-func band(n, rank, size int) (lo, hi int) {
-	inner := n - 2
-	return 1 + rank*inner/size, 1 + (rank+1)*inner/size
-}
-
-func sweep(src, dst []float64, n, lo, hi int) {
-	for i := lo; i < hi; i++ {
-		for j := 1; j < n-1; j++ {
-			dst[i*n+j] = 0.25 * (src[(i-1)*n+j] + src[(i+1)*n+j] + src[i*n+j-1] + src[i*n+j+1])
-		}
-	}
-}
-
-// initGrid is setBoundary plus a non-uniform interior for item 4, so that
+// initGrid is grid.SetBoundary plus a non-uniform interior for item 4, so that
 // every sweep changes every cell it writes from the first iteration on:
 // the traffic measured is then that of the steady state, not that of a grid
 // whose lower part is still all zeros (where writes produce empty diffs).
@@ -39,7 +21,7 @@ func initGrid(g []float64, n int) {
 			g[i*n+j] = float64((i*31+j*17)%97) / 97
 		}
 	}
-	setBoundary(g, n)
+	grid.SetBoundary(g, n)
 }
 
 // jacobi1Rep is one repetition of item 3: Iters sweeps on one rank, DSM and
@@ -82,9 +64,9 @@ func runJacobi1(p params) (_ any, retErr error) {
 	for rep := range p.Warm + p.Reps {
 		for i := range 2 {
 			clear(grids[i])
-			setBoundary(grids[i], n)
+			grid.SetBoundary(grids[i], n)
 			clear(plain[i])
-			setBoundary(plain[i], n)
+			grid.SetBoundary(plain[i], n)
 		}
 		if err := node.Barrier(0); err != nil {
 			return nil, err
@@ -93,7 +75,7 @@ func runJacobi1(p params) (_ any, retErr error) {
 		runPlain := func() {
 			t0 := time.Now()
 			for it := range iters {
-				sweep(plain[it%2], plain[(it+1)%2], n, 1, n-1)
+				grid.Sweep(plain[it%2], plain[(it+1)%2], n, 1, n-1)
 			}
 			r.PlainNs = int64(time.Since(t0))
 		}
@@ -103,7 +85,7 @@ func runJacobi1(p params) (_ any, retErr error) {
 		s0 := node.Stats()
 		t0 := time.Now()
 		for it := range iters {
-			sweep(grids[it%2], grids[(it+1)%2], n, 1, n-1)
+			grid.Sweep(grids[it%2], grids[(it+1)%2], n, 1, n-1)
 			if err := node.Barrier(1); err != nil {
 				return nil, err
 			}
@@ -171,10 +153,10 @@ func runJacobi4(p params) (_ any, retErr error) {
 	if err := node.Barrier(0); err != nil {
 		return nil, err
 	}
-	lo, hi := band(n, rank, size)
+	lo, hi := grid.Band(n, rank, size)
 	it := 0
 	step := func() error {
-		sweep(grids[it%2], grids[(it+1)%2], n, lo, hi)
+		grid.Sweep(grids[it%2], grids[(it+1)%2], n, lo, hi)
 		it++
 		return node.Barrier(1)
 	}
@@ -213,7 +195,7 @@ func runJacobi4(p params) (_ any, retErr error) {
 		initGrid(a, n)
 		initGrid(b, n)
 		for range it {
-			sweep(a, b, n, 1, n-1)
+			grid.Sweep(a, b, n, 1, n-1)
 			a, b = b, a
 		}
 		got := grids[it%2]

@@ -12,6 +12,7 @@ import (
 	"os"
 
 	"dsmigrate/dsmshm"
+	"dsmigrate/examples/jacobi/grid"
 )
 
 func main() {
@@ -47,15 +48,15 @@ func run(n, iters int) (retErr error) {
 	}
 	rank, size := node.Rank(), node.Size()
 	if rank == 0 {
-		setBoundary(grids[0], n)
-		setBoundary(grids[1], n)
+		grid.SetBoundary(grids[0], n)
+		grid.SetBoundary(grids[1], n)
 	}
 	if err := node.Barrier(0); err != nil {
 		return err
 	}
-	lo, hi := band(n, rank, size)
+	lo, hi := grid.Band(n, rank, size)
 	for it := range iters {
-		sweep(grids[it%2], grids[(it+1)%2], n, lo, hi)
+		grid.Sweep(grids[it%2], grids[(it+1)%2], n, lo, hi)
 		if err := node.Barrier(1); err != nil {
 			return err
 		}
@@ -81,33 +82,12 @@ func run(n, iters int) (retErr error) {
 	return nil
 }
 
-// setBoundary holds the top edge at 1 and the other edges at 0.
-func setBoundary(g []float64, n int) {
-	for j := range n {
-		g[j] = 1
-	}
-}
-
-// band returns the interior rows [lo, hi) that rank updates.
-func band(n, rank, size int) (lo, hi int) {
-	inner := n - 2
-	return 1 + rank*inner/size, 1 + (rank+1)*inner/size
-}
-
-func sweep(src, dst []float64, n, lo, hi int) {
-	for i := lo; i < hi; i++ {
-		for j := 1; j < n-1; j++ {
-			dst[i*n+j] = 0.25 * (src[(i-1)*n+j] + src[(i+1)*n+j] + src[i*n+j-1] + src[i*n+j+1])
-		}
-	}
-}
-
 func sequential(n, iters int) []float64 {
 	a, b := make([]float64, n*n), make([]float64, n*n)
-	setBoundary(a, n)
-	setBoundary(b, n)
+	grid.SetBoundary(a, n)
+	grid.SetBoundary(b, n)
 	for range iters {
-		sweep(a, b, n, 1, n-1)
+		grid.Sweep(a, b, n, 1, n-1)
 		a, b = b, a
 	}
 	return a
