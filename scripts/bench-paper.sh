@@ -17,10 +17,16 @@
 #      dump streaming pages to the target, transfer, restore, resume; the
 #      DSM-aware one adds prepare (quiesce the rank's peers), the rank's TCP
 #      connections to its peers, and rebind.
+#  (a') the IP-preserving move of rank 1 (`dsmrun migrate --move-ip
+#      10.77.0.101/24`) in a separate job started with `dsmrun run --rank-ips
+#      10.77.0.100/24` (rank r owns 10.77.0.(100+r); CRIU's TCP repair carries
+#      its connections: no prepare/rebind, a "network" phase instead), same
+#      target choice, next to a bare move of a same-size plain process in that
+#      same job, as in (a); no move back.
 #  (b) the job's wall time (`dsmrun run` start to exit) without migrations and
 #      with two moves of rank 1 (to the host with fewest ranks, and back).
 #
-# Median of REPS (3) for each. Raw rows: bench-out/paper.tsv, every move's
+# RANK_IPS: the --rank-ips base. Median of REPS (3) for each. Raw rows: bench-out/paper.tsv, every move's
 # output: bench-out/paper-moves.log, every job's output: bench-out/paper-jobs/, table: bench-out/paper.md and stdout,
 # plot: docs/paper-bench.svg. Failed jobs and moves are recorded as such.
 set -euo pipefail
@@ -38,6 +44,8 @@ JITERS=${JACOBI_ITERS:-}
 MOVE_AT=${MOVE_AT:-0.3}      # first move at this fraction of the expected run
 BACK_AT=${BACK_AT:-0.55}     # the move back at this fraction (rank 1 must still be sweeping)
 JOB_TIMEOUT=${JOB_TIMEOUT:-120}
+RANK_IPS=${RANK_IPS:-10.77.0.100/24} # rank r: base + r
+ip_of() { awk -v b="${RANK_IPS%/*}" -v r="$1" -v p="${RANK_IPS#*/}" 'BEGIN { n = split(b, o, "."); printf "%s.%s.%s.%d/%s", o[1], o[2], o[3], o[4] + r, p }'; } # rank -> CIDR
 out=bench-out; mkdir -p $out docs
 tsv=$out/paper.tsv moves=$out/paper-moves.log
 tmp=$(mktemp -d /tmp/bench-paper.XXXXXX)
@@ -70,14 +78,15 @@ done_fields() {
 sleep_until() { sleep "$(awk -v t="$1" -v n="$(now)" 'BEGIN { d = t - n; printf "%.3f", (d > 0 ? d : 0) }')"; }
 at() { awk -v t="$1" -v f="$2" -v s="$3" 'BEGIN { printf "%.3f", t + f * s }'; } # T0 FRACTION SECONDS
 
-# Jobs. start_job RANKS TAG SWEEPS sets JPID, JOB, JT0; finish_job sets J to
+# Jobs. start_job RANKS TAG SWEEPS [DSMRUN RUN ARGS...] sets JPID, JOB, JT0; finish_job sets J to
 # "rc ms verified", ms from the start to dsmrun's exit as the job's own
 # subshell saw it (not in a command substitution: only this shell can wait).
 start_job() {
+	local extra=("${@:4}")
 	JT0=$(now)
 	(
 		rc=0
-		timeout -k 10 "$JOB_TIMEOUT" bin/dsmrun run -n "$1" -- "$PWD/bin/jacobi" -n "$JN" -iters "$3" \
+		timeout -k 10 "$JOB_TIMEOUT" bin/dsmrun run "${extra[@]}" -n "$1" -- "$PWD/bin/jacobi" -n "$JN" -iters "$3" \
 			>"$tmp/$2.out" 2>"$tmp/$2.err" || rc=$?
 		echo "$rc $(now)" >"$tmp/$2.end"
 	) &
@@ -110,12 +119,12 @@ wait_running() { # ranks
 }
 
 # Moves. Each prints "total downtime mib wall_ms" and logs the command's output.
-dsm_move() { # rank to
+dsm_move() { # rank to [--move-ip CIDR]
 	local t0 t1 rc=0
 	t0=$(now)
-	bin/dsmrun migrate "$JOB" "$1" --to "$2" >"$tmp/move.txt" 2>&1 || rc=$?
+	bin/dsmrun migrate "$JOB" "$1" --to "$2" "${@:3}" >"$tmp/move.txt" 2>&1 || rc=$?
 	t1=$(now)
-	{ echo "== dsmrun migrate $JOB $1 --to $2 (rc $rc)"; cat "$tmp/move.txt"; } >>"$moves"
+	{ echo "== dsmrun migrate $JOB $* (rc $rc)"; cat "$tmp/move.txt"; } >>"$moves"
 	if [ $rc != 0 ]; then echo "FAIL FAIL FAIL $(ms "$t0" "$t1")"; else echo "$(done_fields "$tmp/move.txt") $(ms "$t0" "$t1")"; fi
 }
 bare_move() { # srchost id to
@@ -146,24 +155,38 @@ id=$(start_plain h1 1)
 base_kb=$(( $(status_kb h1 "$(plain_pid h1 "$id")" RssAnon) - 1024 ))
 kill_plain "$id"
 
-# mig_job RANKS REP: the job with two moves of rank 1 and, next to the first,
+# mig_job RANKS REP [ip]: the job with two moves of rank 1 and, next to the first,
 # the bare move of the same-size plain process. Prints the fields of its row.
+# With "ip": the job runs with --rank-ips, rank 1 moves once with --move-ip
+# (its own address goes with it), no move back (dsm2 fields SKIP).
 mig_job() {
-	local n=$1 rep=$2 src srch pid dst dsth c best bestc i k rss anon shm mib pid2 prss panon order d1 b d2 j
-	start_job "$n" "mig-$n-$rep" "${ITERS[$n]}"
+	local n=$1 rep=$2 kind=${3:-mig} src srch pid dst dsth c best bestc i k rss anon shm mib pid2 prss panon order d1 b d2 j
+	local jargs=() margs=()
+	if [ "$kind" = ip ]; then jargs=(--rank-ips "$RANK_IPS"); margs=(--move-ip "$(ip_of 1)"); fi
+	start_job "$n" "$kind-$n-$rep" "${ITERS[$n]}" "${jargs[@]}"
 	if [ -z "$JOB" ] || ! wait_running "$n"; then
-		finish_job "mig-$n-$rep"; j=$J
+		finish_job "$kind-$n-$rep"; j=$J
 		echo "${JOB:--}	${j// /	}	$(fields - 9)	$(fields FAIL 12)	job did not start"
 		return
 	fi
 	sleep_until "$(at "$JT0" "$MOVE_AT" "${TEXP[$n]}")"
 	read -r src pid < <(job_ps | jq -r '.[] | select(.rank == 1) | "\(.host) \(.pid)"') || true
 	if [ -z "${src:-}" ]; then
-		finish_job "mig-$n-$rep"; j=$J
+		finish_job "$kind-$n-$rep"; j=$J
 		echo "$JOB	${j// /	}	$(fields - 9)	$(fields FAIL 12)	rank 1 not found"
 		return
 	fi
 	srch=$(hname "$src")
+	# rank 1 must be sweeping (its DSM segment mapped), or the move and the
+	# same-size plain process carry next to nothing: wait, at most until BACK_AT.
+	local note=-
+	until [ "$(status_kb "$srch" "$pid" RssShmem)" -gt 0 ] 2>/dev/null; do
+		if ! kill -0 "$JPID" 2>/dev/null || [ "$(awk -v t="$(at "$JT0" "$BACK_AT" "${TEXP[$n]}")" -v n="$(now)" 'BEGIN { print (n > t) }')" = 1 ]; then
+			note="rank 1 had no DSM memory yet at the move"; break
+		fi
+		sleep 0.05
+	done
+	[ "$note" = - ] || echo "== $JOB: $note" >>"$moves"
 	# target: fewest ranks, ties to the next host after the source
 	for i in "${!HOSTS[@]}"; do [ "${HOSTS[$i]}" = "$src" ] && k=$i; done
 	best= bestc=999
@@ -178,16 +201,17 @@ mig_job() {
 	pid2=$(plain_pid "$srch" "$id")
 	prss=$(status_kb "$srch" "$pid2" VmRSS) panon=$(status_kb "$srch" "$pid2" RssAnon)
 	if [ $((rep % 2)) = 1 ]; then
-		order=dsm-first; d1=$(dsm_move 1 "$dst"); b=$(bare_move "$srch" "$id" "$dst")
+		order=dsm-first; d1=$(dsm_move 1 "$dst" "${margs[@]}"); b=$(bare_move "$srch" "$id" "$dst")
 	else
-		order=bare-first; b=$(bare_move "$srch" "$id" "$dst"); d1=$(dsm_move 1 "$dst")
+		order=bare-first; b=$(bare_move "$srch" "$id" "$dst"); d1=$(dsm_move 1 "$dst" "${margs[@]}")
 	fi
 	kill_plain "$id"
 	sleep_until "$(at "$JT0" "$BACK_AT" "${TEXP[$n]}")"
-	if [ "${d1%% *}" = FAIL ]; then d2="SKIP SKIP SKIP -"; echo "== first move failed: no move back" >>"$moves"
+	if [ "$kind" = ip ]; then d2="SKIP SKIP SKIP -"
+	elif [ "${d1%% *}" = FAIL ]; then d2="SKIP SKIP SKIP -"; echo "== first move failed: no move back" >>"$moves"
 	elif kill -0 "$JPID" 2>/dev/null; then d2=$(dsm_move 1 "$src"); else d2="FAIL FAIL FAIL -"; echo "== job ended before the move back" >>"$moves"; fi
-	finish_job "mig-$n-$rep"; j=$J
-	echo "$JOB	${j// /	}	$srch	$dsth	$order	$rss	$anon	$shm	$mib	$prss	$panon	${d1// /	}	${b// /	}	${d2// /	}	-"
+	finish_job "$kind-$n-$rep"; j=$J
+	echo "$JOB	${j// /	}	$srch	$dsth	$order	$rss	$anon	$shm	$mib	$prss	$panon	${d1// /	}	${b// /	}	${d2// /	}	$note"
 }
 nomig_job() {
 	local n=$1 rep=$2 j
@@ -211,6 +235,7 @@ for n in $RANKS; do
 done
 # Unrecorded warm-up of both kinds of move.
 mig_job 2 0 >/dev/null
+mig_job 2 0 ip >/dev/null
 echo "== end of warm-up" >>"$moves"
 
 printf "ranks\trep\tkind\tjob\tjob_rc\tjob_ms\tverified\tsrc\tdst\torder\trank_vmrss_kb\trank_anon_kb\trank_shmem_kb\tplain_mib_arg\tplain_vmrss_kb\tplain_anon_kb\tdsm1_total_ms\tdsm1_downtime_ms\tdsm1_mib\tdsm1_wall_ms\tbare_total_ms\tbare_downtime_ms\tbare_mib\tbare_wall_ms\tdsm2_total_ms\tdsm2_downtime_ms\tdsm2_mib\tdsm2_wall_ms\tnote\n" >"$tsv"
@@ -219,7 +244,9 @@ for n in $RANKS; do
 		if [ $((rep % 2)) = 1 ]; then
 			printf "%s\t%s\tnomig\t%s\n" "$n" "$rep" "$(nomig_job "$n" "$rep")" >>"$tsv"
 			printf "%s\t%s\tmig\t%s\n" "$n" "$rep" "$(mig_job "$n" "$rep")" >>"$tsv"
+			printf "%s\t%s\tip\t%s\n" "$n" "$rep" "$(mig_job "$n" "$rep" ip)" >>"$tsv"
 		else
+			printf "%s\t%s\tip\t%s\n" "$n" "$rep" "$(mig_job "$n" "$rep" ip)" >>"$tsv"
 			printf "%s\t%s\tmig\t%s\n" "$n" "$rep" "$(mig_job "$n" "$rep")" >>"$tsv"
 			printf "%s\t%s\tnomig\t%s\n" "$n" "$rep" "$(nomig_job "$n" "$rep")" >>"$tsv"
 		fi
@@ -245,21 +272,32 @@ $3 == "mig" {
 	if (num($17) && num($21)) add(rt, k, $17 / $21)
 	add(ra, k, ($12 + $13) / 1024); add(pa, k, $16 / 1024)
 }
+$3 == "ip" {
+	if (!($5 == 0 && $7 == "yes")) ijf[k]++
+	if (num($17)) { add(it, k, $17); add(id, k, $18); add(im, k, $19) } else iff[k]++
+	if (num($21)) add(ib, k, $21); else ibf[k]++
+	if (num($17) && num($21)) add(ir, k, $17 / $21)
+	if ($29 ~ /no DSM memory/) inm[k]++
+}
 function cell(s, f, fmt) { return (s == "" ? "—" : sprintf(fmt, med(s))) (f ? sprintf(" (%d failed)", f) : "") }
 END {
 	printf "Paper reproduction: Jacobi %dx%d on 4 namespace hosts, median of %d runs (ms); sweeps per rank count, for a run of 6-10 s: %s\n\n", jn, jn, reps, sweeps
-	printf "Bare = `migrated migrate` of a plain process (migtest mem N) with the same resident anonymous + shared memory as rank 1, same source and target host, right before or after the DSM-aware move in the same running job. Overhead = median over runs of (DSM-aware total / bare total) - 1.\n\n"
-	printf "| ranks | DSM-aware move (dsmrun migrate) | bare move (same-size plain process) | overhead | DSM-aware downtime | bare downtime | MiB moved DSM / bare | rank 1 RssAnon+RssShmem / plain RssAnon (MiB) | move back (DSM) | job, no migration | job, 2 moves | job slowdown |\n"
-	printf "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+	printf "Bare = `migrated migrate` of a plain process (migtest mem N) with the same resident anonymous + shared memory as rank 1, same source and target host, right before or after the DSM-aware move in the same running job. Overhead = median over runs of (DSM-aware total / bare total) - 1. IP-preserving = `dsmrun migrate --move-ip` of rank 1 with its own address (job started with --rank-ips, TCP repair, no prepare/rebind), in a separate job, with its own bare move of a same-size plain process in that job (median shown in brackets); its overhead = median over runs of (IP-preserving total / bare total in the same job) - 1. A failed job around a move is counted in its cell.\n\n"
+	printf "| ranks | DSM-aware move (dsmrun migrate) | bare move (same-size plain process) | overhead | IP-preserving move (dsmrun migrate --move-ip) | IP-preserving overhead vs bare [bare in its job] | IP-preserving downtime | DSM-aware downtime | bare downtime | MiB moved DSM / bare / IP-preserving | rank 1 RssAnon+RssShmem / plain RssAnon (MiB) | move back (DSM) | job, no migration | job, 2 moves | job slowdown |\n"
+	printf "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
 	for (i = 1; i <= nk; i++) { k = order[i]
 		ov = (rt[k] == "") ? "" : (med(rt[k]) - 1) * 100
 		sl = (nm[k] == "" || mj[k] == "") ? "" : (med(mj[k]) / med(nm[k]) - 1) * 100
-		printf "| %s | %s | %s | %s | %s | %s | %s / %s | %s / %s | %s | %s | %s | %s |\n", k,
+		io = (ir[k] == "") ? "" : (med(ir[k]) - 1) * 100
+		printf "| %s | %s | %s | %s | %s%s | %s [%s] | %s | %s | %s | %s / %s / %s | %s / %s | %s | %s | %s | %s |\n", k,
 			cell(dt[k], df[k], "%.1f"), cell(bt[k], bf[k], "%.1f"), (ov == "" ? "—" : sprintf("%+.1f%%", ov)),
-			cell(dd[k], 0, "%.1f"), cell(bd[k], 0, "%.1f"), cell(dm[k], 0, "%.1f"), cell(bm[k], 0, "%.1f"),
+			cell(it[k], iff[k], "%.1f"), (ijf[k] ? sprintf(" (job failed: %d)", ijf[k]) : "") (inm[k] ? sprintf(" (%d of %d: rank 1 not yet sweeping, ~1 MiB moved)", inm[k], reps) : ""),
+			(io == "" ? "—" : sprintf("%+.1f%%", io)), cell(ib[k], ibf[k], "%.1f"), cell(id[k], 0, "%.1f"),
+			cell(dd[k], 0, "%.1f"), cell(bd[k], 0, "%.1f"), cell(dm[k], 0, "%.1f"), cell(bm[k], 0, "%.1f"), cell(im[k], 0, "%.1f"),
 			cell(ra[k], 0, "%.1f"), cell(pa[k], 0, "%.1f"), cell(d2[k], d2f[k], "%.1f"),
 			cell(nm[k], nmf[k], "%.0f"), cell(mj[k], mjf[k], "%.0f"), (sl == "" ? "—" : sprintf("%+.1f%%", sl))
-		printf "%s %s %s %s\n", k, (dt[k] == "" ? "nan" : med(dt[k])), (bt[k] == "" ? "nan" : med(bt[k])), (ov == "" ? "nan" : ov) >sum
+		printf "%s %s %s %s %s %s\n", k, (dt[k] == "" ? "nan" : med(dt[k])), (bt[k] == "" ? "nan" : med(bt[k])), (ov == "" ? "nan" : ov),
+			(it[k] == "" ? "nan" : med(it[k])), (io == "" ? "nan" : io) >sum
 		if (ov != "") { m++; sx += k; sy += ov; sxx += k * k; sxy += k * ov; if (lo == "" || ov < lo) lo = ov; if (hi == "" || ov > hi) hi = ov; last = k; lastov = ov }
 	}
 	printf "\n"
@@ -275,9 +313,10 @@ END {
 # The plot: x = ranks, left axis ms (DSM-aware, bare), right axis overhead %.
 awk '
 BEGIN { W = 720; H = 440; L = 70; R = 70; T = 50; B = 60; pw = W - L - R; ph = H - T - B }
-{ n++; x[n] = $1; d[n] = $2; b[n] = $3; o[n] = $4
-  if ($2 != "nan" && $2 + 0 > ymax) ymax = $2 + 0; if ($3 != "nan" && $3 + 0 > ymax) ymax = $3 + 0
-  if ($4 != "nan") { if ($4 + 0 > omax) omax = $4 + 0; if ($4 + 0 < omin) omin = $4 + 0 } }
+{ n++; x[n] = $1; d[n] = $2; b[n] = $3; o[n] = $4; ip[n] = $5; io[n] = $6
+  if ($2 != "nan" && $2 + 0 > ymax) ymax = $2 + 0; if ($3 != "nan" && $3 + 0 > ymax) ymax = $3 + 0; if ($5 != "nan" && $5 + 0 > ymax) ymax = $5 + 0
+  if ($4 != "nan") { if ($4 + 0 > omax) omax = $4 + 0; if ($4 + 0 < omin) omin = $4 + 0 }
+  if ($6 != "nan") { if ($6 + 0 > omax) omax = $6 + 0; if ($6 + 0 < omin) omin = $6 + 0 } }
 function nice(v,   p, f) { if (v <= 0) return 1; p = 10 ^ int(log(v) / log(10)); f = v / p; return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10) * p }
 function px(v) { return L + (v - xmin) / (xmax - xmin) * pw }
 function py(v) { return T + ph - v / ymax * ph }
@@ -292,22 +331,24 @@ END {
 	omax = (omax < 5 ? 5 : omax); omin = (omin > 0 ? 0 : omin); span = nice((omax - omin) * 1.15); omax = omin + span
 	printf "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" font-family=\"sans-serif\">\n", W, H, W, H
 	printf "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
-	printf "<text x=\"%d\" y=\"24\" font-size=\"15\" text-anchor=\"middle\">Rank migration of a Jacobi job: DSM-aware vs bare move of a same-size process</text>\n", W / 2
+	printf "<text x=\"%d\" y=\"24\" font-size=\"15\" text-anchor=\"middle\">Rank migration of a Jacobi job: DSM-aware, IP-preserving and bare moves</text>\n", W / 2
 	for (i = 0; i <= 5; i++) { v = ymax * i / 5; printf "<line x1=\"%d\" x2=\"%d\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/><text x=\"%d\" y=\"%.1f\" font-size=\"11\" text-anchor=\"end\">%g</text>\n", L, L + pw, py(v), py(v), L - 6, py(v) + 4, v
 		w = omin + (omax - omin) * i / 5; printf "<text x=\"%d\" y=\"%.1f\" font-size=\"11\" fill=\"#c0392b\">%g%%</text>\n", L + pw + 6, po(w) + 4, w }
 	for (i = 1; i <= n; i++) printf "<text x=\"%.1f\" y=\"%d\" font-size=\"12\" text-anchor=\"middle\">%s</text>\n", px(x[i]), T + ph + 18, x[i]
 	printf "<line x1=\"%d\" x2=\"%d\" y1=\"%d\" y2=\"%d\" stroke=\"black\"/><line x1=\"%d\" x2=\"%d\" y1=\"%d\" y2=\"%d\" stroke=\"black\"/><line x1=\"%d\" x2=\"%d\" y1=\"%d\" y2=\"%d\" stroke=\"#c0392b\"/>\n", L, L + pw, T + ph, T + ph, L, L, T, T + ph, L + pw, L + pw, T, T + ph
 	printf "<text x=\"%d\" y=\"%d\" font-size=\"13\" text-anchor=\"middle\">ranks (4 hosts)</text>\n", L + pw / 2, H - 18
 	printf "<text transform=\"translate(18,%d) rotate(-90)\" font-size=\"13\" text-anchor=\"middle\">migration time, median (ms)</text>\n", T + ph / 2
-	printf "<text transform=\"translate(%d,%d) rotate(90)\" font-size=\"13\" text-anchor=\"middle\" fill=\"#c0392b\">overhead of DSM-aware over bare (%%)</text>\n", W - 14, T + ph / 2
+	printf "<text transform=\"translate(%d,%d) rotate(90)\" font-size=\"13\" text-anchor=\"middle\" fill=\"#c0392b\">overhead over bare (%%)</text>\n", W - 14, T + ph / 2
 	printf "<line x1=\"%d\" x2=\"%d\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#c0392b\" stroke-dasharray=\"2,3\"/><text x=\"%d\" y=\"%.1f\" font-size=\"11\" fill=\"#c0392b\">goal 5%%</text>\n", L, L + pw, po(5), po(5), L + 4, po(5) - 4
 	if (omin < 0) printf "<line x1=\"%d\" x2=\"%d\" y1=\"%.1f\" y2=\"%.1f\" stroke=\"#c0392b\" stroke-width=\"0.5\"/>\n", L, L + pw, po(0), po(0)
-	line(b, "#7f8c8d", 0, 0); line(d, "#2c6fbb", 0, 0); line(o, "#c0392b", 1, 1)
+	line(b, "#7f8c8d", 0, 0); line(d, "#2c6fbb", 0, 0); line(ip, "#27ae60", 0, 0); line(o, "#c0392b", 1, 1); line(io, "#e67e22", 1, 1)
 	lx = L + 12; ly = T + 8
-	printf "<rect x=\"%d\" y=\"%d\" width=\"300\" height=\"58\" fill=\"white\" stroke=\"#bbb\"/>\n", lx, ly
+	printf "<rect x=\"%d\" y=\"%d\" width=\"330\" height=\"90\" fill=\"white\" stroke=\"#bbb\"/>\n", lx, ly
 	printf "<line x1=\"%d\" x2=\"%d\" y1=\"%d\" y2=\"%d\" stroke=\"#2c6fbb\" stroke-width=\"2.5\"/><text x=\"%d\" y=\"%d\" font-size=\"12\">DSM-aware (dsmrun migrate, total)</text>\n", lx + 8, lx + 34, ly + 14, ly + 14, lx + 40, ly + 18
 	printf "<line x1=\"%d\" x2=\"%d\" y1=\"%d\" y2=\"%d\" stroke=\"#7f8c8d\" stroke-width=\"2.5\"/><text x=\"%d\" y=\"%d\" font-size=\"12\">bare (migrated migrate, same-size process)</text>\n", lx + 8, lx + 34, ly + 30, ly + 30, lx + 40, ly + 34
-	printf "<line x1=\"%d\" x2=\"%d\" y1=\"%d\" y2=\"%d\" stroke=\"#c0392b\" stroke-width=\"2.5\" stroke-dasharray=\"6,4\"/><text x=\"%d\" y=\"%d\" font-size=\"12\">overhead %% (right axis)</text>\n", lx + 8, lx + 34, ly + 46, ly + 46, lx + 40, ly + 50
+	printf "<line x1=\"%d\" x2=\"%d\" y1=\"%d\" y2=\"%d\" stroke=\"#c0392b\" stroke-width=\"2.5\" stroke-dasharray=\"6,4\"/><text x=\"%d\" y=\"%d\" font-size=\"12\">overhead %% of DSM-aware (right axis)</text>\n", lx + 8, lx + 34, ly + 46, ly + 46, lx + 40, ly + 50
+	printf "<line x1=\"%d\" x2=\"%d\" y1=\"%d\" y2=\"%d\" stroke=\"#27ae60\" stroke-width=\"2.5\"/><text x=\"%d\" y=\"%d\" font-size=\"12\">IP-preserving (dsmrun migrate --move-ip, total)</text>\n", lx + 8, lx + 34, ly + 62, ly + 62, lx + 40, ly + 66
+	printf "<line x1=\"%d\" x2=\"%d\" y1=\"%d\" y2=\"%d\" stroke=\"#e67e22\" stroke-width=\"2.5\" stroke-dasharray=\"6,4\"/><text x=\"%d\" y=\"%d\" font-size=\"12\">overhead %% of IP-preserving (right axis)</text>\n", lx + 8, lx + 34, ly + 78, ly + 78, lx + 40, ly + 82
 	printf "</svg>\n"
 }' "$tmp/summary" >docs/paper-bench.svg
 echo "raw rows: $tsv, moves: $moves, job outputs: $out/paper-jobs/, plot: docs/paper-bench.svg"
