@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -309,7 +310,12 @@ func (d *Daemon) do(c *wire.Conn, req Request) (*Reply, error) {
 			return nil, err
 		}
 		if req.Op == "addip" {
-			err = netmove.AddAddr(iface, req.MoveIP)
+			// Announce it at once: the address may have lived on another
+			// host a moment ago, and peers' ARP caches would still send
+			// there.
+			if err = netmove.AddAddr(iface, req.MoveIP); err == nil {
+				err = netmove.Announce(iface, strings.Split(req.MoveIP, "/")[0])
+			}
 		} else {
 			err = netmove.DelAddr(iface, req.MoveIP)
 		}
