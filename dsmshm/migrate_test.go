@@ -15,8 +15,8 @@ import (
 )
 
 // startTCPWith starts size ranks in this process over TCP on 127.0.0.1 with
-// the given timeouts.
-func startTCPWith(t *testing.T, size int, dial, away time.Duration) []*Node {
+// the given timeouts (0: the defaults). The caller closes them.
+func startTCPWith(t *testing.T, size int, dial, away time.Duration) ([]*Node, []string) {
 	t.Helper()
 	peers := freePorts(t, size)
 	nodes := make([]*Node, size)
@@ -33,7 +33,7 @@ func startTCPWith(t *testing.T, size int, dial, away time.Duration) []*Node {
 	if err := errors.Join(errs...); err != nil {
 		t.Fatal(err)
 	}
-	return nodes
+	return nodes, peers
 }
 
 // checkExactlyOnce checks, when no message is in flight, that every
@@ -72,7 +72,7 @@ func checkExactlyOnce(t *testing.T, nodes []*Node) {
 // GC pressure. The counts must be exact and every message delivered once.
 func TestMigrationHooksUnderLoad(t *testing.T) {
 	const size, iters = 3, 600
-	nodes := startTCPWith(t, size, 2*time.Second, time.Minute)
+	nodes, _ := startTCPWith(t, size, 2*time.Second, time.Minute)
 	segs := allocAll(t, nodes, "mig", size*pageSize) // page r homed at rank r
 	stop := make(chan struct{})
 	var bg sync.WaitGroup
@@ -187,7 +187,7 @@ func TestMigrationHooksUnderLoad(t *testing.T) {
 // manages the lock) and page fault (it is the page's home) wait, through
 // garbage collections, and complete once it is back.
 func TestPeerWaitsForAbsentRank(t *testing.T) {
-	nodes := startTCPWith(t, 2, 500*time.Millisecond, time.Minute)
+	nodes, _ := startTCPWith(t, 2, 500*time.Millisecond, time.Minute)
 	segs := allocAll(t, nodes, "away", 2*pageSize) // page 1 homed at rank 1
 	View[int64](segs[1])[pageSize/8] = 42
 	if err := each(nodes, func(n *Node) error { return n.Barrier(0) }); err != nil {
@@ -249,7 +249,7 @@ func TestPeerWaitsForAbsentRank(t *testing.T) {
 // TestUnannouncedCloseFails: a rank that goes away without announcing it is
 // a failure once the dial timeout has passed.
 func TestUnannouncedCloseFails(t *testing.T) {
-	nodes := startTCPWith(t, 2, 300*time.Millisecond, time.Minute)
+	nodes, _ := startTCPWith(t, 2, 300*time.Millisecond, time.Minute)
 	nodes[1].abort()
 	select {
 	case <-nodes[0].dead:
@@ -261,7 +261,7 @@ func TestUnannouncedCloseFails(t *testing.T) {
 }
 
 func TestAbsentRankTimesOut(t *testing.T) {
-	nodes := startTCPWith(t, 2, 300*time.Millisecond, 700*time.Millisecond)
+	nodes, _ := startTCPWith(t, 2, 300*time.Millisecond, 700*time.Millisecond)
 	if err := nodes[1].migrationHooks().Prepare(); err != nil {
 		t.Fatal(err)
 	}

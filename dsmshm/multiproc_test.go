@@ -3,7 +3,6 @@ package dsmshm
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -255,23 +254,8 @@ func TestCloseReleasesEverything(t *testing.T) {
 }
 
 // startTCP starts size ranks in this process, connected over TCP on
-// 127.0.0.1. The caller closes them.
+// 127.0.0.1, with the default timeouts. The caller closes them.
 func startTCP(t *testing.T, size int) ([]*Node, []string) {
 	t.Helper()
-	peers := freePorts(t, size)
-	nodes := make([]*Node, size)
-	errs := make([]error, size)
-	var wg sync.WaitGroup
-	for r := range nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			nodes[r], errs[r] = StartWith(Config{Job: "tcp", Rank: r, Peers: peers})
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		t.Fatal(err)
-	}
-	return nodes, peers
+	return startTCPWith(t, size, 0, 0)
 }
