@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"dsmigrate/criu"
 	mrt "dsmigrate/runtime"
 )
 
@@ -125,7 +126,7 @@ func (p *Proc) owns(pid int) bool {
 	p.mu.Lock()
 	root := p.pid
 	p.mu.Unlock()
-	return pid > 0 && slices.Contains(tree(root), pid)
+	return pid > 0 && slices.Contains(criu.Tree(root), pid)
 }
 
 func peerPid(c net.Conn) int {

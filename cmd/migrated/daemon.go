@@ -38,6 +38,7 @@ type Daemon struct {
 	stateDir  string
 	imagesDir string
 	criu      *criu.Client
+	quiescer  quiescer // stops a tree for a dump
 	token     []byte
 	ctlPath   string // the control socket of migration-aware processes
 	log       *slog.Logger
@@ -92,6 +93,10 @@ func (d *Daemon) serve(ctx context.Context, sockPath, tokenFile string) error {
 		return err
 	}
 	d.log.Info("CRIU ready", "version", v.String(), "path", d.criu.Path)
+	if err := d.quiescer.warm(); err != nil {
+		return fmt.Errorf("starting the quiesce helper: %v", err)
+	}
+	defer d.quiescer.close()
 	if tokenFile != "" {
 		if d.token, err = wire.LoadToken(tokenFile); err != nil {
 			return err

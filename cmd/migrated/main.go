@@ -38,6 +38,7 @@ func main() {
 			migrateCommand(),
 			historyCommand(),
 			killCommand(),
+			quiesceCommand(),
 		},
 		HideHelpCommand: true,
 	}

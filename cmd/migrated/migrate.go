@@ -144,12 +144,25 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 		phase("prepare", time.Since(tp), "")
 	}
 
-	// Freeze and dump, leaving the tree stopped: until the target confirms,
-	// it can be resumed here.
-	dir := filepath.Join(d.imagesDir, p.ID+"-out-"+newID())
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// Freeze: stop the tree with no fault queued in any thread (a dump of a
+	// thread caught between a fault and its delivery fails and kills the
+	// process; criu.Quiesce). From here on the tree stays stopped until the
+	// target confirms, so it can be resumed here.
+	// Until the dump succeeds, a failure only has to continue the tree.
+	thaw := func() {
+		signalTree(pid, syscall.SIGCONT)
 		resumed()
 		unprepare()
+	}
+	tq := time.Now()
+	if err := d.quiescer.quiesce(pid); err != nil {
+		thaw()
+		return fail(fmt.Errorf("could not stop the process for the dump: %v; it keeps running here", err))
+	}
+	quiesceDur := time.Since(tq)
+	dir := filepath.Join(d.imagesDir, p.ID+"-out-"+newID())
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		thaw()
 		return fail(err)
 	}
 	defer os.RemoveAll(dir)
@@ -158,8 +171,7 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 	// (pages.go); the rest of the images follow after the dump.
 	local, criuEnd, err := pageSocket()
 	if err != nil {
-		resumed()
-		unprepare()
+		thaw()
 		return fail(err)
 	}
 	// The wire deadline ends the stream before CRIU's own deadline kills
@@ -175,19 +187,25 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 	early, relayErr := pages.wait(raw, err != nil)
 	rec.Bytes = pages.sent.Load() + pages.back.Load()
 	if err != nil {
-		// CRIU resumes the tree itself when a dump fails.
+		// CRIU puts the tree back as it found it, stopped: continue it.
 		if table, err := netmove.LockName(dir); err == nil {
 			netmove.DeleteLock(table)
 		}
-		resumed()
-		unprepare()
-		if relayErr != nil && early {
-			return fail(fmt.Errorf("dump failed, the process keeps running here: streaming pages to %s: %v; %w", req.To, relayErr, err))
+		thaw()
+		// Say so if the failed dump cost the process its life.
+		outcome := "the process keeps running here"
+		select {
+		case <-p.gone:
+			outcome = "the process DIED during the failed dump"
+		case <-time.After(100 * time.Millisecond):
 		}
-		return fail(fmt.Errorf("dump failed, the process keeps running here: %w", err))
+		if relayErr != nil && early {
+			return fail(fmt.Errorf("dump failed, %s: streaming pages to %s: %v; %w", outcome, req.To, relayErr, err))
+		}
+		return fail(fmt.Errorf("dump failed, %s: %w", outcome, err))
 	}
 	dumpDur := time.Since(t0)
-	phase("freeze", st.Freezing, "")
+	phase("freeze", quiesceDur+st.Freezing, "")
 	phase("dump", dumpDur-st.Freezing, fmt.Sprintf("%d pages, %.1f MiB streamed to the target", st.PagesWritten,
 		float64(pages.sent.Load())/(1<<20)))
 

@@ -7,14 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"dsmigrate/criu"
 	"dsmigrate/internal/wire"
 	mrt "dsmigrate/runtime"
 )
@@ -193,29 +192,9 @@ func (d *Daemon) reap(p *Proc, proc *os.Process) {
 	d.log.Info("process ended", "id", p.ID, "pid", p.pid, "code", code)
 }
 
-// tree returns pid and all its descendants, parents first.
-func tree(pid int) []int {
-	out := []int{pid}
-	for i := 0; i < len(out); i++ {
-		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", out[i]))
-		for _, t := range tasks {
-			b, err := os.ReadFile(t)
-			if err != nil {
-				continue
-			}
-			for _, f := range strings.Fields(string(b)) {
-				if c, err := strconv.Atoi(f); err == nil {
-					out = append(out, c)
-				}
-			}
-		}
-	}
-	return out
-}
-
 // signalTree sends sig to the process tree rooted at pid.
 func signalTree(pid int, sig syscall.Signal) {
-	for _, t := range tree(pid) {
+	for _, t := range criu.Tree(pid) {
 		syscall.Kill(t, sig)
 	}
 }

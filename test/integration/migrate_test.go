@@ -69,6 +69,41 @@ func TestThreads(t *testing.T) {
 	}
 }
 
+// Threads that take page faults all the time (here without end: the
+// handler returns and the write faults again) move safely and go on. A
+// plain CRIU dump of such a process fails and the process dies of the
+// parasite's SIGTRAP (criu/quiesce.go); the daemon quiesces it first.
+func TestFaultingThreads(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "faulter")
+	if out, err := exec.Command("cc", "-O2", "-pthread", "-o", bin, filepath.Join(repo, "criu", "testdata", "faulter.c")).CombinedOutput(); err != nil {
+		t.Fatalf("building the faulter: %v\n%s", err, out)
+	}
+	countFile := filepath.Join(dir, "count")
+	count := func() uint64 {
+		b, _ := os.ReadFile(countFile)
+		n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		return n
+	}
+	var id string
+	goesOn := func(when string, k int) {
+		t.Helper()
+		n := count()
+		for end := time.Now().Add(10 * time.Second); count() <= n; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("%s the faulter's count stays at %d (h%d lists %+v)", when, n, k, find(t, k, id))
+			}
+		}
+	}
+	id = start(t, 1, "faulter", bin, countFile)
+	goesOn("at the start", 1)
+	for i, hop := range [][2]int{{1, 2}, {2, 3}, {3, 1}, {1, 3}} {
+		migrate(t, hop[0], hop[1], id)
+		goesOn(fmt.Sprintf("after move %d", i+1), hop[1])
+	}
+}
+
 // A parent and its children move as one tree and all go on working.
 func TestProcessTree(t *testing.T) {
 	needRoot(t)
