@@ -43,9 +43,10 @@ type Daemon struct {
 	ctlPath   string // the control socket of migration-aware processes
 	log       *slog.Logger
 
-	mu      sync.Mutex
-	procs   map[string]*Proc
-	records []MigrationRec
+	mu       sync.Mutex
+	procs    map[string]*Proc
+	records  []MigrationRec
+	outcomes map[string]*outcome // migrations sent from here, by beginMsg.Mig
 }
 
 var (
@@ -221,6 +222,13 @@ func (d *Daemon) handlePeer(c net.Conn) {
 			return
 		}
 		d.migrateIn(wc, b, c.RemoteAddr().String())
+	case tOutcome:
+		var q outcomeMsg
+		if err := json.Unmarshal(payload, &q); err != nil {
+			wc.WriteError(fmt.Errorf("bad outcome question: %v", err))
+			return
+		}
+		d.answerOutcome(wc, q)
 	case tRequest:
 		var req Request
 		if err := json.Unmarshal(payload, &req); err != nil {

@@ -104,9 +104,13 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 		resumed()
 		return fail(fmt.Errorf("target %s: %v; the process keeps running here", req.To, err))
 	}
+	mig := newID()
+	d.beginOutcome(mig)
+	// Whatever way this returns without committing, it has aborted.
+	defer d.decide(mig, outcomeAborted)
 	p.mu.Lock()
 	begin := beginMsg{ID: p.ID, Name: p.Name, Argv: p.Argv, PipeKey: p.pipeKey, MoveIP: req.MoveIP,
-		Started: p.Started, Moves: p.Moves + 1, Source: d.listen, Job: p.Job, Rank: p.Rank, Hooks: p.hooks}
+		Started: p.Started, Moves: p.Moves + 1, Source: d.listen, Job: p.Job, Rank: p.Rank, Hooks: p.hooks, Mig: mig}
 	p.mu.Unlock()
 	if err := c.WriteJSON(tBegin, &begin); err != nil {
 		resumed()
@@ -261,6 +265,11 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 	phase("restore", time.Since(t2)-rd.Net, "")
 
 	// The commit point: the source copy goes, then the target copy runs.
+	// The target may have given up waiting and asked how this ended
+	// (outcome.go): then it has aborted, and the process stays here.
+	if d.decide(mig, outcomeCommitted) != outcomeCommitted {
+		return rollback(fmt.Errorf("the target %s gave up waiting for the commit", req.To))
+	}
 	t3 := time.Now()
 	p.mu.Lock()
 	p.state, p.movedTo = "migrated", req.To
@@ -268,6 +277,9 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 	// SIGKILL ends a stopped task without it running again, so the target
 	// may resume at once; reaping and cleaning up happen after.
 	signalTree(pid, syscall.SIGKILL)
+	if d.fault("commit-lost") {
+		raw.Close() // the target must learn the outcome by asking
+	}
 	raw.SetDeadline(time.Now().Add(commitTimeout))
 	var done doneMsg
 	if err = c.WriteMsg(tCommit, nil); err == nil {
@@ -281,7 +293,7 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 		}
 	}()
 	if err != nil {
-		d.log.Error("commit not confirmed: the process may be lost", "id", p.ID, "target", req.To, "err", err)
+		d.log.Error("commit not confirmed: the target will ask how the migration ended", "id", p.ID, "target", req.To, "err", err)
 	}
 	d.mu.Lock()
 	delete(d.procs, p.ID)
@@ -526,15 +538,33 @@ func (d *Daemon) receive(c *wire.Conn, b beginMsg) (err error) {
 		os.RemoveAll(filepath.Dir(logPath))
 		return err
 	}
+	if d.fault("ask-before-restored") {
+		d.askOutcome(b.Source, b.Mig) // as a target that gave up would: this aborts the migration
+	}
 	if err := c.WriteJSON(tRestored, &restoredMsg{PID: np.pid, Restore: time.Since(t0), Net: netDur}); err != nil {
 		np.state = "migrated"
 		killTree(np)
 		undoNet()
 		return err
 	}
-	// Wait for the source to give up its copy.
+	// Wait for the source to give up its copy. A broken connection says
+	// nothing about whether it did: ask it (outcome.go).
 	c.SetDeadline(time.Now().Add(commitTimeout + restoreTimeout))
-	if typ, _, err := c.ReadMsg(); err != nil || typ != tCommit {
+	typ, _, err := c.ReadMsg()
+	if err != nil && idRE.MatchString(b.Mig) {
+		d.log.Warn("connection lost before the commit: asking the source how the migration ended", "id", b.ID,
+			"source", b.Source, "err", err)
+		switch o, qerr := d.askOutcome(b.Source, b.Mig); {
+		case qerr != nil:
+			err = fmt.Errorf("%v, and the source cannot say how the migration ended: %v", err, qerr)
+		case o == outcomeCommitted:
+			d.log.Warn("the source committed: resuming here", "id", b.ID)
+			err, typ = nil, tCommit
+		default:
+			err = fmt.Errorf("%v; the source says: %s", err, o)
+		}
+	}
+	if err != nil || typ != tCommit {
 		np.mu.Lock()
 		np.state = "migrated"
 		np.mu.Unlock()

@@ -24,18 +24,20 @@ type (
 
 // Message types on daemon connections (the control socket and peer TCP).
 const (
-	tBegin     byte = 10
-	tAccept    byte = 11
-	tFile      byte = 12
-	tFilesDone byte = 13
-	tRestore   byte = 14
-	tRestored  byte = 15
-	tCommit    byte = 16
-	tDone      byte = 17
-	tPages     byte = 18 // source -> target: a chunk of CRIU's page-server stream
-	tPagesBack byte = 19 // target -> source: a chunk of the page server's replies
-	tPagesEnd  byte = 20 // source -> target: CRIU's dump has exited, the stream is over
-	tPagesDone byte = 21 // target -> source: the page server has written every page
+	tBegin        byte = 10
+	tAccept       byte = 11
+	tFile         byte = 12
+	tFilesDone    byte = 13
+	tRestore      byte = 14
+	tRestored     byte = 15
+	tCommit       byte = 16
+	tDone         byte = 17
+	tPages        byte = 18 // source -> target: a chunk of CRIU's page-server stream
+	tPagesBack    byte = 19 // target -> source: a chunk of the page server's replies
+	tPagesEnd     byte = 20 // source -> target: CRIU's dump has exited, the stream is over
+	tPagesDone    byte = 21 // target -> source: the page server has written every page
+	tOutcome      byte = 22 // target -> source, on a new connection: how did this migration end? (outcome.go)
+	tOutcomeReply byte = 23
 )
 
 // beginMsg opens a migration on the target.
@@ -51,6 +53,7 @@ type beginMsg struct {
 	Job     string    `json:"job,omitempty"`
 	Rank    int       `json:"rank,omitempty"`
 	Hooks   bool      `json:"hooks,omitempty"` // migration-aware: run its prepare/resume hooks
+	Mig     string    `json:"mig,omitempty"`   // this migration, for an outcome question (outcome.go)
 }
 
 // fileMsg announces one file of the image set; its content follows as a stream.

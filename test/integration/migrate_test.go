@@ -69,6 +69,63 @@ func TestThreads(t *testing.T) {
 	}
 }
 
+// armFault arms the fault point name of hK's daemon once (outcome.go).
+func armFault(t *testing.T, k int, name string) {
+	t.Helper()
+	dir := os.Getenv("CLUSTER_DIR")
+	if dir == "" {
+		dir = "/run/dsmigrate-cluster"
+	}
+	dir = filepath.Join(dir, fmt.Sprintf("h%d", k), "state", "faults")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(filepath.Join(dir, name)) })
+}
+
+// The commit message is lost after the source killed its copy: the target
+// asks the source how the migration ended, learns that it committed, and
+// resumes the process, which counts on with no number lost or repeated.
+func TestCommitLost(t *testing.T) {
+	needRoot(t)
+	id := start(t, 1, "commit-lost", "migtest", "counter")
+	waitLog(t, 1, id, `count \d+`, 5)
+	armFault(t, 1, "commit-lost")
+	migrate(t, 1, 2, id)
+	waitLog(t, 2, id, `count \d+`, 5)
+	checkConsecutive(t, logs(t, 2, id), "count ", 1)
+	if h := mustOn(t, 1, "migrated", "history"); !strings.Contains(h, "commit not confirmed") {
+		t.Fatalf("h1's history does not tell of the lost commit:\n%s", h)
+	}
+}
+
+// A target that gives up waiting for the commit and asks how the migration
+// ended aborts it: the source, about to commit, resumes its own copy
+// instead, and the target drops its copy. The process runs once, on h1.
+func TestTargetGivesUp(t *testing.T) {
+	needRoot(t)
+	id := start(t, 1, "gives-up", "migtest", "counter")
+	waitLog(t, 1, id, `count \d+`, 5)
+	armFault(t, 2, "ask-before-restored")
+	out, err := on(1, "sh", "-c", "exec 2>&1; exec migrated migrate "+id+" --to "+addr(2))
+	if err == nil || !strings.Contains(err.Error(), "gave up waiting for the commit") {
+		t.Fatalf("migrate: %v\n%s; want it called off by the target giving up", err, out)
+	}
+	if p := find(t, 1, id); p == nil || p.State != "running" {
+		t.Fatalf("after the called-off migration h1 shows %+v, want it running", p)
+	}
+	waitLog(t, 1, id, `count \d+`, 5)
+	checkConsecutive(t, logs(t, 1, id), "count ", 1)
+	for end := time.Now().Add(5 * time.Second); find(t, 2, id) != nil; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("h2 still lists %+v after the migration was called off", find(t, 2, id))
+		}
+	}
+}
+
 // Threads that take page faults all the time (here without end: the
 // handler returns and the write faults again) move safely and go on. A
 // plain CRIU dump of such a process fails and the process dies of the
