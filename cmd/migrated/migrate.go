@@ -151,8 +151,8 @@ func (d *Daemon) migrateOut(req Request, event func(Event)) (*MigrationRec, erro
 	// Freeze: stop the tree with no fault queued in any thread (a dump of a
 	// thread caught between a fault and its delivery fails and kills the
 	// process; criu.Quiesce). From here on the tree stays stopped until the
-	// target confirms, so it can be resumed here.
-	// Until the dump succeeds, a failure only has to continue the tree.
+	// target confirms, so it can be resumed here; until the dump succeeds,
+	// that only takes continuing it.
 	thaw := func() {
 		signalTree(pid, syscall.SIGCONT)
 		resumed()
@@ -541,16 +541,15 @@ func (d *Daemon) receive(c *wire.Conn, b beginMsg) (err error) {
 	if d.fault("ask-before-restored") {
 		d.askOutcome(b.Source, b.Mig) // as a target that gave up would: this aborts the migration
 	}
-	if err := c.WriteJSON(tRestored, &restoredMsg{PID: np.pid, Restore: time.Since(t0), Net: netDur}); err != nil {
-		np.state = "migrated"
-		killTree(np)
-		undoNet()
-		return err
+	// Report the restore and wait for the source to give up its copy. A
+	// broken connection says nothing about whether it did (even a failed
+	// write may have delivered the report): ask it (outcome.go).
+	var typ byte
+	err = c.WriteJSON(tRestored, &restoredMsg{PID: np.pid, Restore: time.Since(t0), Net: netDur})
+	if err == nil {
+		c.SetDeadline(time.Now().Add(commitTimeout + restoreTimeout))
+		typ, _, err = c.ReadMsg()
 	}
-	// Wait for the source to give up its copy. A broken connection says
-	// nothing about whether it did: ask it (outcome.go).
-	c.SetDeadline(time.Now().Add(commitTimeout + restoreTimeout))
-	typ, _, err := c.ReadMsg()
 	if err != nil && idRE.MatchString(b.Mig) {
 		d.log.Warn("connection lost before the commit: asking the source how the migration ended", "id", b.ID,
 			"source", b.Source, "err", err)
