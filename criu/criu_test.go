@@ -70,17 +70,7 @@ func TestDumpRestore(t *testing.T) {
 	if s := procState(pid); s != "T" {
 		t.Fatalf("after a leave-stopped dump the process is %q, want T (stopped)", s)
 	}
-	cmd.Process.Kill()
-	cmd.Wait()
-	rpid, rst, err := c.Restore(context.Background(), RestoreOpts{ImagesDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		syscall.Kill(rpid, syscall.SIGKILL)
-		var ws syscall.WaitStatus
-		syscall.Wait4(rpid, &ws, 0, nil)
-	}()
+	rpid, rst := restoreInstead(t, c, cmd, dir)
 	if rpid != pid {
 		t.Fatalf("restored as pid %d, want %d", rpid, pid)
 	}
@@ -136,6 +126,24 @@ func TestLogErrors(t *testing.T) {
 	if s := e.Error(); !strings.Contains(s, "operation not permitted") || !strings.Contains(s, "bad thing") {
 		t.Fatalf("Error() = %q", s)
 	}
+}
+
+// restoreInstead kills cmd, whose dump is in dir, and restores it as our
+// child; the restored process is killed and reaped when the test ends.
+func restoreInstead(t *testing.T, c *Client, cmd *exec.Cmd, dir string) (int, *RestoreStats) {
+	t.Helper()
+	cmd.Process.Kill()
+	cmd.Wait()
+	rpid, rst, err := c.Restore(context.Background(), RestoreOpts{ImagesDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		syscall.Kill(rpid, syscall.SIGKILL)
+		var ws syscall.WaitStatus
+		syscall.Wait4(rpid, &ws, 0, nil)
+	})
+	return rpid, rst
 }
 
 func procState(pid int) string {

@@ -1,6 +1,7 @@
 package criu
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -134,9 +136,57 @@ func quiesceOne(pid int) error {
 	if len(seized) == 0 {
 		return unix.ESRCH
 	}
-	err := unix.Kill(pid, unix.SIGSTOP)
+	if err := unix.Kill(pid, unix.SIGSTOP); err != nil {
+		detach()
+		return err
+	}
 	detach()
-	return err
+	return waitStopped(pid)
+}
+
+// stopWait bounds waitStopped; a thread on a busy CPU may take a few
+// scheduling rounds to reach its stop.
+const stopWait = 2 * time.Second
+
+// waitStopped waits until every thread of pid is in the group stop. Once
+// let go, a thread takes a moment to get there (it runs no instruction of
+// its own on the way); CRIU should seize it only once it is there.
+func waitStopped(pid int) error {
+	end := time.Now().Add(stopWait)
+	for {
+		tids, err := threads(pid)
+		if err != nil {
+			return err
+		}
+		moving := 0
+		for _, tid := range tids {
+			if st, err := threadState(pid, tid); err == nil && st != 'T' {
+				moving = tid
+				break
+			}
+		}
+		if moving == 0 {
+			return nil
+		}
+		if time.Now().After(end) {
+			return fmt.Errorf("thread %d of process %d did not stop within %v", moving, pid, stopWait)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// threadState is the state letter of a thread (/proc/PID/task/TID/stat): R,
+// S, D, T (stopped), t (traced), Z...
+func threadState(pid, tid int) (byte, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", pid, tid))
+	if err != nil {
+		return 0, err
+	}
+	i := bytes.LastIndexByte(b, ')') // the name may hold anything but ends before the last ')'
+	if i < 0 || i+2 >= len(b) {
+		return 0, fmt.Errorf("/proc/%d/task/%d/stat: malformed", pid, tid)
+	}
+	return b[i+2], nil
 }
 
 var errExited = errors.New("thread exited")

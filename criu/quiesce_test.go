@@ -54,12 +54,11 @@ func allStopped(t *testing.T, pid int) bool {
 		t.Fatal(err)
 	}
 	for _, tid := range tids {
-		b, err := os.ReadFile("/proc/" + itoa(pid) + "/task/" + itoa(tid) + "/stat")
+		st, err := threadState(pid, tid)
 		if err != nil {
 			t.Fatal(err)
 		}
-		s := string(b)
-		if f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]); len(f) == 0 || f[0] != "T" {
+		if st != 'T' {
 			return false
 		}
 		if p, err := syncPending(pid, tid); err != nil || p {
@@ -81,7 +80,9 @@ func TestQuiesceFaultingThreads(t *testing.T) {
 		if err := Quiesce(pid); err != nil {
 			t.Fatalf("round %d: %v", i, err)
 		}
-		waitFor(t, "every thread to stop", func() bool { return allStopped(t, pid) })
+		if !allStopped(t, pid) {
+			t.Fatalf("round %d: Quiesce returned before every thread stopped", i)
+		}
 		if _, err := c.Dump(context.Background(), DumpOpts{Pid: pid, ImagesDir: t.TempDir(), LeaveRunning: true}); err != nil {
 			t.Fatalf("round %d: dump of the quiesced faulter: %v", i, err)
 		}
@@ -99,17 +100,7 @@ func TestQuiesceFaultingThreads(t *testing.T) {
 	if _, err := c.Dump(context.Background(), DumpOpts{Pid: pid, ImagesDir: dir, LeaveStopped: true}); err != nil {
 		t.Fatal(err)
 	}
-	cmd.Process.Kill()
-	cmd.Wait()
-	rpid, _, err := c.Restore(context.Background(), RestoreOpts{ImagesDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		syscall.Kill(rpid, syscall.SIGKILL)
-		var ws syscall.WaitStatus
-		syscall.Wait4(rpid, &ws, 0, nil)
-	}()
+	rpid, _ := restoreInstead(t, c, cmd, dir)
 	waitFor(t, "the restored faulter to be stopped", func() bool { return allStopped(t, rpid) })
 	n := count()
 	syscall.Kill(rpid, syscall.SIGCONT)
@@ -138,7 +129,9 @@ func TestQuiesceTree(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, p := range Tree(pid) {
-		waitFor(t, "process "+itoa(p)+" to stop", func() bool { return allStopped(t, p) })
+		if !allStopped(t, p) {
+			t.Fatalf("Quiesce returned before process %d stopped", p)
+		}
 	}
 	// A tree that is stopped already stays so.
 	if err := Quiesce(pid); err != nil {
