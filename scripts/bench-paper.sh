@@ -41,8 +41,8 @@ JN=${JACOBI_N:-1024}         # grid
 TARGET_S=${TARGET_S:-7.5}
 CALIB=${CALIB:-300}
 JITERS=${JACOBI_ITERS:-}
-MOVE_AT=${MOVE_AT:-0.3}      # first move at this fraction of the expected run
-BACK_AT=${BACK_AT:-0.55}     # the move back at this fraction (rank 1 must still be sweeping)
+MOVE_AT=${MOVE_AT:-0.15}     # first move at this fraction of the expected run
+BACK_AT=${BACK_AT:-0.35}     # the move back at this fraction (rank 1 must still be sweeping: rank 0 verifies alone at the end, ~half the run at 2 ranks)
 JOB_TIMEOUT=${JOB_TIMEOUT:-120}
 RANK_IPS=${RANK_IPS:-10.77.0.100/24} # rank r: base + r
 ip_of() { awk -v b="${RANK_IPS%/*}" -v r="$1" -v p="${RANK_IPS#*/}" 'BEGIN { n = split(b, o, "."); printf "%s.%s.%s.%d/%s", o[1], o[2], o[3], o[4] + r, p }'; } # rank -> CIDR
