@@ -328,7 +328,10 @@ function line(a, col, dash, scale,   i, s, first) { s = ""; for (i = 1; i <= n; 
 END {
 	xmin = x[1]; xmax = x[n]; if (xmax == xmin) { xmin -= 1; xmax += 1 }
 	ymax = nice(ymax * 1.15)
-	omax = (omax < 5 ? 5 : omax); omin = (omin > 0 ? 0 : omin); span = nice((omax - omin) * 1.15); omax = omin + span
+	# Right axis: 5 ticks of a round step, starting at a multiple of it.
+	omax = (omax < 5 ? 5 : omax); omin = (omin > 0 ? 0 : omin); step = nice((omax - omin) * 1.15 / 5)
+	for (;;) { lo = -step * int(-omin / step + 0.999999); if (lo + 5 * step >= omax * 1.05) break; step = nice(step * 1.5) }
+	omin = lo; omax = lo + 5 * step
 	printf "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" font-family=\"sans-serif\">\n", W, H, W, H
 	printf "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
 	printf "<text x=\"%d\" y=\"24\" font-size=\"15\" text-anchor=\"middle\">Rank migration of a Jacobi job: DSM-aware, IP-preserving and bare moves</text>\n", W / 2
