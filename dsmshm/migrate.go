@@ -37,6 +37,11 @@ func (n *Node) prepareMigration() error {
 	if err := n.checkOpen(); err != nil {
 		return err
 	}
+	// Two ranks away at once would each wait for the other's news: one
+	// rank of a job moves at a time.
+	if r := n.tcp.awayPeer(); r >= 0 {
+		return fmt.Errorf("dsmshm: rank %d of this job is migrating; move one rank at a time (try again when it is back)", r)
+	}
 	gcOff()
 	return n.tcp.pause()
 }

@@ -286,3 +286,49 @@ func anyPaused(nodes []*Node) bool {
 	}
 	return false
 }
+
+// One rank of a job moves at a time: while rank 1 is away, rank 2 refuses to
+// prepare, saying why, and keeps working; once rank 1 is back it may move.
+func TestOneRankAwayAtATime(t *testing.T) {
+	nodes, _ := startTCPWith(t, 3, 500*time.Millisecond, time.Minute)
+	h1, h2 := nodes[1].migrationHooks(), nodes[2].migrationHooks()
+	if err := h1.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for nodes[2].tcp.awayPeer() != 1 { // the away notice is on its way
+		if time.Now().After(deadline) {
+			t.Fatal("rank 2 never learned that rank 1 is away")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	err := h2.Prepare()
+	if err == nil || !strings.Contains(err.Error(), "rank 1 of this job is migrating") {
+		t.Fatalf("rank 2 prepared while rank 1 was away: %v", err)
+	}
+	if nodes[2].tcp.paused.Load() {
+		t.Fatal("rank 2 refused but paused")
+	}
+	if err := h2.Resume(mrt.ResumeInfo{}); err != nil { // what the daemon does after a refusal
+		t.Fatal(err)
+	}
+	if err := h1.Resume(mrt.ResumeInfo{Moved: true, Host: "127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := each(nodes, func(n *Node) error { return n.Barrier(0) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := h2.Prepare(); err != nil {
+		t.Fatalf("rank 2 may not move after rank 1 came back: %v", err)
+	}
+	if err := h2.Resume(mrt.ResumeInfo{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := each(nodes, func(n *Node) error { return n.Barrier(1) }); err != nil {
+		t.Fatal(err)
+	}
+	checkExactlyOnce(t, nodes)
+	if err := each(nodes, (*Node).Close); err != nil {
+		t.Fatal(err)
+	}
+}

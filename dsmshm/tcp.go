@@ -766,6 +766,17 @@ func (t *tcpTransport) UpdatePeer(rank int, addr string) error {
 	return t.dialPage(p, time.Now().Add(t.dialWait), nil)
 }
 
+// awayPeer returns a peer that announced a migration and is not back yet,
+// or -1.
+func (t *tcpTransport) awayPeer() int {
+	for _, p := range t.peers {
+		if _, away := p.away(); away && p.rank != t.rank {
+			return p.rank
+		}
+	}
+	return -1
+}
+
 // pause prepares this rank for a checkpoint: it returns when no connection
 // of the rank is open but its listener and nothing will dial until resume.
 // Writers tell their peers (mAway) and park; messages queue meanwhile.

@@ -421,6 +421,15 @@ func migrateRank(c *cli.Context) error {
 		if j.ID != job {
 			continue
 		}
+		// One rank of a job moves at a time: its peers wait for a rank that
+		// is away, and a rank that is away cannot take part in another's
+		// move (the rank also refuses to prepare while a peer is away).
+		for _, r := range j.Ranks {
+			if r.Rank != rankN && r.State != "running" {
+				return fmt.Errorf("rank %d of job %s is %s: move one rank of a job at a time (try again when it runs)",
+					r.Rank, job, r.State)
+			}
+		}
 		for _, r := range j.Ranks {
 			if r.Rank != rankN {
 				continue
