@@ -225,6 +225,16 @@
 // moved rank and resends what that rank has not acknowledged, and dials a
 // new page channel to it. Fetches resume last.
 //
+// One rank of a job migrates at a time. Before it pauses, a rank asks
+// every peer (a migrate-intent message) and goes on only if all say yes; a
+// rank says no while it asks or migrates itself, while a peer is away, or
+// while its yes to another rank stands (until that rank's migrate-done,
+// sent after its Resume, or 10 min). Two ranks asking at once hear no from
+// each other and are both refused before pausing: nothing to undo, and the
+// moves can be retried. Without this, two ranks pausing at once could each
+// miss the other's "away" (their readers close) and later take the other's
+// silence for a failure.
+//
 // A peer that reads "away" waits for the rank up to Config.AwayTimeout
 // (default 5 min), then fails with a clear error. Its messages to the rank
 // queue; its faults on pages homed there close the channel and re-fault
@@ -279,16 +289,16 @@
 // sends a notice, and notices still travel to every rank through the
 // barrier manager (they are few now: only pages others may hold). A page
 // fetch is one round trip per page, so a boundary row of two pages costs
-// two. Migration assumes one rank migrates at a time (two ranks resuming at once
-// may dial each other while one is still paused; it refuses the
-// connection). Peers of an absent rank keep the garbage collector on: a
+// two. Peers of an absent rank keep the garbage collector on: a
 // peer thread that faults on a page of the absent home inside runtime
 // assembly (copy, not a plain slice access) delays a stop-the-world until
 // the home is back, and since reconnecting needs goroutines, such a fault
 // waits for the away timeout and aborts; use seg.Prepare before bulk copies
 // into pages homed elsewhere. The resend buffer is bounded by what is in
-// flight, not by a fixed size. Connections are always closed for a
-// migration (no IP-preserving mode yet). Segments live until Close. A rank
+// flight, not by a fixed size. In the daemon's IP-preserving mode (a rank
+// with an address of its own, dialling from it: DSM_BIND) the hooks are not
+// called at all: CRIU's TCP repair carries the connections, and peers see a
+// pause. Segments live until Close. A rank
 // that dies is noticed when its connection breaks (or after the dial
 // timeout if it closed cleanly without a goodbye); a fault waiting on a dead
 // home aborts the process with a message after the dial timeout (the away

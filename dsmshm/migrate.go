@@ -5,6 +5,7 @@ import (
 	"fmt"
 	rdebug "runtime/debug"
 	"sync"
+	"time"
 
 	mrt "dsmigrate/runtime"
 )
@@ -37,13 +38,150 @@ func (n *Node) prepareMigration() error {
 	if err := n.checkOpen(); err != nil {
 		return err
 	}
-	// Two ranks away at once would each wait for the other's news: one
-	// rank of a job moves at a time.
-	if r := n.tcp.awayPeer(); r >= 0 {
-		return fmt.Errorf("dsmshm: rank %d of this job is migrating; move one rank at a time (try again when it is back)", r)
+	if err := n.askPeers(); err != nil {
+		return err
 	}
 	gcOff()
 	return n.tcp.pause()
+}
+
+// One rank of a job migrates at a time. Peers wait for an away rank's news
+// on the connections it reopens; two ranks away at once may each miss the
+// other's away notice while pausing, and later take its silence for a
+// failure. So before it pauses, a rank asks every peer (mMigIntent) and
+// goes on only if all say yes. A rank says no while it asks or migrates
+// itself, or while its yes to another rank stands: until that rank's
+// migration is over (mMigDone) or, should that never come, for migGrantTTL.
+// Two ranks that ask at once hear no from each other and are both refused;
+// either move can be retried. A refusal comes before the pause: nothing to
+// undo.
+type migVote struct {
+	round   int64          // this rank's last request
+	replies chan migAnswer // answers to the request in progress; nil: none
+	own     bool           // this rank asks or migrates
+	granted bool           // this rank said yes to grant...
+	grant   int
+	grantAt time.Time // ...then
+}
+
+type migAnswer struct {
+	from int
+	no   bool
+}
+
+const (
+	migAskTimeout = 10 * time.Second
+	migGrantTTL   = 10 * time.Minute // beyond any away rank's wait (AwayTimeout's default is 5 min)
+)
+
+func errMigrating(r int) error {
+	return fmt.Errorf("dsmshm: rank %d of this job is migrating or about to; move one rank at a time (try again when it is back)", r)
+}
+
+// askPeers asks every peer whether this rank may migrate now.
+func (n *Node) askPeers() error {
+	if r := n.tcp.awayPeer(); r >= 0 {
+		return errMigrating(r)
+	}
+	n.mu.Lock()
+	if n.mig.own {
+		n.mu.Unlock()
+		return errors.New("dsmshm: this rank is migrating already")
+	}
+	if n.mig.granted && time.Since(n.mig.grantAt) < migGrantTTL {
+		r := n.mig.grant
+		n.mu.Unlock()
+		return errMigrating(r)
+	}
+	n.mig.round++
+	round := n.mig.round
+	ch := make(chan migAnswer, n.size)
+	n.mig.own, n.mig.replies = true, ch
+	n.mu.Unlock()
+	refuse := func(err error) error {
+		n.endMig()
+		return err
+	}
+	for r := range n.size {
+		if r != n.rank {
+			if err := n.tr.send(r, &message{Type: mMigIntent, ID: round}); err != nil {
+				return refuse(err)
+			}
+		}
+	}
+	timeout := time.NewTimer(migAskTimeout)
+	defer timeout.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for got := 0; got < n.size-1; {
+		select {
+		case a := <-ch:
+			if a.no {
+				return refuse(errMigrating(a.from))
+			}
+			got++
+		case <-tick.C:
+			// A peer that went away meanwhile will not answer until it is back.
+			if r := n.tcp.awayPeer(); r >= 0 {
+				return refuse(errMigrating(r))
+			}
+		case <-timeout.C:
+			return refuse(fmt.Errorf("dsmshm: peers did not answer within %v whether this rank may migrate", migAskTimeout))
+		case <-n.dead:
+			return refuse(n.failErr)
+		}
+	}
+	return nil
+}
+
+// endMig ends this rank's migration (or request): peers that said yes may
+// say yes to another rank.
+func (n *Node) endMig() {
+	n.mu.Lock()
+	own := n.mig.own
+	n.mig.own, n.mig.replies = false, nil
+	n.mu.Unlock()
+	if !own {
+		return
+	}
+	for r := range n.size {
+		if r != n.rank {
+			n.tr.send(r, &message{Type: mMigDone}) // a peer that is gone needs no news
+		}
+	}
+}
+
+// handleMig runs on the dispatcher. A reply's ID is the request's round
+// times two, plus one for no: a late answer to an earlier request is
+// dropped.
+func (n *Node) handleMig(from int, m *message) error {
+	switch m.Type {
+	case mMigIntent:
+		n.mu.Lock()
+		no := n.mig.own || (n.mig.granted && n.mig.grant != from && time.Since(n.mig.grantAt) < migGrantTTL)
+		if !no {
+			n.mig.granted, n.mig.grant, n.mig.grantAt = true, from, time.Now()
+		}
+		n.mu.Unlock()
+		id := m.ID * 2
+		if no {
+			id++
+		}
+		return n.send(from, &message{Type: mMigReply, ID: id})
+	case mMigReply:
+		n.mu.Lock()
+		if n.mig.replies != nil && m.ID/2 == n.mig.round {
+			n.mig.replies <- migAnswer{from: from, no: m.ID%2 == 1} // buffered: one answer per peer
+		}
+		n.mu.Unlock()
+	case mMigDone:
+		n.mu.Lock()
+		if n.mig.granted && n.mig.grant == from {
+			n.mig.granted = false
+		}
+		n.mu.Unlock()
+	}
+	return nil
 }
 
 // resumeMigration reconnects the rank after a restore (info.Moved: its
@@ -53,6 +191,7 @@ func (n *Node) resumeMigration(info mrt.ResumeInfo) error {
 	if n.tcp == nil {
 		return errors.New("dsmshm: migration needs the TCP transport")
 	}
+	defer n.endMig() // after the reconnection: the news reaches every peer
 	host := ""
 	if info.Moved {
 		if info.Host == "" {

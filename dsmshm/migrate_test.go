@@ -332,3 +332,66 @@ func TestOneRankAwayAtATime(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Two ranks that ask to migrate at the same moment are not both let go: at
+// most one pauses, the other is refused (both may be), and the job goes on
+// with every message delivered once. A rank that asks while another is
+// away is refused, and the first goes. Afterwards each may move again.
+func TestSimultaneousMigrationsRefused(t *testing.T) {
+	nodes, _ := startTCPWith(t, 3, 500*time.Millisecond, time.Minute)
+	h := []mrt.Hooks{nodes[1].migrationHooks(), nodes[2].migrationHooks()}
+	oks := 0
+	for round := range 25 {
+		staggered := round%5 == 4 // rank 2 asks well after rank 1
+		var errs [2]error
+		var wg sync.WaitGroup
+		for i := range h {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if staggered && i == 1 {
+					time.Sleep(300 * time.Millisecond)
+				}
+				errs[i] = h[i].Prepare()
+			}()
+		}
+		wg.Wait()
+		if errs[0] == nil && errs[1] == nil {
+			t.Fatalf("round %d: ranks 1 and 2 both prepared to migrate at once", round)
+		}
+		if staggered && errs[0] != nil {
+			t.Fatalf("round %d: rank 1 asked alone and was refused: %v", round, errs[0])
+		}
+		for i, err := range errs {
+			if err == nil {
+				oks++
+			} else if !strings.Contains(err.Error(), "of this job is migrating") {
+				t.Fatalf("round %d: rank %d refused with %v", round, i+1, err)
+			}
+		}
+		for i := range h { // as the daemon does, prepared or refused
+			if err := h[i].Resume(mrt.ResumeInfo{Moved: true, Host: "127.0.0.1"}); err != nil {
+				t.Fatalf("round %d: resuming rank %d: %v", round, i+1, err)
+			}
+		}
+		if err := each(nodes, func(n *Node) error { return n.Barrier(round) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d of 25 rounds let one rank go", oks)
+	for i := range h {
+		if err := h[i].Prepare(); err != nil {
+			t.Fatalf("rank %d alone may not migrate after the rounds: %v", i+1, err)
+		}
+		if err := h[i].Resume(mrt.ResumeInfo{}); err != nil {
+			t.Fatal(err)
+		}
+		if err := each(nodes, func(n *Node) error { return n.Barrier(100) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkExactlyOnce(t, nodes)
+	if err := each(nodes, (*Node).Close); err != nil {
+		t.Fatal(err)
+	}
+}

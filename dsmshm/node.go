@@ -182,6 +182,7 @@ type Node struct {
 	localLocks map[int64]*localLock
 	barrierCh  chan *message
 	reqID      int64
+	mig        migVote // one rank of the job migrates at a time (migrate.go)
 
 	// Owned by the dispatcher goroutine.
 	locks      map[int64]*lockState
@@ -426,6 +427,8 @@ func (n *Node) handle(from int, m *message) error {
 		}
 	case mDiffBatch:
 		return n.applyDiffs(from, m)
+	case mMigIntent, mMigReply, mMigDone:
+		return n.handleMig(from, m)
 	case mDiffAck:
 		n.mu.Lock()
 		ch := n.acks[m.ID]

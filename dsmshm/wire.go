@@ -45,12 +45,16 @@ const (
 	// Transport frames with sequence number 0, never delivered to the node:
 	mAck  // ID: the highest sequence number received from the addressee
 	mAway // the sender is migrating: its connections close and it comes back
+	// Node messages again (after the transport's, to keep their numbers):
+	mMigIntent // the sender wants to migrate: may it? (see migrate.go)
+	mMigReply  // ID: 0 yes, 1 no (this rank migrates, or let another)
+	mMigDone   // the sender's migration is over (or called off): the yes is void
 )
 
 var msgNames = map[msgType]string{
 	mHello: "hello", mLockReq: "lock-request", mLockGrant: "lock-grant", mUnlock: "unlock",
 	mBarrierEnter: "barrier-enter", mBarrierExit: "barrier-exit", mDiffBatch: "diff-batch", mDiffAck: "diff-ack", mBye: "bye",
-	mAck: "ack", mAway: "away",
+	mAck: "ack", mAway: "away", mMigIntent: "migrate-intent", mMigReply: "migrate-reply", mMigDone: "migrate-done",
 }
 
 func (t msgType) String() string {
@@ -115,7 +119,7 @@ func appendFrame(b []byte, seq uint64, m *message) []byte {
 		b = append(b, m.Kind)
 		b = appendString(b, m.Job)
 		b = appendString(b, m.Addr)
-	case mLockReq, mAck:
+	case mLockReq, mAck, mMigIntent, mMigReply, mMigDone:
 		b = binary.LittleEndian.AppendUint64(b, uint64(m.ID))
 	case mLockGrant, mUnlock:
 		b = binary.LittleEndian.AppendUint64(b, uint64(m.ID))
@@ -208,7 +212,7 @@ func decodeFrame(buf []byte) (seq uint64, m *message, err error) {
 		m.Job = d.str()
 		m.Addr = d.str()
 	case mBye, mAway:
-	case mLockReq, mAck:
+	case mLockReq, mAck, mMigIntent, mMigReply, mMigDone:
 		m.ID = int64(d.u64())
 	case mLockGrant, mUnlock:
 		m.ID = int64(d.u64())

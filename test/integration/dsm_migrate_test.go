@@ -343,3 +343,47 @@ func TestDSMMigrateRestoreRefused(t *testing.T) {
 	}
 	j.wait()
 }
+
+// Moves of two ranks of one job started at the same moment: one rank of a
+// job moves at a time, so each either moves or is refused saying so (both
+// may be, when they asked at once), and the job verifies. Three rounds.
+func TestDSMMigrateTwoAtOnce(t *testing.T) {
+	needRoot(t)
+	j := startJob(t, 4, jacobiArgs()...)
+	time.Sleep(500 * time.Millisecond)
+	moved := 0
+	for round := range 3 {
+		var to [2]string // each to another host than its own
+		for i, rank := range []int{1, 2} {
+			at := j.rankHost(rank)
+			for _, k := range []int{4 - i, 1 + i, 3} {
+				if addr(k) != at {
+					to[i] = addr(k)
+					break
+				}
+			}
+		}
+		var outs [2][]byte
+		var errs [2]error
+		var wg sync.WaitGroup
+		for i, rank := range []int{1, 2} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				outs[i], errs[i] = dsmrunAll("migrate", j.id, fmt.Sprint(rank), "--to", to[i]).CombinedOutput()
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				moved++
+			case !strings.Contains(string(outs[i]), "one rank"):
+				t.Fatalf("round %d: moving rank %d failed otherwise: %v\n%s\njob stderr:\n%s", round, i+1, err, outs[i], j.stderr())
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("%d of 6 moves went, the others were refused", moved)
+	j.wait()
+}
