@@ -229,9 +229,11 @@
 // every peer (a migrate-intent message) and goes on only if all say yes; a
 // rank says no while it asks or migrates itself, while a peer is away, or
 // while its yes to another rank stands (until that rank's migrate-done,
-// sent after its Resume, or 10 min). Two ranks asking at once hear no from
-// each other and are both refused before pausing: nothing to undo, and the
-// moves can be retried. Without this, two ranks pausing at once could each
+// sent after its Resume, or 10 min). A refused rank asks again for up to
+// 300 ms, pausing 5-25 ms at random in between: a peer's migrate-done may
+// still be in flight, and of two ranks asking at once one usually gets
+// through. Refused still, it fails before pausing: nothing to undo, and the
+// move can be retried. Without this, two ranks pausing at once could each
 // miss the other's "away" (their readers close) and later take the other's
 // silence for a failure.
 //

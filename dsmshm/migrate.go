@@ -3,6 +3,7 @@ package dsmshm
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	rdebug "runtime/debug"
 	"sync"
 	"time"
@@ -71,15 +72,33 @@ type migAnswer struct {
 
 const (
 	migAskTimeout = 10 * time.Second
-	migGrantTTL   = 10 * time.Minute // beyond any away rank's wait (AwayTimeout's default is 5 min)
+	// A refused rank asks again for this long (pausing 5-25 ms at random in
+	// between): the peer's migration may have just ended (its migrate-done
+	// still in flight), or two ranks asked at once and one should go.
+	migRetryFor = 300 * time.Millisecond
+	migGrantTTL = 10 * time.Minute // beyond any away rank's wait (AwayTimeout's default is 5 min)
 )
 
+var errBusy = errors.New("move one rank at a time (try again when it is back)")
+
 func errMigrating(r int) error {
-	return fmt.Errorf("dsmshm: rank %d of this job is migrating or about to; move one rank at a time (try again when it is back)", r)
+	return fmt.Errorf("dsmshm: rank %d of this job is migrating or about to; %w", r, errBusy)
 }
 
-// askPeers asks every peer whether this rank may migrate now.
+// askPeers asks every peer whether this rank may migrate now, again for a
+// short while if one says no.
 func (n *Node) askPeers() error {
+	end := time.Now().Add(migRetryFor)
+	for {
+		err := n.askOnce()
+		if err == nil || !errors.Is(err, errBusy) || time.Now().After(end) {
+			return err
+		}
+		time.Sleep(time.Duration(5+rand.IntN(20)) * time.Millisecond)
+	}
+}
+
+func (n *Node) askOnce() error {
 	if r := n.tcp.awayPeer(); r >= 0 {
 		return errMigrating(r)
 	}
