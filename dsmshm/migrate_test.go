@@ -65,6 +65,19 @@ func checkExactlyOnce(t *testing.T, nodes []*Node) {
 	}
 }
 
+// finishJob ends a test job: a barrier (so every rank has all its messages),
+// the exactly-once check, and a close.
+func finishJob(t *testing.T, nodes []*Node) {
+	t.Helper()
+	if err := each(nodes, func(n *Node) error { return n.Barrier(1) }); err != nil {
+		t.Fatal(err)
+	}
+	checkExactlyOnce(t, nodes)
+	if err := each(nodes, (*Node).Close); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestMigrationHooksUnderLoad runs a lock/increment/barrier job on three
 // ranks and, while it runs, repeatedly prepares one rank (in turn every
 // rank, so also rank 0: barrier manager, lock manager and home) for a
@@ -237,13 +250,7 @@ func TestPeerWaitsForAbsentRank(t *testing.T) {
 		t.Fatalf("peer failed: %v", nodes[0].failErr)
 	default:
 	}
-	if err := each(nodes, func(n *Node) error { return n.Barrier(1) }); err != nil {
-		t.Fatal(err)
-	}
-	checkExactlyOnce(t, nodes)
-	if err := each(nodes, (*Node).Close); err != nil {
-		t.Fatal(err)
-	}
+	finishJob(t, nodes)
 }
 
 // TestUnannouncedCloseFails: a rank that goes away without announcing it is
@@ -324,13 +331,7 @@ func TestOneRankAwayAtATime(t *testing.T) {
 	if err := h2.Resume(mrt.ResumeInfo{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := each(nodes, func(n *Node) error { return n.Barrier(1) }); err != nil {
-		t.Fatal(err)
-	}
-	checkExactlyOnce(t, nodes)
-	if err := each(nodes, (*Node).Close); err != nil {
-		t.Fatal(err)
-	}
+	finishJob(t, nodes)
 }
 
 // Two ranks that ask to migrate at the same moment are not both let go: at
@@ -390,8 +391,5 @@ func TestSimultaneousMigrationsRefused(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	checkExactlyOnce(t, nodes)
-	if err := each(nodes, (*Node).Close); err != nil {
-		t.Fatal(err)
-	}
+	finishJob(t, nodes)
 }
