@@ -53,9 +53,10 @@ func (n *Node) prepareMigration() error {
 // goes on only if all say yes. A rank says no while it asks or migrates
 // itself, or while its yes to another rank stands: until that rank's
 // migration is over (mMigDone) or, should that never come, for migGrantTTL.
-// Two ranks that ask at once hear no from each other and are both refused;
-// either move can be retried. A refusal comes before the pause: nothing to
-// undo.
+// Two ranks that ask at once hear no from each other; each asks again after
+// a random pause, for up to migRetryFor, so one usually gets through. A
+// refusal comes before the pause: nothing to undo, and the move can be
+// retried.
 type migVote struct {
 	round   int64          // this rank's last request
 	replies chan migAnswer // answers to the request in progress; nil: none
