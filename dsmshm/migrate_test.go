@@ -334,6 +334,29 @@ func TestOneRankAwayAtATime(t *testing.T) {
 	finishJob(t, nodes)
 }
 
+// A rank may move right after a peer's move ended: its prepare, made at
+// once after the peer's Resume, is not refused for the peer's migrate-done
+// still being on its way to the third rank (it asks again).
+func TestMigrateRightAfterPeer(t *testing.T) {
+	nodes, _ := startTCPWith(t, 3, 500*time.Millisecond, time.Minute)
+	h1, h2 := nodes[1].migrationHooks(), nodes[2].migrationHooks()
+	for round := range 10 {
+		if err := h1.Prepare(); err != nil {
+			t.Fatalf("round %d: rank 1: %v", round, err)
+		}
+		if err := h1.Resume(mrt.ResumeInfo{Moved: true, Host: "127.0.0.1"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := h2.Prepare(); err != nil {
+			t.Fatalf("round %d: rank 2, right after rank 1 came back: %v", round, err)
+		}
+		if err := h2.Resume(mrt.ResumeInfo{Moved: true, Host: "127.0.0.1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	finishJob(t, nodes)
+}
+
 // Two ranks that ask to migrate at the same moment are not both let go: at
 // most one pauses, the other is refused (both may be), and the job goes on
 // with every message delivered once. A rank that asks while another is
