@@ -6,15 +6,6 @@ package api
 
 import "time"
 
-// Message types of the client protocol. Values below 0x80 are the project's;
-// internal/wire reserves the rest.
-const (
-	TRequest byte = 1 // client -> daemon: Request
-	TReply   byte = 2 // daemon -> client: the final answer to a Request
-	TEvent   byte = 3 // daemon -> client: progress of a migration
-	TLogData byte = 4 // daemon -> client: a chunk of a log
-	TEnd     byte = 5 // daemon -> client: end of a log
-)
 
 // Request is what a client asks of a daemon.
 type Request struct {

@@ -1,0 +1,384 @@
+package migration
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"sync"
+	"time"
+
+	"dsmigrate/internal/api"
+)
+
+// Conn is the connection between the two daemons of a migration,
+// authenticated and framed (internal/wire's *Conn is one). Any error makes
+// it unusable.
+type Conn interface {
+	WriteMsg(typ byte, payload []byte) error
+	ReadMsg() (typ byte, payload []byte, err error)
+	SetDeadline(t time.Time) error
+	Close() error
+}
+
+// Proc is what the engine needs to know of a process of this host.
+type Proc struct {
+	ID      string
+	Name    string
+	Argv    []string
+	Started time.Time
+	Moves   int
+	Job     string
+	Rank    int
+	PID     int
+	PipeKey string // "pipe:[ino]" of its output pipe, as CRIU names it
+	Hooks   bool   // migration-aware: it registered prepare/resume hooks
+	LogPath string
+}
+
+// Procs is this host's process table and the shims that hold the processes.
+type Procs interface {
+	// Source side.
+
+	// Claim marks process id as migrating (refused unless it is running) and
+	// returns it.
+	Claim(id string) (Proc, error)
+	// Unclaim puts a process back to running after a migration that did
+	// not take it away. A process that is not there is not an error.
+	Unclaim(id string) error
+	// Hook runs the process's prepare hook, or its resume hook ("resume",
+	// with moved saying whether it now runs elsewhere).
+	Hook(ctx context.Context, id, op string, moved bool) error
+	// Continue sends SIGCONT to the process's tree.
+	Continue(id string) error
+	// FlushLog returns once everything the (stopped) process wrote is in
+	// its log.
+	FlushLog(ctx context.Context, id string) error
+	// RestoreHere kills the process's stopped tree and restores it, stopped,
+	// from the images in dir: the undo of a dump that left TCP sockets in
+	// repair mode, which cannot simply continue.
+	RestoreHere(ctx context.Context, id, dir string) error
+	// Gone kills the process's stopped tree and forgets it: it runs on the
+	// target now (to). Reaping and removing its directory may happen later.
+	Gone(ctx context.Context, id, to string) error
+
+	// Target side.
+
+	// Reserve holds a place for an incoming process (refused if the ID is
+	// known here) and returns the path its log must be received at.
+	Reserve(b *Begin) (logPath string, err error)
+	// Restore restores the images in dir as process b.ID, stopped, held by
+	// a shim of its own, and returns its pid.
+	Restore(ctx context.Context, b *Begin, dir string) (int, error)
+	// Discard kills a restored copy (if any) and drops the reservation and
+	// the process's directory. Idempotent.
+	Discard(ctx context.Context, id string) error
+	// Activate continues the restored copy and registers it as running.
+	Activate(ctx context.Context, b *Begin) error
+}
+
+// Checkpointer dumps a process and carries its images (CRIU, and the
+// relay of its page stream over the daemons' connection).
+type Checkpointer interface {
+	// Dump checkpoints the stopped tree at pid into dir and leaves it
+	// stopped; its pages stream to the target over c meanwhile.
+	Dump(ctx context.Context, c Conn, pid int, dir string, tcp bool) (*DumpResult, error)
+	// ReceivePages is the target's end of Dump's page stream, into dir.
+	ReceivePages(ctx context.Context, c Conn, dir string) (int64, error)
+	// SendImages sends the rest of the images in dir and the log.
+	SendImages(ctx context.Context, c Conn, dir, logPath string) (bytes int64, files int, err error)
+	// ReceiveImages receives what SendImages sent; pages bytes count
+	// against the size budget already.
+	ReceiveImages(ctx context.Context, c Conn, dir, logPath string, pages int64) error
+	// ImagesDir makes a fresh directory for a migration's images; Remove
+	// removes one (a missing one is not an error).
+	ImagesDir(name string) (string, error)
+	RemoveImages(dir string) error
+}
+
+// DumpResult is what a dump reports.
+type DumpResult struct {
+	Freezing time.Duration // CRIU's time to freeze (a stopped tree: short)
+	Pages    uint64
+	Sent     int64 // page-stream bytes to the target
+	Back     int64 // and back
+	Died     bool  // the process died during a failed dump
+}
+
+// NetMover moves an address between hosts, with CRIU's network lock.
+type NetMover interface {
+	Iface(cidr string) (string, error)
+	HasAddr(cidr string) (bool, error)
+	AddAddr(iface, cidr string) error // an address already there is not an error
+	DelAddr(iface, cidr string) error // an address not there is not an error
+	Announce(iface, ip string) error
+	LockName(imagesDir string) (string, error)
+	ExportLock(table string) (string, error)
+	CheckLock(rules string) (string, error)
+	ImportLock(rules string) error
+	DeleteLock(table string) error // a missing table is not an error
+}
+
+// Quiescer stops a tree with no fault queued in any thread (criu.Quiesce).
+type Quiescer interface {
+	Quiesce(pid int) error
+}
+
+// Peers reaches other daemons.
+type Peers interface {
+	// Dial connects and authenticates to the daemon at addr.
+	Dial(ctx context.Context, addr string) (Conn, error)
+}
+
+// Journal keeps migration records durably: Put returns once the record
+// survives a crash.
+type Journal interface {
+	Put(r *Record) error
+	Delete(mig string) error
+	Load() ([]*Record, error)
+}
+
+// Faults are the fault points of the migration steps (Point says which).
+// Check returns an error to make the step fail there, or nil; it may also
+// never return (a daemon told to crash at that point kills itself).
+type Faults interface {
+	Check(point string) error
+}
+
+// Config is what an Engine works with.
+type Config struct {
+	Self     string // this daemon's ADDR:PORT, as peers reach it
+	Procs    Procs
+	CRIU     Checkpointer
+	Net      NetMover
+	Quiescer Quiescer
+	Peers    Peers
+	Journal  Journal
+	Faults   Faults       // nil: none
+	Log      *slog.Logger // nil: discard
+	Timeouts Timeouts     // zero fields: defaults
+	// OnRecord is given the record of every migration this daemon sent,
+	// when it ends (the daemon's history).
+	OnRecord func(api.MigrationRec)
+	// Go starts a goroutine (nil: the go statement). A model check runs
+	// the engine under its own scheduler and passes its own.
+	Go func(f func())
+	// Sleep waits for d or until ctx ends (nil: a timer).
+	Sleep func(ctx context.Context, d time.Duration) error
+}
+
+// Timeouts bound the steps of a migration. Every network step has a deadline
+// of its own; a stalled peer fails the step, and the migration is undone.
+type Timeouts struct {
+	Dial     time.Duration // connect, authenticate, begin and accept
+	Prepare  time.Duration // the process's prepare hook
+	Dump     time.Duration // CRIU's dump, pages streaming
+	Stall    time.Duration // a transfer that makes no progress for this long fails
+	Restore  time.Duration // the target's restore
+	Commit   time.Duration // after the restore: the commit message, and the target's answer to it
+	Ask      time.Duration // one outcome question
+	AskPause time.Duration // between outcome questions (doubling up to 30 s)
+	Total    time.Duration // one migration, start to end
+	Keep     time.Duration // how long a source keeps a settled migration's outcome
+}
+
+// DefaultTimeouts are used for zero fields.
+var DefaultTimeouts = Timeouts{
+	Dial:     5 * time.Second,
+	Prepare:  60 * time.Second,
+	Dump:     5 * time.Minute,
+	Stall:    30 * time.Second,
+	Restore:  5 * time.Minute,
+	Commit:   30 * time.Second,
+	Ask:      10 * time.Second,
+	AskPause: 500 * time.Millisecond,
+	Total:    15 * time.Minute,
+	Keep:     24 * time.Hour,
+}
+
+func (t Timeouts) withDefaults() Timeouts {
+	d := DefaultTimeouts
+	for _, f := range []struct{ v, def *time.Duration }{
+		{&t.Dial, &d.Dial}, {&t.Prepare, &d.Prepare}, {&t.Dump, &d.Dump}, {&t.Stall, &d.Stall},
+		{&t.Restore, &d.Restore}, {&t.Commit, &d.Commit}, {&t.Ask, &d.Ask}, {&t.AskPause, &d.AskPause},
+		{&t.Total, &d.Total}, {&t.Keep, &d.Keep},
+	} {
+		if *f.v == 0 {
+			*f.v = *f.def
+		}
+	}
+	return t
+}
+
+// Engine runs the migrations of one daemon: those it sends (Out), those it
+// receives (In), the outcome questions it answers (Answer), and the
+// settling of what a crash left unfinished (Recover).
+type Engine struct {
+	cfg Config
+	t   Timeouts
+	log *slog.Logger
+
+	mu   sync.Mutex         // guards migs
+	migs map[string]*Record // every migration in the journal, by Mig
+}
+
+// New returns an engine; call Recover before serving peers.
+func New(cfg Config) *Engine {
+	e := &Engine{cfg: cfg, t: cfg.Timeouts.withDefaults(), log: cfg.Log, migs: map[string]*Record{}}
+	if e.log == nil {
+		e.log = slog.New(slog.DiscardHandler)
+	}
+	if e.cfg.Go == nil {
+		e.cfg.Go = func(f func()) { go f() }
+	}
+	if e.cfg.Sleep == nil {
+		e.cfg.Sleep = func(ctx context.Context, d time.Duration) error {
+			t := time.NewTimer(d)
+			defer t.Stop()
+			select {
+			case <-t.C:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	return e
+}
+
+// Outcomes of a migration, as the source decides them.
+const (
+	Committed = "committed"
+	Aborted   = "aborted"
+	Unknown   = "unknown" // the source has no such migration (any more)
+)
+
+// Sides of a migration.
+const (
+	SideSource = "source"
+	SideTarget = "target"
+)
+
+// Record is a migration as the journal keeps it, on either side. It is
+// written before each step begins, so that after a crash the daemon knows
+// which steps may have had effects and must be undone (or, past the commit,
+// finished).
+type Record struct {
+	Mig      string    `json:"mig"`
+	Side     string    `json:"side"`
+	ProcID   string    `json:"proc_id"`
+	Peer     string    `json:"peer"` // the other daemon: target (source side) or source (target side)
+	MoveIP   string    `json:"move_ip,omitempty"`
+	Iface    string    `json:"iface,omitempty"`
+	Step     string    `json:"step"`               // the last step begun
+	Decision string    `json:"decision,omitempty"` // source: "", Committed or Aborted
+	Images   string    `json:"images,omitempty"`   // the images directory
+	Lock     string    `json:"lock,omitempty"`     // CRIU's network lock table
+	PID      int       `json:"pid,omitempty"`      // source: the process's pid when it was claimed
+	Hooks    bool      `json:"hooks,omitempty"`    // source: its hooks run (prepare, then resume)
+	Begin    *Begin    `json:"begin,omitempty"`    // target: what the source sent
+	Start    time.Time `json:"start"`
+	Settled  time.Time `json:"settled,omitzero"` // when its outcome was reached; kept until Keep has passed
+}
+
+var idRE = regexp.MustCompile(`^[0-9a-f]{12}$`)
+
+// ValidID reports whether s is a process or migration ID as daemons make them.
+func ValidID(s string) bool { return idRE.MatchString(s) }
+
+// save applies mutate (may be nil) to r and journals it, under the engine's
+// lock: r's fields change only here, so an outcome question (Answer) never
+// sees a record half-changed.
+func (e *Engine) save(r *Record, mutate func(*Record)) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if mutate != nil {
+		mutate(r)
+	}
+	if err := e.cfg.Journal.Put(r); err != nil {
+		return fmt.Errorf("journal: %w", err)
+	}
+	e.migs[r.Mig] = r
+	return nil
+}
+
+// decision is r's outcome so far ("" while undecided).
+func (e *Engine) decision(r *Record) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return r.Decision
+}
+
+// forget drops a settled migration from the journal.
+func (e *Engine) forget(r *Record) {
+	e.mu.Lock()
+	delete(e.migs, r.Mig)
+	e.mu.Unlock()
+	if err := e.cfg.Journal.Delete(r.Mig); err != nil {
+		e.log.Error("removing a settled migration from the journal", "mig", r.Mig, "err", err)
+	}
+}
+
+// Active reports the unsettled migrations in the journal, for ps and tests.
+func (e *Engine) Active() []Record {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []Record
+	for _, r := range e.migs {
+		if r.Settled.IsZero() {
+			out = append(out, *r)
+		}
+	}
+	return out
+}
+
+// ErrFault is wrapped by the error of a step that a fault point failed.
+var ErrFault = errors.New("fault point")
+
+// Point names a fault point: "SIDE-WHEN-STEP", e.g. "source-before-dump"
+// or "target-after-restore". The daemon arms one with the file
+// STATE/faults/POINT (see cmd/migrated).
+func Point(side, when, step string) string { return side + "-" + when + "-" + step }
+
+func (e *Engine) fault(side, when, step string) error {
+	if e.cfg.Faults == nil {
+		return nil
+	}
+	p := Point(side, when, step)
+	if err := e.cfg.Faults.Check(p); err != nil {
+		return fmt.Errorf("%w %s: %v", ErrFault, p, err)
+	}
+	return nil
+}
+
+// HandlePeer serves the first message of a connection another daemon
+// opened: a Begin (the process comes here: In) or an outcome question
+// (Answer). It reports false for any other type, which the caller serves.
+func (e *Engine) HandlePeer(ctx context.Context, c Conn, typ byte, payload []byte) (bool, error) {
+	switch typ {
+	case tBegin:
+		var b Begin
+		if err := json.Unmarshal(payload, &b); err != nil {
+			err = fmt.Errorf("bad begin message: %v", err)
+			sendError(c, err)
+			return true, err
+		}
+		return true, e.In(ctx, c, &b)
+	case tOutcome:
+		var q OutcomeMsg
+		if err := json.Unmarshal(payload, &q); err != nil || !ValidID(q.Mig) {
+			err = errors.New("malformed outcome question")
+			sendError(c, err)
+			return true, err
+		}
+		o, err := e.Answer(q.Mig)
+		if err != nil {
+			sendError(c, err)
+			return true, err
+		}
+		return true, send(ctx, c, e.t.Ask, tOutcomeReply, &OutcomeMsg{Mig: q.Mig, Outcome: o})
+	}
+	return false, nil
+}

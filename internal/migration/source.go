@@ -1,0 +1,482 @@
+package migration
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"dsmigrate/internal/api"
+)
+
+// Request is a migration to send.
+type Request struct {
+	ID     string // the process
+	To     string // the target daemon, ADDR:PORT
+	MoveIP string // an address (CIDR) to move with the process, or ""
+}
+
+// NewID returns a fresh random ID (12 hex digits), as processes and
+// migrations have.
+func NewID() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// outMig is a migration this daemon sends, while it runs.
+type outMig struct {
+	e     *Engine
+	r     *Record
+	req   Request
+	p     Proc
+	c     Conn // nil in recovery
+	hist  *api.MigrationRec
+	event func(api.Event)
+
+	rules    string    // the network lock, exported for the target
+	dumpAt   time.Time // the process stopped (freeze began)
+	resumeAt time.Time
+	done     Done
+	dump     *DumpResult
+}
+
+func (m *outMig) phase(name string, d time.Duration, info string) {
+	ev := api.Event{Phase: name, Dur: d, Info: info}
+	if m.hist != nil {
+		m.hist.Phases = append(m.hist.Phases, ev)
+	}
+	if m.event != nil {
+		m.event(ev)
+	}
+}
+
+// Out moves process req.ID to the daemon at req.To and returns the record
+// of the migration. The steps (sourceSteps) run in order, each journaled
+// before it begins; any failure before the commit undoes them, so that the
+// process runs here as before, and the error says so. Once committed the
+// process runs on the target, whatever happens after: later failures only
+// show in the record's Outcome.
+func (e *Engine) Out(ctx context.Context, req Request, event func(api.Event)) (*api.MigrationRec, error) {
+	if req.To == "" {
+		return nil, errors.New("no target: migrate ID --to ADDR:PORT")
+	}
+	if _, _, err := net.SplitHostPort(req.To); err != nil {
+		return nil, fmt.Errorf("bad target %q: want ADDR:PORT", req.To)
+	}
+	r := &Record{Mig: NewID(), Side: SideSource, ProcID: req.ID, Peer: req.To, MoveIP: req.MoveIP, Start: time.Now()}
+	if req.MoveIP != "" {
+		iface, err := e.cfg.Net.Iface(req.MoveIP)
+		if err != nil {
+			return nil, err
+		}
+		if ok, err := e.cfg.Net.HasAddr(req.MoveIP); err != nil || !ok {
+			return nil, fmt.Errorf("--move-ip %s: this host does not hold that address", req.MoveIP)
+		}
+		r.Iface = iface
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.t.Total)
+	defer cancel()
+	m := &outMig{e: e, r: r, req: req, event: event,
+		hist: &api.MigrationRec{From: e.cfg.Self, To: req.To, MoveIP: req.MoveIP, Start: r.Start}}
+	steps := m.steps()
+	err := e.runSteps(ctx, r, steps)
+	if m.c != nil {
+		defer m.c.Close()
+	}
+	if err != nil {
+		return nil, m.failed(steps, err)
+	}
+	m.forward(ctx, m.forwardSteps())
+	return m.hist, nil
+}
+
+// steps are the source's steps up to and including the commit. Which of
+// them there are depends only on the record, so that a restarted daemon
+// builds the same list from its journal.
+func (m *outMig) steps() []step {
+	s := []step{
+		{name: "claim", do: m.claim, undo: m.unclaim},
+		{name: "connect", do: m.connect, undo: m.disconnect},
+		{name: "prepare", do: m.prepare, undo: m.unprepare},
+		{name: "freeze", do: m.freeze, undo: m.thaw},
+		{name: "dump", do: m.dumpStep, undo: m.undump},
+		{name: "transfer", do: m.transfer},
+	}
+	if m.r.MoveIP != "" {
+		s = append(s, step{name: "move-ip", do: m.moveIP, undo: m.unmoveIP})
+	}
+	return append(s,
+		step{name: "restore", do: m.restore},
+		step{name: "commit", do: m.commit},
+	)
+}
+
+// forwardSteps follow the commit: no undo, and a restarted daemon finishes
+// them.
+func (m *outMig) forwardSteps() []step {
+	return []step{
+		{name: "kill", do: m.kill},
+		{name: "confirm", do: m.confirm},
+		{name: "cleanup", do: m.cleanup},
+	}
+}
+
+func (m *outMig) claim(ctx context.Context) error {
+	p, err := m.e.cfg.Procs.Claim(m.req.ID)
+	if err != nil {
+		return err
+	}
+	m.p = p
+	m.hist.ID, m.hist.Name, m.hist.Job, m.hist.Rank = p.ID, p.Name, p.Job, p.Rank
+	return m.e.save(m.r, func(r *Record) { r.PID, r.Hooks = p.PID, p.Hooks && r.MoveIP == "" })
+}
+
+func (m *outMig) unclaim(ctx context.Context) error { return m.e.cfg.Procs.Unclaim(m.r.ProcID) }
+
+// connect reaches and authenticates the target and has it reserve the
+// process, before anything touches the process.
+func (m *outMig) connect(ctx context.Context) error {
+	dctx, cancel := context.WithTimeout(ctx, m.e.t.Dial)
+	defer cancel()
+	c, err := m.e.cfg.Peers.Dial(dctx, m.req.To)
+	if err != nil {
+		return fmt.Errorf("target %s unreachable: %w", m.req.To, err)
+	}
+	m.c = c
+	p := m.p
+	b := &Begin{Mig: m.r.Mig, ID: p.ID, Name: p.Name, Argv: p.Argv, PipeKey: p.PipeKey, MoveIP: m.r.MoveIP,
+		Started: p.Started, Moves: p.Moves + 1, Source: m.e.cfg.Self, Job: p.Job, Rank: p.Rank, Hooks: p.Hooks}
+	if err := send(ctx, c, m.e.t.Dial, tBegin, b); err != nil {
+		return fmt.Errorf("target %s: %w", m.req.To, err)
+	}
+	if err := recv(ctx, c, m.e.t.Dial, tAccept, nil); err != nil {
+		return fmt.Errorf("target %s refused the process: %w", m.req.To, err)
+	}
+	return nil
+}
+
+// disconnect tells the target the migration is off (it would learn anyway,
+// from the closed connection or an outcome question) and closes.
+func (m *outMig) disconnect(ctx context.Context) error {
+	if m.c != nil {
+		sendError(m.c, errors.New("the source called the migration off"))
+		m.c.Close()
+	}
+	return nil
+}
+
+// prepare runs a migration-aware process's prepare hook: it closes what must
+// not be dumped (a DSM rank its connections to peers that stay behind).
+// With MoveIP its connections move with it (TCP repair): no hooks.
+func (m *outMig) prepare(ctx context.Context) error {
+	if !m.r.Hooks {
+		return nil
+	}
+	t := time.Now()
+	hctx, cancel := context.WithTimeout(ctx, m.e.t.Prepare)
+	defer cancel()
+	if err := m.e.cfg.Procs.Hook(hctx, m.r.ProcID, "prepare", false); err != nil {
+		return fmt.Errorf("the process could not prepare: %w", err)
+	}
+	m.phase("prepare", time.Since(t), "")
+	return nil
+}
+
+func (m *outMig) unprepare(ctx context.Context) error {
+	if !m.r.Hooks {
+		return nil
+	}
+	return m.e.cfg.Procs.Hook(ctx, m.r.ProcID, "resume", false)
+}
+
+// freeze stops the tree with no fault queued in any thread (a dump of a
+// thread caught between a fault and its delivery fails and kills the
+// process: criu/quiesce.go). From here the tree stays stopped until the
+// commit, so that it can be resumed here.
+func (m *outMig) freeze(ctx context.Context) error {
+	m.dumpAt = time.Now()
+	if err := m.e.cfg.Quiescer.Quiesce(m.r.PID); err != nil {
+		return fmt.Errorf("could not stop the process for the dump: %w", err)
+	}
+	return nil
+}
+
+func (m *outMig) thaw(ctx context.Context) error { return m.e.cfg.Procs.Continue(m.r.ProcID) }
+
+// dumpStep dumps the stopped tree, pages streaming to the target.
+func (m *outMig) dumpStep(ctx context.Context) error {
+	dir, err := m.e.cfg.CRIU.ImagesDir(m.r.ProcID + "-out-" + m.r.Mig)
+	if err != nil {
+		return err
+	}
+	if err := m.e.save(m.r, func(r *Record) { r.Images = dir }); err != nil {
+		return err
+	}
+	dctx, cancel := context.WithTimeout(ctx, m.e.t.Dump)
+	defer cancel()
+	t := time.Now()
+	res, err := m.e.cfg.CRIU.Dump(dctx, m.c, m.r.PID, dir, m.r.MoveIP != "")
+	m.dump = res
+	if res != nil {
+		m.hist.Bytes += res.Sent + res.Back
+	}
+	if err != nil {
+		if res != nil && res.Died {
+			return fmt.Errorf("dump failed and the process DIED during it: %w", err)
+		}
+		return fmt.Errorf("dump failed: %w", err)
+	}
+	// CRIU leaves its network lock table here after a dump that leaves
+	// the tree stopped (an empty one without TCP connections).
+	if table, err := m.e.cfg.Net.LockName(dir); err == nil {
+		if err := m.e.save(m.r, func(r *Record) { r.Lock = table }); err != nil {
+			return err
+		}
+	}
+	m.phase("freeze", t.Sub(m.dumpAt)+res.Freezing, "")
+	m.phase("dump", time.Since(t)-res.Freezing, fmt.Sprintf("%d pages, %.1f MiB streamed to the target", res.Pages,
+		float64(res.Sent)/(1<<20)))
+	return nil
+}
+
+// undump undoes a dump: its lock goes, and a tree whose TCP sockets CRIU
+// left in repair mode is restored here from its images (it cannot simply
+// continue); thaw then continues it. The images go last.
+func (m *outMig) undump(ctx context.Context) error {
+	var errs []error
+	if m.r.MoveIP != "" && m.r.Images != "" && m.r.Lock != "" {
+		// The lock is named only once the dump succeeded: only then are
+		// the sockets in repair mode.
+		if err := m.e.cfg.Procs.RestoreHere(ctx, m.r.ProcID, m.r.Images); err != nil {
+			errs = append(errs, fmt.Errorf("restoring the process here: %w", err))
+		}
+	}
+	if m.r.Lock != "" {
+		if err := m.e.cfg.Net.DeleteLock(m.r.Lock); err != nil {
+			errs = append(errs, err)
+		}
+	} else if m.r.Images != "" {
+		if table, err := m.e.cfg.Net.LockName(m.r.Images); err == nil {
+			errs = append(errs, m.e.cfg.Net.DeleteLock(table))
+		}
+	}
+	if m.r.Images != "" {
+		errs = append(errs, m.e.cfg.CRIU.RemoveImages(m.r.Images))
+	}
+	return errors.Join(errs...)
+}
+
+// transfer sends the rest of the images and the log.
+func (m *outMig) transfer(ctx context.Context) error {
+	t := time.Now()
+	if err := m.e.cfg.Procs.FlushLog(ctx, m.r.ProcID); err != nil {
+		return fmt.Errorf("collecting the log: %w", err)
+	}
+	n, files, err := m.e.cfg.CRIU.SendImages(ctx, m.c, m.r.Images, m.p.LogPath)
+	m.hist.Bytes += n
+	if err != nil {
+		return fmt.Errorf("transfer to %s failed: %w", m.req.To, err)
+	}
+	m.phase("transfer", time.Since(t), fmt.Sprintf("%.1f MiB in %d files (log and images but pages)", float64(n)/(1<<20), files))
+	return nil
+}
+
+// moveIP hands the address over: the lock goes with it (the target must hold
+// it before it owns the address), and the address leaves this host.
+func (m *outMig) moveIP(ctx context.Context) error {
+	if m.r.Lock == "" {
+		return errors.New("CRIU left no network lock table for the dump")
+	}
+	rules, err := m.e.cfg.Net.ExportLock(m.r.Lock)
+	if err != nil {
+		return err
+	}
+	m.rules = rules
+	return m.e.cfg.Net.DelAddr(m.r.Iface, m.r.MoveIP)
+}
+
+func (m *outMig) unmoveIP(ctx context.Context) error {
+	if err := m.e.cfg.Net.AddAddr(m.r.Iface, m.r.MoveIP); err != nil {
+		return err
+	}
+	return m.e.cfg.Net.Announce(m.r.Iface, strings.Split(m.r.MoveIP, "/")[0])
+}
+
+// restore has the target restore the process, stopped.
+func (m *outMig) restore(ctx context.Context) error {
+	t := time.Now()
+	if err := send(ctx, m.c, m.e.t.Stall, tRestore, &RestoreMsg{Lock: m.rules}); err != nil {
+		return fmt.Errorf("target %s: %w", m.req.To, err)
+	}
+	var rd Restored
+	if err := recv(ctx, m.c, m.e.t.Restore, tRestored, &rd); err != nil {
+		return fmt.Errorf("restore on %s failed: %w", m.req.To, err)
+	}
+	if m.r.MoveIP != "" {
+		m.phase("network", rd.Net, m.r.MoveIP+" moved")
+	}
+	m.phase("restore", time.Since(t)-rd.Net, "")
+	return nil
+}
+
+// commit is the commit point: the decision is journaled before anything
+// acts on it. A target that gave up waiting and asked how the migration
+// ended has aborted it already (Answer): then the process stays here.
+func (m *outMig) commit(ctx context.Context) error {
+	if d, err := m.e.decide(m.r, Committed); err != nil {
+		return err
+	} else if d != Committed {
+		return fmt.Errorf("the target %s gave up waiting for the commit", m.req.To)
+	}
+	m.resumeAt = time.Now()
+	return nil
+}
+
+// kill ends the source copy (SIGKILL ends a stopped task without it running
+// again, so the target may resume at once) and forgets it here.
+func (m *outMig) kill(ctx context.Context) error {
+	return m.e.cfg.Procs.Gone(ctx, m.r.ProcID, m.r.Peer)
+}
+
+// confirm tells the target to resume and waits for its word that the
+// process runs there. Should this fail, the target asks (Answer) and learns
+// that the migration committed.
+func (m *outMig) confirm(ctx context.Context) error {
+	if m.c == nil {
+		return nil
+	}
+	err := send(ctx, m.c, m.e.t.Commit, tCommit, nil)
+	if err == nil {
+		err = recv(ctx, m.c, m.e.t.Commit+m.e.t.Prepare, tDone, &m.done)
+	}
+	if err != nil {
+		return fmt.Errorf("commit not confirmed: %w", err)
+	}
+	return nil
+}
+
+// cleanup removes the network lock and the images; the record stays in the
+// journal, settled, to answer an outcome question.
+func (m *outMig) cleanup(ctx context.Context) error {
+	var errs []error
+	if m.r.Lock != "" {
+		errs = append(errs, m.e.cfg.Net.DeleteLock(m.r.Lock))
+	}
+	if m.r.Images != "" {
+		errs = append(errs, m.e.cfg.CRIU.RemoveImages(m.r.Images))
+	}
+	return errors.Join(errs...)
+}
+
+// forward runs the steps after the commit; a failure is noted, not undone.
+func (m *outMig) forward(ctx context.Context, steps []step) {
+	var notes []string
+	for _, err := range m.e.forwardSteps(ctx, m.r, steps, "") {
+		notes = append(notes, err.Error())
+	}
+	m.settle()
+	if m.hist == nil {
+		return
+	}
+	resume := time.Duration(0)
+	if !m.resumeAt.IsZero() {
+		resume = time.Since(m.resumeAt) - m.done.Rebind
+	}
+	m.phase("resume", resume, "")
+	if m.r.Hooks {
+		m.phase("rebind", m.done.Rebind, m.done.RebindErr)
+	}
+	m.hist.Total = time.Since(m.hist.Start)
+	m.hist.Downtime = m.resumeAt.Add(resume + m.done.Rebind).Sub(m.dumpAt)
+	m.hist.Outcome = "ok"
+	if len(notes) > 0 {
+		m.hist.Outcome = strings.Join(notes, "; ")
+	} else if m.done.RebindErr != "" {
+		m.hist.Outcome = "running on the target, but its resume hook failed: " + m.done.RebindErr
+	}
+	m.e.record(*m.hist)
+	m.e.log.Info("migrated", "id", m.r.ProcID, "to", m.r.Peer, "total", m.hist.Total, "downtime", m.hist.Downtime)
+}
+
+// failed settles a migration that did not commit: it is journaled as
+// aborted before its steps are undone (runSteps), so an outcome question
+// gets that answer; here the record is kept and the error worded for the
+// user.
+func (m *outMig) failed(steps []step, err error) error {
+	m.settle()
+	where := "the process keeps running here"
+	if i := stepIndex(steps, m.r.Step); i > stepIndex(steps, "freeze") {
+		where = "the process resumed on the source"
+	}
+	var ue *UndoError
+	if errors.As(err, &ue) {
+		where = "resuming it on the source ALSO failed: " + ue.Undo.Error()
+		err = ue.Cause
+	}
+	if errors.Is(err, errCrashRecovered) {
+		where = "the daemon restarted during it; the process resumed on the source"
+	}
+	err = fmt.Errorf("%w; %s", err, where)
+	if m.hist != nil {
+		m.hist.Outcome = err.Error()
+		m.hist.Total = time.Since(m.hist.Start)
+		if !m.dumpAt.IsZero() {
+			m.hist.Downtime = time.Since(m.dumpAt)
+		}
+		m.e.record(*m.hist)
+	}
+	m.e.log.Warn("migration failed", "id", m.r.ProcID, "to", m.r.Peer, "err", err)
+	return err
+}
+
+// settle marks the record settled; a source keeps it for outcome questions
+// until Keep has passed.
+func (m *outMig) settle() {
+	if err := m.e.save(m.r, func(r *Record) { r.Settled = time.Now() }); err != nil {
+		m.e.log.Error("journaling a settled migration", "mig", m.r.Mig, "err", err)
+	}
+}
+
+func (e *Engine) record(r api.MigrationRec) {
+	if e.cfg.OnRecord != nil {
+		e.cfg.OnRecord(r)
+	}
+}
+
+// errCrashRecovered marks a migration settled by Recover.
+var errCrashRecovered = errors.New("the daemon restarted in the middle of the migration")
+
+// decide settles r's outcome as d unless it is settled already, durably, and
+// returns the outcome.
+func (e *Engine) decide(r *Record, d string) (string, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if r.Decision != "" {
+		return r.Decision, nil
+	}
+	r.Decision = d
+	if err := e.cfg.Journal.Put(r); err != nil {
+		r.Decision = ""
+		return "", fmt.Errorf("journal: %w", err)
+	}
+	e.migs[r.Mig] = r
+	return d, nil
+}
+
+// Answer answers a target's question how migration mig ended. The answer is
+// final: an undecided migration is aborted by the question (journaled
+// before the answer goes out), so that the source can no longer commit it.
+func (e *Engine) Answer(mig string) (string, error) {
+	e.mu.Lock()
+	r := e.migs[mig]
+	e.mu.Unlock()
+	if r == nil || r.Side != SideSource {
+		return Unknown, nil
+	}
+	return e.decide(r, Aborted)
+}

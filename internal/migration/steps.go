@@ -1,0 +1,124 @@
+package migration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+)
+
+// step is one named step of a migration: what it does, and how to undo it.
+//
+// An undo must be idempotent and must work from the journal record alone
+// (after a crash it runs in a daemon that never ran the step's do, for a step
+// that may or may not have had its effect).
+type step struct {
+	name string
+	do   func(ctx context.Context) error
+	undo func(ctx context.Context) error // nil: nothing to undo
+}
+
+// runSteps runs steps in order on behalf of r. Before each step it journals
+// the step's name as r.Step (so that a restart knows how far it may have
+// got) and passes the fault points before and after it. If a step fails, it
+// and every step before it are undone in reverse order; the error says what
+// failed and, if an undo failed too, that.
+func (e *Engine) runSteps(ctx context.Context, r *Record, steps []step) error {
+	for i, s := range steps {
+		err := e.save(r, func(r *Record) { r.Step = s.name })
+		if err == nil && r.Side == SideSource && e.decision(r) == Aborted {
+			err = fmt.Errorf("the target %s gave up waiting and asked how the migration ended", r.Peer)
+		}
+		if err == nil {
+			err = e.fault(r.Side, "before", s.name)
+		}
+		if err == nil {
+			err = s.do(ctx)
+		}
+		if err == nil {
+			err = e.fault(r.Side, "after", s.name)
+		}
+		if err != nil {
+			if r.Side == SideSource {
+				// Aborted, durably, before anything is undone: an outcome
+				// question must never hear "committed" about a process
+				// that resumes here.
+				if d, derr := e.decide(r, Aborted); d == Committed {
+					e.log.Error("after the commit point", "mig", r.Mig, "step", s.name, "err", err)
+					return nil
+				} else if derr != nil {
+					err = errors.Join(err, derr)
+				}
+			}
+			return e.undoSteps(ctx, r, steps[:i+1], err)
+		}
+	}
+	return nil
+}
+
+// forwardSteps runs steps that follow the commit, from the one named from
+// ("" for the first): each is journaled and passes its fault points like
+// any other, but a failure is logged and returned, never undone.
+func (e *Engine) forwardSteps(ctx context.Context, r *Record, steps []step, from string) []error {
+	if i := stepIndex(steps, from); i > 0 {
+		steps = steps[i:]
+	}
+	var errs []error
+	for _, s := range steps {
+		err := e.save(r, func(r *Record) { r.Step = s.name })
+		if err == nil {
+			err = e.fault(r.Side, "before", s.name)
+		}
+		if err == nil {
+			err = s.do(ctx)
+		}
+		if err == nil {
+			err = e.fault(r.Side, "after", s.name)
+		}
+		if err != nil {
+			e.log.Error("after the commit", "mig", r.Mig, "side", r.Side, "step", s.name, "err", err)
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+// undoSteps undoes steps in reverse order and returns cause, joined with the
+// undo errors. Undos run on a context of their own: the migration's may be
+// what ended.
+func (e *Engine) undoSteps(_ context.Context, r *Record, steps []step, cause error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), e.t.Restore+e.t.Prepare)
+	defer cancel()
+	var errs []error
+	for _, s := range slices.Backward(steps) {
+		if s.undo == nil {
+			continue
+		}
+		if err := s.undo(ctx); err != nil {
+			e.log.Error("undo failed", "mig", r.Mig, "side", r.Side, "step", s.name, "err", err)
+			errs = append(errs, fmt.Errorf("undoing %s: %w", s.name, err))
+		}
+	}
+	if len(errs) > 0 {
+		return &UndoError{Cause: cause, Undo: errors.Join(errs...)}
+	}
+	return cause
+}
+
+// UndoError is a failed migration whose undo failed too: the process may not
+// be running as it was.
+type UndoError struct {
+	Cause error
+	Undo  error
+}
+
+func (e *UndoError) Error() string {
+	return fmt.Sprintf("%v; undoing the migration ALSO failed: %v", e.Cause, e.Undo)
+}
+
+func (e *UndoError) Unwrap() error { return e.Cause }
+
+// stepIndex is the position of the step named name in steps, or -1.
+func stepIndex(steps []step, name string) int {
+	return slices.IndexFunc(steps, func(s step) bool { return s.name == name })
+}

@@ -1,0 +1,296 @@
+package migration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// inMig is a migration this daemon receives, while it runs.
+type inMig struct {
+	e *Engine
+	r *Record
+	b *Begin
+	c Conn // nil in recovery
+
+	logPath string
+	pages   int64
+	rules   string
+	netDur  time.Duration
+	t0      time.Time
+	pid     int
+	done    Done
+}
+
+// In receives the process the source daemon offers with b over c, restores
+// it here (stopped), and resumes it once the source has committed. Any
+// failure before the restore is reported undoes everything here; once
+// reported, only the source's decision settles it (commit message or
+// outcome question), however long that takes.
+func (e *Engine) In(ctx context.Context, c Conn, b *Begin) error {
+	if !ValidID(b.ID) || !ValidID(b.Mig) || b.Name == "" || len(b.Argv) == 0 || len(b.Argv) > 4096 ||
+		!strings.HasPrefix(b.PipeKey, "pipe:[") || b.Source == "" {
+		err := errors.New("malformed migration request")
+		sendError(c, err)
+		return err
+	}
+	r := &Record{Mig: b.Mig, Side: SideTarget, ProcID: b.ID, Peer: b.Source, MoveIP: b.MoveIP, Begin: b, Start: time.Now()}
+	e.mu.Lock()
+	_, dup := e.migs[b.Mig]
+	e.mu.Unlock()
+	if dup {
+		err := fmt.Errorf("migration %s is known here already", b.Mig)
+		sendError(c, err)
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.t.Total)
+	defer cancel()
+	m := &inMig{e: e, r: r, b: b, c: c}
+	if err := e.runSteps(ctx, r, m.steps()); err != nil {
+		sendError(c, err)
+		e.forget(r)
+		e.log.Warn("incoming migration failed", "id", b.ID, "from", b.Source, "err", err)
+		return err
+	}
+	m.forward(ctx)
+	return nil
+}
+
+// steps are the target's steps up to the source's decision.
+func (m *inMig) steps() []step {
+	s := []step{
+		{name: "accept", do: m.accept, undo: m.unaccept},
+		{name: "pages", do: m.recvPages},
+		{name: "images", do: m.recvImages},
+		{name: "await-restore", do: m.awaitRestore},
+	}
+	if m.r.MoveIP != "" {
+		s = append(s, step{name: "net", do: m.net, undo: m.unnet})
+	}
+	return append(s,
+		step{name: "restore", do: m.restore, undo: m.unrestore},
+		step{name: "await-commit", do: m.awaitCommit},
+	)
+}
+
+// forwardSteps follow a committed migration.
+func (m *inMig) forwardSteps() []step {
+	return []step{
+		{name: "resume", do: m.resume},
+		{name: "rebind", do: m.rebind},
+		{name: "cleanup", do: m.cleanup},
+	}
+}
+
+// accept reserves the process's ID here (so two migrations of one process
+// cannot cross) and a directory for its images.
+func (m *inMig) accept(ctx context.Context) error {
+	if m.r.MoveIP != "" {
+		iface, err := m.e.cfg.Net.Iface(m.r.MoveIP)
+		if err != nil {
+			return err
+		}
+		if err := m.e.save(m.r, func(r *Record) { r.Iface = iface }); err != nil {
+			return err
+		}
+	}
+	logPath, err := m.e.cfg.Procs.Reserve(m.b)
+	if err != nil {
+		return err
+	}
+	m.logPath = logPath
+	dir, err := m.e.cfg.CRIU.ImagesDir(m.b.ID + "-in-" + m.r.Mig)
+	if err != nil {
+		return err
+	}
+	if err := m.e.save(m.r, func(r *Record) { r.Images = dir }); err != nil {
+		return err
+	}
+	return send(ctx, m.c, m.e.t.Dial, tAccept, struct{}{})
+}
+
+func (m *inMig) unaccept(ctx context.Context) error {
+	err := m.e.cfg.Procs.Discard(ctx, m.r.ProcID)
+	if m.r.Images != "" {
+		err = errors.Join(err, m.e.cfg.CRIU.RemoveImages(m.r.Images))
+	}
+	return err
+}
+
+func (m *inMig) recvPages(ctx context.Context) error {
+	n, err := m.e.cfg.CRIU.ReceivePages(ctx, m.c, m.r.Images)
+	m.pages = n
+	return err
+}
+
+func (m *inMig) recvImages(ctx context.Context) error {
+	return m.e.cfg.CRIU.ReceiveImages(ctx, m.c, m.r.Images, m.logPath, m.pages)
+}
+
+func (m *inMig) awaitRestore(ctx context.Context) error {
+	var rm RestoreMsg
+	if err := recv(ctx, m.c, m.e.t.Stall, tRestore, &rm); err != nil {
+		return err
+	}
+	m.rules = rm.Lock
+	m.t0 = time.Now()
+	return nil
+}
+
+// net takes the address over: CRIU's lock first (the connections must not
+// see the address before their sockets exist), then the address, announced
+// at once.
+func (m *inMig) net(ctx context.Context) error {
+	table, err := m.e.cfg.Net.CheckLock(m.rules)
+	if err != nil {
+		return err
+	}
+	if err := m.e.save(m.r, func(r *Record) { r.Lock = table }); err != nil {
+		return err
+	}
+	if err := m.e.cfg.Net.ImportLock(m.rules); err != nil {
+		return err
+	}
+	if err := m.e.cfg.Net.AddAddr(m.r.Iface, m.r.MoveIP); err != nil {
+		return err
+	}
+	m.e.cfg.Net.Announce(m.r.Iface, strings.Split(m.r.MoveIP, "/")[0])
+	m.netDur = time.Since(m.t0)
+	return nil
+}
+
+func (m *inMig) unnet(ctx context.Context) error {
+	var errs []error
+	if m.r.Iface != "" {
+		errs = append(errs, m.e.cfg.Net.DelAddr(m.r.Iface, m.r.MoveIP))
+	}
+	if m.r.Lock != "" {
+		errs = append(errs, m.e.cfg.Net.DeleteLock(m.r.Lock))
+	}
+	return errors.Join(errs...)
+}
+
+func (m *inMig) restore(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, m.e.t.Restore)
+	defer cancel()
+	pid, err := m.e.cfg.Procs.Restore(rctx, m.b, m.r.Images)
+	if err != nil {
+		return err
+	}
+	m.pid = pid
+	return nil
+}
+
+func (m *inMig) unrestore(ctx context.Context) error { return m.e.cfg.Procs.Discard(ctx, m.r.ProcID) }
+
+// awaitCommit reports the restore and waits for the source's decision. From
+// the moment the report may have left, this side cannot decide alone: a
+// broken connection says nothing about whether the source committed (even a
+// failed write may have delivered the report). So on any failure it asks
+// the source, until the source answers.
+func (m *inMig) awaitCommit(ctx context.Context) error {
+	if m.c != nil {
+		err := send(ctx, m.c, m.e.t.Commit, tRestored, &Restored{PID: m.pid, Restore: time.Since(m.t0) - m.netDur, Net: m.netDur})
+		if err == nil {
+			err = recv(ctx, m.c, m.e.t.Commit+m.e.t.Restore, tCommit, nil)
+		}
+		if err == nil {
+			return nil
+		}
+		m.e.log.Warn("no commit from the source: asking it how the migration ended", "id", m.r.ProcID,
+			"source", m.r.Peer, "err", err)
+	}
+	switch o := m.e.ask(m.r); o {
+	case Committed:
+		m.e.log.Info("the source committed: resuming here", "id", m.r.ProcID, "mig", m.r.Mig)
+		return nil
+	default:
+		return fmt.Errorf("the source did not commit (it says: %s)", o)
+	}
+}
+
+// ask asks the source how r ended until it answers. It does not give up: the
+// restored copy here must neither run nor go until the source has said
+// whether its own copy went.
+func (e *Engine) ask(r *Record) string {
+	pause := e.t.AskPause
+	for n := 1; ; n++ {
+		o, err := e.askOnce(r)
+		if err == nil {
+			return o
+		}
+		if n == 1 || n%20 == 0 {
+			e.log.Warn("cannot ask the source how a migration ended; still asking", "id", r.ProcID, "mig", r.Mig,
+				"source", r.Peer, "tries", n, "err", err)
+		}
+		e.cfg.Sleep(context.Background(), pause)
+		pause = min(2*pause, 30*time.Second)
+	}
+}
+
+func (e *Engine) askOnce(r *Record) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), e.t.Ask)
+	defer cancel()
+	c, err := e.cfg.Peers.Dial(ctx, r.Peer)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	if err := send(ctx, c, e.t.Ask, tOutcome, &OutcomeMsg{Mig: r.Mig}); err != nil {
+		return "", err
+	}
+	var a OutcomeMsg
+	if err := recv(ctx, c, e.t.Ask, tOutcomeReply, &a); err != nil {
+		return "", err
+	}
+	switch a.Outcome {
+	case Committed, Aborted, Unknown:
+		return a.Outcome, nil
+	}
+	return "", fmt.Errorf("bad outcome answer %q", a.Outcome)
+}
+
+// resume continues the restored copy and registers it here.
+func (m *inMig) resume(ctx context.Context) error { return m.e.cfg.Procs.Activate(ctx, m.b) }
+
+// rebind runs a migration-aware process's resume hook (moved) and tells the
+// source the process runs here.
+func (m *inMig) rebind(ctx context.Context) error {
+	var err error
+	if m.b.Hooks && m.b.MoveIP == "" {
+		t := time.Now()
+		hctx, cancel := context.WithTimeout(ctx, m.e.t.Prepare)
+		err = m.e.cfg.Procs.Hook(hctx, m.r.ProcID, "resume", true)
+		cancel()
+		m.done.Rebind = time.Since(t)
+		if err != nil {
+			m.done.RebindErr = err.Error()
+		}
+	}
+	if m.c != nil {
+		send(ctx, m.c, m.e.t.Commit, tDone, &m.done)
+	}
+	return err
+}
+
+// cleanup removes the lock (normally gone already: the restore removes it)
+// and the images.
+func (m *inMig) cleanup(ctx context.Context) error {
+	var errs []error
+	if m.r.Lock != "" {
+		errs = append(errs, m.e.cfg.Net.DeleteLock(m.r.Lock))
+	}
+	if m.r.Images != "" {
+		errs = append(errs, m.e.cfg.CRIU.RemoveImages(m.r.Images))
+	}
+	return errors.Join(errs...)
+}
+
+// forward runs the steps after the commit and forgets the migration.
+func (m *inMig) forward(ctx context.Context) {
+	m.e.forwardSteps(ctx, m.r, m.forwardSteps(), "")
+	m.e.forget(m.r)
+	m.e.log.Info("restored", "id", m.r.ProcID, "pid", m.pid, "from", m.r.Peer)
+}
