@@ -112,7 +112,7 @@ func (m *outMig) steps() []step {
 	}
 	return append(s,
 		step{name: "restore", do: m.restore},
-		step{name: "commit", do: m.commit},
+		step{name: "commit", do: m.commit, pivot: true},
 	)
 }
 

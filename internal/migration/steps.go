@@ -16,6 +16,10 @@ type step struct {
 	name string
 	do   func(ctx context.Context) error
 	undo func(ctx context.Context) error // nil: nothing to undo
+	// pivot marks the step whose success commits the migration (the
+	// source's commit, the target's await-commit): once it has succeeded,
+	// nothing is undone, whatever fails after.
+	pivot bool
 }
 
 // runSteps runs steps in order on behalf of r. Before each step it journals
@@ -34,6 +38,12 @@ func (e *Engine) runSteps(ctx context.Context, r *Record, steps []step) error {
 		}
 		if err == nil {
 			err = s.do(ctx)
+			if err == nil && s.pivot {
+				if ferr := e.fault(r.Side, "after", s.name); ferr != nil {
+					e.log.Error("after the commit point", "mig", r.Mig, "step", s.name, "err", ferr)
+				}
+				continue
+			}
 		}
 		if err == nil {
 			err = e.fault(r.Side, "after", s.name)

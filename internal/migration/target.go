@@ -71,7 +71,7 @@ func (m *inMig) steps() []step {
 	}
 	return append(s,
 		step{name: "restore", do: m.restore, undo: m.unrestore},
-		step{name: "await-commit", do: m.awaitCommit},
+		step{name: "await-commit", do: m.awaitCommit, pivot: true},
 	)
 }
 
