@@ -30,6 +30,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -252,37 +253,72 @@ func runJob(c *cli.Context) error {
 	return nil
 }
 
+// followRetry is how long follow looks for a rank it lost touch with: its
+// daemon died or restarts (the rank itself runs on under its shim).
+const followRetry = 2 * time.Minute
+
 // follow streams a rank's output, prefixed with its rank, wherever it moves,
-// and returns its exit code.
+// and returns its exit code. A daemon that dies or restarts does not end
+// the rank: follow finds it again, on its host or wherever a migration took
+// it meanwhile, and goes on from the same offset (the log moves with it).
 func follow(cl *cluster, rk *rank, out *sync.Mutex, stopping *atomic.Bool) int {
 	pw := &prefixWriter{prefix: fmt.Sprintf("[%d] ", rk.n), mu: out}
 	var off int64
+	var lost time.Time
 	for {
 		host, id := rk.where()
 		c, err := api.DialRemote(host, cl.token)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "dsmrun: rank %d: %v\n", rk.n, err)
-			return 255
-		}
-		cw := &countWriter{w: pw}
-		rep, err := c.Stream(api.Request{Op: "follow", ID: id, Offset: off}, cw, nil)
-		off += cw.n
-		if err != nil {
-			if !stopping.Load() {
-				fmt.Fprintf(os.Stderr, "dsmrun: rank %d on %s: %v\n", rk.n, host, err)
+		if err == nil {
+			cw := &countWriter{w: pw}
+			var rep *api.Reply
+			rep, err = c.Stream(api.Request{Op: "follow", ID: id, Offset: off}, cw, nil)
+			off += cw.n
+			if err == nil {
+				lost = time.Time{}
+				if rep.State == "migrated" {
+					rk.mu.Lock()
+					rk.host = rep.MovedTo
+					rk.mu.Unlock()
+					continue
+				}
+				pw.flush()
+				return rep.ExitCode
 			}
+		}
+		if stopping.Load() {
 			return 255
 		}
-		switch rep.State {
-		case "migrated":
+		if lost.IsZero() {
+			lost = time.Now()
+			fmt.Fprintf(os.Stderr, "dsmrun: rank %d on %s: %v; looking for it again\n", rk.n, host, err)
+		} else if time.Since(lost) > followRetry {
+			fmt.Fprintf(os.Stderr, "dsmrun: rank %d: lost for %v: %v\n", rk.n, followRetry, err)
+			return 255
+		}
+		time.Sleep(300 * time.Millisecond)
+		if h := cl.locate(id); h != "" {
 			rk.mu.Lock()
-			rk.host = rep.MovedTo
+			rk.host = h
 			rk.mu.Unlock()
-		default:
-			pw.flush()
-			return rep.ExitCode
 		}
 	}
+}
+
+// locate returns the daemon that lists process id as settled there (not
+// arriving), or "".
+func (cl *cluster) locate(id string) string {
+	for _, h := range cl.hosts {
+		rep, err := cl.do(h, api.Request{Op: "ps"})
+		if err != nil {
+			continue
+		}
+		for _, p := range rep.Procs {
+			if p.ID == id && p.State != "incoming" {
+				return h
+			}
+		}
+	}
+	return ""
 }
 
 type countWriter struct {
