@@ -305,7 +305,13 @@ func (c *Client) call(ctx context.Context, op string, req *rpc.CriuReq, files []
 	cmd := exec.CommandContext(ctx, c.Path, "swrk", "3")
 	cmd.ExtraFiles = append([]*os.File{srv}, files...)
 	cmd.Stderr = nil // CRIU logs to LogFile; swrk's stderr carries nothing useful
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if op != "dump" {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	}
+	// A dump outlives its caller: CRIU killed while its parasite runs in
+	// the tree leaves the tree to die of the parasite's trap. Left alone,
+	// it fails on its own once the caller's end of its sockets closes (the
+	// RPC socket, a page-server socket) and puts the tree back as it was.
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
 		srv.Close()
