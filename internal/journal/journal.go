@@ -22,6 +22,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -37,8 +38,13 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 const tmpPrefix = ".tmp-"
 
+// staleTmp is the age after which a temporary file is a crash's leftover,
+// not another writer's Put in progress.
+const staleTmp = time.Minute
+
 // Open makes dir if needed (mode 0700) and removes temporary files a crash
-// left there.
+// left there (those older than a minute: a younger one may be a write in
+// progress by another process sharing the directory).
 func Open(dir string) (*Dir, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("journal: %w", err)
@@ -48,7 +54,10 @@ func Open(dir string) (*Dir, error) {
 		return nil, fmt.Errorf("journal: %w", err)
 	}
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), tmpPrefix) {
+		if !strings.HasPrefix(e.Name(), tmpPrefix) {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleTmp {
 			os.Remove(filepath.Join(dir, e.Name()))
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 type rec struct {
@@ -65,11 +66,20 @@ func TestCrashLeftovers(t *testing.T) {
 	if len(names) != 1 {
 		t.Fatalf("List = %v, want only a", names)
 	}
+	// A young one may be another writer's Put in progress: kept.
+	if _, err := Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, tmpPrefix+"a.json-123")); err != nil {
+		t.Fatal("Open removed a temporary file younger than a minute")
+	}
+	old := time.Now().Add(-2 * staleTmp)
+	os.Chtimes(filepath.Join(dir, tmpPrefix+"a.json-123"), old, old)
 	if _, err := Open(dir); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, tmpPrefix+"a.json-123")); !os.IsNotExist(err) {
-		t.Fatal("Open left the temporary file")
+		t.Fatal("Open left a stale temporary file")
 	}
 	os.WriteFile(filepath.Join(dir, "bad.json"), []byte("{torn"), 0o600)
 	if _, err := d.Get("bad", &rec{}); err == nil {
