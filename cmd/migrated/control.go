@@ -63,6 +63,11 @@ func (d *Daemon) handleControl(c net.Conn) {
 		p.mu.Lock()
 		p.hooks = true
 		p.mu.Unlock()
+		// A restarted daemon must know it (ProcRec.Hooks) before the
+		// process counts on it.
+		if err := d.saveProc(p); err != nil {
+			d.log.Error("writing the record of a hook registration", "id", p.ID, "err", err)
+		}
 		enc.Encode(mrt.Answer{})
 		return
 	}

@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,6 +24,8 @@ import (
 
 	"dsmigrate/criu"
 	"dsmigrate/internal/api"
+	"dsmigrate/internal/journal"
+	"dsmigrate/internal/migration"
 	"dsmigrate/internal/wire"
 	"dsmigrate/netmove"
 )
@@ -43,10 +43,11 @@ type Daemon struct {
 	ctlPath   string // the control socket of migration-aware processes
 	log       *slog.Logger
 
-	mu       sync.Mutex
-	procs    map[string]*Proc
-	records  []MigrationRec
-	outcomes map[string]*outcome // migrations sent from here, by beginMsg.Mig
+	engine *migration.Engine // migrations in and out (internal/migration)
+
+	mu      sync.Mutex
+	procs   map[string]*Proc
+	records []MigrationRec
 }
 
 var (
@@ -54,11 +55,7 @@ var (
 	nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,63}$`)
 )
 
-func newID() string {
-	b := make([]byte, 6)
-	rand.Read(b)
-	return hex.EncodeToString(b)
-}
+func newID() string { return migration.NewID() }
 
 func serveCommand() *cli.Command {
 	return &cli.Command{
@@ -111,12 +108,38 @@ func (d *Daemon) serve(ctx context.Context, sockPath, tokenFile string) error {
 			return err
 		}
 	}
+	// One daemon to a state directory, and one to a socket: a second
+	// would act on the same processes and journal.
+	for _, lock := range []string{filepath.Join(d.stateDir, "lock"), sockPath + ".lock"} {
+		release, err := journal.Lock(lock)
+		if errors.Is(err, journal.ErrLocked) {
+			return fmt.Errorf("another migrated is serving here: %v; stop it first, or give this one its own --state-dir and --socket", err)
+		}
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
 	unmount, err := ensureTmpfs(d.imagesDir)
 	if err != nil {
 		return err
 	}
 	defer unmount()
 	d.loadRecords()
+	// The processes first: their shims kept them while no daemon ran, and
+	// the engine's recovery needs them.
+	if err := d.reattach(); err != nil {
+		return err
+	}
+	if d.engine, err = d.newEngine(); err != nil {
+		return err
+	}
+	// Settle what a crash or restart left unfinished before any peer can
+	// ask how a migration ended.
+	if err := d.engine.Recover(ctx); err != nil {
+		return fmt.Errorf("settling interrupted migrations: %v", err)
+	}
+	d.removeStaleImages()
 
 	lc := net.ListenConfig{}
 	lc.SetMultipathTCP(false)
@@ -214,21 +237,13 @@ func (d *Daemon) handlePeer(c net.Conn) {
 		return
 	}
 	c.SetDeadline(time.Time{})
+	if ok, err := d.engine.HandlePeer(context.Background(), wc, typ, payload); ok {
+		if err != nil {
+			d.log.Warn("peer request failed", "remote", c.RemoteAddr(), "type", typ, "err", err)
+		}
+		return
+	}
 	switch typ {
-	case tBegin:
-		var b beginMsg
-		if err := json.Unmarshal(payload, &b); err != nil {
-			wc.WriteError(fmt.Errorf("bad begin message: %v", err))
-			return
-		}
-		d.migrateIn(wc, b, c.RemoteAddr().String())
-	case tOutcome:
-		var q outcomeMsg
-		if err := json.Unmarshal(payload, &q); err != nil {
-			wc.WriteError(fmt.Errorf("bad outcome question: %v", err))
-			return
-		}
-		d.answerOutcome(wc, q)
 	case tRequest:
 		var req Request
 		if err := json.Unmarshal(payload, &req); err != nil {
@@ -267,10 +282,15 @@ func (d *Daemon) do(c *wire.Conn, req Request) (*Reply, error) {
 		if err != nil {
 			return nil, err
 		}
+		p.mu.Lock()
 		p.Job, p.Rank = req.Job, req.Rank
+		p.mu.Unlock()
 		d.mu.Lock()
 		d.procs[id] = p
 		d.mu.Unlock()
+		if err := d.saveProc(p); err != nil {
+			d.log.Error("writing a process record", "id", id, "err", err)
+		}
 		d.log.Info("started", "id", id, "name", name, "pid", p.pid, "argv", req.Argv)
 		return &Reply{ID: id}, nil
 	case "ps":
@@ -312,6 +332,9 @@ func (d *Daemon) do(c *wire.Conn, req Request) (*Reply, error) {
 		d.mu.Lock()
 		delete(d.procs, p.ID)
 		d.mu.Unlock()
+		if err := d.dropProc(p, false); err != nil {
+			d.log.Error("deleting a process record", "id", p.ID, "err", err)
+		}
 		// Followers may be reading the log still.
 		d.forgetLater(p)
 		return &Reply{ID: p.ID}, nil
@@ -337,7 +360,7 @@ func (d *Daemon) do(c *wire.Conn, req Request) (*Reply, error) {
 		}
 		return &Reply{}, nil
 	case "migrate":
-		rec, err := d.migrateOut(req, func(e Event) { c.WriteJSON(tEvent, e) })
+		rec, err := d.migrateOut(context.Background(), req, func(e Event) { c.WriteJSON(tEvent, e) })
 		if err != nil {
 			return nil, err
 		}
@@ -408,11 +431,32 @@ func (d *Daemon) addRecord(r MigrationRec) {
 	d.records = append(d.records, r)
 	d.mu.Unlock()
 	f, err := os.OpenFile(filepath.Join(d.stateDir, "migrations.jsonl"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return
+	if err == nil {
+		err = json.NewEncoder(f).Encode(r)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
 	}
-	defer f.Close()
-	json.NewEncoder(f).Encode(r)
+	if err != nil {
+		d.log.Error("writing the migration history", "id", r.ID, "err", err)
+	}
+}
+
+// removeStaleImages removes image directories no unsettled migration
+// refers to: a crash left them.
+func (d *Daemon) removeStaleImages() {
+	keep := map[string]bool{}
+	for _, r := range d.engine.Active() {
+		keep[r.Images] = true
+	}
+	entries, _ := os.ReadDir(d.imagesDir)
+	for _, e := range entries {
+		dir := filepath.Join(d.imagesDir, e.Name())
+		if !keep[dir] {
+			d.log.Warn("removing images a crash left behind", "dir", dir)
+			os.RemoveAll(dir)
+		}
+	}
 }
 
 func (d *Daemon) loadRecords() {

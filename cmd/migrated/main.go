@@ -7,10 +7,13 @@
 //	migrated migrate ID --to ADDR:PORT [--move-ip CIDR]
 //	migrated history [--json]
 //
-// The daemon owns the processes of its host: it starts them, captures their
-// output, reaps them, dumps them with CRIU and restores the ones other daemons
-// send it. Clients talk to the local daemon over a unix socket only root can
-// use; daemons talk to each other over TCP, authenticated with a shared token.
+// The daemon owns the processes of its host: it starts them, dumps them with
+// CRIU and restores the ones other daemons send it. Each process has a
+// supervisor of its own, a shim (`migrated shim`, package internal/shim), that
+// is its parent and reaper and writes its output to its log; the shims outlive
+// the daemon, and a restarted daemon finds them again. Clients talk to the
+// local daemon over a unix socket only root can use; daemons talk to each
+// other over TCP, authenticated with a shared token.
 package main
 
 import (
@@ -39,6 +42,7 @@ func main() {
 			historyCommand(),
 			killCommand(),
 			quiesceCommand(),
+			shimCommand(),
 		},
 		HideHelpCommand: true,
 	}

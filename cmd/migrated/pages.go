@@ -136,13 +136,12 @@ func (s *pageSender) fromTarget() error {
 }
 
 // wait collects both goroutines once the dump is over (CRIU exited, its copy
-// of the socket closed); raw is the connection under c, whose deadline it
-// sets and, on success, clears. After a successful dump the stream winds down
+// of the socket closed); it sets c's deadline and, on success, clears it. After a successful dump the stream winds down
 // (tPagesEnd, tPagesDone) within pagesWindDown. After a failed dump nothing
 // is waited for: the connection is useless and goes. early reports whether
 // the relay failed while CRIU was still dumping, so that its error (the
 // target's, typically) is the cause of the dump's failure, not an echo of it.
-func (s *pageSender) wait(raw net.Conn, dumpFailed bool) (early bool, err error) {
+func (s *pageSender) wait(raw *wire.Conn, dumpFailed bool) (early bool, err error) {
 	s.over.Store(true)
 	if dumpFailed {
 		raw.SetDeadline(time.Now())
@@ -181,13 +180,13 @@ func (s *pageSender) failed(err error) error {
 // against maxImageBytes). The source is authenticated but its bytes are not
 // trusted any more than image files: CRIU's page server parses them, names
 // its files itself (pagemap-<n>.img, pages-<n>.img) and the total is capped.
-func (d *Daemon) recvPages(c *wire.Conn, dir string) (total int64, err error) {
+func (d *Daemon) recvPages(ctx context.Context, c *wire.Conn, dir string) (total int64, err error) {
 	local, criuEnd, err := pageSocket()
 	if err != nil {
 		return 0, err
 	}
 	defer local.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), dumpTimeout)
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ps := make(chan error, 1)
 	go func() {
@@ -230,8 +229,10 @@ func (d *Daemon) recvPages(c *wire.Conn, dir string) (total int64, err error) {
 		cancel()
 		c.SetDeadline(time.Time{})
 	}()
-	c.SetDeadline(time.Now().Add(dumpTimeout))
 	for {
+		// The source streams while CRIU dumps: a stream that stalls for
+		// stallTimeout fails, however long the whole dump may take.
+		c.SetDeadline(stepDeadline(ctx, stallTimeout))
 		typ, p, err := c.ReadMsg()
 		if err != nil {
 			return total, psErr(fmt.Errorf("receiving pages: %v", err))
@@ -242,7 +243,7 @@ func (d *Daemon) recvPages(c *wire.Conn, dir string) (total int64, err error) {
 			// CRIU's dump has exited on the source: the page server has
 			// its flush or, after a failed dump, gets EOF and stops.
 			local.CloseWrite()
-			c.SetDeadline(time.Now().Add(pagesWindDown))
+			c.SetDeadline(stepDeadline(ctx, pagesWindDown))
 			var err error
 			select {
 			case err = <-ps:

@@ -1,24 +1,28 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"dsmigrate/criu"
+	"dsmigrate/internal/journal"
+	"dsmigrate/internal/shim"
 	"dsmigrate/internal/wire"
 	mrt "dsmigrate/runtime"
 )
 
-// Proc is a process this daemon owns.
+// Proc is a process this daemon owns. Its shim (internal/shim) is its
+// parent and reaper and holds its output; the daemon talks to the shim and
+// keeps the process's record (ProcRec) so that a restarted daemon finds it.
 type Proc struct {
 	ID      string
 	Name    string
@@ -27,23 +31,24 @@ type Proc struct {
 	Moves   int
 	Job     string // the DSM job this process is a rank of, if any
 	Rank    int
-	logPath string
+	logPath string // STATE/procs/ID/log; its directory is the shim's
 
 	mu      sync.Mutex
 	pid     int
-	state   string // running, migrating, exited, migrated
+	state   string // starting, running, stopped, migrating, incoming, exited, lost, migrated
 	exit    *int
 	pipeKey string        // "pipe:[ino]" of the process's stdout/stderr, for --inherit-fd
-	gone    chan struct{} // closed when the process is reaped
+	gone    chan struct{} // closed when the shim has reported the exit (the log is complete then)
 	movedTo string        // the daemon it migrated to
-
-	captured chan struct{} // closed when its output pipe has no writer left
+	shim    *shim.Client  // nil for a placeholder (incoming) and for a process found dead at start
+	shimPID int
 
 	hooks   bool     // registered migration hooks (package runtime)
 	pending *control // a command waiting for the process to fetch it
 
-	logMu sync.Mutex // held while a chunk of output is appended to the log
-	out   *os.File   // read end of the output pipe
+	saveMu  sync.Mutex   // serializes the writes of the record
+	jdir    *journal.Dir // the record's directory, opened once (guarded by saveMu)
+	dropped bool         // the record is deleted: saveProc writes no more (guarded by mu)
 }
 
 func (p *Proc) info() ProcInfo {
@@ -53,25 +58,17 @@ func (p *Proc) info() ProcInfo {
 		Started: p.Started, Moves: p.Moves, ExitCode: p.exit, Job: p.Job, Rank: p.Rank}
 }
 
-// outputPipe makes the pipe a process writes its stdout and stderr to, and
-// returns its key as CRIU names it.
-func outputPipe() (r, w *os.File, key string, err error) {
-	r, w, err = os.Pipe()
-	if err != nil {
-		return nil, nil, "", err
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(int(w.Fd()), &st); err != nil {
-		r.Close()
-		w.Close()
-		return nil, nil, "", err
-	}
-	return r, w, fmt.Sprintf("pipe:[%d]", st.Ino), nil
-}
+// shimExe is the binary a shim runs: this one, as it is running (even if
+// its file was replaced since), under a comm ("exe") that `pkill -x migrated`
+// does not match from the first instruction on; the shim renames itself
+// "migrated-shim" at once.
+const shimExe = "/proc/self/exe"
 
-// launch starts argv as a migratable process: its own session, stdin from
-// /dev/null opened in this mount namespace, stdout and stderr into a pipe the
-// daemon drains into the log, and no other descriptors.
+// launch starts argv as a migratable process under a shim of its own: its
+// own session, stdin from /dev/null opened in this mount namespace, stdout and
+// stderr into a pipe the shim drains into the log, and no other descriptors.
+// The record says "starting" before the shim starts and "running" once it
+// reported the process's pid.
 func (d *Daemon) launch(id, name string, argv, env []string, dir string) (*Proc, error) {
 	if len(argv) == 0 {
 		return nil, errors.New("no command given: migrated run [--name NAME] -- CMD [ARG...]")
@@ -87,124 +84,138 @@ func (d *Daemon) launch(id, name string, argv, env []string, dir string) (*Proc,
 	if err := d.prepareProcDir(p); err != nil {
 		return nil, err
 	}
-	logf, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
+	p.state = "starting"
+	if err := d.saveProc(p); err != nil {
+		os.RemoveAll(filepath.Dir(p.logPath))
 		return nil, err
 	}
-	r, w, key, err := outputPipe()
+	env = append(slices.Clip(env), mrt.EnvID+"="+id, mrt.EnvControl+"="+d.ctlPath)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, st, err := shim.Start(ctx, shimExe, shim.Spec{ID: id, Dir: filepath.Dir(p.logPath), Path: path, Argv: argv,
+		Env: env, WorkDir: dir})
 	if err != nil {
-		logf.Close()
-		return nil, err
+		os.RemoveAll(filepath.Dir(p.logPath))
+		return nil, err // the shim's "cannot start ...", or why the shim did not run
 	}
-	devnull, err := os.Open(os.DevNull)
-	if err != nil {
-		logf.Close()
-		r.Close()
-		w.Close()
-		return nil, err
+	p.mu.Lock()
+	p.pid, p.shimPID, p.pipeKey, p.shim, p.state = st.PID, st.ShimPID, st.PipeKey, c, "running"
+	p.mu.Unlock()
+	if err := d.saveProc(p); err != nil {
+		d.log.Error("writing the record of a started process", "id", id, "err", err)
 	}
-	cmd := exec.Command(path, argv[1:]...)
-	cmd.Args = argv
-	cmd.Env = append(env, mrt.EnvID+"="+id, mrt.EnvControl+"="+d.ctlPath)
-	cmd.Dir = dir
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, w, w
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	err = cmd.Start()
-	devnull.Close()
-	w.Close()
-	if err != nil {
-		logf.Close()
-		r.Close()
-		return nil, fmt.Errorf("cannot start %q: %v", argv[0], err)
-	}
-	p.pid, p.state, p.pipeKey, p.out = cmd.Process.Pid, "running", key, r
-	go p.capture(r, logf)
-	go d.reap(p, cmd.Process)
+	go d.watch(p)
 	return p, nil
 }
 
 func (d *Daemon) prepareProcDir(p *Proc) error {
-	dir := filepath.Join(d.stateDir, "procs", p.ID)
+	dir := d.procDir(p.ID)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	p.logPath = filepath.Join(dir, "log")
+	p.logPath = filepath.Join(dir, shim.LogFile)
 	return nil
 }
 
-// capture appends the process's output to its log until every writer is gone.
-func (p *Proc) capture(r, logf *os.File) {
-	defer close(p.captured)
-	defer logf.Close()
-	buf := make([]byte, 64<<10)
+// procDir is the directory of process id: its log, record and shim.
+func (d *Daemon) procDir(id string) string { return filepath.Join(d.stateDir, "procs", id) }
+
+// flushLog returns once the log holds everything the process wrote so far
+// (its tree stopped, as before a dump): its shim's pipe is empty and no chunk
+// is half-written. A process whose exit the shim reported has nothing in
+// flight: the shim drained the pipe before it reported.
+func (p *Proc) flushLog() error {
+	p.mu.Lock()
+	c := p.shim
+	p.mu.Unlock()
+	if c == nil {
+		return nil
+	}
+	select {
+	case <-p.gone:
+		return nil
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return c.Flush(ctx)
+}
+
+// watch waits for the process's exit as its shim reports it, and records it.
+// A shim gone without a word leaves its exit.json, or the process is lost.
+// The end of a process that left this host (migrated) is no exit: its record
+// is deleted if it is still this copy's.
+func (d *Daemon) watch(p *Proc) {
+	p.mu.Lock()
+	c := p.shim
+	p.mu.Unlock()
+	lost := false
+	var code int
 	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			p.logMu.Lock()
-			logf.Write(buf[:n])
-			p.logMu.Unlock()
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// flushLog waits until the output pipe is empty and no chunk is being
-// written, so the log file holds everything a stopped process wrote.
-func (p *Proc) flushLog() {
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
-		var n int
-		rc, err := p.out.SyscallConn()
-		if err != nil {
+		var err error
+		if code, err = c.Wait(context.Background()); err == nil {
 			break
 		}
-		rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.TIOCINQ) })
-		if n == 0 {
+		if errors.Is(err, shim.ErrGone) {
+			code, lost = -1, true
+			d.log.Error("the shim of a process died without reporting its exit: the process is lost", "id", p.ID,
+				"shim", c.ShimPID(), "err", err)
 			break
 		}
-		time.Sleep(time.Millisecond)
-	}
-	p.logMu.Lock()
-	p.logMu.Unlock() //nolint:staticcheck // a barrier: the chunk in progress is written
-}
-
-// reap waits for the process (a child of this daemon, launched or restored)
-// and records how it ended.
-func (d *Daemon) reap(p *Proc, proc *os.Process) {
-	st, err := proc.Wait()
-	code := -1
-	if err == nil {
-		if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			code = 128 + int(ws.Signal())
-		} else {
-			code = st.ExitCode()
-		}
+		d.log.Warn("waiting for a process's shim", "id", p.ID, "err", err)
+		time.Sleep(time.Second)
 	}
 	p.mu.Lock()
 	p.exit = &code
-	if p.state != "migrated" {
+	migrated := p.state == "migrated"
+	if !migrated {
 		p.state = "exited"
+		if lost {
+			p.state = "lost"
+		}
+	}
+	pid := p.pid
+	p.mu.Unlock()
+	var err error
+	if migrated {
+		err = d.dropProc(p, true)
+	} else {
+		err = d.saveProc(p)
+	}
+	if err != nil {
+		d.log.Error("writing the record of an ended process", "id", p.ID, "err", err)
 	}
 	close(p.gone)
-	p.mu.Unlock()
-	d.log.Info("process ended", "id", p.ID, "pid", p.pid, "code", code)
+	d.log.Info("process ended", "id", p.ID, "pid", pid, "code", code, "migrated", migrated)
 }
 
-// signalTree sends sig to the process tree rooted at pid.
+// signalTree sends sig to the process tree rooted at pid (none for pid <= 0:
+// kill(0) would signal the daemon's own process group).
 func signalTree(pid int, sig syscall.Signal) {
+	if pid <= 0 {
+		return
+	}
 	for _, t := range criu.Tree(pid) {
 		syscall.Kill(t, sig)
 	}
 }
 
-// killTree kills a (stopped) tree and waits until its root is reaped.
+// killTree kills a (stopped) tree and waits until its shim reports the root
+// gone (at most 10 s). A process that has ended already is left alone: its
+// pid may be another process's by now.
 func killTree(p *Proc) {
+	select {
+	case <-p.gone:
+		return
+	default:
+	}
 	p.mu.Lock()
-	pid := p.pid
+	pid, c := p.pid, p.shim
 	p.mu.Unlock()
 	signalTree(pid, syscall.SIGKILL)
+	if c == nil {
+		return // no shim, no report to wait for
+	}
 	select {
 	case <-p.gone:
 	case <-time.After(10 * time.Second):
@@ -212,7 +223,7 @@ func killTree(p *Proc) {
 }
 
 func newProc(id, name string, argv []string, started time.Time) *Proc {
-	return &Proc{ID: id, Name: name, Argv: argv, Started: started, gone: make(chan struct{}), captured: make(chan struct{})}
+	return &Proc{ID: id, Name: name, Argv: argv, Started: started, gone: make(chan struct{})}
 }
 
 // follow streams the log from off as it grows, until the process has exited
@@ -223,7 +234,7 @@ func (d *Daemon) follow(c *wire.Conn, p *Proc, off int64) (*Reply, error) {
 		p.mu.Lock()
 		st, exit, moved := p.state, p.exit, p.movedTo
 		p.mu.Unlock()
-		done := st == "exited" || (st == "migrated" && moved != "")
+		done := st == "exited" || st == "lost" || (st == "migrated" && moved != "")
 		if st == "incoming" || (st == "migrated" && moved == "") {
 			// Still arriving (the source commits a moment before this
 			// daemon registers the restored copy), or restored here again
@@ -241,12 +252,8 @@ func (d *Daemon) follow(c *wire.Conn, p *Proc, off int64) (*Reply, error) {
 			time.Sleep(20 * time.Millisecond)
 			continue
 		}
-		if st == "exited" {
-			select {
-			case <-p.captured:
-			case <-time.After(2 * time.Second):
-			}
-		}
+		// "exited" is set once the shim has reported the exit, which it
+		// does after draining the output: the log is complete.
 		n, err := p.copyLog(w, off)
 		if err != nil {
 			return nil, err

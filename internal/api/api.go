@@ -6,7 +6,6 @@ package api
 
 import "time"
 
-
 // Request is what a client asks of a daemon.
 type Request struct {
 	Op     string   `json:"op"` // run, ps, logs, migrate, kill, history

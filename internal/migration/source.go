@@ -121,7 +121,7 @@ func (m *outMig) steps() []step {
 func (m *outMig) forwardSteps() []step {
 	return []step{
 		{name: "kill", do: m.kill},
-		{name: "confirm", do: m.confirm},
+		{name: "confirm", do: m.confirm, once: true},
 		{name: "cleanup", do: m.cleanup},
 	}
 }
@@ -418,8 +418,8 @@ func (m *outMig) failed(steps []step, err error) error {
 		where = "resuming it on the source ALSO failed: " + ue.Undo.Error()
 		err = ue.Cause
 	}
-	if errors.Is(err, errCrashRecovered) {
-		where = "the daemon restarted during it; the process resumed on the source"
+	if errors.Is(err, errCrashRecovered) && where != "the process keeps running here" {
+		where = "the process resumed on the source"
 	}
 	err = fmt.Errorf("%w; %s", err, where)
 	if m.hist != nil {

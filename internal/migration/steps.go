@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 )
 
 // step is one named step of a migration: what it does, and how to undo it.
@@ -20,6 +21,9 @@ type step struct {
 	// source's commit, the target's await-commit): once it has succeeded,
 	// nothing is undone, whatever fails after.
 	pivot bool
+	// once marks a step after the commit that is not tried again when it
+	// fails (the source's confirm: the target asks instead).
+	once bool
 }
 
 // runSteps runs steps in order on behalf of r. Before each step it journals
@@ -68,29 +72,77 @@ func (e *Engine) runSteps(ctx context.Context, r *Record, steps []step) error {
 
 // forwardSteps runs steps that follow the commit, from the one named from
 // ("" for the first): each is journaled and passes its fault points like
-// any other, but a failure is logged and returned, never undone.
+// any other, but a failure is never undone. It is tried again instead
+// (unless it is a once step): the process must end up running exactly where
+// the commit said, whatever failed on the way. A step that still fails after
+// forwardTries goes on being tried in the background, with the steps after
+// it, and forwardSteps returns the errors seen.
 func (e *Engine) forwardSteps(ctx context.Context, r *Record, steps []step, from string) []error {
 	if i := stepIndex(steps, from); i > 0 {
 		steps = steps[i:]
 	}
 	var errs []error
-	for _, s := range steps {
-		err := e.save(r, func(r *Record) { r.Step = s.name })
-		if err == nil {
-			err = e.fault(r.Side, "before", s.name)
-		}
-		if err == nil {
-			err = s.do(ctx)
-		}
-		if err == nil {
-			err = e.fault(r.Side, "after", s.name)
-		}
-		if err != nil {
-			e.log.Error("after the commit", "mig", r.Mig, "side", r.Side, "step", s.name, "err", err)
-			errs = append(errs, err)
+	for i, s := range steps {
+		pause := e.t.AskPause
+		for try := 1; ; try++ {
+			err := e.forwardStep(ctx, r, s)
+			if err == nil {
+				break
+			}
+			e.log.Error("after the commit", "mig", r.Mig, "side", r.Side, "step", s.name, "try", try, "err", err)
+			if try == 1 {
+				errs = append(errs, err)
+			}
+			if s.once {
+				break
+			}
+			if try == forwardTries {
+				rest := steps[i:]
+				e.cfg.Go(func() { e.forwardLater(r, rest) })
+				return errs
+			}
+			e.cfg.Sleep(ctx, pause)
+			pause = min(2*pause, 30*time.Second)
 		}
 	}
 	return errs
+}
+
+// forwardTries is how often forwardSteps tries a step before it leaves the
+// rest to the background.
+const forwardTries = 4
+
+// forwardLater goes on with steps in the background until each has
+// succeeded.
+func (e *Engine) forwardLater(r *Record, steps []step) {
+	ctx := context.Background()
+	for _, s := range steps {
+		for try := 1; ; try++ {
+			err := e.forwardStep(ctx, r, s)
+			if err == nil || s.once {
+				break
+			}
+			if try%10 == 1 {
+				e.log.Error("after the commit, still failing", "mig", r.Mig, "side", r.Side, "step", s.name,
+					"try", try, "err", err)
+			}
+			e.cfg.Sleep(ctx, 30*time.Second)
+		}
+	}
+}
+
+func (e *Engine) forwardStep(ctx context.Context, r *Record, s step) error {
+	err := e.save(r, func(r *Record) { r.Step = s.name })
+	if err == nil {
+		err = e.fault(r.Side, "before", s.name)
+	}
+	if err == nil {
+		err = s.do(ctx)
+	}
+	if err == nil {
+		err = e.fault(r.Side, "after", s.name)
+	}
+	return err
 }
 
 // undoSteps undoes steps in reverse order and returns cause, joined with the

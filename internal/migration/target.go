@@ -79,7 +79,7 @@ func (m *inMig) steps() []step {
 func (m *inMig) forwardSteps() []step {
 	return []step{
 		{name: "resume", do: m.resume},
-		{name: "rebind", do: m.rebind},
+		{name: "rebind", do: m.rebind, once: true}, // the resume hook is not idempotent
 		{name: "cleanup", do: m.cleanup},
 	}
 }

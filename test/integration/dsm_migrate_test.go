@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -212,30 +211,17 @@ func TestDSMMigrateLockHolder(t *testing.T) {
 	j.wait()
 }
 
-// The target daemon dies during a rank's migration: the rank resumes on its
-// source and the job still verifies.
+// The target daemon dies (kill -9, at a fault point) during a rank's
+// migration: the rank resumes on its source and the job still verifies.
 func TestDSMMigrateTargetKilled(t *testing.T) {
 	needRoot(t)
 	j := startJob(t, 3, jacobiArgs()...)
 	time.Sleep(300 * time.Millisecond)
 	src := j.rankHost(1)
-	cmd := dsmrunAll("migrate", j.id, "1", "--to", addr(4))
-	pipe, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var seen strings.Builder
-	killed := false
-	sc := bufio.NewScanner(pipe)
-	for sc.Scan() {
-		seen.WriteString(sc.Text() + "\n")
-		if !killed && strings.Contains(sc.Text(), "dump") {
-			killDaemon(t, 4)
-			killed = true
-		}
-	}
-	if err := cmd.Wait(); err == nil || !killed {
-		t.Fatalf("migration did not fail as it should (killed=%v, err=%v):\n%s", killed, err, seen.String())
+	armFaultMode(t, 4, "target-after-pages", "crash")
+	out, err := dsmrunAll("migrate", j.id, "1", "--to", addr(4)).CombinedOutput()
+	if err == nil {
+		t.Fatalf("migration did not fail as it should:\n%s", out)
 	}
 	if h := j.rankHost(1); h != src {
 		t.Fatalf("rank 1 is on %q, want its source %s", h, src)

@@ -3,6 +3,7 @@
 // read back from `migrated logs`:
 //
 //	migtest counter              prints "count N" every 20 ms, N consecutive
+//	migtest memcount MIB         both: MIB of pattern re-checked every 10 counts ("mem ok SUM"), and "count N"
 //	migtest mem MIB              fills MIB of memory with a pattern, re-checks it: "mem ok SUM" / "mem BAD"
 //	migtest threads N            N goroutines on locked OS threads count: "threads TOTAL"
 //	migtest tree N               forks N children that each print "child K tick T"
@@ -35,6 +36,8 @@ func main() {
 	switch os.Args[1] {
 	case "counter":
 		counter()
+	case "memcount":
+		memcount(atoi(arg(args, 0, "16")))
 	case "mem":
 		mem(atoi(arg(args, 0, "64")))
 	case "threads":
@@ -59,8 +62,27 @@ func counter() {
 	}
 }
 
-// mem keeps MIB of pattern in memory and checks it against its digest.
-func mem(mib int) {
+// memcount counts like counter while it keeps MIB of pattern in memory and
+// checks it every tenth count: a process whose memory and output sequence
+// must both survive whatever happens to its migrations.
+func memcount(mib int) {
+	buf := fill(mib)
+	want := sha256.Sum256(buf)
+	fmt.Printf("mem ready %d MiB %x\n", mib, want[:8])
+	for n := 0; ; n++ {
+		if n%10 == 0 {
+			if got := sha256.Sum256(buf); got != want {
+				fmt.Printf("mem BAD %x\n", got[:8])
+				os.Exit(1)
+			}
+			fmt.Printf("mem ok %x\n", want[:8])
+		}
+		fmt.Printf("count %d\n", n)
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func fill(mib int) []byte {
 	buf := make([]byte, mib<<20)
 	var x uint64 = 88172645463325252
 	for i := 0; i+8 <= len(buf); i += 8 {
@@ -69,6 +91,12 @@ func mem(mib int) {
 		x ^= x << 17
 		binary.LittleEndian.PutUint64(buf[i:], x)
 	}
+	return buf
+}
+
+// mem keeps MIB of pattern in memory and checks it against its digest.
+func mem(mib int) {
+	buf := fill(mib)
 	want := sha256.Sum256(buf)
 	fmt.Printf("mem ready %d MiB %x\n", mib, want[:8])
 	for {

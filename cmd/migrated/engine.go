@@ -1,0 +1,461 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"dsmigrate/criu"
+	"dsmigrate/internal/journal"
+	"dsmigrate/internal/migration"
+	"dsmigrate/internal/wire"
+	"dsmigrate/netmove"
+	mrt "dsmigrate/runtime"
+)
+
+// The daemon's side of the migration engine (internal/migration): the
+// engine decides what happens and in which order; these adapters do it on
+// this host, with CRIU, netlink and nftables, the shims and the process table.
+
+// newEngine makes the daemon's migration engine.
+func (d *Daemon) newEngine() (*migration.Engine, error) {
+	j, err := journal.Open(filepath.Join(d.stateDir, "journal", "migrations"))
+	if err != nil {
+		return nil, err
+	}
+	return migration.New(migration.Config{
+		Self:     d.listen,
+		Procs:    engineProcs{d},
+		CRIU:     checkpointer{d},
+		Net:      netMover{},
+		Quiescer: &d.quiescer,
+		Peers:    peers{d},
+		Journal:  migJournal{j},
+		Faults:   faults{d},
+		Log:      d.log,
+		OnRecord: d.addRecord,
+	}), nil
+}
+
+// migJournal keeps migration records in STATE/journal/migrations.
+type migJournal struct{ dir *journal.Dir }
+
+func (j migJournal) Put(r *migration.Record) error { return j.dir.Put(r.Mig, r) }
+func (j migJournal) Delete(mig string) error       { return j.dir.Delete(mig) }
+func (j migJournal) Load() ([]*migration.Record, error) {
+	names, err := j.dir.List()
+	if err != nil {
+		return nil, err
+	}
+	var out []*migration.Record
+	for _, n := range names {
+		r := &migration.Record{}
+		if ok, err := j.dir.Get(n, r); err != nil || !ok {
+			return nil, fmt.Errorf("reading migration record %s: %v", n, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// faults are the engine's fault points: the file STATE/faults/POINT arms
+// POINT (migration.Point names them, e.g. source-before-dump) for its next
+// pass, as CRIU_FAULT does for CRIU. A file that says "crash" makes the
+// daemon kill itself there with SIGKILL (a kill -9 at an exact step);
+// anything else makes the step fail.
+type faults struct{ d *Daemon }
+
+func (f faults) Check(point string) error {
+	path := filepath.Join(f.d.stateDir, "faults", point)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	os.Remove(path)
+	if strings.HasPrefix(strings.TrimSpace(string(b)), "crash") {
+		f.d.log.Warn("fault point: crashing", "point", point)
+		syscall.Sync()
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {} // SIGKILL cannot be caught: never reached
+	}
+	return errors.New("injected failure")
+}
+
+// fault reports whether the fault point name is armed, and disarms it (for
+// points outside the engine's steps).
+func (d *Daemon) fault(name string) bool {
+	return faults{d}.Check(name) != nil
+}
+
+// peers dials other daemons with the cluster's token.
+type peers struct{ d *Daemon }
+
+func (p peers) Dial(ctx context.Context, addr string) (migration.Conn, error) {
+	if p.d.token == nil {
+		return nil, errors.New("this daemon has no --token-file, so it cannot authenticate to another")
+	}
+	var dl net.Dialer
+	raw, err := dl.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c, err := wire.ClientContext(ctx, raw, p.d.token)
+	if err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// netMover is package netmove.
+type netMover struct{}
+
+func (netMover) Iface(cidr string) (string, error)       { return netmove.Iface(cidr) }
+func (netMover) HasAddr(cidr string) (bool, error)       { return netmove.HasAddr(cidr) }
+func (netMover) AddAddr(iface, cidr string) error        { return netmove.AddAddr(iface, cidr) }
+func (netMover) DelAddr(iface, cidr string) error        { return netmove.DelAddr(iface, cidr) }
+func (netMover) Announce(iface, ip string) error         { return netmove.Announce(iface, ip) }
+func (netMover) LockName(dir string) (string, error)     { return netmove.LockName(dir) }
+func (netMover) ExportLock(table string) (string, error) { return netmove.ExportLock(table) }
+func (netMover) CheckLock(rules string) (string, error)  { return netmove.CheckLock(rules) }
+func (netMover) ImportLock(rules string) error           { return netmove.ImportLock(rules) }
+func (netMover) DeleteLock(table string) error           { return netmove.DeleteLock(table) }
+
+// Quiesce stops pid's tree for a dump (migration.Quiescer).
+func (q *quiescer) Quiesce(pid int) error { return q.quiesce(pid) }
+
+// checkpointer is CRIU, with the page stream relayed over the daemons'
+// connection (pages.go) and the images in a tmpfs.
+type checkpointer struct{ d *Daemon }
+
+func wireConn(c migration.Conn) (*wire.Conn, error) {
+	wc, ok := c.(*wire.Conn)
+	if !ok || wc == nil {
+		return nil, errors.New("no connection to the other daemon")
+	}
+	return wc, nil
+}
+
+func (k checkpointer) ImagesDir(name string) (string, error) {
+	dir := filepath.Join(k.d.imagesDir, name)
+	return dir, os.MkdirAll(dir, 0o700)
+}
+
+func (k checkpointer) RemoveImages(dir string) error {
+	if dir == "" || filepath.Dir(dir) != k.d.imagesDir {
+		return fmt.Errorf("refusing to remove %q: not an images directory", dir)
+	}
+	return os.RemoveAll(dir)
+}
+
+func (k checkpointer) Dump(ctx context.Context, c migration.Conn, pid int, dir string, tcp bool) (*migration.DumpResult, error) {
+	wc, err := wireConn(c)
+	if err != nil {
+		return nil, err
+	}
+	local, criuEnd, err := pageSocket()
+	if err != nil {
+		return nil, err
+	}
+	// The wire deadline ends the stream before CRIU's own deadline kills
+	// CRIU: a stalled target makes the dump fail cleanly, not die.
+	dl, _ := ctx.Deadline()
+	wc.SetDeadline(dl.Add(-pagesWindDown))
+	pages := startPageSender(wc, local)
+	st, err := k.d.criu.Dump(ctx, criu.DumpOpts{Pid: pid, ImagesDir: dir, TCPEstablished: tcp, LeaveStopped: true,
+		PageServer: criuEnd})
+	criuEnd.Close()
+	early, relayErr := pages.wait(wc, err != nil)
+	res := &migration.DumpResult{Sent: pages.sent.Load(), Back: pages.back.Load()}
+	if err != nil {
+		// CRIU puts the tree back as it found it, stopped. Say so if the
+		// failed dump cost the process its life.
+		time.Sleep(50 * time.Millisecond)
+		res.Died = syscall.Kill(pid, 0) == syscall.ESRCH
+		if relayErr != nil && early {
+			return res, fmt.Errorf("streaming pages: %v; %w", relayErr, err)
+		}
+		return res, err
+	}
+	res.Freezing, res.Pages = st.Freezing, st.PagesWritten
+	if relayErr != nil {
+		return res, fmt.Errorf("streaming pages to the target failed: %v", relayErr)
+	}
+	return res, nil
+}
+
+func (k checkpointer) ReceivePages(ctx context.Context, c migration.Conn, dir string) (int64, error) {
+	wc, err := wireConn(c)
+	if err != nil {
+		return 0, err
+	}
+	return k.d.recvPages(ctx, wc, dir)
+}
+
+func (k checkpointer) SendImages(ctx context.Context, c migration.Conn, dir, logPath string) (int64, int, error) {
+	wc, err := wireConn(c)
+	if err != nil {
+		return 0, 0, err
+	}
+	return sendImages(ctx, wc, dir, logPath)
+}
+
+func (k checkpointer) ReceiveImages(ctx context.Context, c migration.Conn, dir, logPath string, pages int64) error {
+	wc, err := wireConn(c)
+	if err != nil {
+		return err
+	}
+	return recvImages(ctx, wc, dir, logPath, pages)
+}
+
+// engineProcs is the process table as the engine sees it.
+type engineProcs struct{ d *Daemon }
+
+func view(p *Proc) migration.Proc {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return migration.Proc{ID: p.ID, Name: p.Name, Argv: p.Argv, Started: p.Started, Moves: p.Moves, Job: p.Job,
+		Rank: p.Rank, PID: p.pid, PipeKey: p.pipeKey, Hooks: p.hooks, LogPath: p.logPath}
+}
+
+func (e engineProcs) Claim(id string) (migration.Proc, error) {
+	p, err := e.d.get(id)
+	if err != nil {
+		return migration.Proc{}, err
+	}
+	p.mu.Lock()
+	if p.state != "running" {
+		st := p.state
+		p.mu.Unlock()
+		return migration.Proc{}, fmt.Errorf("process %s is %s, not running", p.ID, st)
+	}
+	p.state = "migrating"
+	p.mu.Unlock()
+	if err := e.d.saveProc(p); err != nil {
+		e.Unclaim(p.ID)
+		return migration.Proc{}, err
+	}
+	return view(p), nil
+}
+
+func (e engineProcs) Unclaim(id string) error {
+	p := e.d.lookup(id)
+	if p == nil {
+		return nil
+	}
+	p.mu.Lock()
+	if p.state == "migrating" {
+		p.state = "running"
+	}
+	p.mu.Unlock()
+	return e.d.saveProc(p)
+}
+
+func (e engineProcs) Hook(ctx context.Context, id, op string, moved bool) error {
+	if op == "resume" {
+		return e.d.rebind(id, moved)
+	}
+	p, err := e.d.get(id)
+	if err != nil {
+		return err
+	}
+	return e.d.command(p, mrt.Command{Op: op})
+}
+
+func (e engineProcs) Continue(id string) error {
+	p := e.d.lookup(id)
+	if p == nil {
+		return fmt.Errorf("no process %s here to continue", id)
+	}
+	p.mu.Lock()
+	pid := p.pid
+	p.mu.Unlock()
+	// A dump the last daemon started may still be running (CRIU goes on
+	// when the daemon dies): continuing a tree CRIU holds would break it.
+	waitUntraced(pid, 30*time.Second)
+	signalTree(pid, syscall.SIGCONT)
+	return nil
+}
+
+func (e engineProcs) FlushLog(ctx context.Context, id string) error {
+	p := e.d.lookup(id)
+	if p == nil {
+		return fmt.Errorf("no process %s here", id)
+	}
+	return p.flushLog()
+}
+
+func (e engineProcs) RestoreHere(ctx context.Context, id, dir string) error {
+	p := e.d.lookup(id)
+	if p == nil {
+		return fmt.Errorf("no process %s here to restore", id)
+	}
+	p.mu.Lock()
+	p.state = "migrated" // its end is not an exit
+	key := p.pipeKey
+	p.mu.Unlock()
+	waitUntraced(p.pid, 30*time.Second)
+	killTree(p)
+	np, err := e.d.restoreProc(p.ID, p.Name, p.Argv, p.Started, p.Moves, key, dir, p.logPath, true)
+	if err != nil {
+		return err
+	}
+	np.mu.Lock()
+	np.state, np.Job, np.Rank, np.hooks = "migrating", p.Job, p.Rank, p.hooks
+	np.mu.Unlock()
+	e.d.mu.Lock()
+	e.d.procs[p.ID] = np
+	e.d.mu.Unlock()
+	return e.d.saveProc(np)
+}
+
+func (e engineProcs) Gone(ctx context.Context, id, to string) error {
+	p := e.d.lookup(id)
+	if p == nil {
+		return nil // gone already (a restart finishing the commit)
+	}
+	p.mu.Lock()
+	p.state, p.movedTo = "migrated", to
+	pid := p.pid
+	p.mu.Unlock()
+	signalTree(pid, syscall.SIGKILL)
+	err := e.d.saveProc(p)
+	e.d.mu.Lock()
+	if e.d.procs[id] == p {
+		delete(e.d.procs, id)
+	}
+	e.d.mu.Unlock()
+	go killTree(p) // reap
+	// Keep the log a while for followers that are reading it still.
+	e.d.forgetLater(p)
+	return err
+}
+
+func (e engineProcs) Reserve(b *migration.Begin) (string, error) {
+	e.d.mu.Lock()
+	defer e.d.mu.Unlock()
+	if _, ok := e.d.procs[b.ID]; ok {
+		return "", fmt.Errorf("process %s already exists on %s", b.ID, e.d.listen)
+	}
+	p := newProc(b.ID, b.Name, b.Argv, b.Started)
+	p.state, p.Job, p.Rank, p.Moves = "incoming", b.Job, b.Rank, b.Moves
+	if err := e.d.prepareProcDir(p); err != nil {
+		return "", err
+	}
+	os.Remove(p.logPath) // left from an earlier stay of this process here
+	e.d.procs[b.ID] = p
+	return p.logPath, nil
+}
+
+func (e engineProcs) Restore(ctx context.Context, b *migration.Begin, dir string) (int, error) {
+	holder := e.d.lookup(b.ID)
+	if holder == nil {
+		return 0, fmt.Errorf("process %s is not reserved here", b.ID)
+	}
+	np, err := e.d.restoreProc(b.ID, b.Name, b.Argv, b.Started, b.Moves, b.PipeKey, dir, holder.logPath, b.MoveIP != "")
+	if err != nil {
+		return 0, err
+	}
+	np.mu.Lock()
+	np.state, np.Job, np.Rank, np.hooks = "incoming", b.Job, b.Rank, b.Hooks
+	pid := np.pid
+	np.mu.Unlock()
+	e.d.mu.Lock()
+	e.d.procs[b.ID] = np
+	e.d.mu.Unlock()
+	return pid, e.d.saveProc(np)
+}
+
+func (e engineProcs) Discard(ctx context.Context, id string) error {
+	e.d.mu.Lock()
+	p := e.d.procs[id]
+	if p != nil {
+		p.mu.Lock()
+		st := p.state
+		p.mu.Unlock()
+		if st != "incoming" {
+			e.d.mu.Unlock()
+			return nil // not ours to discard: a process that lives here
+		}
+		delete(e.d.procs, id)
+	}
+	e.d.mu.Unlock()
+	if p == nil {
+		// After a restart: the shim of a copy restored while the daemon
+		// was down may be there still.
+		p = e.d.adopt(id)
+	}
+	if p != nil && p.pid > 0 {
+		p.mu.Lock()
+		p.state = "migrated"
+		p.mu.Unlock()
+		killTree(p)
+	}
+	return os.RemoveAll(filepath.Join(e.d.stateDir, "procs", id))
+}
+
+func (e engineProcs) Activate(ctx context.Context, b *migration.Begin) error {
+	p := e.d.lookup(b.ID)
+	if p == nil {
+		p = e.d.adopt(b.ID)
+	}
+	if p == nil {
+		return fmt.Errorf("the restored copy of %s is gone", b.ID)
+	}
+	p.mu.Lock()
+	p.state, p.Job, p.Rank, p.hooks = "running", b.Job, b.Rank, b.Hooks
+	pid := p.pid
+	p.mu.Unlock()
+	e.d.mu.Lock()
+	e.d.procs[b.ID] = p
+	e.d.mu.Unlock()
+	// Journaled before it runs: a restart must find it running here.
+	err := e.d.saveProc(p)
+	signalTree(pid, syscall.SIGCONT)
+	return err
+}
+
+// lookup returns the process registered under exactly id, or nil.
+func (d *Daemon) lookup(id string) *Proc {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.procs[id]
+}
+
+// waitUntraced waits until no task of pid's tree is traced (CRIU or the
+// quiesce helper let go), for at most max.
+func waitUntraced(pid int, max time.Duration) {
+	for end := time.Now().Add(max); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		traced := false
+		for _, t := range criu.Tree(pid) {
+			if tracerPid(t) > 0 {
+				traced = true
+				break
+			}
+		}
+		if !traced {
+			return
+		}
+	}
+}
+
+func tracerPid(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "TracerPid:"); ok {
+			var n int
+			fmt.Sscan(strings.TrimSpace(v), &n)
+			return n
+		}
+	}
+	return 0
+}

@@ -1,0 +1,374 @@
+package shim
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"dsmigrate/criu"
+)
+
+// Names of the files a shim keeps in its Spec.Dir.
+const (
+	LogFile    = "log"
+	SocketFile = "shim.sock"
+	ExitFile   = "exit.json"
+	ShimLog    = "shim.log"
+)
+
+// Command is the hidden subcommand of the daemon's binary that runs Main.
+const Command = "shim"
+
+// maxSockPath is the longest path a sockaddr_un holds (108 bytes with the NUL).
+const maxSockPath = 107
+
+// ErrGone is wrapped by the errors of a Client whose shim no longer serves its
+// directory.
+var ErrGone = errors.New("shim gone")
+
+// Spec is what one shim supervises. Dir is the process's state directory
+// (STATE/procs/ID): it holds "log" (the output, appended), "shim.sock",
+// "exit.json", "shim.log" (the shim's own stderr).
+type Spec struct {
+	ID  string `json:"id"`
+	Dir string `json:"dir"`
+	// Run mode: start Argv with Env in WorkDir. Path is the executable;
+	// empty, Argv[0] is looked up in the shim's PATH (then in WorkDir).
+	Path    string   `json:"path,omitempty"`
+	Argv    []string `json:"argv,omitempty"`
+	Env     []string `json:"env,omitempty"`
+	WorkDir string   `json:"work_dir,omitempty"`
+	// Restore mode (when Restore != nil): restore a CRIU image set as the
+	// shim's child, stopped.
+	Restore *RestoreSpec `json:"restore,omitempty"`
+}
+
+// RestoreSpec is a restore mode Spec's image set.
+type RestoreSpec struct {
+	CRIU      string `json:"criu"` // CRIU binary path
+	ImagesDir string `json:"images_dir"`
+	// PipeKey is the output pipe as named in the images ("pipe:[ino]"): the
+	// new pipe's write end is inherited in its place (--inherit-fd).
+	PipeKey string        `json:"pipe_key"`
+	TCP     bool          `json:"tcp,omitempty"`     // --tcp-established
+	Timeout time.Duration `json:"timeout,omitempty"` // CRIU's deadline (criu.DefaultTimeout if 0)
+}
+
+// Started is what a shim reports once its workload runs (or, restored, is
+// stopped and ready to continue).
+type Started struct {
+	ShimPID int                `json:"shim_pid"`
+	PID     int                `json:"pid"`      // the workload's pid (root of its tree)
+	PipeKey string             `json:"pipe_key"` // "pipe:[ino]" of the new output pipe's write end, as CRIU will name it on the next dump
+	Restore *criu.RestoreStats `json:"restore,omitempty"`
+}
+
+// Status is a shim's answer to a status request.
+type Status struct {
+	ShimPID int    `json:"shim_pid"`
+	PID     int    `json:"pid"`
+	PipeKey string `json:"pipe_key"` // as in Started
+	Exited  bool   `json:"exited"`
+	Code    int    `json:"code"` // valid when Exited
+}
+
+// report is the shim's one message on stdout.
+type report struct {
+	Started *Started    `json:"started,omitempty"`
+	Err     string      `json:"err,omitempty"`
+	CRIU    *criu.Error `json:"criu,omitempty"` // a failed restore, intact
+}
+
+// request and response are the socket protocol.
+type request struct {
+	Op string `json:"op"` // status, wait, flush
+}
+
+type response struct {
+	Status *Status `json:"status,omitempty"`
+	Err    string  `json:"err,omitempty"`
+}
+
+// exitRecord is exit.json.
+type exitRecord struct {
+	Code int       `json:"code"`
+	At   time.Time `json:"at"`
+}
+
+// Client talks to one shim. It holds no connection between calls (one per
+// request), so it needs no Close, and any number of goroutines may use it.
+type Client struct {
+	dir     string
+	sock    string
+	shimPID int
+	exited  chan struct{} // closed when the shim process Start started is reaped
+}
+
+// Dir is the shim's directory.
+func (c *Client) Dir() string { return c.dir }
+
+// ShimPID is the shim's pid.
+func (c *Client) ShimPID() int { return c.shimPID }
+
+// Exited is closed when the shim process is reaped. Only a Client from Start
+// (the shim is the caller's child) has one; it is nil after Dial.
+func (c *Client) Exited() <-chan struct{} { return c.exited }
+
+func sockPath(dir string) (string, error) {
+	p := filepath.Join(dir, SocketFile)
+	if len(p) > maxSockPath {
+		return "", fmt.Errorf("the shim socket %s is %d bytes long, more than the %d a unix socket address holds: use a shorter state directory", p, len(p), maxSockPath)
+	}
+	return p, nil
+}
+
+// Start starts a shim for spec by executing exe (the daemon's binary; the
+// daemon passes /proc/self/exe) with the hidden subcommand "shim", hands it the
+// spec over a pipe (never on the command line: Env may hold secrets), and waits
+// until the shim reports that the workload has started, or that the restore is
+// done (the restored tree is left STOPPED: the caller SIGCONTs it), or why not.
+// A failed CRIU restore comes back as the *criu.Error the shim got.
+//
+// The shim runs in its own session and survives the caller's death (no
+// parent-death signal); while the caller lives it is the shim's parent and
+// reaps it (Client.Exited). If ctx ends before the shim reports, the shim is
+// killed.
+func Start(ctx context.Context, exe string, spec Spec) (_ *Client, _ *Started, retErr error) {
+	if spec.ID == "" || !filepath.IsAbs(spec.Dir) {
+		return nil, nil, fmt.Errorf("shim: a spec needs an ID and an absolute Dir (got %q, %q)", spec.ID, spec.Dir)
+	}
+	if spec.Restore == nil && len(spec.Argv) == 0 {
+		return nil, nil, errors.New("shim: a spec needs Argv or Restore")
+	}
+	sock, err := sockPath(spec.Dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("shim: %w", err)
+	}
+	slog, err := os.OpenFile(filepath.Join(spec.Dir, ShimLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("shim: %w", err)
+	}
+	defer slog.Close()
+	specR, specW, err := os.Pipe()
+	if err != nil {
+		return nil, nil, fmt.Errorf("shim: %w", err)
+	}
+	defer specW.Close()
+	repR, repW, err := os.Pipe()
+	if err != nil {
+		specR.Close()
+		return nil, nil, fmt.Errorf("shim: %w", err)
+	}
+	defer repR.Close()
+
+	cmd := exec.Command(exe, Command)
+	cmd.Args[0] = "migrated-shim"
+	cmd.Dir = "/" // pin no directory
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = specR, repW, slog
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	err = cmd.Start()
+	specR.Close()
+	repW.Close()
+	if err != nil {
+		return nil, nil, fmt.Errorf("shim: starting %s: %w", exe, err)
+	}
+	c := &Client{dir: spec.Dir, sock: sock, shimPID: cmd.Process.Pid, exited: make(chan struct{})}
+	go func() {
+		cmd.Wait()
+		close(c.exited)
+	}()
+	defer func() {
+		if retErr != nil {
+			// A shim that failed says so and exits; one that hangs is
+			// killed. Either way it is reaped before Start returns.
+			select {
+			case <-c.exited:
+			case <-time.After(5 * time.Second):
+				cmd.Process.Kill()
+				<-c.exited
+			}
+		}
+	}()
+
+	// The spec may exceed the pipe's buffer: write it while reading the
+	// report, which comes only after the shim has read all of it.
+	go func() {
+		json.NewEncoder(specW).Encode(&spec)
+		specW.Close()
+	}()
+	type result struct {
+		rep report
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		var r result
+		r.err = json.NewDecoder(repR).Decode(&r.rep)
+		ch <- r
+	}()
+	var res result
+	select {
+	case res = <-ch:
+	case <-ctx.Done():
+		cmd.Process.Kill()
+		return nil, nil, fmt.Errorf("shim for %s: no report: %w", spec.ID, context.Cause(ctx))
+	}
+	switch {
+	case res.err != nil:
+		// Give the shim a moment to finish writing its log.
+		select {
+		case <-c.exited:
+		case <-time.After(time.Second):
+		}
+		return nil, nil, fmt.Errorf("shim for %s ended without a report (%v); %s says: %s", spec.ID, res.err,
+			filepath.Join(spec.Dir, ShimLog), tail(filepath.Join(spec.Dir, ShimLog), 5))
+	case res.rep.CRIU != nil:
+		return nil, nil, res.rep.CRIU
+	case res.rep.Err != "":
+		return nil, nil, errors.New(res.rep.Err)
+	case res.rep.Started == nil:
+		return nil, nil, fmt.Errorf("shim for %s: empty report", spec.ID)
+	}
+	return c, res.rep.Started, nil
+}
+
+// Dial reattaches to the shim serving dir (after a daemon restart). It fails
+// with an error wrapping ErrGone if no shim serves it.
+func Dial(dir string) (*Client, error) {
+	sock, err := sockPath(dir)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{dir: dir, sock: sock}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := c.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.shimPID = st.ShimPID
+	return c, nil
+}
+
+// Status asks the shim how its workload is.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	r, err := c.call(ctx, "status")
+	if err != nil {
+		return Status{}, err
+	}
+	if r.Status == nil {
+		return Status{}, errors.New("shim: status answer without a status")
+	}
+	return *r.Status, nil
+}
+
+// Wait blocks until the workload has exited and returns its code (128+signal
+// if killed by a signal), or an error wrapping ErrGone if the shim died
+// without saying: a shim that wrote exit.json but could not answer has said.
+func (c *Client) Wait(ctx context.Context) (int, error) {
+	r, err := c.call(ctx, "wait")
+	if err != nil {
+		if errors.Is(err, ErrGone) {
+			if code, ok, _ := ReadExit(c.dir); ok {
+				return code, nil
+			}
+		}
+		return -1, err
+	}
+	if r.Status == nil || !r.Status.Exited {
+		return -1, errors.New("shim: wait answered before the exit")
+	}
+	return r.Status.Code, nil
+}
+
+// Flush returns once everything the workload has written so far (its tree
+// may be stopped) is in the log file: the pipe is empty and no chunk is
+// half-written. The shim gives up after a few seconds of a pipe that never
+// empties (a workload writing without pause) and says so.
+func (c *Client) Flush(ctx context.Context) error {
+	_, err := c.call(ctx, "flush")
+	return err
+}
+
+func (c *Client) call(ctx context.Context, op string) (*response, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.sock)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, fmt.Errorf("shim %s: %w: %v", c.dir, ErrGone, err)
+		}
+		return nil, fmt.Errorf("shim %s: %w", c.dir, err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	defer stop()
+	if err := json.NewEncoder(conn).Encode(request{Op: op}); err != nil {
+		return nil, c.connErr(ctx, op, err)
+	}
+	var r response
+	if err := json.NewDecoder(bufio.NewReader(conn)).Decode(&r); err != nil {
+		return nil, c.connErr(ctx, op, err)
+	}
+	if r.Err != "" {
+		return nil, fmt.Errorf("shim %s: %s: %s", c.dir, op, r.Err)
+	}
+	return &r, nil
+}
+
+func (c *Client) connErr(ctx context.Context, op string, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("shim %s: %s: %w", c.dir, op, context.Cause(ctx))
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) {
+		// A shim answers every request unless it is going away.
+		return fmt.Errorf("shim %s: %s: %w: the connection closed without an answer", c.dir, op, ErrGone)
+	}
+	return fmt.Errorf("shim %s: %s: %w", c.dir, op, err)
+}
+
+// ReadExit reads dir/exit.json: the exit code a shim recorded before it ended.
+// ok is false, with no error, if there is none.
+func ReadExit(dir string) (code int, ok bool, err error) {
+	b, err := os.ReadFile(filepath.Join(dir, ExitFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, err
+	}
+	var r exitRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return 0, false, fmt.Errorf("shim: %s is corrupt: %w", filepath.Join(dir, ExitFile), err)
+	}
+	return r.Code, true, nil
+}
+
+// tail returns the last n lines of a file, on one line.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	if len(lines) == 1 && lines[0] == "" {
+		return "(nothing)"
+	}
+	return strings.Join(lines, " | ")
+}

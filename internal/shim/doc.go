@@ -1,0 +1,62 @@
+// Package shim is the small supervisor that runs beside every process the
+// daemon launches or restores, as containerd's shim and podman's conmon do
+// for containers.
+//
+// # Why
+//
+// A process's parent reaps it and whoever holds the read end of its output
+// pipe keeps it alive: a process writing to a pipe nobody reads dies of
+// SIGPIPE. When the daemon itself was both, killing or restarting the daemon
+// orphaned every process, lost its output and its exit status. A shim is one
+// process per workload that is its parent and reaper, holds its output pipe
+// and appends what comes out of it to the log file; the daemon only talks to
+// it. The shim does not depend on the daemon: it runs in its own session,
+// has no parent-death signal, ignores SIGHUP, SIGINT, SIGTERM and SIGPIPE, and
+// keeps serving when the daemon is gone. A restarted daemon finds its shims
+// again through the state directory (Dial).
+//
+// # Lifecycle
+//
+// The daemon calls Start, which executes the daemon's own binary as the hidden
+// subcommand `migrated shim` (Main) and writes the Spec to its stdin (never to
+// the command line: the environment may hold secrets). The shim
+//
+//  1. names itself "migrated-shim" (so `pkill -x migrated` never matches it),
+//     becomes a child subreaper, sends its own stderr to Dir/shim.log;
+//  2. creates the output pipe, opens Dir/log for appending and starts copying;
+//  3. binds Dir/shim.sock (mode 0600);
+//  4. starts the workload (run mode: Argv with stdin /dev/null, stdout and
+//     stderr the pipe, no other descriptor, its own session) or restores it
+//     from CRIU images (restore mode: CRIU's restore-sibling mode makes the
+//     restored root the shim's child; the tree is left stopped and the pipe's
+//     write end is inherited in place of the old one);
+//  5. reports Started (or why not) on stdout, closes stdin and stdout, and
+//     serves the socket: status, wait (a long poll until the workload has
+//     exited) and flush (the log holds everything written so far);
+//  6. when the root exits, drains the pipe (until EOF, or until it has been
+//     empty for a moment, at most a couple of seconds: descendants may keep it
+//     open), writes Dir/exit.json atomically, answers every waiter, keeps
+//     copying while any writer remains, reaps what is left of the tree, removes
+//     its socket and exits 0.
+//
+// Exit codes follow the shell: the exit status, or 128+signal.
+//
+// A shim that started from a daemon is that daemon's child and the daemon
+// reaps it (Start waits for it in a goroutine: Client.Exited). After a daemon
+// restart the shim has been re-parented to the nearest subreaper (the host's
+// init); the new daemon only talks to it.
+//
+// # Protocol
+//
+// One request per connection on Dir/shim.sock: a JSON object {"op": "status"
+// | "wait" | "flush"} on one line, answered by one JSON line (response). The
+// socket is root's only (0600 in a 0700 directory); its path must fit a
+// sockaddr_un (107 bytes).
+//
+// # Files in Dir
+//
+//	log        the workload's output, appended (created if missing)
+//	shim.sock  the shim's socket, removed when it exits
+//	exit.json  {"code": N, "at": time} written when the root has exited
+//	shim.log   the shim's own stderr
+package shim

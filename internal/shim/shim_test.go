@@ -1,0 +1,577 @@
+package shim_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"dsmigrate/criu"
+	"dsmigrate/internal/shim"
+	"dsmigrate/netmove"
+)
+
+const testCRIU = "/usr/local/sbin/migrate-criu"
+
+// The test binary is also the shim (argument "shim", as Start runs it) and a
+// starter that starts a shim and then waits to be killed ("starter").
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case shim.Command:
+			if err := shim.Main(); err != nil {
+				fmt.Fprintln(os.Stderr, "shim:", err)
+				os.Exit(1)
+			}
+			os.Exit(0)
+		case "starter":
+			os.Exit(starter())
+		}
+	}
+	// Race-built shims would each sleep a second at exit (TSan's default).
+	if os.Getenv("GORACE") == "" {
+		os.Setenv("GORACE", "atexit_sleep_ms=0")
+	}
+	// Orphans (the shim of a killed starter) come to this process, which
+	// reaps them; this machine's PID 1 does not.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		fmt.Println("PR_SET_CHILD_SUBREAPER:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if left := leftovers(); left != "" {
+		fmt.Println("processes left behind:", left)
+		if code == 0 {
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// starter reads a Spec on stdin, starts its shim, prints Started and waits.
+func starter() int {
+	var spec shim.Spec
+	if err := json.NewDecoder(os.Stdin).Decode(&spec); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	exe, _ := os.Executable()
+	_, st, err := shim.Start(context.Background(), exe, spec)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	json.NewEncoder(os.Stdout).Encode(st)
+	select {}
+}
+
+// leftovers kills and reaps this process's remaining children (all orphans
+// once the tests are over) and names the ones that were still alive.
+func leftovers() string {
+	var alive []string
+	me := os.Getpid()
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || ppidOf(pid) != me {
+			continue
+		}
+		if state(pid) != "Z" {
+			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+			alive = append(alive, fmt.Sprintf("%d (%s)", pid, strings.TrimSpace(string(comm))))
+			unix.Kill(pid, unix.SIGKILL)
+		}
+		var ws unix.WaitStatus
+		unix.Wait4(pid, &ws, 0, nil)
+	}
+	return strings.Join(alive, ", ")
+}
+
+func exe(t *testing.T) string {
+	t.Helper()
+	p, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// counter counts until the file stop exists, then prints "last N" and exits 7.
+func counterSpec(dir, stop string) shim.Spec {
+	return shim.Spec{
+		ID:  "c",
+		Dir: dir,
+		Argv: []string{"sh", "-c", `i=0; while [ ! -e "$STOP" ]; do i=$((i+1)); echo "count $i"; sleep 0.01; done; ` +
+			`echo "last $i"; exit 7`},
+		Env:     []string{"PATH=/usr/bin:/bin", "STOP=" + stop},
+		WorkDir: "/",
+	}
+}
+
+// startShim starts a shim whose workload and shim are killed and reaped when
+// the test ends.
+func startShim(t *testing.T, spec shim.Spec) (*shim.Client, *shim.Started) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, st, err := shim.Start(ctx, exe(t), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		killWorkload(st.PID, c.ShimPID())
+		select {
+		case <-c.Exited():
+		case <-time.After(10 * time.Second):
+			t.Errorf("shim %d still there 10 s after its workload was killed: killing it", c.ShimPID())
+			unix.Kill(c.ShimPID(), unix.SIGKILL)
+			<-c.Exited()
+		}
+	})
+	return c, st
+}
+
+// killWorkload kills the tree of pid if it is still the child of shimPID
+// (not a recycled pid).
+func killWorkload(pid, shimPID int) {
+	if ppidOf(pid) != shimPID {
+		return
+	}
+	for _, p := range criu.Tree(pid) {
+		unix.Kill(p, unix.SIGKILL)
+	}
+}
+
+// reapOrphan kills the workload and waits for the shim shimPID, an orphan
+// that is this process's child now, to end; then reaps it.
+func reapOrphan(t *testing.T, shimPID, pid int) {
+	killWorkload(pid, shimPID)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var ws unix.WaitStatus
+		got, err := unix.Wait4(shimPID, &ws, unix.WNOHANG, nil)
+		if got == shimPID || errors.Is(err, unix.ECHILD) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("orphaned shim %d did not end: killing it", shimPID)
+			unix.Kill(shimPID, unix.SIGKILL)
+			unix.Wait4(shimPID, &ws, 0, nil)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func readLog(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, shim.LogFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+var countRE = regexp.MustCompile(`(?m)^count (\d+)$`)
+
+// counts returns the counts in a log, checking that they go 1, 2, 3... with
+// no gap and no repeat.
+func counts(t *testing.T, log string) int {
+	t.Helper()
+	n := 0
+	for _, m := range countRE.FindAllStringSubmatch(log, -1) {
+		v, _ := strconv.Atoi(m[1])
+		if v != n+1 {
+			t.Fatalf("count %d after %d:\n%s", v, n, tailOf(log, 10))
+		}
+		n = v
+	}
+	return n
+}
+
+// waitCount waits until the log in dir holds count >= n, and returns it.
+func waitCount(t *testing.T, dir string, n int) int {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got := counts(t, readLog(t, dir))
+		if got >= n {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the log reached count %d, want %d:\n%s", got, n, tailOf(readLog(t, dir), 10))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func tailOf(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
+
+func touch(t *testing.T, path string) {
+	t.Helper()
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func wait(t *testing.T, c *shim.Client) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	code, err := c.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code
+}
+
+func statFields(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	s := string(b)
+	return strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+}
+
+func state(pid int) string {
+	if f := statFields(pid); len(f) > 0 {
+		return f[0]
+	}
+	return ""
+}
+
+func ppidOf(pid int) int {
+	if f := statFields(pid); len(f) > 1 {
+		n, _ := strconv.Atoi(f[1])
+		return n
+	}
+	return 0
+}
+
+// A counter's output lands in the log; Status shows it running; Wait returns
+// its code once the log is complete; exit.json says the same; the shim then
+// leaves, taking its socket with it.
+func TestRun(t *testing.T) {
+	dir := t.TempDir()
+	stop := filepath.Join(t.TempDir(), "stop")
+	c, st := startShim(t, counterSpec(dir, stop))
+	if st.PID <= 0 || st.ShimPID != c.ShimPID() || !strings.HasPrefix(st.PipeKey, "pipe:[") {
+		t.Fatalf("Started = %+v", st)
+	}
+	waitCount(t, dir, 20)
+	s, err := c.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.PID != st.PID || s.ShimPID != st.ShimPID || s.Exited {
+		t.Fatalf("Status = %+v, want pid %d running under %d", s, st.PID, st.ShimPID)
+	}
+	if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c.ShimPID())); strings.TrimSpace(string(comm)) != "migrated-shim" {
+		t.Errorf("the shim's comm is %q, want migrated-shim", comm)
+	}
+	if p := ppidOf(st.PID); p != c.ShimPID() {
+		t.Errorf("the workload's parent is %d, want the shim %d", p, c.ShimPID())
+	}
+	touch(t, stop)
+	if code := wait(t, c); code != 7 {
+		t.Fatalf("Wait = %d, want 7", code)
+	}
+	log := readLog(t, dir)
+	n := counts(t, log)
+	if !strings.HasSuffix(log, fmt.Sprintf("last %d\n", n)) {
+		t.Fatalf("the log does not end with the last line:\n%s", tailOf(log, 5))
+	}
+	if code, ok, err := shim.ReadExit(dir); err != nil || !ok || code != 7 {
+		t.Fatalf("ReadExit = %d, %v, %v; want 7", code, ok, err)
+	}
+	s, err = c.Status(context.Background())
+	if err == nil && (!s.Exited || s.Code != 7) {
+		t.Fatalf("Status after the exit = %+v", s)
+	}
+	select {
+	case <-c.Exited():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the shim did not leave after its workload")
+	}
+	if _, err := os.Stat(filepath.Join(dir, shim.SocketFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the socket is still there: %v", err)
+	}
+	if _, err := shim.Dial(dir); !errors.Is(err, shim.ErrGone) {
+		t.Errorf("Dial after the shim left: %v, want ErrGone", err)
+	}
+}
+
+// Exit codes: the status, or 128+signal; a burst written just before the exit
+// is all in the log when Wait returns.
+func TestExitCodes(t *testing.T) {
+	for _, tc := range []struct {
+		name, script string
+		code         int
+	}{
+		{"zero", "seq 1 200000; exit 0", 0},
+		{"status", "seq 1 200000; exit 3", 3},
+		{"signal", "seq 1 200000; kill -TERM $$", 128 + int(syscall.SIGTERM)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			c, _ := startShim(t, shim.Spec{ID: "x", Dir: dir, Argv: []string{"sh", "-c", tc.script},
+				Env: []string{"PATH=/usr/bin:/bin"}})
+			if code := wait(t, c); code != tc.code {
+				t.Fatalf("Wait = %d, want %d", code, tc.code)
+			}
+			if log := readLog(t, dir); !strings.HasSuffix(log, "\n199999\n200000\n") {
+				t.Fatalf("the log is incomplete at the exit (%d bytes): ...%q", len(log), tailOf(log, 2))
+			}
+		})
+	}
+}
+
+func TestStartFails(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	_, _, err := shim.Start(ctx, exe(t), shim.Spec{ID: "x", Dir: dir, Argv: []string{"/nonexistent/prog"}})
+	if err == nil || !strings.Contains(err.Error(), `cannot run "/nonexistent/prog"`) {
+		t.Fatalf("Start of a missing program: %v", err)
+	}
+	long := filepath.Join(dir, strings.Repeat("d", 100))
+	_, _, err = shim.Start(ctx, exe(t), shim.Spec{ID: "x", Dir: long, Argv: []string{"true"}})
+	if err == nil || !strings.Contains(err.Error(), "unix socket") {
+		t.Fatalf("Start with a too long socket path: %v", err)
+	}
+	_, _, err = shim.Start(ctx, exe(t), shim.Spec{ID: "x", Dir: "relative", Argv: []string{"true"}})
+	if err == nil {
+		t.Fatal("Start with a relative Dir succeeded")
+	}
+}
+
+// The workload has stdin /dev/null, stdout and stderr the pipe, and nothing
+// else; exactly the spec's environment; its own session.
+func TestWorkloadDescriptors(t *testing.T) {
+	dir := t.TempDir()
+	env := []string{"PATH=/usr/bin:/bin", "ONLY=this"}
+	_, st := startShim(t, shim.Spec{ID: "x", Dir: dir, Argv: []string{"sleep", "300"}, Env: env, WorkDir: dir})
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", st.PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"0": "/dev/null", "1": st.PipeKey, "2": st.PipeKey}
+	for _, fd := range fds {
+		target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", st.PID, fd.Name()))
+		if want[fd.Name()] != target {
+			t.Errorf("fd %s -> %s; want only %v", fd.Name(), target, want)
+		}
+	}
+	if len(fds) != 3 {
+		t.Errorf("%d descriptors, want 3", len(fds))
+	}
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", st.PID))
+	if got := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00"); !slices.Equal(got, env) {
+		t.Errorf("environment %q, want %q", got, env)
+	}
+	if f := statFields(st.PID); len(f) < 4 || f[3] != strconv.Itoa(st.PID) {
+		t.Errorf("session %v, want its own (%d)", f, st.PID)
+	}
+	if cwd, _ := os.Readlink(fmt.Sprintf("/proc/%d/cwd", st.PID)); cwd != dir {
+		t.Errorf("cwd %s, want %s", cwd, dir)
+	}
+}
+
+// The shim outlives the process that started it: the starter is SIGKILLed,
+// the workload keeps writing (no SIGPIPE), a new Client finds the shim through
+// the directory, the output written meanwhile is in the log, and Wait works.
+func TestOutlivesStarter(t *testing.T) {
+	dir := t.TempDir()
+	stop := filepath.Join(t.TempDir(), "stop")
+	spec := counterSpec(dir, stop)
+	cmd := exec.Command(exe(t), "starter")
+	b, _ := json.Marshal(spec)
+	cmd.Stdin = strings.NewReader(string(b))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	var st shim.Started
+	if err := json.NewDecoder(bufio.NewReader(out)).Decode(&st); err != nil {
+		t.Fatalf("no report from the starter: %v", err)
+	}
+	t.Cleanup(func() { reapOrphan(t, st.ShimPID, st.PID) })
+	if p := ppidOf(st.ShimPID); p != cmd.Process.Pid {
+		t.Fatalf("the shim's parent is %d, want the starter %d", p, cmd.Process.Pid)
+	}
+	waitCount(t, dir, 10)
+
+	cmd.Process.Kill()
+	cmd.Wait()
+	killed := counts(t, readLog(t, dir))
+	time.Sleep(300 * time.Millisecond)
+	if p := ppidOf(st.ShimPID); p != os.Getpid() {
+		t.Fatalf("the orphaned shim's parent is %d, want this subreaper %d", p, os.Getpid())
+	}
+	c, err := shim.Dial(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ShimPID() != st.ShimPID || c.Exited() != nil {
+		t.Fatalf("Dial: shim %d, want %d", c.ShimPID(), st.ShimPID)
+	}
+	s, err := c.Status(context.Background())
+	if err != nil || s.PID != st.PID || s.Exited {
+		t.Fatalf("Status after redial = %+v, %v", s, err)
+	}
+	waitCount(t, dir, killed+30)
+	touch(t, stop)
+	if code := wait(t, c); code != 7 {
+		t.Fatalf("Wait after redial = %d, want 7 (a SIGPIPE would be 141)", code)
+	}
+	log := readLog(t, dir)
+	if n := counts(t, log); !strings.HasSuffix(log, fmt.Sprintf("last %d\n", n)) {
+		t.Fatalf("the log does not end with the last line:\n%s", tailOf(log, 5))
+	}
+}
+
+// Flush: everything a stopped workload wrote before it stopped is in the
+// log once Flush returns.
+func TestFlush(t *testing.T) {
+	dir := t.TempDir()
+	c, st := startShim(t, shim.Spec{ID: "x", Dir: dir, Argv: []string{"sh", "-c", "seq 1 300000; kill -STOP $$; echo after"},
+		Env: []string{"PATH=/usr/bin:/bin"}})
+	deadline := time.Now().Add(10 * time.Second)
+	for state(st.PID) != "T" {
+		if time.Now().After(deadline) {
+			t.Fatalf("the workload never stopped (%q)", state(st.PID))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := c.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if log := readLog(t, dir); !strings.HasSuffix(log, "\n299999\n300000\n") {
+		t.Fatalf("after Flush the log ends with %q, want ...300000", tailOf(log, 2))
+	}
+	unix.Kill(st.PID, unix.SIGCONT)
+	if code := wait(t, c); code != 0 {
+		t.Fatalf("Wait = %d", code)
+	}
+	if log := readLog(t, dir); !strings.HasSuffix(log, "300000\nafter\n") {
+		t.Fatalf("the log ends with %q", tailOf(log, 2))
+	}
+}
+
+func needCRIU(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CRIU)")
+	}
+	if _, err := os.Stat(testCRIU); err != nil {
+		t.Skip("CRIU not installed at " + testCRIU + " (scripts/install-deps.sh)")
+	}
+}
+
+// Restore mode: a counter under one shim is dumped and killed, and restored
+// under a second shim with the first one's pipe key; it counts on into the
+// second shim's log with no gap and no repeat, as the second shim's child.
+func TestRestore(t *testing.T) {
+	needCRIU(t)
+	dir1, dir2 := t.TempDir(), t.TempDir()
+	stop := filepath.Join(t.TempDir(), "stop")
+	c1, st1 := startShim(t, counterSpec(dir1, stop))
+	waitCount(t, dir1, 20)
+
+	images := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := criu.New(testCRIU).Dump(ctx, criu.DumpOpts{Pid: st1.PID, ImagesDir: images, LeaveStopped: true}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if table, err := netmove.LockName(images); err == nil {
+			netmove.DeleteLock(table)
+		}
+	})
+	if err := c1.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := counts(t, readLog(t, dir1))
+	killWorkload(st1.PID, c1.ShimPID())
+	if code := wait(t, c1); code != 128+int(syscall.SIGKILL) {
+		t.Fatalf("the killed original: Wait = %d, want 137", code)
+	}
+	select {
+	case <-c1.Exited(): // it has reaped the whole tree: the pids are free
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first shim did not leave")
+	}
+	log1 := readLog(t, dir1)
+	if n := counts(t, log1); n != before {
+		t.Fatalf("the stopped counter wrote on: %d after the dump, %d at the kill", before, n)
+	}
+	if err := os.WriteFile(filepath.Join(dir2, shim.LogFile), []byte(log1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	c2, st2 := startShim(t, shim.Spec{ID: "c", Dir: dir2, Restore: &shim.RestoreSpec{CRIU: testCRIU, ImagesDir: images,
+		PipeKey: st1.PipeKey, Timeout: time.Minute}})
+	if st2.PID != st1.PID || st2.Restore == nil || st2.PipeKey == st1.PipeKey {
+		t.Fatalf("restored: %+v, want pid %d, stats and a new pipe", st2, st1.PID)
+	}
+	if p := ppidOf(st2.PID); p != c2.ShimPID() {
+		t.Fatalf("the restored root's parent is %d, want the shim %d", p, c2.ShimPID())
+	}
+	if s := state(st2.PID); s != "T" {
+		t.Fatalf("the restored root is %q, want T (stopped)", s)
+	}
+	if fd1, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/1", st2.PID)); fd1 != st2.PipeKey {
+		t.Errorf("the restored stdout is %s, want the new pipe %s", fd1, st2.PipeKey)
+	}
+	for _, p := range criu.Tree(st2.PID) {
+		unix.Kill(p, unix.SIGCONT)
+	}
+	waitCount(t, dir2, before+20)
+	touch(t, stop)
+	if code := wait(t, c2); code != 7 {
+		t.Fatalf("Wait = %d, want 7", code)
+	}
+	log := readLog(t, dir2)
+	if n := counts(t, log); !strings.HasSuffix(log, fmt.Sprintf("last %d\n", n)) {
+		t.Fatalf("the log does not end with the last line:\n%s", tailOf(log, 5))
+	}
+}
+
+// A failed restore comes back as the *criu.Error the shim got.
+func TestRestoreFails(t *testing.T) {
+	needCRIU(t)
+	_, _, err := shim.Start(context.Background(), exe(t), shim.Spec{ID: "x", Dir: t.TempDir(),
+		Restore: &shim.RestoreSpec{CRIU: testCRIU, ImagesDir: t.TempDir(), PipeKey: "pipe:[1]", Timeout: time.Minute}})
+	ce, ok := errors.AsType[*criu.Error](err)
+	if !ok {
+		t.Fatalf("restore of an empty image set: %v (%T), want *criu.Error", err, err)
+	}
+	if ce.Op != "restore" || (ce.Msg == "" && len(ce.Log) == 0) {
+		t.Fatalf("criu.Error %+v says nothing", ce)
+	}
+}

@@ -1,0 +1,306 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Nothing is lost when a daemon dies: processes live under shims of their
+// own, the daemon's state is journaled, and a migration interrupted at any
+// step is settled so that the process runs exactly once.
+
+// stateDir is hK's daemon state directory.
+func stateDir(k int) string {
+	dir := os.Getenv("CLUSTER_DIR")
+	if dir == "" {
+		dir = "/run/dsmigrate-cluster"
+	}
+	return filepath.Join(dir, fmt.Sprintf("h%d", k), "state")
+}
+
+// armFaultMode arms fault point name on hK's daemon: mode "fail" makes the
+// step fail, "crash" makes the daemon kill itself with SIGKILL there.
+func armFaultMode(t *testing.T, k int, name, mode string) {
+	t.Helper()
+	dir := filepath.Join(stateDir(k), "faults")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(mode+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(filepath.Join(dir, name)) })
+}
+
+func faultArmed(k int, name string) bool {
+	_, err := os.Stat(filepath.Join(stateDir(k), "faults", name))
+	return err == nil
+}
+
+// copies counts the live tasks (running or stopped, not zombies) on hK whose
+// command line holds marker: the copies of a workload.
+func copies(t *testing.T, k int, marker string) int {
+	t.Helper()
+	out, _ := on(k, "sh", "-c", `for p in $(pgrep -x migtest); do
+		grep -qaF -- "$1" /proc/$p/cmdline 2>/dev/null || continue
+		s=$(awk '{print $3}' /proc/$p/stat 2>/dev/null)
+		[ -n "$s" ] && [ "$s" != Z ] && echo $p
+	done; true`, "copies", marker)
+	return len(strings.Fields(out))
+}
+
+// settled waits until exactly one host lists id, as running, and returns it.
+func settled(t *testing.T, id string) int {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		where, states := 0, []string{}
+		for k := 1; k <= nHosts; k++ {
+			if p := find(t, k, id); p != nil {
+				states = append(states, fmt.Sprintf("h%d:%s", k, p.State))
+				if p.State == "running" {
+					where = k
+				}
+			}
+		}
+		if len(states) == 1 && where != 0 {
+			return where
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %s never settled on one host: %v", id, states)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// exactlyOnce checks that the workload with marker runs on hK and nowhere
+// else, once, with its memory intact and an unbroken output sequence.
+func exactlyOnce(t *testing.T, k int, id, marker, digest string) {
+	t.Helper()
+	for h := 1; h <= nHosts; h++ {
+		want := 0
+		if h == k {
+			want = 1
+		}
+		if n := copies(t, h, marker); n != want {
+			t.Fatalf("h%d has %d copies of %s, want %d (it should run once, on h%d)", h, n, id, want, k)
+		}
+	}
+	l := waitLog(t, k, id, `count \d+`, 10)
+	if strings.Contains(l, "BAD") || strings.Contains(l, "FAIL") {
+		t.Fatalf("the process's memory or work went wrong:\n%s", tail(l, 5))
+	}
+	if !strings.Contains(tail(l, 40), "mem ok "+digest) {
+		t.Fatalf("no recent memory check with digest %s:\n%s", digest, tail(l, 10))
+	}
+	checkConsecutive(t, l, "count ", 1)
+}
+
+// startMemcount starts a process with 16 MiB of checked memory and a
+// numbered output sequence on hK, and returns its ID, marker and digest.
+func startMemcount(t *testing.T, k int, name string) (id, marker, digest string) {
+	t.Helper()
+	marker = fmt.Sprintf("mark-%s-%d", name, time.Now().UnixNano())
+	id = start(t, k, name, "migtest", "memcount", "16", marker)
+	l := waitLog(t, k, id, `count \d+`, 5)
+	m := regexp.MustCompile(`mem ready 16 MiB ([0-9a-f]+)`).FindStringSubmatch(l)
+	if m == nil {
+		t.Fatalf("no digest in the log:\n%s", tail(l, 5))
+	}
+	return id, marker, m[1]
+}
+
+// A daemon killed with SIGKILL and restarted knows every process it had:
+// they never stopped, their output written meanwhile is in their logs, and
+// ps, logs, migrate and kill work as before.
+func TestDaemonRestartKeepsProcesses(t *testing.T) {
+	needRoot(t)
+	id, marker, digest := startMemcount(t, 1, "survivor")
+	id2 := start(t, 1, "survivor2", "migtest", "counter")
+	waitLog(t, 1, id2, `count \d+`, 3)
+	before := find(t, 1, id)
+	for round := 0; round < 2; round++ {
+		killDaemon(t, 1)
+		// While it is down the process writes on (no SIGPIPE): give it
+		// time to write some lines nobody collects.
+		time.Sleep(300 * time.Millisecond)
+		waitPort(t, 1, addr(1))
+		p := find(t, 1, id)
+		if p == nil || p.State != "running" || p.PID != before.PID {
+			t.Fatalf("after daemon restart %d h1 shows %+v, want %s running as pid %d", round+1, p, id, before.PID)
+		}
+		exactlyOnce(t, 1, id, marker, digest)
+	}
+	if p := find(t, 1, id2); p == nil || p.State != "running" {
+		t.Fatalf("the second process after the restarts: %+v", p)
+	}
+	checkConsecutive(t, waitLog(t, 1, id2, `count \d+`, 3), "count ", 1)
+	// Migrate and kill after the restart.
+	migrate(t, 1, 2, id)
+	exactlyOnce(t, 2, id, marker, digest)
+	mustOn(t, 1, "migrated", "kill", id2)
+	if p := find(t, 1, id2); p != nil {
+		t.Fatalf("killed process still listed: %+v", p)
+	}
+}
+
+// An upgrade: a new binary in place of the old one, the daemon restarted
+// gracefully (SIGTERM, as systemctl restart does); nothing is lost.
+func TestDaemonUpgrade(t *testing.T) {
+	needRoot(t)
+	id, marker, digest := startMemcount(t, 3, "upgraded")
+	bin := filepath.Join(repo, "bin", "migrated")
+	b, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin+".new", b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(bin+".new", bin); err != nil { // a new inode, as a package upgrade makes
+		t.Fatal(err)
+	}
+	if _, err := on(3, "pkill", "-TERM", "-x", "migrated"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	waitPort(t, 3, addr(3))
+	if p := find(t, 3, id); p == nil || p.State != "running" {
+		t.Fatalf("after the upgrade h3 shows %+v", p)
+	}
+	exactlyOnce(t, 3, id, marker, digest)
+}
+
+// A second daemon on the same state directory and socket refuses to start,
+// and says why; the first one serves on.
+func TestSecondServeRefused(t *testing.T) {
+	needRoot(t)
+	out, err := on(2, "sh", "-c", "exec 2>&1; exec timeout 20 migrated serve --listen 10.77.0.2:7079 --state-dir "+stateDir(2)+
+		" --token-file "+filepath.Join(filepath.Dir(filepath.Dir(stateDir(2))), "token"))
+	if err == nil || !strings.Contains(out+err.Error(), "another migrated is serving here") {
+		t.Fatalf("a second serve on h2's state dir: %v\n%s", err, out)
+	}
+	id := start(t, 2, "still-served", "migtest", "counter")
+	waitLog(t, 2, id, `count \d+`, 3)
+}
+
+// The steps of a migration, as the engine names them (internal/migration).
+var (
+	sourceSteps = []string{"claim", "connect", "prepare", "freeze", "dump", "transfer", "restore", "commit",
+		"kill", "confirm", "cleanup"}
+	targetSteps = []string{"accept", "pages", "images", "await-restore", "restore", "await-commit",
+		"resume", "rebind", "cleanup"}
+)
+
+// committedAt reports whether a fault at side-when-step falls after the
+// migration committed (the process must end on the target) or before (it
+// must end on the source).
+func committedAt(side, when, step string) bool {
+	pivot := map[string]string{"source": "commit", "target": "await-commit"}[side]
+	steps := map[string][]string{"source": sourceSteps, "target": targetSteps}[side]
+	i, p := -1, -1
+	for k, s := range steps {
+		if s == step {
+			i = k
+		}
+		if s == pivot {
+			p = k
+		}
+	}
+	return i > p || (i == p && when == "after")
+}
+
+// A fault at every step of both sides, as a failure and as a kill -9 of the
+// daemon there: the process runs exactly once afterwards, on the source if
+// the fault came before the commit and on the target after it, with its
+// memory intact and its output sequence unbroken.
+func TestFaultAtEveryStep(t *testing.T) {
+	needRoot(t)
+	for _, mode := range []string{"fail", "crash"} {
+		for _, side := range []string{"source", "target"} {
+			steps := map[string][]string{"source": sourceSteps, "target": targetSteps}[side]
+			for _, step := range steps {
+				for _, when := range []string{"before", "after"} {
+					point := side + "-" + when + "-" + step
+					t.Run(mode+"/"+point, func(t *testing.T) {
+						faultAt(t, mode, side, when, step, point)
+					})
+				}
+			}
+		}
+	}
+}
+
+func faultAt(t *testing.T, mode, side, when, step, point string) {
+	const src, dst = 1, 2
+	id, marker, digest := startMemcount(t, src, "f-"+strconv.Itoa(int(time.Now().UnixNano()%100000)))
+	// Whatever this test leaves, the next one must not see: remove the
+	// lock tables that appear during it, even if it fails.
+	before := map[int]string{src: lockTables(t, src), dst: lockTables(t, dst)}
+	t.Cleanup(func() {
+		for k, had := range before {
+			for _, tb := range strings.Fields(lockTables(t, k)) {
+				if !strings.Contains(had, tb) {
+					on(k, "nft", "delete", "table", "inet", tb)
+				}
+			}
+		}
+	})
+	host := map[string]int{"source": src, "target": dst}[side]
+	armFaultMode(t, host, point, mode)
+	out, err := on(src, "sh", "-c", "exec 2>&1; exec migrated migrate "+id+" --to "+addr(dst))
+	if faultArmed(host, point) {
+		t.Fatalf("the fault point %s was never reached (migrate: %v)\n%s", point, err, out)
+	}
+	if mode == "crash" {
+		waitPort(t, host, addr(host)) // the supervisor restarts it
+	}
+	want := src
+	if committedAt(side, when, step) {
+		want = dst
+	}
+	got := settled(t, id)
+	if got != want {
+		t.Fatalf("after a %s at %s the process runs on h%d, want h%d (migrate: %v)\n%s", mode, point, got, want, err, out)
+	}
+	exactlyOnce(t, got, id, marker, digest)
+	if mode == "fail" && want == src && err == nil {
+		t.Fatalf("migrate succeeded although %s failed:\n%s", point, out)
+	}
+	noLocks(t, before, src, dst)
+}
+
+// lockTables lists the CRIU lock tables on hK.
+func lockTables(t *testing.T, k int) string {
+	out, _ := on(k, "sh", "-c", `nft list tables | awk '$3 ~ /^CRIU-/ {print $3}'`)
+	return out
+}
+
+// noLocks checks that no CRIU network lock is left on the hosts beyond
+// those there before (a settled migration may still be removing its own for
+// a moment).
+func noLocks(t *testing.T, before map[int]string, hosts ...int) {
+	t.Helper()
+	for _, k := range hosts {
+		for end := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			var left []string
+			for _, tb := range strings.Fields(lockTables(t, k)) {
+				if !strings.Contains(before[k], tb) {
+					left = append(left, tb)
+				}
+			}
+			if len(left) == 0 {
+				break
+			}
+			if time.Now().After(end) {
+				t.Fatalf("h%d keeps CRIU lock tables: %v", k, left)
+			}
+		}
+	}
+}
