@@ -58,7 +58,7 @@ func sendImages(ctx context.Context, c *wire.Conn, dir, logPath string) (int64, 
 			return total, len(files), err
 		}
 	}
-	c.SetDeadline(stepDeadline(ctx, stallTimeout))
+	c.SetDeadline(migration.Deadline(ctx, stallTimeout))
 	return total, len(files), c.WriteMsg(tFilesDone, nil)
 }
 
@@ -72,7 +72,7 @@ func sendFile(ctx context.Context, c *wire.Conn, name, path string) (int64, erro
 	if err != nil {
 		return 0, err
 	}
-	c.SetDeadline(stepDeadline(ctx, stallTimeout))
+	c.SetDeadline(migration.Deadline(ctx, stallTimeout))
 	if err := c.WriteJSON(tFile, &fileMsg{Name: name, Size: fi.Size()}); err != nil {
 		return 0, err
 	}
@@ -89,7 +89,7 @@ type progressReader struct {
 }
 
 func (p *progressReader) Read(b []byte) (int, error) {
-	p.c.SetDeadline(stepDeadline(p.ctx, stallTimeout))
+	p.c.SetDeadline(migration.Deadline(p.ctx, stallTimeout))
 	return p.r.Read(b)
 }
 
@@ -99,7 +99,7 @@ func (p *progressReader) Read(b []byte) (int, error) {
 // A name the page server wrote already is refused (O_EXCL).
 func recvImages(ctx context.Context, c *wire.Conn, dir, logPath string, total int64) error {
 	for {
-		c.SetDeadline(stepDeadline(ctx, stallTimeout))
+		c.SetDeadline(migration.Deadline(ctx, stallTimeout))
 		typ, payload, err := c.ReadMsg()
 		if err != nil {
 			return err
@@ -150,17 +150,8 @@ type progressWriter struct {
 }
 
 func (p *progressWriter) Write(b []byte) (int, error) {
-	p.c.SetDeadline(stepDeadline(p.ctx, stallTimeout))
+	p.c.SetDeadline(migration.Deadline(p.ctx, stallTimeout))
 	return p.w.Write(b)
-}
-
-// stepDeadline is now+d, or ctx's deadline if sooner.
-func stepDeadline(ctx context.Context, d time.Duration) time.Time {
-	t := time.Now().Add(d)
-	if cd, ok := ctx.Deadline(); ok && cd.Before(t) {
-		return cd
-	}
-	return t
 }
 
 // rebind runs the resume hook of process id: after a restore here (moved),

@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"dsmigrate/internal/migration"
 	"dsmigrate/internal/wire"
 )
 
@@ -232,7 +233,7 @@ func (d *Daemon) recvPages(ctx context.Context, c *wire.Conn, dir string) (total
 	for {
 		// The source streams while CRIU dumps: a stream that stalls for
 		// stallTimeout fails, however long the whole dump may take.
-		c.SetDeadline(stepDeadline(ctx, stallTimeout))
+		c.SetDeadline(migration.Deadline(ctx, stallTimeout))
 		typ, p, err := c.ReadMsg()
 		if err != nil {
 			return total, psErr(fmt.Errorf("receiving pages: %v", err))
@@ -243,7 +244,7 @@ func (d *Daemon) recvPages(ctx context.Context, c *wire.Conn, dir string) (total
 			// CRIU's dump has exited on the source: the page server has
 			// its flush or, after a failed dump, gets EOF and stops.
 			local.CloseWrite()
-			c.SetDeadline(stepDeadline(ctx, pagesWindDown))
+			c.SetDeadline(migration.Deadline(ctx, pagesWindDown))
 			var err error
 			select {
 			case err = <-ps:

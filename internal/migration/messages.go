@@ -57,14 +57,14 @@ func send(ctx context.Context, c Conn, d time.Duration, typ byte, v any) error {
 	if err != nil {
 		return err
 	}
-	c.SetDeadline(deadline(ctx, d))
+	c.SetDeadline(Deadline(ctx, d))
 	return c.WriteMsg(typ, b)
 }
 
 // recv reads a message of type typ into v (v may be nil), within d. The
 // peer's error frame comes back as a *wire.RemoteError.
 func recv(ctx context.Context, c Conn, d time.Duration, typ byte, v any) error {
-	c.SetDeadline(deadline(ctx, d))
+	c.SetDeadline(Deadline(ctx, d))
 	got, p, err := c.ReadMsg()
 	if err != nil {
 		return err
@@ -96,8 +96,9 @@ func sendError(c Conn, err error) {
 	c.WriteMsg(wire.TypeError, []byte(msg))
 }
 
-// deadline is now+d, or ctx's deadline if that is sooner.
-func deadline(ctx context.Context, d time.Duration) time.Time {
+// Deadline is now+d, or ctx's deadline if that is sooner: the deadline of
+// one network step within a migration.
+func Deadline(ctx context.Context, d time.Duration) time.Time {
 	t := time.Now().Add(d)
 	if cd, ok := ctx.Deadline(); ok && cd.Before(t) {
 		return cd

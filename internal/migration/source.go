@@ -362,13 +362,17 @@ func (m *outMig) confirm(ctx context.Context) error {
 
 // cleanup removes the network lock and the images; the record stays in the
 // journal, settled, to answer an outcome question.
-func (m *outMig) cleanup(ctx context.Context) error {
+func (m *outMig) cleanup(ctx context.Context) error { return m.e.cleanup(m.r) }
+
+// cleanup removes what a migration left on this host once it is over: its
+// network lock and its images.
+func (e *Engine) cleanup(r *Record) error {
 	var errs []error
-	if m.r.Lock != "" {
-		errs = append(errs, m.e.cfg.Net.DeleteLock(m.r.Lock))
+	if r.Lock != "" {
+		errs = append(errs, e.cfg.Net.DeleteLock(r.Lock))
 	}
-	if m.r.Images != "" {
-		errs = append(errs, m.e.cfg.CRIU.RemoveImages(m.r.Images))
+	if r.Images != "" {
+		errs = append(errs, e.cfg.CRIU.RemoveImages(r.Images))
 	}
 	return errors.Join(errs...)
 }

@@ -277,16 +277,7 @@ func (m *inMig) rebind(ctx context.Context) error {
 
 // cleanup removes the lock (normally gone already: the restore removes it)
 // and the images.
-func (m *inMig) cleanup(ctx context.Context) error {
-	var errs []error
-	if m.r.Lock != "" {
-		errs = append(errs, m.e.cfg.Net.DeleteLock(m.r.Lock))
-	}
-	if m.r.Images != "" {
-		errs = append(errs, m.e.cfg.CRIU.RemoveImages(m.r.Images))
-	}
-	return errors.Join(errs...)
-}
+func (m *inMig) cleanup(ctx context.Context) error { return m.e.cleanup(m.r) }
 
 // forward runs the steps after the commit and forgets the migration.
 func (m *inMig) forward(ctx context.Context) {
