@@ -273,6 +273,7 @@ type Record struct {
 	MoveIP   string    `json:"move_ip,omitempty"`
 	Iface    string    `json:"iface,omitempty"`
 	Step     string    `json:"step"`               // the last step begun
+	Undone   string    `json:"undone,omitempty"`   // after a failure: the earliest step whose undo is done (and all after it)
 	Decision string    `json:"decision,omitempty"` // source: "", Committed or Aborted
 	Images   string    `json:"images,omitempty"`   // the images directory
 	Lock     string    `json:"lock,omitempty"`     // CRIU's network lock table

@@ -72,13 +72,9 @@ func (e *Engine) recoverSource(ctx context.Context, r *Record) {
 		e.log.Error("journaling the abort of an interrupted migration", "mig", r.Mig, "err", err)
 	}
 	steps := m.steps()
-	i := stepIndex(steps, r.Step)
-	if i < 0 {
-		i = len(steps) - 1
-	}
 	e.log.Warn("settling a migration the restart interrupted: aborted, undoing it so the process runs here",
-		"mig", r.Mig, "id", r.ProcID, "to", r.Peer, "step", r.Step)
-	m.failed(steps, e.undoSteps(ctx, r, steps[:i+1], errCrashRecovered))
+		"mig", r.Mig, "id", r.ProcID, "to", r.Peer, "step", r.Step, "undone", r.Undone)
+	m.failed(steps, e.undoSteps(ctx, r, toUndo(steps, r), errCrashRecovered))
 }
 
 func (e *Engine) recoverTarget(ctx context.Context, r *Record) {
@@ -88,30 +84,39 @@ func (e *Engine) recoverTarget(ctx context.Context, r *Record) {
 	case stepIndex(fwd, r.Step) >= 0:
 		e.log.Warn("settling an incoming migration the restart interrupted: it had committed, finishing it",
 			"mig", r.Mig, "id", r.ProcID, "step", r.Step)
-		e.forwardSteps(ctx, r, fwd, r.Step)
-		e.forget(r)
+		e.forwardSteps(ctx, r, fwd, r.Step, func() { e.forget(r) })
 	case r.Step == "await-commit":
 		e.log.Warn("an incoming migration the restart interrupted is in doubt: asking its source", "mig", r.Mig,
 			"id", r.ProcID, "source", r.Peer)
 		e.cfg.Go(func() {
-			if o := e.ask(r); o == Committed {
+			o := e.ask(r)
+			if o == Committed {
 				e.log.Warn("the source committed: resuming the process here", "mig", r.Mig, "id", r.ProcID)
-				e.forwardSteps(context.Background(), r, fwd, "")
-			} else {
-				e.log.Warn("the source did not commit: dropping the copy here", "mig", r.Mig, "id", r.ProcID,
-					"outcome", o)
-				e.undoSteps(context.Background(), r, steps, errCrashRecovered)
+				e.forwardSteps(context.Background(), r, fwd, "", func() { e.forget(r) })
+				return
 			}
+			e.log.Warn("the source did not commit: dropping the copy here", "mig", r.Mig, "id", r.ProcID,
+				"outcome", o)
+			e.undoSteps(context.Background(), r, toUndo(steps, r), errCrashRecovered)
 			e.forget(r)
 		})
 	default:
-		i := stepIndex(steps, r.Step)
-		if i < 0 {
-			i = len(steps) - 1
-		}
 		e.log.Warn("settling an incoming migration the restart interrupted: dropping what arrived", "mig", r.Mig,
-			"id", r.ProcID, "step", r.Step)
-		e.undoSteps(ctx, r, steps[:i+1], errCrashRecovered)
+			"id", r.ProcID, "step", r.Step, "undone", r.Undone)
+		e.undoSteps(ctx, r, toUndo(steps, r), errCrashRecovered)
 		e.forget(r)
 	}
+}
+
+// toUndo is what is left to undo of steps after a restart: every step up to
+// the one journaled as begun, less those whose undo was journaled as done.
+func toUndo(steps []step, r *Record) []step {
+	i := stepIndex(steps, r.Step)
+	if i < 0 {
+		i = len(steps) - 1
+	}
+	if u := stepIndex(steps, r.Undone); u >= 0 && u <= i {
+		i = u - 1
+	}
+	return steps[:i+1]
 }

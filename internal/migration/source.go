@@ -244,31 +244,35 @@ func (m *outMig) dumpStep(ctx context.Context) error {
 	return nil
 }
 
-// undump undoes a dump: its lock goes, and a tree whose TCP sockets CRIU
-// left in repair mode is restored here from its images (it cannot simply
-// continue); thaw then continues it. The images go last.
+// undump undoes a dump: a tree whose TCP sockets CRIU left in repair mode
+// is restored here from its images (it cannot simply continue; thaw then
+// continues the new copy), and the lock goes. Whether CRIU's dump succeeded
+// is told by its lock table, not by the record: a dump whose page stream
+// broke while winding down fails after CRIU succeeded, and a crash may come
+// before the lock is journaled. The images stay until the whole undo is
+// done (failed): an undo run again after a crash needs them.
 func (m *outMig) undump(ctx context.Context) error {
-	var errs []error
-	if m.r.MoveIP != "" && m.r.Images != "" && m.r.Lock != "" {
-		// The lock is named only once the dump succeeded: only then are
-		// the sockets in repair mode.
+	if m.r.Images == "" {
+		return nil
+	}
+	table := m.r.Lock
+	if table == "" {
+		if t, err := m.e.cfg.Net.LockName(m.r.Images); err == nil {
+			if err := m.e.save(m.r, func(r *Record) { r.Lock = t }); err != nil {
+				return err
+			}
+			table = t
+		}
+	}
+	if table == "" {
+		return nil // CRIU failed, and put the tree back as it was
+	}
+	if m.r.MoveIP != "" {
 		if err := m.e.cfg.Procs.RestoreHere(ctx, m.r.ProcID, m.r.Images); err != nil {
-			errs = append(errs, fmt.Errorf("restoring the process here: %w", err))
+			return fmt.Errorf("restoring the process here: %w", err)
 		}
 	}
-	if m.r.Lock != "" {
-		if err := m.e.cfg.Net.DeleteLock(m.r.Lock); err != nil {
-			errs = append(errs, err)
-		}
-	} else if m.r.Images != "" {
-		if table, err := m.e.cfg.Net.LockName(m.r.Images); err == nil {
-			errs = append(errs, m.e.cfg.Net.DeleteLock(table))
-		}
-	}
-	if m.r.Images != "" {
-		errs = append(errs, m.e.cfg.CRIU.RemoveImages(m.r.Images))
-	}
-	return errors.Join(errs...)
+	return m.e.cfg.Net.DeleteLock(table)
 }
 
 // transfer sends the rest of the images and the log.
@@ -378,12 +382,13 @@ func (e *Engine) cleanup(r *Record) error {
 }
 
 // forward runs the steps after the commit; a failure is noted, not undone.
+// The record is settled once they are all done (perhaps later, in the
+// background: forwardSteps).
 func (m *outMig) forward(ctx context.Context, steps []step) {
 	var notes []string
-	for _, err := range m.e.forwardSteps(ctx, m.r, steps, "") {
+	for _, err := range m.e.forwardSteps(ctx, m.r, steps, "", m.settle) {
 		notes = append(notes, err.Error())
 	}
-	m.settle()
 	if m.hist == nil {
 		return
 	}
@@ -409,9 +414,15 @@ func (m *outMig) forward(ctx context.Context, steps []step) {
 
 // failed settles a migration that did not commit: it is journaled as
 // aborted before its steps are undone (runSteps), so an outcome question
-// gets that answer; here the record is kept and the error worded for the
-// user.
+// gets that answer; here its images go, the record is kept, and the error
+// is worded for the user.
 func (m *outMig) failed(steps []step, err error) error {
+	var ue0 *UndoError
+	if !errors.As(err, &ue0) {
+		if cerr := m.e.cleanup(m.r); cerr != nil {
+			m.e.log.Error("removing the images of a failed migration", "mig", m.r.Mig, "err", cerr)
+		}
+	}
 	m.settle()
 	where := "the process keeps running here"
 	if i := stepIndex(steps, m.r.Step); i > stepIndex(steps, "freeze") {

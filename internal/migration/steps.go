@@ -71,13 +71,15 @@ func (e *Engine) runSteps(ctx context.Context, r *Record, steps []step) error {
 }
 
 // forwardSteps runs steps that follow the commit, from the one named from
-// ("" for the first): each is journaled and passes its fault points like
-// any other, but a failure is never undone. It is tried again instead
-// (unless it is a once step): the process must end up running exactly where
-// the commit said, whatever failed on the way. A step that still fails after
-// forwardTries goes on being tried in the background, with the steps after
-// it, and forwardSteps returns the errors seen.
-func (e *Engine) forwardSteps(ctx context.Context, r *Record, steps []step, from string) []error {
+// ("" for the first), then calls finish: each is journaled and passes its
+// fault points like any other, but a failure is never undone. It is tried
+// again instead (unless it is a once step): the process must end up running
+// exactly where the commit said, whatever failed on the way. A step that
+// still fails after forwardTries goes on being tried in the background,
+// with the steps after it, and finish is called there once they are done
+// (until then the record stays in the journal, for a restart to finish).
+// It returns the errors seen.
+func (e *Engine) forwardSteps(ctx context.Context, r *Record, steps []step, from string, finish func()) []error {
 	if i := stepIndex(steps, from); i > 0 {
 		steps = steps[i:]
 	}
@@ -98,13 +100,17 @@ func (e *Engine) forwardSteps(ctx context.Context, r *Record, steps []step, from
 			}
 			if try == forwardTries {
 				rest := steps[i:]
-				e.cfg.Go(func() { e.forwardLater(r, rest) })
+				e.cfg.Go(func() {
+					e.forwardLater(r, rest)
+					finish()
+				})
 				return errs
 			}
 			e.cfg.Sleep(ctx, pause)
 			pause = min(2*pause, 30*time.Second)
 		}
 	}
+	finish()
 	return errs
 }
 
@@ -153,12 +159,19 @@ func (e *Engine) undoSteps(_ context.Context, r *Record, steps []step, cause err
 	defer cancel()
 	var errs []error
 	for _, s := range slices.Backward(steps) {
-		if s.undo == nil {
-			continue
+		if s.undo != nil {
+			if err := s.undo(ctx); err != nil {
+				e.log.Error("undo failed", "mig", r.Mig, "side", r.Side, "step", s.name, "err", err)
+				errs = append(errs, fmt.Errorf("undoing %s: %w", s.name, err))
+			}
 		}
-		if err := s.undo(ctx); err != nil {
-			e.log.Error("undo failed", "mig", r.Mig, "side", r.Side, "step", s.name, "err", err)
-			errs = append(errs, fmt.Errorf("undoing %s: %w", s.name, err))
+		// Journaled as undone while every undo so far went well: a
+		// restart then does not undo it again (undos need not survive
+		// being run twice over what they restored).
+		if len(errs) == 0 {
+			if err := e.save(r, func(r *Record) { r.Undone = s.name }); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	if len(errs) > 0 {

@@ -22,6 +22,7 @@ type inMig struct {
 	t0      time.Time
 	pid     int
 	done    Done
+	hooked  bool // rebind ran the resume hook
 }
 
 // In receives the process the source daemon offers with b over c, restores
@@ -79,7 +80,7 @@ func (m *inMig) steps() []step {
 func (m *inMig) forwardSteps() []step {
 	return []step{
 		{name: "resume", do: m.resume},
-		{name: "rebind", do: m.rebind, once: true}, // the resume hook is not idempotent
+		{name: "rebind", do: m.rebind},
 		{name: "cleanup", do: m.cleanup},
 	}
 }
@@ -257,9 +258,14 @@ func (m *inMig) resume(ctx context.Context) error { return m.e.cfg.Procs.Activat
 
 // rebind runs a migration-aware process's resume hook (moved) and tells the
 // source the process runs here.
+//
+// The hook is not idempotent: tried again (the step failed after it), it is
+// not run again by this daemon. A daemon that restarts between the hook and
+// the next step's journal write runs it once more.
 func (m *inMig) rebind(ctx context.Context) error {
 	var err error
-	if m.b.Hooks && m.b.MoveIP == "" {
+	if m.b.Hooks && m.b.MoveIP == "" && !m.hooked {
+		m.hooked = true
 		t := time.Now()
 		hctx, cancel := context.WithTimeout(ctx, m.e.t.Prepare)
 		err = m.e.cfg.Procs.Hook(hctx, m.r.ProcID, "resume", true)
@@ -279,9 +285,9 @@ func (m *inMig) rebind(ctx context.Context) error {
 // and the images.
 func (m *inMig) cleanup(ctx context.Context) error { return m.e.cleanup(m.r) }
 
-// forward runs the steps after the commit and forgets the migration.
+// forward runs the steps after the commit and forgets the migration once
+// they are all done (perhaps later, in the background: forwardSteps).
 func (m *inMig) forward(ctx context.Context) {
-	m.e.forwardSteps(ctx, m.r, m.forwardSteps(), "")
-	m.e.forget(m.r)
+	m.e.forwardSteps(ctx, m.r, m.forwardSteps(), "", func() { m.e.forget(m.r) })
 	m.e.log.Info("restored", "id", m.r.ProcID, "pid", m.pid, "from", m.r.Peer)
 }
