@@ -15,7 +15,7 @@ import (
 
 func local(c *cli.Context) (*api.Client, error) { return api.DialLocal(c.String("socket")) }
 
-func roundTrip(c *cli.Context, req Request) (*Reply, error) {
+func roundTrip(c *cli.Context, req api.Request) (*api.Reply, error) {
 	cl, err := local(c)
 	if err != nil {
 		return nil, err
@@ -34,7 +34,7 @@ func runCommand() *cli.Command {
 				return errors.New("no command: migrated run [--name NAME] -- CMD [ARG...]")
 			}
 			dir, _ := os.Getwd()
-			r, err := roundTrip(c, Request{Op: "run", Name: c.String("name"), Argv: c.Args().Slice(), Env: os.Environ(), Dir: dir})
+			r, err := roundTrip(c, api.Request{Op: "run", Name: c.String("name"), Argv: c.Args().Slice(), Env: os.Environ(), Dir: dir})
 			if err != nil {
 				return err
 			}
@@ -50,13 +50,13 @@ func psCommand() *cli.Command {
 		Usage: "list the processes on this host",
 		Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
 		Action: func(c *cli.Context) error {
-			r, err := roundTrip(c, Request{Op: "ps"})
+			r, err := roundTrip(c, api.Request{Op: "ps"})
 			if err != nil {
 				return err
 			}
 			if c.Bool("json") {
 				if r.Procs == nil {
-					r.Procs = []ProcInfo{}
+					r.Procs = []api.ProcInfo{}
 				}
 				return printJSON(r.Procs)
 			}
@@ -87,7 +87,7 @@ func logsCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			_, err = cl.Stream(Request{Op: "logs", ID: c.Args().First()}, os.Stdout, nil)
+			_, err = cl.Stream(api.Request{Op: "logs", ID: c.Args().First()}, os.Stdout, nil)
 			return err
 		},
 	}
@@ -102,7 +102,7 @@ func killCommand() *cli.Command {
 			if c.NArg() != 1 {
 				return errors.New("usage: migrated kill ID")
 			}
-			_, err := roundTrip(c, Request{Op: "kill", ID: c.Args().First()})
+			_, err := roundTrip(c, api.Request{Op: "kill", ID: c.Args().First()})
 			return err
 		},
 	}
@@ -127,8 +127,8 @@ func migrateCommand() *cli.Command {
 				return err
 			}
 			fmt.Fprintf(os.Stderr, "migrating %s to %s\n", id, c.String("to"))
-			r, err := cl.Stream(Request{Op: "migrate", ID: id, To: c.String("to"), MoveIP: c.String("move-ip")}, nil,
-				func(e Event) { api.PrintEvent(os.Stderr, e) })
+			r, err := cl.Stream(api.Request{Op: "migrate", ID: id, To: c.String("to"), MoveIP: c.String("move-ip")}, nil,
+				func(e api.Event) { api.PrintEvent(os.Stderr, e) })
 			if err != nil {
 				return err
 			}
@@ -144,13 +144,13 @@ func historyCommand() *cli.Command {
 		Usage: "show the migrations this host's daemon sent",
 		Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
 		Action: func(c *cli.Context) error {
-			r, err := roundTrip(c, Request{Op: "history"})
+			r, err := roundTrip(c, api.Request{Op: "history"})
 			if err != nil {
 				return err
 			}
 			if c.Bool("json") {
 				if r.Records == nil {
-					r.Records = []MigrationRec{}
+					r.Records = []api.MigrationRec{}
 				}
 				return printJSON(r.Records)
 			}
@@ -164,11 +164,4 @@ func printJSON(v any) error {
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
-}
-
-func jsonUnmarshal(b []byte, v any) error {
-	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("malformed message: %v", err)
-	}
-	return nil
 }

@@ -7,13 +7,15 @@
 //	migrated migrate ID --to ADDR:PORT [--move-ip CIDR]
 //	migrated history [--json]
 //
-// The daemon owns the processes of its host: it starts them, dumps them with
-// CRIU and restores the ones other daemons send it. Each process has a
+// The daemon (package internal/daemon) owns the processes of its host: it
+// starts them, dumps them with CRIU and restores the ones other daemons send
+// it, with the migration engine of internal/migration. Each process has a
 // supervisor of its own, a shim (`migrated shim`, package internal/shim), that
 // is its parent and reaper and writes its output to its log; the shims outlive
 // the daemon, and a restarted daemon finds them again. Clients talk to the
 // local daemon over a unix socket only root can use; daemons talk to each
-// other over TCP, authenticated with a shared token.
+// other over TCP, authenticated with a shared token. This package is the
+// command line: the client commands and the hidden helpers (shim, quiesce).
 package main
 
 import (
@@ -22,6 +24,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"dsmigrate/internal/api"
 	"dsmigrate/internal/cliutil"
 )
 
@@ -30,7 +33,7 @@ func main() {
 		Name:  "migrated",
 		Usage: "live-migrate Linux processes between hosts with CRIU",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "socket", Value: defaultSocket, EnvVars: []string{"MIGRATED_SOCKET"},
+			&cli.StringFlag{Name: "socket", Value: api.DefaultSocket, EnvVars: []string{"MIGRATED_SOCKET"},
 				Usage: "the local daemon's control socket"},
 		},
 		Commands: []*cli.Command{

@@ -5,7 +5,7 @@
 // (Engine.Recover). It owns no process, socket or file itself: CRIU, the
 // network mover, the quiescer, the process table with its shims, the peer
 // connections and the journal are small interfaces (engine.go), which
-// cmd/migrated implements for real and the tests with fakes, so the commit
+// internal/daemon implements for real and the tests with fakes, so the commit
 // and rollback logic runs without root and under a model checker.
 //
 // # Steps

@@ -340,7 +340,7 @@ var ErrFault = errors.New("fault point")
 
 // Point names a fault point: "SIDE-WHEN-STEP", e.g. "source-before-dump"
 // or "target-after-restore". The daemon arms one with the file
-// STATE/faults/POINT (see cmd/migrated).
+// STATE/faults/POINT (see internal/daemon/engine.go).
 func Point(side, when, step string) string { return side + "-" + when + "-" + step }
 
 func (e *Engine) fault(side, when, step string) error {

@@ -953,7 +953,7 @@ type imgMsg struct {
 // sockets in repair mode, streams the pages (a frame) and waits for the
 // target's page server to confirm them (its reply, relayed back), exits;
 // then the stream winds down (pages-end, and the target's pages-done), as
-// cmd/migrated's relay does. A CRIU that fails while dumping (its stream
+// internal/daemon's relay does. A CRIU that fails while dumping (its stream
 // broke, its daemon died) unlocks and takes the sockets out of repair mode;
 // once it has exited, what it left stays, whatever happens to the stream.
 func (h *host) Dump(ctx context.Context, c Conn, pid int, dir string, tcp bool) (*DumpResult, error) {
@@ -1401,7 +1401,7 @@ func msgName(t byte) string {
 }
 
 // Dial connects to the daemon serving addr and has it serve the connection
-// as cmd/migrated's handlePeer does (the first message, to HandlePeer).
+// as internal/daemon's handlePeer does (the first message, to HandlePeer).
 func (h *host) Dial(ctx context.Context, addr string) (Conn, error) {
 	s := h.w.s
 	h.op("Dial " + addr)

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bytes"
@@ -23,7 +23,7 @@ func TestServeQuiesce(t *testing.T) {
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
 	pid := strconv.Itoa(cmd.Process.Pid)
 	var out bytes.Buffer
-	if err := serveQuiesce(strings.NewReader("abc\n0\n999999999\n"+pid+"\n"), &out); err != nil {
+	if err := ServeQuiesce(strings.NewReader("abc\n0\n999999999\n"+pid+"\n"), &out); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")

@@ -1,4 +1,19 @@
-package main
+// Package daemon is the server behind `migrated serve`: one host's
+// migration daemon. It owns the host's process table (each process held by
+// a shim of its own, package shim, and recorded in STATE/procs/ID/proc.json
+// so that a restarted daemon finds it again), serves local clients on a
+// root-only unix socket, other daemons and remote clients (dsmrun) over
+// authenticated TCP, and migration-aware processes on a control socket; and
+// it runs migrations with the engine of package migration, whose
+// interfaces it implements here for real (engine.go: CRIU with the page
+// relay of pages.go, netmove, the quiesce helper, the shims).
+//
+// Lifecycle: New, then Serve, which refuses a state directory or socket
+// another daemon holds, reattaches the shims, settles the migrations a
+// restart interrupted (Engine.Recover), removes what a crash left, and
+// serves until its context ends or SIGTERM/SIGINT. Stopping, or dying,
+// leaves every process running under its shim.
+package daemon
 
 import (
 	"bytes"
@@ -19,18 +34,14 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
 	"dsmigrate/criu"
-	"dsmigrate/internal/api"
 	"dsmigrate/internal/journal"
 	"dsmigrate/internal/migration"
 	"dsmigrate/internal/wire"
 	"dsmigrate/netmove"
 )
-
-const defaultSocket = api.DefaultSocket
 
 // Daemon is one host's migration daemon.
 type Daemon struct {
@@ -41,6 +52,8 @@ type Daemon struct {
 	quiescer  quiescer // stops a tree for a dump
 	token     []byte
 	ctlPath   string // the control socket of migration-aware processes
+	sockPath  string // the local clients' socket
+	tokenFile string
 	log       *slog.Logger
 
 	engine *migration.Engine // migrations in and out (internal/migration)
@@ -57,30 +70,32 @@ var (
 
 func newID() string { return migration.NewID() }
 
-func serveCommand() *cli.Command {
-	return &cli.Command{
-		Name:  "serve",
-		Usage: "run the daemon of this host",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "listen", Required: true, Usage: "ADDR:PORT for other daemons and remote clients"},
-			&cli.StringFlag{Name: "state-dir", Required: true, Usage: "where logs, images and records live"},
-			&cli.StringFlag{Name: "criu", Value: "/usr/local/sbin/migrate-criu", EnvVars: []string{"MIGRATED_CRIU"},
-				Usage: "the CRIU binary (>= 4.2; scripts/install-deps.sh installs one)"},
-			&cli.StringFlag{Name: "token-file", EnvVars: []string{"MIGRATED_TOKEN_FILE"},
-				Usage: "shared secret of the cluster's daemons; without it no migration is accepted"},
-		},
-		Action: func(c *cli.Context) error {
-			d := &Daemon{
-				listen:   c.String("listen"),
-				stateDir: c.String("state-dir"),
-				criu:     criu.New(c.String("criu")),
-				procs:    map[string]*Proc{},
-				log:      slog.New(slog.NewTextHandler(os.Stderr, nil)),
-			}
-			return d.serve(c.Context, c.String("socket"), c.String("token-file"))
-		},
-	}
+// Config is what a daemon is started with (migrated serve's flags).
+type Config struct {
+	Listen    string       // ADDR:PORT for other daemons and remote clients
+	StateDir  string       // processes, logs, images, journal
+	CRIU      string       // the CRIU binary
+	Socket    string       // the local clients' unix socket
+	TokenFile string       // the cluster's shared secret; "" accepts no migration
+	Log       *slog.Logger // nil: text on stderr
 }
+
+// New returns the daemon cfg describes; Serve runs it.
+func New(cfg Config) *Daemon {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return &Daemon{listen: cfg.Listen, stateDir: cfg.StateDir, criu: criu.New(cfg.CRIU), procs: map[string]*Proc{},
+		log: log, sockPath: cfg.Socket, tokenFile: cfg.TokenFile}
+}
+
+// Serve runs the daemon until ctx ends or it gets SIGTERM or SIGINT: it
+// takes the state directory and the socket (refusing if another daemon has
+// them), finds its processes' shims again, settles the migrations a restart
+// interrupted, and serves local clients, peers and processes' control
+// connections. Stopping leaves every process running under its shim.
+func (d *Daemon) Serve(ctx context.Context) error { return d.serve(ctx, d.sockPath, d.tokenFile) }
 
 func (d *Daemon) serve(ctx context.Context, sockPath, tokenFile string) error {
 	if os.Geteuid() != 0 {

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bufio"
@@ -12,8 +12,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"github.com/urfave/cli/v2"
 
 	"dsmigrate/criu"
 )
@@ -124,29 +122,10 @@ func (q *quiescer) stop() {
 	q.cmd = nil
 }
 
-func quiesceCommand() *cli.Command {
-	return &cli.Command{
-		Name:      "quiesce",
-		Usage:     "stop a process tree so that CRIU can dump it (run by the daemon)",
-		ArgsUsage: "PID | --serve",
-		Hidden:    true,
-		Flags: []cli.Flag{
-			&cli.BoolFlag{Name: "serve", Usage: "read PIDs from stdin, one per line; answer each with ok or why not"},
-		},
-		Action: func(c *cli.Context) error {
-			if c.Bool("serve") {
-				return serveQuiesce(os.Stdin, os.Stdout)
-			}
-			pid, err := strconv.Atoi(c.Args().First())
-			if c.NArg() != 1 || err != nil || pid <= 0 {
-				return fmt.Errorf("usage: migrated quiesce PID")
-			}
-			return criu.Quiesce(pid)
-		},
-	}
-}
-
-func serveQuiesce(in io.Reader, out io.Writer) error {
+// ServeQuiesce is the quiesce helper (migrated quiesce --serve): it reads
+// pids from in, one per line, stops each tree (criu.Quiesce) and answers
+// "ok" or why not on out.
+func ServeQuiesce(in io.Reader, out io.Writer) error {
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
 		reply := "ok"

@@ -1,6 +1,11 @@
-package main
+package daemon
 
-import "dsmigrate/internal/api"
+import (
+	"encoding/json"
+	"fmt"
+
+	"dsmigrate/internal/api"
+)
 
 // Message types, from the one table in internal/api.
 const (
@@ -28,4 +33,11 @@ type (
 type fileMsg struct {
 	Name string `json:"name"`
 	Size int64  `json:"size"`
+}
+
+func jsonUnmarshal(b []byte, v any) error {
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("malformed message: %v", err)
+	}
+	return nil
 }
