@@ -17,7 +17,8 @@ C=test/integration/cluster.sh
 ROUNDS=${1:-30}
 PROCS=${2:-3}
 go build -o bin/ ./cmd/... ./test/integration/migtest
-trap '$C down >/dev/null 2>&1 || true' EXIT
+# KEEP_CLUSTER=1 leaves the cluster up when a round fails, to look into.
+trap 'if [ $? != 0 ] && [ -n "${KEEP_CLUSTER:-}" ]; then echo "soak: cluster left up" >&2; else $C down >/dev/null 2>&1 || true; fi' EXIT
 $C up 2 >/dev/null
 
 where() { # id -> the host that lists it running, "" if not exactly one lists it
@@ -71,7 +72,11 @@ for r in $(seq "$ROUNDS"); do
 	for i in "${!ids[@]}"; do
 		id=${ids[i]} h=
 		for _ in $(seq 600); do h=$(where "$id") && [ -n "$h" ] && break; sleep 0.1; done
-		[ -n "$h" ] || { echo "round $r: ${id} never settled" >&2; exit 1; }
+		if [ -z "$h" ]; then
+			echo "round $r: ${id} never settled:" >&2
+			for k in 1 2; do echo "h$k:" >&2; $C exec "h$k" migrated ps >&2 || true; done
+			exit 1
+		fi
 		c1=$(copies 1 "${marks[i]}") c2=$(copies 2 "${marks[i]}")
 		if [ $((c1 + c2)) != 1 ]; then echo "round $r: ${id} has $c1 copies on h1 and $c2 on h2" >&2; exit 1; fi
 		sleep 0.3
