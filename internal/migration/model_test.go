@@ -14,22 +14,23 @@ package migration
 // happen. One migration (A to B) per run; Faults never fail a step here
 // (engine_test.go does that).
 //
-// MEASURED (engine at 60a60a8; 2 cores, the
-// machine shared with integration tests, so times are wall clock under
-// load; "states" are distinct global states, "runs" the paths explored):
+// MEASURED (engine at dedc97c; 2 cores, wall clock, the three cases in
+// parallel; "states" are distinct global states, "runs" the paths explored,
+// most of them cut short at a state seen before):
 //
 //	bound                 case     runs     states  time
-//	1 fault (-race)       plain      3869     4791     8.9s
-//	                      move-ip    5222     6317     9.6s
-//	                      hooks      4489     5517    10.1s   (whole package: 20 s)
-//	1 fault (-short)      plain      3869     4791     2.1s   (all three: 4 s)
-//	2 faults (default)    plain     38269    35382    33.6s
-//	                      move-ip   52601    48738    44.3s
-//	                      hooks     44906    41697    41.5s   (all three in parallel: 26 s
-//	                                                           unloaded, 78 s under load)
-//	3 faults (FULL)       plain     93255    80365    50.6s
-//	                      move-ip  131329   117807    47.1s
-//	                      hooks    111891    97869    57.8s   (all three: 58 s under load)
+//	1 fault (-short)      plain      4122     5076     2.0s
+//	                      move-ip    5587     6710     3.0s
+//	                      hooks      4742     5802     2.2s
+//	1 fault (-race)       plain      4122     5076    14.1s
+//	                      move-ip    5587     6710    18.5s
+//	                      hooks      4742     5802    16.7s
+//	2 faults (default)    plain     53829    51646    19.3s
+//	                      move-ip   74469    70617    32.3s
+//	                      hooks     61693    59230    22.5s
+//	3 faults (FULL)       plain    172572   159722    97.4s
+//	                      move-ip  239015   222688    94.5s
+//	                      hooks    198103   185044   106.9s
 //
 // What runs: the source's Out on A, the daemons' peer handlers (the
 // target's In, the source's Answer), a restarted daemon's Recover and the
