@@ -210,8 +210,10 @@ func (d *Daemon) attach(p *Proc) (bool, error) {
 //     as exited with the code its shim left in exit.json, or as lost; one
 //     still "starting" never started, and one "migrated" is no longer here:
 //     their records and directories are removed;
-//   - "incoming" records, and "migrating" ones with no shim, are left alone
-//     for the engine's recovery (adopt gives it the process of such a record).
+//   - an "incoming" record (a copy restored here, its migration in doubt)
+//     with a live shim is registered as incoming: the engine's recovery
+//     resumes or drops it; one without a shim, and a "migrating" one with no
+//     shim, are left alone for the recovery (adopt gives it such a process).
 func (d *Daemon) reattach() error {
 	recs, err := d.loadProcRecords()
 	if err != nil {
@@ -225,11 +227,19 @@ func (d *Daemon) reattach() error {
 	sort.Strings(ids)
 	for _, id := range ids {
 		rec := recs[id]
+		p := d.procFromRecord(rec)
 		if rec.State == "incoming" {
-			d.log.Info("reattach: left for the migration recovery", "id", id, "state", rec.State, "pid", rec.PID)
+			// A copy restored here whose migration the restart
+			// interrupted: listed as incoming while the migration's
+			// recovery settles it (resumes it or drops it).
+			if ok, err := d.attach(p); err != nil || !ok {
+				d.log.Info("reattach: left for the migration recovery", "id", id, "state", rec.State, "err", err)
+				continue
+			}
+			d.register(p)
+			d.log.Info("reattached an incoming copy: its migration's recovery decides", "id", id, "pid", p.pid)
 			continue
 		}
-		p := d.procFromRecord(rec)
 		ok, err := d.attach(p)
 		if err != nil {
 			// Not known to be gone: leave the record as it is for the next
