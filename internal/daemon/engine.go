@@ -165,7 +165,10 @@ func (k checkpointer) Dump(ctx context.Context, c migration.Conn, pid int, dir s
 	}
 	// The wire deadline ends the stream before CRIU's own deadline kills
 	// CRIU: a stalled target makes the dump fail cleanly, not die.
-	dl, _ := ctx.Deadline()
+	dl, ok := ctx.Deadline()
+	if !ok {
+		dl = time.Now().Add(migration.DefaultTimeouts.Dump)
+	}
 	wc.SetDeadline(dl.Add(-pagesWindDown))
 	pages := startPageSender(wc, local)
 	st, err := k.d.criu.Dump(ctx, criu.DumpOpts{Pid: pid, ImagesDir: dir, TCPEstablished: tcp, LeaveStopped: true,

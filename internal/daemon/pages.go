@@ -98,6 +98,9 @@ func (s *pageSender) toTarget() error {
 	for {
 		n, rerr := s.local.Read(buf)
 		if n > 0 {
+			// A target that stops reading fails the dump within
+			// stallTimeout: the process must not stay frozen for it.
+			s.c.SetWriteDeadline(time.Now().Add(stallTimeout))
 			if err := s.c.WriteMsg(tPages, buf[:n]); err != nil {
 				return s.failed(err)
 			}
