@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -42,18 +43,25 @@ func TestDSMExamples(t *testing.T) {
 						t.Fatalf("dsmrun: %v\nstdout:\n%s\nstderr:\n%s", err, tail(out.String(), 20), errb.String())
 					}
 				case <-time.After(3 * time.Minute):
-					cmd.Process.Kill()
+					cmd.Process.Signal(syscall.SIGTERM) // dsmrun stops its ranks
+					select {
+					case <-done:
+					case <-time.After(15 * time.Second):
+						cmd.Process.Kill()
+					}
 					t.Fatalf("timed out\nstdout:\n%s\nstderr:\n%s", tail(out.String(), 20), errb.String())
 				}
 				if !regexp.MustCompile(`(?m)^\[0\] result: \S+ verified$`).MatchString(out.String()) {
 					t.Fatalf("no verified result from rank 0:\n%s", tail(out.String(), 20))
 				}
-				if !regexp.MustCompile(`job: [0-9a-f]+`).MatchString(errb.String()) {
-					t.Errorf("dsmrun did not print the job ID on stderr:\n%s", errb.String())
+				m := regexp.MustCompile(`job: ([0-9a-f]+)`).FindStringSubmatch(errb.String())
+				if m == nil {
+					t.Fatalf("dsmrun did not print the job ID on stderr:\n%s", errb.String())
 				}
+				// This job's ranks, not another test's leftovers.
 				for k := 1; k <= 3; k++ {
 					for _, p := range ps(t, k) {
-						if strings.Contains(p.Name, ".r") && p.State == "running" {
+						if strings.HasPrefix(p.Name, m[1]+".r") && p.State == "running" {
 							t.Errorf("rank process %s still running on h%d after the job", p.Name, k)
 						}
 					}
