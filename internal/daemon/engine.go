@@ -87,12 +87,6 @@ func (f faults) Check(point string) error {
 	return errors.New("injected failure")
 }
 
-// fault reports whether the fault point name is armed, and disarms it (for
-// points outside the engine's steps).
-func (d *Daemon) fault(name string) bool {
-	return faults{d}.Check(name) != nil
-}
-
 // peers dials other daemons with the cluster's token.
 type peers struct{ d *Daemon }
 
