@@ -2,7 +2,9 @@
 # The demo, on four namespace hosts:
 #  1. a TCP client on h1 talks to an echo server on h3 from its own address
 #     10.77.0.100; the client moves to h2 with its address while the
-#     connection carries traffic, and the connection lives on;
+#     connection carries traffic, and the connection lives on; then h2's
+#     daemon is killed with SIGKILL and the client runs on, found again by
+#     the restarted daemon;
 #  2. a DSM job (Jacobi, 3 ranks on h1-h3) runs while its rank 1 moves to h4
 #     and back to h2; the job verifies its result as an unmigrated run does.
 set -euo pipefail
@@ -40,6 +42,19 @@ if $C exec h2 migrated logs "$cli" | grep -q FAIL || $C exec h3 migrated logs "$
 	say "the connection did NOT survive"; exit 1
 fi
 say "the connection survived: same socket, no reset, no lost or repeated byte"
+
+say "h2's daemon killed with SIGKILL: the client runs on under its shim; the restarted daemon finds it"
+before=$($C exec h2 migrated ps | awk -v id="$cli" '$1 == id {print $3}')
+$C exec h2 pkill -KILL -x migrated
+for _ in $(seq 100); do $C exec h2 migrated ps >/dev/null 2>&1 && break; sleep 0.1; done
+$C exec h2 migrated ps
+after=$($C exec h2 migrated ps | awk -v id="$cli" '$1 == id {print $3}')
+sleep 0.5
+$C exec h2 migrated logs "$cli" | tail -n 2
+if [ -z "$after" ] || [ "$before" != "$after" ] || $C exec h2 migrated logs "$cli" | grep -q FAIL; then
+	say "the process did NOT live through its daemon's death"; exit 1
+fi
+say "same pid ($after), still counting, every echo checked: nothing was lost with the daemon"
 
 say "a DSM job: Jacobi 1024x1024 on 3 ranks (h1 h2 h3); rank 1 moves to h4 and back to h2 while it runs"
 eval "$($C env)"
