@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -73,13 +72,6 @@ func (d *Daemon) launch(id, name string, argv, env []string, dir string) (*Proc,
 	if len(argv) == 0 {
 		return nil, errors.New("no command given: migrated run [--name NAME] -- CMD [ARG...]")
 	}
-	path, err := exec.LookPath(argv[0])
-	if err != nil && !filepath.IsAbs(argv[0]) && dir != "" {
-		path, err = exec.LookPath(filepath.Join(dir, argv[0]))
-	}
-	if err != nil {
-		return nil, fmt.Errorf("cannot run %q: %v", argv[0], err)
-	}
 	p := newProc(id, name, argv, time.Now())
 	if err := d.prepareProcDir(p); err != nil {
 		return nil, err
@@ -92,8 +84,10 @@ func (d *Daemon) launch(id, name string, argv, env []string, dir string) (*Proc,
 	env = append(slices.Clip(env), mrt.EnvID+"="+id, mrt.EnvControl+"="+d.ctlPath)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, st, err := shim.Start(ctx, shimExe, shim.Spec{ID: id, Dir: filepath.Dir(p.logPath), Path: path, Argv: argv,
-		Env: env, WorkDir: dir})
+	// The shim looks argv[0] up (in PATH, then in dir) and says "cannot
+	// run" if it finds nothing.
+	c, st, err := shim.Start(ctx, shimExe, shim.Spec{ID: id, Dir: filepath.Dir(p.logPath), Argv: argv, Env: env,
+		WorkDir: dir})
 	if err != nil {
 		os.RemoveAll(filepath.Dir(p.logPath))
 		return nil, err // the shim's "cannot start ...", or why the shim did not run

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -83,20 +82,11 @@ func (d *Daemon) saveProc(p *Proc) error {
 	if err != nil {
 		return err
 	}
-	for try := 0; ; try++ {
-		// Another journal.Open of the directory (loadProcRecords, adopt)
-		// may remove the temporary file under a Put: try again.
-		err = j.Put(procRecord, rec)
-		if err == nil || try == 2 || !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-	}
+	return j.Put(procRecord, rec)
 }
 
-// journalOfLocked returns p's record directory, opened once: journal.Open
-// removes the temporary files it finds, the shim's exit.json in the making
-// among them (the shim tries again, but the fewer the better). p.saveMu is
-// held.
+// journalOfLocked returns p's record directory, opened once (Open makes the
+// directory and looks through it). p.saveMu is held.
 func (d *Daemon) journalOfLocked(p *Proc) (*journal.Dir, error) {
 	if p.jdir == nil {
 		j, err := journal.Open(d.dirOf(p))

@@ -53,6 +53,17 @@ type Spec struct {
 	Restore *RestoreSpec `json:"restore,omitempty"`
 }
 
+// check says what a Spec lacks, if anything (Start and the shim both ask).
+func (s Spec) check() error {
+	if s.ID == "" || !filepath.IsAbs(s.Dir) {
+		return fmt.Errorf("shim: a spec needs an ID and an absolute Dir (got %q, %q)", s.ID, s.Dir)
+	}
+	if s.Restore == nil && len(s.Argv) == 0 {
+		return errors.New("shim: a spec needs Argv or Restore")
+	}
+	return nil
+}
+
 // RestoreSpec is a restore mode Spec's image set.
 type RestoreSpec struct {
 	CRIU      string `json:"criu"` // CRIU binary path
@@ -144,11 +155,8 @@ func sockPath(dir string) (string, error) {
 // reaps it (Client.Exited). If ctx ends before the shim reports, the shim is
 // killed.
 func Start(ctx context.Context, exe string, spec Spec) (_ *Client, _ *Started, retErr error) {
-	if spec.ID == "" || !filepath.IsAbs(spec.Dir) {
-		return nil, nil, fmt.Errorf("shim: a spec needs an ID and an absolute Dir (got %q, %q)", spec.ID, spec.Dir)
-	}
-	if spec.Restore == nil && len(spec.Argv) == 0 {
-		return nil, nil, errors.New("shim: a spec needs Argv or Restore")
+	if err := spec.check(); err != nil {
+		return nil, nil, err
 	}
 	sock, err := sockPath(spec.Dir)
 	if err != nil {

@@ -123,11 +123,8 @@ type server struct {
 // start sets up the log, the pipe and the socket, and starts or restores the
 // workload.
 func start(spec Spec) (_ *server, _ *Started, retErr error) {
-	if spec.ID == "" || !filepath.IsAbs(spec.Dir) {
-		return nil, nil, fmt.Errorf("shim: a spec needs an ID and an absolute Dir (got %q, %q)", spec.ID, spec.Dir)
-	}
-	if spec.Restore == nil && len(spec.Argv) == 0 {
-		return nil, nil, errors.New("shim: a spec needs Argv or Restore")
+	if err := spec.check(); err != nil {
+		return nil, nil, err
 	}
 	s := &server{spec: spec, eof: make(chan struct{}), done: make(chan struct{}), reaped: make(chan struct{})}
 	var err error
@@ -387,19 +384,8 @@ func (s *server) reap() {
 func (s *server) finish(code int) {
 	s.drain()
 	b, _ := json.Marshal(exitRecord{Code: code, At: time.Now()})
-	// The daemon's journal.Open of this directory removes temporary files
-	// (a crash's leftovers), this write's among them if it comes at the
-	// wrong moment: try again.
-	for try := 0; ; try++ {
-		err := journal.WriteFile(filepath.Join(s.spec.Dir, ExitFile), append(b, '\n'), 0o600)
-		if err == nil {
-			break
-		}
-		if try == 4 {
-			log.Printf("writing %s: %v", ExitFile, err)
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := journal.WriteFile(filepath.Join(s.spec.Dir, ExitFile), append(b, '\n'), 0o600); err != nil {
+		log.Printf("writing %s: %v", ExitFile, err)
 	}
 	s.stMu.Lock()
 	s.exited, s.code = true, code
