@@ -299,17 +299,8 @@ func (e engineProcs) RestoreHere(ctx context.Context, id, dir string) error {
 	p.mu.Unlock()
 	waitUntraced(p.pid, 30*time.Second)
 	killTree(p)
-	np, err := e.d.restoreProc(p.ID, p.Name, p.Argv, p.Started, p.Moves, key, dir, p.logPath, true)
-	if err != nil {
-		return err
-	}
-	np.mu.Lock()
-	np.state, np.Job, np.Rank, np.hooks = "migrating", p.Job, p.Rank, p.hooks
-	np.mu.Unlock()
-	e.d.mu.Lock()
-	e.d.procs[p.ID] = np
-	e.d.mu.Unlock()
-	return e.d.saveProc(np)
+	_, err := e.d.restoreCopy(ctx, p, key, dir, true, "migrating")
+	return err
 }
 
 func (e engineProcs) Gone(ctx context.Context, id, to string) error {
@@ -341,7 +332,7 @@ func (e engineProcs) Reserve(b *migration.Begin) (string, error) {
 		return "", fmt.Errorf("process %s already exists on %s", b.ID, e.d.listen)
 	}
 	p := newProc(b.ID, b.Name, b.Argv, b.Started)
-	p.state, p.Job, p.Rank, p.Moves = "incoming", b.Job, b.Rank, b.Moves
+	p.state, p.Job, p.Rank, p.Moves, p.hooks = "incoming", b.Job, b.Rank, b.Moves, b.Hooks
 	if err := e.d.prepareProcDir(p); err != nil {
 		return "", err
 	}
@@ -355,18 +346,11 @@ func (e engineProcs) Restore(ctx context.Context, b *migration.Begin, dir string
 	if holder == nil {
 		return 0, fmt.Errorf("process %s is not reserved here", b.ID)
 	}
-	np, err := e.d.restoreProc(b.ID, b.Name, b.Argv, b.Started, b.Moves, b.PipeKey, dir, holder.logPath, b.MoveIP != "")
-	if err != nil {
+	np, err := e.d.restoreCopy(ctx, holder, b.PipeKey, dir, b.MoveIP != "", "incoming")
+	if np == nil {
 		return 0, err
 	}
-	np.mu.Lock()
-	np.state, np.Job, np.Rank, np.hooks = "incoming", b.Job, b.Rank, b.Hooks
-	pid := np.pid
-	np.mu.Unlock()
-	e.d.mu.Lock()
-	e.d.procs[b.ID] = np
-	e.d.mu.Unlock()
-	return pid, e.d.saveProc(np)
+	return np.pid, err
 }
 
 func (e engineProcs) Discard(ctx context.Context, id string) error {

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"time"
 
 	"dsmigrate/criu"
 	"dsmigrate/internal/migration"
@@ -20,11 +19,13 @@ import (
 // hook after a restore.
 
 const (
-	restoreTimeout = 5 * time.Minute
-	stallTimeout   = 30 * time.Second // a transfer that makes no progress for this long fails
-	maxImageBytes  = 64 << 30
-	logName        = "@log" // the process's output log, shipped with the images
+	maxImageBytes = 64 << 30
+	logName       = "@log" // the process's output log, shipped with the images
 )
+
+// stallTimeout: a transfer that makes no progress for this long fails (the
+// engine's stall bound, applied here to each frame of the data path).
+var stallTimeout = migration.DefaultTimeouts.Stall
 
 var fileRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
@@ -76,21 +77,26 @@ func sendFile(ctx context.Context, c *wire.Conn, name, path string) (int64, erro
 	if err := c.WriteJSON(tFile, &fileMsg{Name: name, Size: fi.Size()}); err != nil {
 		return 0, err
 	}
-	return c.SendStream(&progressReader{r: f, c: c, ctx: ctx})
+	return c.SendStream(&progress{f: f, c: c, ctx: ctx})
 }
 
-// progressReader moves the connection's deadline on as data flows: a
+// progress moves the connection's deadline on as data flows, either way: a
 // stalled peer fails the transfer after stallTimeout, a slow but moving one
 // does not.
-type progressReader struct {
-	r   *os.File
+type progress struct {
+	f   *os.File
 	c   *wire.Conn
 	ctx context.Context
 }
 
-func (p *progressReader) Read(b []byte) (int, error) {
+func (p *progress) Read(b []byte) (int, error) {
 	p.c.SetDeadline(migration.Deadline(p.ctx, stallTimeout))
-	return p.r.Read(b)
+	return p.f.Read(b)
+}
+
+func (p *progress) Write(b []byte) (int, error) {
+	p.c.SetDeadline(migration.Deadline(p.ctx, stallTimeout))
+	return p.f.Write(b)
 }
 
 // recvImages receives the files sendImages sent. Names and sizes come from
@@ -131,7 +137,7 @@ func recvImages(ctx context.Context, c *wire.Conn, dir, logPath string, total in
 		if err != nil {
 			return err
 		}
-		n, err := c.RecvStream(&progressWriter{w: f, c: c, ctx: ctx}, fm.Size)
+		n, err := c.RecvStream(&progress{f: f, c: c, ctx: ctx}, fm.Size)
 		f.Close()
 		if err == nil && n != fm.Size {
 			err = fmt.Errorf("file %s: got %d of %d bytes", fm.Name, n, fm.Size)
@@ -141,17 +147,6 @@ func recvImages(ctx context.Context, c *wire.Conn, dir, logPath string, total in
 		}
 		total += n
 	}
-}
-
-type progressWriter struct {
-	w   *os.File
-	c   *wire.Conn
-	ctx context.Context
-}
-
-func (p *progressWriter) Write(b []byte) (int, error) {
-	p.c.SetDeadline(migration.Deadline(p.ctx, stallTimeout))
-	return p.w.Write(b)
 }
 
 // rebind runs the resume hook of process id: after a restore here (moved),

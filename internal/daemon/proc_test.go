@@ -280,7 +280,7 @@ func TestReattachWithoutShims(t *testing.T) {
 	}
 }
 
-// restoreProc, as the undo of a dump does it (the engine's RestoreHere): the
+// restoreCopy, as the undo of a dump does it (the engine's RestoreHere): the
 // stopped tree is killed and restored from its images under a new shim in the
 // same directory; it goes on counting into the same log, and the old copy's
 // end deletes no record of the new one.
@@ -332,7 +332,7 @@ func TestRestoreProcSameDir(t *testing.T) {
 	if _, ok := readRec(t, d, id); ok {
 		t.Fatal("the killed copy's record is still there")
 	}
-	np, err := d.restoreProc(id, p.Name, p.Argv, p.Started, p.Moves, p.pipeKey, images, p.logPath, false)
+	np, err := d.restoreCopy(context.Background(), p, p.pipeKey, images, false, "stopped")
 	if err != nil {
 		t.Fatal(err)
 	}

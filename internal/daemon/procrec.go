@@ -62,9 +62,8 @@ func (d *Daemon) dirOf(p *Proc) string {
 //   - a hook registration (handleControl does it);
 //   - every state a migration gives a process ("migrating" when claimed,
 //     "running" when it resumes here, "incoming" once restored on a target,
-//     "running" when activated there, "migrated" when it is gone), and a new
-//     copy restored by restoreProc (which saves nothing itself: it returns a
-//     Proc registered nowhere).
+//     "running" when activated there, "migrated" when it is gone; a copy
+//     restoreCopy restored is saved by it).
 //
 // Once the record is deleted (dropProc: the process was killed, or it left
 // this host and ended), saveProc writes nothing more and returns nil.

@@ -5,33 +5,47 @@ import (
 	"path/filepath"
 	"time"
 
+	"dsmigrate/criu"
 	"dsmigrate/internal/shim"
 )
 
-// restoreProc restores the images in dir under a shim of its own, which is
+// shimMargin is how much sooner than its context's deadline a restore's CRIU
+// must give up: CRIU's own error then reports a restore that overruns,
+// rather than a shim killed before it could say anything.
+const shimMargin = 10 * time.Second
+
+// restoreCopy restores the images in dir as a new copy of from (its ID, name,
+// command, moves, job, rank, hooks and log), under a shim of its own which is
 // the restored tree's parent and appends its output (a fresh pipe, inherited
-// in place of the one named key) to logPath; logPath's directory is the
-// shim's. The tree is left STOPPED: the caller continues it (signalTree
-// SIGCONT). The returned Proc is registered nowhere and has no record yet
-// (saveProc); its watcher runs. A failed CRIU restore is a *criu.Error.
-func (d *Daemon) restoreProc(id, name string, argv []string, started time.Time, moves int, key, dir, logPath string, tcp bool) (*Proc, error) {
-	// CRIU's own deadline is restoreTimeout; the shim's start is bounded a
-	// little later, so that CRIU's error comes back rather than a timeout.
-	ctx, cancel := context.WithTimeout(context.Background(), restoreTimeout+30*time.Second)
-	defer cancel()
+// in place of the one named key) to the log. The tree is left STOPPED: the
+// caller continues it (signalTree SIGCONT). The copy is registered in from's
+// place in the given state and its record saved; its watcher runs. ctx bounds
+// the whole restore. A failed CRIU restore is a *criu.Error.
+func (d *Daemon) restoreCopy(ctx context.Context, from *Proc, key, dir string, tcp bool, state string) (*Proc, error) {
+	timeout := criu.DefaultTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = max(time.Until(dl)-shimMargin, time.Second)
+	} else {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout+shimMargin)
+		defer cancel()
+	}
 	t0 := time.Now()
-	c, st, err := shim.Start(ctx, shimExe, shim.Spec{ID: id, Dir: filepath.Dir(logPath), Restore: &shim.RestoreSpec{
-		CRIU: d.criu.Path, ImagesDir: dir, PipeKey: key, TCP: tcp, Timeout: restoreTimeout}})
+	c, st, err := shim.Start(ctx, shimExe, shim.Spec{ID: from.ID, Dir: filepath.Dir(from.logPath), Restore: &shim.RestoreSpec{
+		CRIU: d.criu.Path, ImagesDir: dir, PipeKey: key, TCP: tcp, Timeout: timeout}})
 	if err != nil {
 		return nil, err
 	}
 	if rs := st.Restore; rs != nil {
-		d.log.Info("criu restore", "id", id, "took", time.Since(t0), "criu_restore", rs.Restore, "forking", rs.Forking,
+		d.log.Info("criu restore", "id", from.ID, "took", time.Since(t0), "criu_restore", rs.Restore, "forking", rs.Forking,
 			"pages", rs.PagesRestored, "shim", st.ShimPID)
 	}
-	p := newProc(id, name, argv, started)
-	p.Moves, p.logPath, p.pid, p.shimPID, p.state, p.pipeKey, p.shim = moves, logPath, st.PID, st.ShimPID, "stopped",
-		st.PipeKey, c
+	from.mu.Lock()
+	p := newProc(from.ID, from.Name, from.Argv, from.Started)
+	p.Moves, p.Job, p.Rank, p.hooks, p.logPath = from.Moves, from.Job, from.Rank, from.hooks, from.logPath
+	from.mu.Unlock()
+	p.pid, p.shimPID, p.state, p.pipeKey, p.shim = st.PID, st.ShimPID, state, st.PipeKey, c
 	go d.watch(p)
-	return p, nil
+	d.register(p)
+	return p, d.saveProc(p)
 }
