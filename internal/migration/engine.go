@@ -335,9 +335,6 @@ func (e *Engine) Active() []Record {
 	return out
 }
 
-// ErrFault is wrapped by the error of a step that a fault point failed.
-var ErrFault = errors.New("fault point")
-
 // Point names a fault point: "SIDE-WHEN-STEP", e.g. "source-before-dump"
 // or "target-after-restore". The daemon arms one with the file
 // STATE/faults/POINT (see internal/daemon/engine.go).
@@ -349,7 +346,7 @@ func (e *Engine) fault(side, when, step string) error {
 	}
 	p := Point(side, when, step)
 	if err := e.cfg.Faults.Check(p); err != nil {
-		return fmt.Errorf("%w %s: %v", ErrFault, p, err)
+		return fmt.Errorf("fault point %s: %w", p, err)
 	}
 	return nil
 }

@@ -55,7 +55,7 @@ func (e *Engine) Recover(ctx context.Context) error {
 }
 
 func (e *Engine) recoverSource(ctx context.Context, r *Record) {
-	m := &outMig{e: e, r: r, req: Request{ID: r.ProcID, To: r.Peer, MoveIP: r.MoveIP},
+	m := &outMig{e: e, r: r,
 		hist: &api.MigrationRec{ID: r.ProcID, From: e.cfg.Self, To: r.Peer, MoveIP: r.MoveIP, Start: r.Start}}
 	if e.decision(r) == Committed {
 		e.log.Warn("settling a migration the restart interrupted: it had committed, finishing it", "mig", r.Mig,

@@ -32,7 +32,6 @@ func NewID() string {
 type outMig struct {
 	e     *Engine
 	r     *Record
-	req   Request
 	p     Proc
 	c     Conn // nil in recovery
 	hist  *api.MigrationRec
@@ -81,7 +80,7 @@ func (e *Engine) Out(ctx context.Context, req Request, event func(api.Event)) (*
 	}
 	ctx, cancel := context.WithTimeout(ctx, e.t.Total)
 	defer cancel()
-	m := &outMig{e: e, r: r, req: req, event: event,
+	m := &outMig{e: e, r: r, event: event,
 		hist: &api.MigrationRec{From: e.cfg.Self, To: req.To, MoveIP: req.MoveIP, Start: r.Start}}
 	steps := m.steps()
 	err := e.runSteps(ctx, r, steps)
@@ -127,7 +126,7 @@ func (m *outMig) forwardSteps() []step {
 }
 
 func (m *outMig) claim(ctx context.Context) error {
-	p, err := m.e.cfg.Procs.Claim(m.req.ID)
+	p, err := m.e.cfg.Procs.Claim(m.r.ProcID)
 	if err != nil {
 		return err
 	}
@@ -143,19 +142,19 @@ func (m *outMig) unclaim(ctx context.Context) error { return m.e.cfg.Procs.Uncla
 func (m *outMig) connect(ctx context.Context) error {
 	dctx, cancel := context.WithTimeout(ctx, m.e.t.Dial)
 	defer cancel()
-	c, err := m.e.cfg.Peers.Dial(dctx, m.req.To)
+	c, err := m.e.cfg.Peers.Dial(dctx, m.r.Peer)
 	if err != nil {
-		return fmt.Errorf("target %s unreachable: %w", m.req.To, err)
+		return fmt.Errorf("target %s unreachable: %w", m.r.Peer, err)
 	}
 	m.c = c
 	p := m.p
 	b := &Begin{Mig: m.r.Mig, ID: p.ID, Name: p.Name, Argv: p.Argv, PipeKey: p.PipeKey, MoveIP: m.r.MoveIP,
 		Started: p.Started, Moves: p.Moves + 1, Source: m.e.cfg.Self, Job: p.Job, Rank: p.Rank, Hooks: p.Hooks}
 	if err := send(ctx, c, m.e.t.Dial, tBegin, b); err != nil {
-		return fmt.Errorf("target %s: %w", m.req.To, err)
+		return fmt.Errorf("target %s: %w", m.r.Peer, err)
 	}
 	if err := recv(ctx, c, m.e.t.Dial, tAccept, nil); err != nil {
-		return fmt.Errorf("target %s refused the process: %w", m.req.To, err)
+		return fmt.Errorf("target %s refused the process: %w", m.r.Peer, err)
 	}
 	return nil
 }
@@ -284,7 +283,7 @@ func (m *outMig) transfer(ctx context.Context) error {
 	n, files, err := m.e.cfg.CRIU.SendImages(ctx, m.c, m.r.Images, m.p.LogPath)
 	m.hist.Bytes += n
 	if err != nil {
-		return fmt.Errorf("transfer to %s failed: %w", m.req.To, err)
+		return fmt.Errorf("transfer to %s failed: %w", m.r.Peer, err)
 	}
 	m.phase("transfer", time.Since(t), fmt.Sprintf("%.1f MiB in %d files (log and images but pages)", float64(n)/(1<<20), files))
 	return nil
@@ -315,11 +314,11 @@ func (m *outMig) unmoveIP(ctx context.Context) error {
 func (m *outMig) restore(ctx context.Context) error {
 	t := time.Now()
 	if err := send(ctx, m.c, m.e.t.Stall, tRestore, &RestoreMsg{Lock: m.rules}); err != nil {
-		return fmt.Errorf("target %s: %w", m.req.To, err)
+		return fmt.Errorf("target %s: %w", m.r.Peer, err)
 	}
 	var rd Restored
 	if err := recv(ctx, m.c, m.e.t.Restore, tRestored, &rd); err != nil {
-		return fmt.Errorf("restore on %s failed: %w", m.req.To, err)
+		return fmt.Errorf("restore on %s failed: %w", m.r.Peer, err)
 	}
 	if m.r.MoveIP != "" {
 		m.phase("network", rd.Net, m.r.MoveIP+" moved")
@@ -335,7 +334,7 @@ func (m *outMig) commit(ctx context.Context) error {
 	if d, err := m.e.decide(m.r, Committed); err != nil {
 		return err
 	} else if d != Committed {
-		return fmt.Errorf("the target %s gave up waiting for the commit", m.req.To)
+		return fmt.Errorf("the target %s gave up waiting for the commit", m.r.Peer)
 	}
 	m.resumeAt = time.Now()
 	return nil
