@@ -178,15 +178,39 @@ func waitStopped(pid int) error {
 // threadState is the state letter of a thread (/proc/PID/task/TID/stat): R,
 // S, D, T (stopped), t (traced), Z...
 func threadState(pid, tid int) (byte, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", pid, tid))
+	f, err := statFields(fmt.Sprintf("/proc/%d/task/%d/stat", pid, tid))
 	if err != nil {
 		return 0, err
 	}
-	i := bytes.LastIndexByte(b, ')') // the name may hold anything but ends before the last ')'
-	if i < 0 || i+2 >= len(b) {
-		return 0, fmt.Errorf("/proc/%d/task/%d/stat: malformed", pid, tid)
+	return f[0][0], nil
+}
+
+// ParentOf returns pid's parent pid (/proc/PID/stat), or 0 if pid is gone.
+func ParentOf(pid int) int {
+	f, err := statFields(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
 	}
-	return b[i+2], nil
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}
+
+// statFields returns the fields of a stat file after the command, which may
+// hold anything but ends before the last ')': state, ppid, ...
+func statFields(path string) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, fmt.Errorf("%s: malformed", path)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 || f[0] == "" {
+		return nil, fmt.Errorf("%s: malformed", path)
+	}
+	return f, nil
 }
 
 var errExited = errors.New("thread exited")

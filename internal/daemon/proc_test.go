@@ -12,33 +12,18 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"dsmigrate/criu"
 	"dsmigrate/internal/journal"
 	"dsmigrate/internal/shim"
+	"dsmigrate/internal/shim/shimtest"
 	"dsmigrate/netmove"
 )
 
 const testCRIU = "/usr/local/sbin/migrate-criu"
 
-// The test binary is also the shim: launch runs /proc/self/exe shim.
-func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == shim.Command {
-		if err := shim.Main(); err != nil {
-			fmt.Fprintln(os.Stderr, "shim:", err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
-	if os.Getenv("GORACE") == "" {
-		os.Setenv("GORACE", "atexit_sleep_ms=0") // race-built shims would each sleep a second at exit
-	}
-	// Orphans come to this process rather than to this machine's PID 1,
-	// which does not reap them.
-	unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-	os.Exit(m.Run())
-}
+// The test binary is also the shim (launch runs /proc/self/exe shim), and
+// the run fails if a test leaves a process behind.
+func TestMain(m *testing.M) { shimtest.Main(m, nil) }
 
 func needRoot(t *testing.T) {
 	t.Helper()
@@ -71,7 +56,7 @@ func cleanupProc(t *testing.T, p *Proc) {
 		if c == nil {
 			return
 		}
-		if parentOf(pid) == c.ShimPID() {
+		if criu.ParentOf(pid) == c.ShimPID() {
 			signalTree(pid, syscall.SIGKILL)
 		}
 		if ch := c.Exited(); ch != nil {
@@ -83,17 +68,6 @@ func cleanupProc(t *testing.T, p *Proc) {
 			}
 		}
 	})
-}
-
-func parentOf(pid int) int {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	var ppid int
-	fmt.Sscan(strings.Fields(s[strings.LastIndexByte(s, ')')+1:])[1], &ppid)
-	return ppid
 }
 
 func readRec(t *testing.T, d *Daemon, id string) (ProcRec, bool) {
@@ -337,9 +311,9 @@ func TestRestoreProcSameDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	cleanupProc(t, np)
-	if np.pid != p.pid || np.info().State != "stopped" || np.pipeKey == p.pipeKey || parentOf(np.pid) != np.shimPID {
+	if np.pid != p.pid || np.info().State != "stopped" || np.pipeKey == p.pipeKey || criu.ParentOf(np.pid) != np.shimPID {
 		t.Fatalf("restored: pid %d (was %d), state %s, key %s (was %s), parent %d (shim %d)", np.pid, p.pid,
-			np.info().State, np.pipeKey, p.pipeKey, parentOf(np.pid), np.shimPID)
+			np.info().State, np.pipeKey, p.pipeKey, criu.ParentOf(np.pid), np.shimPID)
 	}
 	np.mu.Lock()
 	np.state = "running"

@@ -264,7 +264,7 @@ func (s *server) restore(w *os.File) (int, *criu.RestoreStats, error) {
 	}
 	// Only a child can be reaped: a root CRIU put elsewhere would leave
 	// this shim waiting forever.
-	if ppid := parentOf(pid); ppid != os.Getpid() {
+	if ppid := criu.ParentOf(pid); ppid != os.Getpid() {
 		for _, p := range criu.Tree(pid) {
 			unix.Kill(p, unix.SIGKILL)
 		}

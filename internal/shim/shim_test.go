@@ -21,6 +21,7 @@ import (
 
 	"dsmigrate/criu"
 	"dsmigrate/internal/shim"
+	"dsmigrate/internal/shim/shimtest"
 	"dsmigrate/netmove"
 )
 
@@ -28,38 +29,7 @@ const testCRIU = "/usr/local/sbin/migrate-criu"
 
 // The test binary is also the shim (argument "shim", as Start runs it) and a
 // starter that starts a shim and then waits to be killed ("starter").
-func TestMain(m *testing.M) {
-	if len(os.Args) > 1 {
-		switch os.Args[1] {
-		case shim.Command:
-			if err := shim.Main(); err != nil {
-				fmt.Fprintln(os.Stderr, "shim:", err)
-				os.Exit(1)
-			}
-			os.Exit(0)
-		case "starter":
-			os.Exit(starter())
-		}
-	}
-	// Race-built shims would each sleep a second at exit (TSan's default).
-	if os.Getenv("GORACE") == "" {
-		os.Setenv("GORACE", "atexit_sleep_ms=0")
-	}
-	// Orphans (the shim of a killed starter) come to this process, which
-	// reaps them; this machine's PID 1 does not.
-	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
-		fmt.Println("PR_SET_CHILD_SUBREAPER:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if left := leftovers(); left != "" {
-		fmt.Println("processes left behind:", left)
-		if code == 0 {
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { shimtest.Main(m, map[string]func() int{"starter": starter}) }
 
 // starter reads a Spec on stdin, starts its shim, prints Started and waits.
 func starter() int {
@@ -76,28 +46,6 @@ func starter() int {
 	}
 	json.NewEncoder(os.Stdout).Encode(st)
 	select {}
-}
-
-// leftovers kills and reaps this process's remaining children (all orphans
-// once the tests are over) and names the ones that were still alive.
-func leftovers() string {
-	var alive []string
-	me := os.Getpid()
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || ppidOf(pid) != me {
-			continue
-		}
-		if state(pid) != "Z" {
-			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-			alive = append(alive, fmt.Sprintf("%d (%s)", pid, strings.TrimSpace(string(comm))))
-			unix.Kill(pid, unix.SIGKILL)
-		}
-		var ws unix.WaitStatus
-		unix.Wait4(pid, &ws, 0, nil)
-	}
-	return strings.Join(alive, ", ")
 }
 
 func exe(t *testing.T) string {
@@ -147,7 +95,7 @@ func startShim(t *testing.T, spec shim.Spec) (*shim.Client, *shim.Started) {
 // killWorkload kills the tree of pid if it is still the child of shimPID
 // (not a recycled pid).
 func killWorkload(pid, shimPID int) {
-	if ppidOf(pid) != shimPID {
+	if criu.ParentOf(pid) != shimPID {
 		return
 	}
 	for _, p := range criu.Tree(pid) {
@@ -260,14 +208,6 @@ func state(pid int) string {
 	return ""
 }
 
-func ppidOf(pid int) int {
-	if f := statFields(pid); len(f) > 1 {
-		n, _ := strconv.Atoi(f[1])
-		return n
-	}
-	return 0
-}
-
 // A counter's output lands in the log; Status shows it running; Wait returns
 // its code once the log is complete; exit.json says the same; the shim then
 // leaves, taking its socket with it.
@@ -289,7 +229,7 @@ func TestRun(t *testing.T) {
 	if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c.ShimPID())); strings.TrimSpace(string(comm)) != "migrated-shim" {
 		t.Errorf("the shim's comm is %q, want migrated-shim", comm)
 	}
-	if p := ppidOf(st.PID); p != c.ShimPID() {
+	if p := criu.ParentOf(st.PID); p != c.ShimPID() {
 		t.Errorf("the workload's parent is %d, want the shim %d", p, c.ShimPID())
 	}
 	touch(t, stop)
@@ -420,7 +360,7 @@ func TestOutlivesStarter(t *testing.T) {
 		t.Fatalf("no report from the starter: %v", err)
 	}
 	t.Cleanup(func() { reapOrphan(t, st.ShimPID, st.PID) })
-	if p := ppidOf(st.ShimPID); p != cmd.Process.Pid {
+	if p := criu.ParentOf(st.ShimPID); p != cmd.Process.Pid {
 		t.Fatalf("the shim's parent is %d, want the starter %d", p, cmd.Process.Pid)
 	}
 	waitCount(t, dir, 10)
@@ -429,7 +369,7 @@ func TestOutlivesStarter(t *testing.T) {
 	cmd.Wait()
 	killed := counts(t, readLog(t, dir))
 	time.Sleep(300 * time.Millisecond)
-	if p := ppidOf(st.ShimPID); p != os.Getpid() {
+	if p := criu.ParentOf(st.ShimPID); p != os.Getpid() {
 		t.Fatalf("the orphaned shim's parent is %d, want this subreaper %d", p, os.Getpid())
 	}
 	c, err := shim.Dial(dir)
@@ -539,7 +479,7 @@ func TestRestore(t *testing.T) {
 	if st2.PID != st1.PID || st2.Restore == nil || st2.PipeKey == st1.PipeKey {
 		t.Fatalf("restored: %+v, want pid %d, stats and a new pipe", st2, st1.PID)
 	}
-	if p := ppidOf(st2.PID); p != c2.ShimPID() {
+	if p := criu.ParentOf(st2.PID); p != c2.ShimPID() {
 		t.Fatalf("the restored root's parent is %d, want the shim %d", p, c2.ShimPID())
 	}
 	if s := state(st2.PID); s != "T" {

@@ -1,10 +1,6 @@
 package shim
 
-import (
-	"os"
-	"strconv"
-	"strings"
-)
+import "os"
 
 // name is the shim's comm: not "migrated", so that `pkill -x migrated` (a
 // daemon's kill) never matches a shim.
@@ -23,24 +19,4 @@ func init() {
 // PR_SET_NAME renames only the calling thread).
 func setName() {
 	os.WriteFile("/proc/self/comm", []byte(name), 0)
-}
-
-// parentOf returns pid's parent pid, or 0.
-func parentOf(pid int) int {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	// The command is in parentheses and may hold anything: parse after it.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 2 {
-		return 0
-	}
-	ppid, _ := strconv.Atoi(f[1])
-	return ppid
 }
