@@ -41,7 +41,6 @@ type outMig struct {
 	dumpAt   time.Time // the process stopped (freeze began)
 	resumeAt time.Time
 	done     Done
-	dump     *DumpResult
 }
 
 func (m *outMig) phase(name string, d time.Duration, info string) {
@@ -55,7 +54,7 @@ func (m *outMig) phase(name string, d time.Duration, info string) {
 }
 
 // Out moves process req.ID to the daemon at req.To and returns the record
-// of the migration. The steps (sourceSteps) run in order, each journaled
+// of the migration. The steps (outMig.steps) run in order, each journaled
 // before it begins; any failure before the commit undoes them, so that the
 // process runs here as before, and the error says so. Once committed the
 // process runs on the target, whatever happens after: later failures only
@@ -220,7 +219,6 @@ func (m *outMig) dumpStep(ctx context.Context) error {
 	defer cancel()
 	t := time.Now()
 	res, err := m.e.cfg.CRIU.Dump(dctx, m.c, m.r.PID, dir, m.r.MoveIP != "")
-	m.dump = res
 	if res != nil {
 		m.hist.Bytes += res.Sent + res.Back
 	}
