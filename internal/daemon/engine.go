@@ -306,14 +306,22 @@ func (e engineProcs) RestoreHere(ctx context.Context, id, dir string) error {
 func (e engineProcs) Gone(ctx context.Context, id, to string) error {
 	p := e.d.lookup(id)
 	if p == nil {
-		return nil // gone already (a restart finishing the commit)
+		// Gone already; or, a restart finishing the commit, known only by
+		// a record whose shim ended with the copy: the record goes too.
+		j, err := journal.Open(e.d.procDir(id))
+		if err != nil {
+			return err
+		}
+		return j.Delete(procRecord)
 	}
 	p.mu.Lock()
 	p.state, p.movedTo = "migrated", to
 	pid := p.pid
 	p.mu.Unlock()
-	signalTree(pid, syscall.SIGKILL)
+	// Journaled before the kill: a restart must not find a record that
+	// says migrating for a copy that is gone.
 	err := e.d.saveProc(p)
+	signalTree(pid, syscall.SIGKILL)
 	e.d.mu.Lock()
 	if e.d.procs[id] == p {
 		delete(e.d.procs, id)

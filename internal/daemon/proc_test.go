@@ -338,3 +338,24 @@ func TestRestoreProcSameDir(t *testing.T) {
 		t.Fatalf("record after the restored copy's exit: %+v %v", rec, ok)
 	}
 }
+
+// A restart that finishes a commit finds the source copy gone with its shim
+// and knows it only by its record, which says migrating: Gone deletes it, so
+// that no later start finds a process that is not here.
+func TestGoneRecordOnly(t *testing.T) {
+	d := testDaemon(t, t.TempDir())
+	p := newProc("0123456789ab", "x", []string{"x"}, time.Now())
+	if err := d.prepareProcDir(p); err != nil {
+		t.Fatal(err)
+	}
+	p.state = "migrating"
+	if err := d.saveProc(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := (engineProcs{d}).Gone(context.Background(), p.ID, "10.0.0.2:7077"); err != nil {
+		t.Fatal(err)
+	}
+	if rec, ok := readRec(t, d, p.ID); ok {
+		t.Fatalf("the record of a process that is gone is still there: %+v", rec)
+	}
+}
