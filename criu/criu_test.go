@@ -67,8 +67,12 @@ func TestDumpRestore(t *testing.T) {
 	if st.PagesWritten == 0 || st.Frozen == 0 {
 		t.Errorf("dump stats look empty: %+v", st)
 	}
-	if s := procState(pid); s != "T" {
-		t.Fatalf("after a leave-stopped dump the process is %q, want T (stopped)", s)
+	// CRIU stops it with a SIGSTOP queued as it detaches, taken when the
+	// task is next scheduled: R may show until then.
+	for deadline := time.Now().Add(10 * time.Second); procState(pid) != "T"; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after a leave-stopped dump the process is %q, want T (stopped)", procState(pid))
+		}
 	}
 	rpid, rst := restoreInstead(t, c, cmd, dir)
 	if rpid != pid {
