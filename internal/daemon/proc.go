@@ -72,6 +72,12 @@ func (d *Daemon) launch(id, name string, argv, env []string, dir string) (*Proc,
 	if len(argv) == 0 {
 		return nil, errors.New("no command given: migrated run [--name NAME] -- CMD [ARG...]")
 	}
+	// In a pid namespace of its own, under tini: its pids then never
+	// collide with those of a host it moves to (internal/shim/doc.go).
+	initPath, err := shim.FindInit()
+	if err != nil {
+		return nil, err
+	}
 	p := newProc(id, name, argv, time.Now())
 	if err := d.prepareProcDir(p); err != nil {
 		return nil, err
@@ -87,7 +93,7 @@ func (d *Daemon) launch(id, name string, argv, env []string, dir string) (*Proc,
 	// The shim looks argv[0] up (in PATH, then in dir) and says "cannot
 	// run" if it finds nothing.
 	c, st, err := shim.Start(ctx, shimExe, shim.Spec{ID: id, Dir: filepath.Dir(p.logPath), Argv: argv, Env: env,
-		WorkDir: dir})
+		WorkDir: dir, Init: initPath})
 	if err != nil {
 		os.RemoveAll(filepath.Dir(p.logPath))
 		return nil, err // the shim's "cannot start ...", or why the shim did not run

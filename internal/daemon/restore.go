@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"time"
 
@@ -20,7 +21,8 @@ const shimMargin = 10 * time.Second
 // in place of the one named key) to the log. The tree is left STOPPED: the
 // caller continues it (signalTree SIGCONT). The copy is registered in from's
 // place in the given state and its record saved; its watcher runs. ctx bounds
-// the whole restore. A failed CRIU restore is a *criu.Error.
+// the whole restore. A failed CRIU restore is a *criu.Error, or a
+// *criu.ConflictError when this host holds what the process needs.
 func (d *Daemon) restoreCopy(ctx context.Context, from *Proc, key, dir string, tcp bool, state string) (*Proc, error) {
 	timeout := criu.DefaultTimeout
 	if dl, ok := ctx.Deadline(); ok {
@@ -34,6 +36,12 @@ func (d *Daemon) restoreCopy(ctx context.Context, from *Proc, key, dir string, t
 	c, st, err := shim.Start(ctx, shimExe, shim.Spec{ID: from.ID, Dir: filepath.Dir(from.logPath), Restore: &shim.RestoreSpec{
 		CRIU: d.criu.Path, ImagesDir: dir, PipeKey: key, TCP: tcp, Timeout: timeout}})
 	if err != nil {
+		// A conflict with this host is told in one sentence; CRIU's own
+		// report stays in this daemon's log.
+		if ce, ok := errors.AsType[*criu.ConflictError](criu.Explain(err, dir)); ok {
+			d.log.Warn("restore refused", "id", from.ID, "why", ce.Msg, "criu", ce.Cause)
+			return nil, ce
+		}
 		return nil, err
 	}
 	if rs := st.Restore; rs != nil {

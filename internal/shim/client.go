@@ -48,6 +48,12 @@ type Spec struct {
 	Argv    []string `json:"argv,omitempty"`
 	Env     []string `json:"env,omitempty"`
 	WorkDir string   `json:"work_dir,omitempty"`
+	// Init, if set, is the executable of a minimal init (tini): the shim
+	// starts it as pid 1 of a new pid namespace and it runs the workload as
+	// its only child, reaps whatever the workload orphans, and passes on
+	// the signals it gets. CRIU then dumps and restores the namespace whole,
+	// so the pids inside never collide with a target's own (see doc.go).
+	Init string `json:"init,omitempty"`
 	// Restore mode (when Restore != nil): restore a CRIU image set as the
 	// shim's child, stopped.
 	Restore *RestoreSpec `json:"restore,omitempty"`
@@ -62,6 +68,27 @@ func (s Spec) check() error {
 		return errors.New("shim: a spec needs Argv or Restore")
 	}
 	return nil
+}
+
+// FindInit returns the path of the init that Spec.Init wants: tini-static
+// (it maps no shared library, so a target needs only that one file to match
+// the source's), else tini, from PATH or /usr/bin.
+func FindInit() (string, error) {
+	for _, name := range []string{"tini-static", "tini"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p, nil
+		}
+		if p := filepath.Join("/usr/bin", name); isExecutable(p) {
+			return p, nil
+		}
+	}
+	return "", errors.New("tini is not installed: every process runs under tini in a pid namespace of its own " +
+		"(install Debian's tini package on every host, or run scripts/install-deps.sh)")
+}
+
+func isExecutable(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0
 }
 
 // RestoreSpec is a restore mode Spec's image set.
@@ -79,7 +106,7 @@ type RestoreSpec struct {
 // stopped and ready to continue).
 type Started struct {
 	ShimPID int                `json:"shim_pid"`
-	PID     int                `json:"pid"`      // the workload's pid (root of its tree)
+	PID     int                `json:"pid"`      // the root of the workload's tree (its init, with Spec.Init), as this host numbers it
 	PipeKey string             `json:"pipe_key"` // "pipe:[ino]" of the new output pipe's write end, as CRIU will name it on the next dump
 	Restore *criu.RestoreStats `json:"restore,omitempty"`
 }

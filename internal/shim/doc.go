@@ -26,7 +26,8 @@
 //  2. creates the output pipe, opens Dir/log for appending and starts copying;
 //  3. binds Dir/shim.sock (mode 0600);
 //  4. starts the workload (run mode: Argv with stdin /dev/null, stdout and
-//     stderr the pipe, no other descriptor, its own session) or restores it
+//     stderr the pipe, no other descriptor, its own session, under its init
+//     in a pid namespace of its own when Spec.Init is set) or restores it
 //     from CRIU images (restore mode: CRIU's restore-sibling mode makes the
 //     restored root the shim's child; the tree is left stopped and the pipe's
 //     write end is inherited in place of the old one);
@@ -38,6 +39,23 @@
 //     open), writes Dir/exit.json atomically, answers every waiter, keeps
 //     copying while any writer remains, reaps what is left of the tree, removes
 //     its socket and exits 0.
+//
+// # Pid namespaces
+//
+// Every host hands out pids from the same range, and CRIU restores a process
+// with the pids it had: on a real host the pid is often taken, and the
+// restore fails. With Spec.Init (tini) the shim starts the init as pid 1 of a
+// new pid namespace and the workload as its child (pid 2 there). CRIU then
+// dumps the namespace with the tree and restores it into a new namespace on
+// the target, where the pids inside are the namespace's own: they cannot
+// collide with anything on the host, and the process sees the same pids
+// before and after every move. The shim knows the tree by its init's pid as
+// this host numbers it (Started.PID), which changes with every restore. The
+// init reaps what the workload orphans (the namespace's orphans go to it,
+// not to the shim), passes every signal it gets on to the workload, exits
+// with the workload's status (128+signal for a signal), and its death ends
+// the whole namespace. /proc inside is still the host's: the workload finds
+// itself at /proc/self, not at /proc/<getpid()>.
 //
 // Exit codes follow the shell: the exit status, or 128+signal.
 //

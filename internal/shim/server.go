@@ -235,6 +235,13 @@ func (s *server) run(w *os.File) (int, error) {
 	}
 	cmd := &exec.Cmd{Path: path, Args: spec.Argv, Env: env, Dir: spec.WorkDir,
 		Stdin: devnull, Stdout: w, Stderr: w, SysProcAttr: &syscall.SysProcAttr{Setsid: true}}
+	if spec.Init != "" {
+		// The init leads the session inside the namespace: CRIU refuses a
+		// namespace whose session leader is outside it.
+		cmd.Path = spec.Init
+		cmd.Args = append([]string{spec.Init, "--", path}, spec.Argv[1:]...)
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID
+	}
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("cannot start %q: %v", spec.Argv[0], err)
 	}

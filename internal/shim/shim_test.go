@@ -522,3 +522,95 @@ func TestRestoreFails(t *testing.T) {
 		t.Fatalf("criu.Error %+v says nothing", ce)
 	}
 }
+
+// nsPids returns the pids of pid's tree as their own pid namespace numbers
+// them (the last NSpid field of each), in the order criu.Tree gives.
+func nsPids(t *testing.T, pid int) []string {
+	t.Helper()
+	var out []string
+	for _, p := range criu.Tree(pid) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(l); len(f) > 1 && f[0] == "NSpid:" {
+				out = append(out, f[len(f)-1])
+			}
+		}
+	}
+	return out
+}
+
+func needInit(t *testing.T) string {
+	t.Helper()
+	p, err := shim.FindInit()
+	if err != nil {
+		t.Skip(err)
+	}
+	return p
+}
+
+// With an init the workload lives in a pid namespace of its own: it is pid 2
+// there under the init, and a restore needs none of the host's pids. The
+// original is still there, stopped, holding every pid it had, when its copy
+// is restored under a second shim: the copy gets other pids on the host and
+// the same ones inside, and counts on.
+func TestRestorePidNamespace(t *testing.T) {
+	needCRIU(t)
+	stop := filepath.Join(t.TempDir(), "stop")
+	spec := counterSpec(t.TempDir(), stop)
+	spec.Init = needInit(t)
+	c1, st1 := startShim(t, spec)
+	waitCount(t, spec.Dir, 20)
+	inside := nsPids(t, st1.PID)
+	if len(inside) < 2 || inside[0] != "1" || inside[1] != "2" {
+		t.Fatalf("the tree's pids inside its namespace are %v, want the init 1 and the workload 2", inside)
+	}
+
+	images := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := criu.New(testCRIU).Dump(ctx, criu.DumpOpts{Pid: st1.PID, ImagesDir: images, LeaveStopped: true}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if table, err := netmove.LockName(images); err == nil {
+			netmove.DeleteLock(table)
+		}
+	})
+	if err := c1.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := counts(t, readLog(t, spec.Dir))
+
+	spec2 := shim.Spec{ID: "c", Dir: t.TempDir(), Restore: &shim.RestoreSpec{CRIU: testCRIU, ImagesDir: images,
+		PipeKey: st1.PipeKey, Timeout: time.Minute}}
+	if err := os.WriteFile(filepath.Join(spec2.Dir, shim.LogFile), []byte(readLog(t, spec.Dir)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c2, st2 := startShim(t, spec2)
+	if st2.PID == st1.PID {
+		t.Fatalf("restored as pid %d, the pid the stopped original still holds", st2.PID)
+	}
+	if p := criu.ParentOf(st2.PID); p != c2.ShimPID() {
+		t.Fatalf("the restored init's parent is %d, want the shim %d", p, c2.ShimPID())
+	}
+	waitStopped(t, st2.PID, "the restored init")
+	// (The counter's sleep comes and goes: the init and the shell stay.)
+	if got := nsPids(t, st2.PID); len(got) < 2 || !slices.Equal(got[:2], inside[:2]) {
+		t.Fatalf("inside its namespace the copy's pids are %v, want the original's %v", got, inside[:2])
+	}
+	killWorkload(st1.PID, c1.ShimPID())
+	if code := wait(t, c1); code != 128+int(syscall.SIGKILL) {
+		t.Fatalf("the killed original: Wait = %d, want 137", code)
+	}
+	for _, p := range criu.Tree(st2.PID) {
+		unix.Kill(p, unix.SIGCONT)
+	}
+	waitCount(t, spec2.Dir, before+20)
+	touch(t, stop)
+	if code := wait(t, c2); code != 7 {
+		t.Fatalf("Wait = %d, want 7 (the workload's status, through its init)", code)
+	}
+}

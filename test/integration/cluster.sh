@@ -9,8 +9,9 @@
 # Host hK is a network namespace named hK whose eth0 (10.77.0.K/24) is one end of a
 # veth pair; the other end, mig0-hK, is a port of the bridge mig0 (10.77.0.254/24)
 # in the root namespace, so the root namespace reaches every host. Each host also
-# has its own PID namespace (tini is PID 1; the host's pids start at K*100000 so
-# that CRIU can restore a process from any host with its pid on any other), mount
+# has its own PID namespace (tini is PID 1; every host hands out pids from the
+# same range, as real hosts do: migrated's own pid namespace per process keeps
+# them from colliding), mount
 # namespace (a private tmpfs on /run) and UTS namespace (hostname hK). Inside runs
 #   migrated serve --listen 10.77.0.K:7077 --state-dir $DIR/hK/state --token-file $DIR/token
 # with stdout and stderr in $DIR/hK/daemon.log. All hosts share one token.
@@ -25,8 +26,7 @@ DIR=$(realpath -m "${CLUSTER_DIR:-/run/dsmigrate-cluster}")
 BRIDGE=mig0
 NET=10.77.0          # host K is $NET.K, the bridge $NET.254
 PORT=7077
-MAX_HOSTS=40         # pids start at K*100000 and a pid namespace allows < 4194304
-PID_STRIDE=100000
+MAX_HOSTS=40
 CRIU=/usr/local/sbin/migrate-criu
 READY_TIMEOUT=20     # seconds for every daemon to accept TCP
 
@@ -107,11 +107,11 @@ ensure_binaries() {
 }
 
 # host_init runs as PID 1 of host K's new PID namespace, inside its new mount
-# and UTS namespaces, and becomes tini. Arguments: K DIR REPO NET PORT STRIDE.
+# and UTS namespaces, and becomes tini. Arguments: K DIR REPO NET PORT.
 # shellcheck disable=SC2016 # expanded by the inner bash
 HOST_INIT='
 set -eu
-k=$1 dir=$2 repo=$3 net=$4 port=$5 stride=$6
+k=$1 dir=$2 repo=$3 net=$4 port=$5
 hostname "h$k"
 # A private /run. The cluster directory may live under /run: keep it visible
 # by bind-mounting it, through a descriptor opened before the tmpfs hides it.
@@ -124,8 +124,6 @@ case $dir in
 	;;
 esac
 exec 3<&-
-# Every process started from now on gets a pid above K*stride.
-echo $((k * stride)) >/proc/sys/kernel/ns_last_pid
 # stdio opened inside this mount namespace, no other descriptors: CRIU cannot
 # dump a descriptor that points into another mount namespace.
 exec </dev/null >>"$dir/h$k/daemon.log" 2>&1
@@ -173,7 +171,7 @@ start_host() {
 	# Detached: own session, stdin from /dev/null, output to the log, so
 	# nothing holds the caller's terminal or descriptors.
 	setsid ip netns exec "$h" unshare --pid --fork --mount-proc --mount --uts --propagation private \
-		bash -c "$HOST_INIT" "host-init-$h" "$k" "$DIR" "$REPO" "$NET" "$PORT" "$PID_STRIDE" \
+		bash -c "$HOST_INIT" "host-init-$h" "$k" "$DIR" "$REPO" "$NET" "$PORT" \
 		</dev/null >>"$DIR/$h/daemon.log" 2>&1 &
 	pid=$!
 	for _ in $(seq 100); do

@@ -39,8 +39,8 @@ func startJob(t *testing.T, n int, args ...string) *dsmJob {
 	t.Helper()
 	j := &dsmJob{t: t, done: make(chan error, 1)}
 	run := []string{"run", "-n", fmt.Sprint(n)}
-	if len(args) == 0 || args[0] != "--rank-ips" {
-		run = append(run, "--")
+	if len(args) == 0 || !strings.HasPrefix(args[0], "--") {
+		run = append(run, "--") // dsmrun options first, then "--" and the program
 	}
 	j.cmd = dsmrun(append(run, args...)...)
 	j.cmd.Stdout, j.cmd.Stderr = lockedBuf{&j.mu, &j.out}, lockedBuf{&j.mu, &j.err}
@@ -308,39 +308,21 @@ func TestDSMMigrateMoveIP(t *testing.T) {
 	}
 }
 
-// The target refuses the restore (a process there already holds the rank's
-// pid, so CRIU cannot recreate it): the rank resumes on its source, rebinds
-// to its peers there, and the job verifies.
+// The target's restore fails (a fault point: the real conflicts a restore
+// can meet are tested in pidns_test.go): the rank resumes on its source,
+// rebinds to its peers there, and the job verifies.
 func TestDSMMigrateRestoreRefused(t *testing.T) {
 	needRoot(t)
 	j := startJob(t, 3, jacobiArgs()...)
 	time.Sleep(500 * time.Millisecond)
 	src := j.rankHost(1)
-	var pid int
-	for _, p := range ps(t, 2) {
-		if p.Name == j.id+".r1" {
-			pid = p.PID
-		}
+	if src != addr(2) {
+		t.Fatalf("rank 1 is on %q, want h2", src)
 	}
-	if pid == 0 || src != addr(2) {
-		t.Fatalf("rank 1 not found on h2 (host %q, pid %d)", src, pid)
-	}
-	// Take the pid on h4: the next pid the kernel hands out there is pid.
-	go on(4, "sh", "-c", fmt.Sprintf("echo %d > /proc/sys/kernel/ns_last_pid; sleep 60 & wait", pid-1))
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := on(4, "test", "-d", fmt.Sprintf("/proc/%d", pid)); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("could not take pid %d on h4", pid)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Cleanup(func() { on(4, "kill", fmt.Sprint(pid)) })
+	armFaultMode(t, 4, "target-before-restore", "fail")
 	out, err := dsmrunAll("migrate", j.id, "1", "--to", addr(4)).CombinedOutput()
 	if err == nil {
-		t.Fatalf("the migration succeeded although h4 holds pid %d:\n%s", pid, out)
+		t.Fatalf("the migration succeeded although h4's restore fails:\n%s", out)
 	}
 	if !strings.Contains(string(out), "resumed on the source") {
 		t.Errorf("dsmrun migrate does not say the rank resumed on its source:\n%s", out)

@@ -1,0 +1,110 @@
+package integration
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// nsPids returns pid's pids on hk, one per pid namespace level, outermost
+// (the host's) first: the NSpid line of its status.
+func nsPids(t *testing.T, k, pid int) []string {
+	t.Helper()
+	out := mustOn(t, k, "grep", "^NSpid:", fmt.Sprintf("/proc/%d/status", pid))
+	return strings.Fields(out)[1:]
+}
+
+// workload returns the host pid of a process's workload on hk: the child of
+// its init, the root of its tree that ps shows.
+func workload(t *testing.T, k int, id string) int {
+	t.Helper()
+	p := find(t, k, id)
+	if p == nil {
+		t.Fatalf("%s is not on h%d", id, k)
+	}
+	out := mustOn(t, k, "cat", fmt.Sprintf("/proc/%d/task/%d/children", p.PID, p.PID))
+	f := strings.Fields(out)
+	if len(f) != 1 {
+		t.Fatalf("the init %d of %s on h%d has children %q, want one (the workload)", p.PID, id, k, out)
+	}
+	var pid int
+	fmt.Sscan(f[0], &pid)
+	return pid
+}
+
+// takePid makes a process on hk hold pid (the host's number), and kills it
+// when the test ends.
+func takePid(t *testing.T, k, pid int) {
+	t.Helper()
+	go on(k, "sh", "-c", fmt.Sprintf("echo %d > /proc/sys/kernel/ns_last_pid; exec sleep 120", pid-1))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := on(k, "test", "-e", fmt.Sprintf("/proc/%d", pid)); err == nil {
+			break // ours, or another process's: taken either way
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("could not take pid %d on h%d", pid, k)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Cleanup(func() { on(k, "kill", fmt.Sprint(pid)) })
+}
+
+// Every host hands out the same pids (the cluster has no per-host ranges), so
+// a process's pids are often taken where it goes. In a pid namespace of its
+// own it moves anyway: onto a host where processes hold both its init's and
+// its workload's pids, and back; inside, it is pid 2 under its init all along,
+// and it counts on with nothing lost.
+func TestPidTakenOnTarget(t *testing.T) {
+	needRoot(t)
+	id := start(t, 1, "pids", "migtest", "counter")
+	waitLog(t, 1, id, `count \d+`, 5)
+	init1, work1 := find(t, 1, id).PID, workload(t, 1, id)
+	if got := nsPids(t, 1, work1); len(got) != 2 || got[1] != "2" {
+		t.Fatalf("the workload's pids are %v, want its host pid and 2 (its own namespace)", got)
+	}
+	takePid(t, 2, init1)
+	takePid(t, 2, work1)
+	migrate(t, 1, 2, id)
+	if p := find(t, 2, id).PID; p == init1 {
+		t.Fatalf("restored on h2 as pid %d, which a sleep there holds", p)
+	}
+	if got := nsPids(t, 2, workload(t, 2, id)); len(got) != 2 || got[1] != "2" {
+		t.Fatalf("on h2 the workload's pids are %v, want 2 inside its namespace", got)
+	}
+	waitLog(t, 2, id, `count \d+`, 5)
+	// Back: h1's own processes may hold its old pids by now; it does not care.
+	takePid(t, 1, init1)
+	migrate(t, 2, 1, id)
+	waitLog(t, 1, id, `count \d+`, 5)
+	if n := checkConsecutive(t, logs(t, 1, id), "count ", 1); n < 15 {
+		t.Fatalf("only %d counts after two moves", n)
+	}
+}
+
+// A restore conflict that is not the process's fault (here: a process on the
+// target listens on its port) is refused in one sentence saying what to do,
+// not a page of CRIU log, and the process runs on, on its source.
+func TestRestoreConflictSaysWhy(t *testing.T) {
+	needRoot(t)
+	port := 23000 + int(time.Now().UnixNano()%5000)
+	id := start(t, 1, "listener", "migtest", "tcp-server", fmt.Sprintf("0.0.0.0:%d", port))
+	waitLog(t, 1, id, `server conns`, 2)
+	// A listener without SO_REUSEPORT (nc sets it, and so may share the
+	// port with the restored socket).
+	blocker := start(t, 2, "blocker", "migtest", "tcp-server", fmt.Sprintf("0.0.0.0:%d", port))
+	waitLog(t, 2, blocker, `server conns`, 1)
+	out, err := on(1, "sh", "-c", "exec 2>&1; exec migrated migrate "+id+" --to "+addr(2))
+	if err == nil {
+		t.Fatalf("the migration succeeded although h2 listens on port %d:\n%s", port, out)
+	}
+	t.Logf("refused:\n%s", out)
+	if !strings.Contains(out, fmt.Sprintf("port %d", port)) || strings.Contains(out, "criu/") {
+		t.Errorf("the refusal does not say in one sentence that port %d is taken on the target:\n%s", port, out)
+	}
+	if p := find(t, 1, id); p == nil || p.State != "running" {
+		t.Fatalf("after the refused move h1 shows %+v, want %s running", p, id)
+	}
+	waitLog(t, 1, id, `server conns`, 2)
+}
