@@ -339,23 +339,19 @@ func TestDSMMigrateRestoreRefused(t *testing.T) {
 func TestDSMMigrateTwoAtOnce(t *testing.T) {
 	needRoot(t)
 	j := startJob(t, 4, jacobiArgs()...)
+	j.ready()
 	time.Sleep(500 * time.Millisecond)
 	moved := 0
-	// Each rank goes only to hosts it has not lived on: a rank that comes
-	// back to a host may find a thread id it took there in use by then
-	// (CRIU: "Unable to create a thread: -17"). That collision is what a
-	// pid namespace per process removes (issue 10); this test is about the
-	// one-rank-at-a-time vote.
-	visited := map[int]map[string]bool{1: {}, 2: {}}
+	// Each rank goes back and forth between two hosts: back where it
+	// lived, it finds the thread ids it had there taken by others or not,
+	// which its pid namespace makes no matter.
+	alts := map[int][2]string{1: {addr(2), addr(4)}, 2: {addr(3), addr(1)}}
 	for round := range 3 {
 		var to [2]string
 		for i, rank := range []int{1, 2} {
-			visited[rank][j.rankHost(rank)] = true
-			for _, k := range []int{4 - i, 1 + i, 3, 2, 1, 4} {
-				if !visited[rank][addr(k)] {
-					to[i] = addr(k)
-					break
-				}
+			to[i] = alts[rank][0]
+			if j.settledRank(rank) == alts[rank][0] {
+				to[i] = alts[rank][1]
 			}
 		}
 		var outs [2][]byte
