@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -53,8 +55,32 @@ type Proc struct {
 func (p *Proc) info() ProcInfo {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return ProcInfo{ID: p.ID, Name: p.Name, PID: p.pid, State: p.state, Command: p.Argv,
+	return ProcInfo{ID: p.ID, Name: p.Name, PID: workloadOf(p.pid), State: p.state, Command: p.Argv,
 		Started: p.Started, Moves: p.Moves, ExitCode: p.exit, Job: p.Job, Rank: p.Rank}
+}
+
+// workloadOf is the pid users know a process by: the workload under the init
+// at root (its only child; what ps, top and gdb show as the program), or root
+// itself for a process without one (started by an older daemon). Inside
+// its pid namespace the workload is pid 2 wherever it is.
+func workloadOf(root int) int {
+	if root <= 0 {
+		return root
+	}
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", root))
+	if name := strings.TrimSpace(string(comm)); err != nil || (name != "tini" && name != "tini-static") {
+		return root
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", root, root))
+	f := strings.Fields(string(b))
+	if err != nil || len(f) != 1 {
+		return root
+	}
+	pid, err := strconv.Atoi(f[0])
+	if err != nil {
+		return root
+	}
+	return pid
 }
 
 // shimExe is the binary a shim runs: this one, as it is running (even if

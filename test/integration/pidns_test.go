@@ -15,22 +15,20 @@ func nsPids(t *testing.T, k, pid int) []string {
 	return strings.Fields(out)[1:]
 }
 
-// workload returns the host pid of a process's workload on hk: the child of
-// its init, the root of its tree that ps shows.
-func workload(t *testing.T, k int, id string) int {
+// workload returns the host pids of a process on hk: its workload (what ps
+// shows) and the workload's parent, its init.
+func workload(t *testing.T, k int, id string) (work, init int) {
 	t.Helper()
 	p := find(t, k, id)
 	if p == nil {
 		t.Fatalf("%s is not on h%d", id, k)
 	}
-	out := mustOn(t, k, "cat", fmt.Sprintf("/proc/%d/task/%d/children", p.PID, p.PID))
-	f := strings.Fields(out)
-	if len(f) != 1 {
-		t.Fatalf("the init %d of %s on h%d has children %q, want one (the workload)", p.PID, id, k, out)
+	out := mustOn(t, k, "awk", "{print $4}", fmt.Sprintf("/proc/%d/stat", p.PID))
+	fmt.Sscan(out, &init)
+	if comm := strings.TrimSpace(mustOn(t, k, "cat", fmt.Sprintf("/proc/%d/comm", init))); !strings.HasPrefix(comm, "tini") {
+		t.Fatalf("the parent of %s's pid %d on h%d is %s (%d), want its init, tini", id, p.PID, k, comm, init)
 	}
-	var pid int
-	fmt.Sscan(f[0], &pid)
-	return pid
+	return p.PID, init
 }
 
 // takePid makes a process on hk hold pid (the host's number), and kills it
@@ -60,17 +58,18 @@ func TestPidTakenOnTarget(t *testing.T) {
 	needRoot(t)
 	id := start(t, 1, "pids", "migtest", "counter")
 	waitLog(t, 1, id, `count \d+`, 5)
-	init1, work1 := find(t, 1, id).PID, workload(t, 1, id)
+	work1, init1 := workload(t, 1, id)
 	if got := nsPids(t, 1, work1); len(got) != 2 || got[1] != "2" {
 		t.Fatalf("the workload's pids are %v, want its host pid and 2 (its own namespace)", got)
 	}
 	takePid(t, 2, init1)
 	takePid(t, 2, work1)
 	migrate(t, 1, 2, id)
-	if p := find(t, 2, id).PID; p == init1 {
-		t.Fatalf("restored on h2 as pid %d, which a sleep there holds", p)
+	work2, init2 := workload(t, 2, id)
+	if work2 == work1 || init2 == init1 {
+		t.Fatalf("restored on h2 as pids %d (init %d), which processes there hold", work2, init2)
 	}
-	if got := nsPids(t, 2, workload(t, 2, id)); len(got) != 2 || got[1] != "2" {
+	if got := nsPids(t, 2, work2); len(got) != 2 || got[1] != "2" {
 		t.Fatalf("on h2 the workload's pids are %v, want 2 inside its namespace", got)
 	}
 	waitLog(t, 2, id, `count \d+`, 5)
