@@ -54,6 +54,10 @@ type Error struct {
 	Errno int      // CRIU's cr_errno (an errno value, 0 if unknown)
 	Msg   string   // CRIU's cr_errmsg or the transport failure
 	Log   []string // the lines of CRIU's log that explain the failure
+	// Err is why the context ended when CRIU was killed for it
+	// (context.Canceled, context.DeadlineExceeded or the context's cause;
+	// Errno is then ETIMEDOUT), else nil. It does not survive JSON.
+	Err error `json:"-"`
 }
 
 func (e *Error) Error() string {
@@ -70,6 +74,10 @@ func (e *Error) Error() string {
 	}
 	return b.String()
 }
+
+// Unwrap returns Err: errors.Is(err, context.DeadlineExceeded) holds for a
+// CRIU killed by its deadline.
+func (e *Error) Unwrap() error { return e.Err }
 
 // Client runs CRIU at Path.
 type Client struct {
@@ -111,8 +119,10 @@ func (c *Client) Check(ctx context.Context) (Version, error) {
 	return v, nil
 }
 
-// Notify is called for CRIU's notification scripts ("post-dump",
-// "network-lock", "post-restore", ...); an error aborts the operation.
+// Notify is called for CRIU's notification scripts ("pre-dump",
+// "post-dump", "network-lock", "post-restore", ...); an error aborts the
+// operation. CRIU waits for the answer meanwhile. If the call's context has
+// ended by the time Notify returns, CRIU is killed without an answer.
 type Notify func(script string, pid int) error
 
 // DumpOpts describes a dump.
@@ -203,7 +213,7 @@ func (c *Client) PageServer(ctx context.Context, dir string, sock *os.File) erro
 	}
 	e := &Error{Op: "page-server", Msg: err.Error()}
 	if ctx.Err() != nil {
-		e.Errno, e.Msg = int(syscall.ETIMEDOUT), fmt.Sprintf("CRIU killed: %v", context.Cause(ctx))
+		e.Errno, e.Msg, e.Err = int(syscall.ETIMEDOUT), fmt.Sprintf("CRIU killed: %v", context.Cause(ctx)), context.Cause(ctx)
 	}
 	if e.Log = logErrors(filepath.Join(dir, PageServerLog)); len(e.Log) == 0 && len(out) > 0 {
 		e.Log = strings.Split(lastLines(string(out), 6), "\n")
@@ -286,11 +296,18 @@ func baseOpts(dir string) *rpc.CriuOpts {
 func (c *Client) call(ctx context.Context, op string, req *rpc.CriuReq, files []*os.File, nfy Notify, logDir string) (*rpc.CriuResp, error) {
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
-	fail := func(errno int, msg string) error {
+	fail := func(errno int, msg string) *Error {
 		e := &Error{Op: op, Errno: errno, Msg: msg}
 		if logDir != "" {
 			e.Log = logErrors(filepath.Join(logDir, LogName))
 		}
+		return e
+	}
+	// killed is the failure once ctx has ended: exec.CommandContext kills
+	// CRIU, and the deferred Wait reaps it before call returns.
+	killed := func() *Error {
+		e := fail(int(syscall.ETIMEDOUT), fmt.Sprintf("CRIU killed: %v", context.Cause(ctx)))
+		e.Err = context.Cause(ctx)
 		return e
 	}
 
@@ -315,6 +332,11 @@ func (c *Client) call(ctx context.Context, op string, req *rpc.CriuReq, files []
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
 		srv.Close()
+		if ctx.Err() != nil {
+			e := fail(int(syscall.ETIMEDOUT), fmt.Sprintf("CRIU not started: %v", context.Cause(ctx)))
+			e.Err = context.Cause(ctx)
+			return nil, e
+		}
 		return nil, fail(0, fmt.Sprintf("cannot start %s: %v", c.Path, err))
 	}
 	srv.Close()
@@ -343,7 +365,7 @@ func (c *Client) call(ctx context.Context, op string, req *rpc.CriuReq, files []
 		}
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, fail(int(syscall.ETIMEDOUT), fmt.Sprintf("CRIU killed: %v", context.Cause(ctx)))
+				return nil, killed()
 			}
 			if hookErr != nil {
 				return nil, fail(0, hookErr.Error())
@@ -371,6 +393,11 @@ func (c *Client) call(ctx context.Context, op string, req *rpc.CriuReq, files []
 				hookErr = fmt.Errorf("%s hook: %w", resp.GetNotify().GetScript(), err)
 				ok = false
 			}
+		}
+		if ctx.Err() != nil {
+			// Answering now would let CRIU go on (a dump could even
+			// succeed) while it is being killed.
+			return nil, killed()
 		}
 		req = &rpc.CriuReq{Type: rpc.CriuReqType_NOTIFY.Enum(), NotifySuccess: ptr(ok)}
 	}

@@ -99,24 +99,119 @@ func TestDumpFailureExplains(t *testing.T) {
 	}
 }
 
-// A deadline kills CRIU and says so.
+// A context that ends while CRIU waits for the answer to a notification
+// kills that CRIU at once: before it touches the tree (pre-dump), with the
+// tree seized (query-ext-files), and with the tree seized and dumped
+// (post-dump). The call says why, no CRIU is left, and the process runs on.
 func TestDeadlineKills(t *testing.T) {
 	c := client(t)
-	cmd := sleeper(t)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+	for _, script := range []string{"pre-dump", "query-ext-files", "post-dump"} {
+		t.Run(script, func(t *testing.T) {
+			cmd := sleeper(t)
+			pid := cmd.Process.Pid
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var (
+				criuPid   int    // the swrk CRIU that sent the notification
+				criuStart string // its start time, to tell a reused pid
+				tracer    int    // who traced the process meanwhile
+				canceled  time.Time
+			)
+			nfy := func(s string, _ int) error {
+				if s != script {
+					return nil
+				}
+				if ps := swrkChildren(); len(ps) == 1 {
+					criuPid, criuStart = ps[0], startTime(ps[0])
+				}
+				tracer = tracerOf(pid)
+				canceled = time.Now()
+				cancel()
+				return nil
+			}
+			_, err := c.Dump(ctx, DumpOpts{Pid: pid, ImagesDir: t.TempDir(), LeaveRunning: true, Notify: nfy})
+			took := time.Since(canceled)
+			if canceled.IsZero() {
+				t.Fatalf("CRIU sent no %s notification (dump: %v)", script, err)
+			}
+			if criuPid == 0 {
+				t.Fatalf("no single CRIU among our children during %s", script)
+			}
+			if script != "pre-dump" && tracer != criuPid {
+				t.Errorf("during %s the process was traced by %d, want CRIU (%d): not mid-dump", script, tracer, criuPid)
+			}
+			var ce *Error
+			if !errors.Is(err, context.Canceled) || !errors.As(err, &ce) || ce.Errno != int(syscall.ETIMEDOUT) {
+				t.Fatalf("dump whose context ended in %s: %v, want a *criu.Error (ETIMEDOUT) wrapping context.Canceled", script, err)
+			}
+			if took > 5*time.Second {
+				t.Errorf("took %v after the cancel to give up", took)
+			}
+			if startTime(criuPid) == criuStart {
+				t.Errorf("CRIU (pid %d) is still there after the call returned", criuPid)
+			}
+			if ps := swrkChildren(); len(ps) > 0 {
+				t.Errorf("CRIU processes left: %v", ps)
+			}
+			// The tracer's exit lets the process go; it runs on.
+			waitFor(t, "the process to be let go", func() bool {
+				s := procState(pid)
+				return tracerOf(pid) == 0 && (s == "S" || s == "R")
+			})
+			time.Sleep(50 * time.Millisecond)
+			if s := procState(pid); s != "S" && s != "R" {
+				t.Fatalf("the process is %q after a killed dump, want it running (S or R)", s)
+			}
+		})
+	}
+	// A context ended already never starts CRIU.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Nanosecond)
 	defer cancel()
-	time.Sleep(2 * time.Millisecond)
-	start := time.Now()
-	_, err := c.Dump(ctx, DumpOpts{Pid: cmd.Process.Pid, ImagesDir: t.TempDir(), LeaveRunning: true})
-	if err == nil {
-		t.Fatal("dump with an expired deadline succeeded")
+	<-ctx.Done()
+	if _, err := c.Dump(ctx, DumpOpts{Pid: os.Getpid(), ImagesDir: t.TempDir()}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("dump with an expired deadline: %v, want context.DeadlineExceeded", err)
 	}
-	if time.Since(start) > 10*time.Second {
-		t.Fatalf("took %v to give up", time.Since(start))
+}
+
+// swrkChildren are our children running CRIU (the wrapper execs ld.so and
+// CRIU retitles itself "criu: dump ...": the command line tells them).
+func swrkChildren() []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if ParentOf(p) != os.Getpid() {
+			continue
+		}
+		if b, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); strings.Contains(string(b), "criu") {
+			out = append(out, p)
+		}
 	}
-	if s := procState(cmd.Process.Pid); s != "S" && s != "R" {
-		t.Fatalf("the process is %q after a killed dump, want it running (S or R)", s)
+	return out
+}
+
+// startTime is field 22 of /proc/PID/stat, "" if pid is gone.
+func startTime(pid int) string {
+	f, err := statFields(filepath.Join("/proc", itoa(pid), "stat"))
+	if err != nil || len(f) < 20 {
+		return ""
 	}
+	return f[19]
+}
+
+// tracerOf is pid's TracerPid (0: untraced or gone).
+func tracerOf(pid int) int {
+	b, _ := os.ReadFile(filepath.Join("/proc", itoa(pid), "status"))
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "TracerPid:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
 }
 
 func TestLogErrors(t *testing.T) {

@@ -72,11 +72,139 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// needRoot skips the test without root, and otherwise guards the hosts for
+// it (guardHosts): every test that uses the cluster calls it first.
 func needRoot(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root and the namespace cluster")
 	}
+	guardHosts(t)
+}
+
+// leftover is something on a host that no test should find there when it
+// starts, with how to remove it.
+type leftover struct {
+	what   string // e.g. "h2: process 0123456789ab (counter) running"
+	live   bool   // a running process, an address, a lock or an armed fault (not a finished process's entry)
+	remove func()
+}
+
+// leftovers lists what is on the hosts besides the daemons: processes the
+// daemons list (finished ones too), addresses beyond each host's own on
+// eth0, CRIU network-lock tables, and armed fault points. A host whose
+// daemon does not answer (restarting after a crash fault) is waited for.
+func leftovers(t *testing.T) []leftover {
+	t.Helper()
+	var out []leftover
+	for k := 1; k <= nHosts; k++ {
+		var snap string
+		var err error
+		for end := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			snap, err = on(k, "sh", "-c", `migrated ps --json && echo '#addrs' && ip -4 -o addr show dev eth0 &&
+				echo '#nft' && nft list tables`)
+			if err == nil || time.Now().After(end) {
+				break
+			}
+		}
+		if err != nil {
+			t.Fatalf("cannot see what is on h%d: %v", k, err)
+		}
+		psOut, rest, _ := strings.Cut(snap, "#addrs\n")
+		addrs, tables, _ := strings.Cut(rest, "#nft\n")
+		var procs []procInfo
+		if err := json.Unmarshal([]byte(psOut), &procs); err != nil {
+			t.Fatalf("ps --json on h%d: %v: %s", k, err, psOut)
+		}
+		for _, p := range procs {
+			done := p.State == "exited" || p.State == "lost"
+			out = append(out, leftover{fmt.Sprintf("h%d: process %s (%s) %s", k, p.ID, p.Name, p.State), !done,
+				func() { on(k, "migrated", "kill", p.ID) }})
+		}
+		own := fmt.Sprintf("10.77.0.%d/24", k)
+		for _, l := range strings.Split(addrs, "\n") {
+			f := strings.Fields(l) // 2: eth0    inet 10.77.0.2/24 brd ...
+			if len(f) < 4 || f[2] != "inet" || f[3] == own {
+				continue
+			}
+			out = append(out, leftover{fmt.Sprintf("h%d: address %s", k, f[3]), true,
+				func() { on(k, "ip", "addr", "del", f[3], "dev", "eth0") }})
+		}
+		for _, l := range strings.Split(tables, "\n") {
+			f := strings.Fields(l) // table inet CRIU-...
+			if len(f) == 3 && strings.HasPrefix(f[2], "CRIU-") {
+				out = append(out, leftover{fmt.Sprintf("h%d: CRIU lock table %s %s", k, f[1], f[2]), true,
+					func() { on(k, "nft", "delete", "table", f[1], f[2]) }})
+			}
+		}
+		faults, _ := os.ReadDir(filepath.Join(stateDir(k), "faults"))
+		for _, e := range faults {
+			path := filepath.Join(stateDir(k), "faults", e.Name())
+			out = append(out, leftover{fmt.Sprintf("h%d: armed fault point %s", k, e.Name()), true,
+				func() { os.Remove(path) }})
+		}
+	}
+	return out
+}
+
+// removeLeftovers removes what leftovers lists, waiting for what takes a
+// moment (a migration that settles), and reports what it first found and
+// what stayed.
+func removeLeftovers(t *testing.T) (found, stayed []leftover) {
+	t.Helper()
+	for end := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		l := leftovers(t)
+		if found == nil {
+			found = l
+		}
+		if len(l) == 0 || time.Now().After(end) {
+			return found, l
+		}
+		for _, x := range l {
+			x.remove()
+		}
+	}
+}
+
+// guardHosts keeps one test's failure from becoming the next one's: what an
+// earlier test left on the hosts is removed before this one starts (and
+// logged), and what this one leaves behind when it ends, failed or not, is
+// removed and fails it unless it is only finished processes' entries. Tests
+// call it through needRoot; subtests that start things call it themselves.
+func guardHosts(t *testing.T) {
+	t.Helper()
+	found, stayed := removeLeftovers(t)
+	if len(stayed) > 0 {
+		t.Fatalf("the hosts hold what an earlier test left and it cannot be removed:\n  %s", describe(stayed))
+	}
+	if len(found) > 0 {
+		t.Logf("removed what an earlier test left on the hosts:\n  %s", describe(found))
+	}
+	t.Cleanup(func() {
+		found, stayed := removeLeftovers(t)
+		var live []leftover
+		for _, x := range found {
+			if x.live {
+				live = append(live, x)
+			}
+		}
+		switch {
+		case len(stayed) > 0:
+			t.Errorf("the test left behind what cannot be removed:\n  %s", describe(stayed))
+		case len(live) > 0:
+			t.Errorf("the test left behind (now removed):\n  %s", describe(live))
+		case len(found) > 0:
+			t.Logf("removed finished processes' entries the test left:\n  %s", describe(found))
+		}
+	})
+}
+
+func describe(l []leftover) string {
+	var s []string
+	for _, x := range l {
+		s = append(s, x.what)
+	}
+	return strings.Join(s, "\n  ")
 }
 
 // addr is the daemon address of host hK.
@@ -188,14 +316,20 @@ func migrate(t *testing.T, from, to int, id string, extra ...string) string {
 	if err != nil {
 		t.Fatalf("migrate %s h%d -> h%d: %v", id, from, to, err)
 	}
-	got := find(t, to, id)
-	if got == nil || got.Name != name.Name || got.State != "running" {
-		t.Fatalf("after migrating to h%d, ps there shows %+v; want %s %s running", to, got, id, name.Name)
+	// The target may finish a step of its own after the source is done (a
+	// lost commit is settled by asking the source): give it a moment.
+	for end := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		got, left := find(t, to, id), find(t, from, id)
+		if got != nil && got.Name == name.Name && got.State == "running" && left == nil {
+			return out
+		}
+		if time.Now().After(end) {
+			if left != nil {
+				t.Fatalf("after migrating away, h%d still lists %+v", from, left)
+			}
+			t.Fatalf("after migrating to h%d, ps there shows %+v; want %s %s running", to, got, id, name.Name)
+		}
 	}
-	if p := find(t, from, id); p != nil {
-		t.Fatalf("after migrating away, h%d still lists %+v", from, p)
-	}
-	return out
 }
 
 // checkConsecutive checks that the numbers after prefix in log run 0, step, 2*step...

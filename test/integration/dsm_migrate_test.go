@@ -3,7 +3,9 @@ package integration
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -21,7 +23,9 @@ type dsmJob struct {
 	mu       sync.Mutex
 	out, err bytes.Buffer
 	id       string
+	n        int // ranks
 	done     chan error
+	exited   chan struct{} // closed when dsmrun has exited
 }
 
 type lockedBuf struct {
@@ -37,7 +41,7 @@ func (w lockedBuf) Write(p []byte) (int, error) {
 
 func startJob(t *testing.T, n int, args ...string) *dsmJob {
 	t.Helper()
-	j := &dsmJob{t: t, done: make(chan error, 1)}
+	j := &dsmJob{t: t, n: n, done: make(chan error, 1)}
 	run := []string{"run", "-n", fmt.Sprint(n)}
 	if len(args) == 0 || !strings.HasPrefix(args[0], "--") {
 		run = append(run, "--") // dsmrun options first, then "--" and the program
@@ -47,39 +51,119 @@ func startJob(t *testing.T, n int, args ...string) *dsmJob {
 	if err := j.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan struct{})
-	go func() { j.done <- j.cmd.Wait(); close(exited) }()
+	j.exited = make(chan struct{})
+	go func() { j.done <- j.cmd.Wait(); close(j.exited) }()
 	// Whatever the test's fate, the job goes with it: dsmrun stops its
 	// ranks on SIGTERM; SIGKILL would leave them running for the next test.
 	t.Cleanup(func() {
 		j.cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-exited:
+		case <-j.exited:
 		case <-time.After(15 * time.Second):
 			j.cmd.Process.Kill()
 		}
 		if j.id == "" {
-			return
+			j.id = jobID(j.stderr())
 		}
-		for k := 1; k <= nHosts; k++ {
-			for _, p := range ps(t, k) {
-				if strings.HasPrefix(p.Name, j.id+".r") {
-					on(k, "migrated", "kill", p.ID)
+		if err := killJob(j.id); err != nil {
+			t.Errorf("removing job %s: %v", j.id, err)
+		}
+	})
+	// dsmrun prints the ID once every rank has started.
+	for end := time.Now().Add(30 * time.Second); j.id == ""; time.Sleep(25 * time.Millisecond) {
+		if j.id = jobID(j.stderr()); j.id == "" && time.Now().After(end) {
+			t.Fatalf("no job ID: %s", j.stderr())
+		}
+	}
+	return j
+}
+
+// jobID is the job ID dsmrun printed in stderr, or "".
+func jobID(stderr string) string {
+	if m := regexp.MustCompile(`job: ([0-9a-f]+)`).FindStringSubmatch(stderr); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
+// killJob removes every rank of job that a host lists, running or ended
+// (dsmrun does it when it stops; this is for a dsmrun that could not).
+// It may run in a cleanup: it does not stop the test.
+func killJob(job string) error {
+	if job == "" {
+		return nil
+	}
+	var errs []error
+	for k := 1; k <= nHosts; k++ {
+		out, err := on(k, "migrated", "ps", "--json")
+		var procs []procInfo
+		if err == nil {
+			err = json.Unmarshal([]byte(out), &procs)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, p := range procs {
+			if strings.HasPrefix(p.Name, job+".r") {
+				if _, err := on(k, "migrated", "kill", p.ID); err != nil {
+					errs = append(errs, err)
 				}
 			}
 		}
-	})
-	rx := regexp.MustCompile(`job: ([0-9a-f]+)`)
-	for i := 0; i < 200 && j.id == ""; i++ {
-		if m := rx.FindStringSubmatch(j.stderr()); m != nil {
-			j.id = m[1]
+	}
+	return errors.Join(errs...)
+}
+
+// ready waits until every rank of the job runs and has registered its
+// migration hooks with its daemon (a rank moved before that would move
+// without its prepare step): a fixed sleep is not enough on a loaded machine.
+func (j *dsmJob) ready() {
+	j.t.Helper()
+	for end := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		rs := j.ranks()
+		ok := len(rs) == j.n
+		for _, r := range rs {
+			ok = ok && r.State == "running" && hooked(r.Host, r.ProcID)
 		}
-		time.Sleep(25 * time.Millisecond)
+		if ok {
+			return
+		}
+		select {
+		case <-j.exited:
+			j.t.Fatalf("job %s ended before its ranks were ready\nstdout:\n%s\nstderr:\n%s", j.id, tail(j.stdout(), 20), j.stderr())
+		default:
+		}
+		if time.Now().After(end) {
+			j.t.Fatalf("the ranks of job %s are not all running with their hooks registered: %+v\nstdout:\n%s\nstderr:\n%s",
+				j.id, rs, tail(j.stdout(), 20), j.stderr())
+		}
 	}
-	if j.id == "" {
-		t.Fatalf("no job ID: %s", j.stderr())
+}
+
+// hooked reports whether process id on the host at hostport has registered
+// its migration hooks: its daemon's record of it says so (ProcRec.Hooks).
+func hooked(hostport, id string) bool {
+	for k := 1; k <= nHosts; k++ {
+		if addr(k) == hostport {
+			b, err := os.ReadFile(filepath.Join(stateDir(k), "procs", id, "proc.json"))
+			var rec struct{ Hooks bool }
+			return err == nil && json.Unmarshal(b, &rec) == nil && rec.Hooks
+		}
 	}
-	return j
+	return false
+}
+
+// ranks is what `dsmrun ps --json` says of the job's ranks.
+func (j *dsmJob) ranks() []rankInfo {
+	j.t.Helper()
+	jobs, _ := psJobs(j.t, dsmrunAll("ps", "--json"))
+	for _, jb := range jobs {
+		if jb.ID == j.id {
+			return jb.Ranks
+		}
+	}
+	return nil
 }
 
 func (j *dsmJob) stdout() string { j.mu.Lock(); defer j.mu.Unlock(); return j.out.String() }
@@ -102,20 +186,37 @@ func (j *dsmJob) wait() {
 	}
 }
 
-// rankHost is where `dsmrun ps --json` says the rank runs.
+// rankHost is where `dsmrun ps --json` says the rank runs (a host that
+// still lists it after it left does not count), "" if nowhere.
 func (j *dsmJob) rankHost(rank int) string {
 	j.t.Helper()
-	jobs, _ := psJobs(j.t, dsmrunAll("ps", "--json"))
-	for _, jb := range jobs {
-		if jb.ID == j.id {
-			for _, r := range jb.Ranks {
-				if r.Rank == rank {
-					return r.Host
-				}
-			}
+	for _, r := range j.ranks() {
+		if r.Rank == rank && r.State == "running" {
+			return r.Host
 		}
 	}
 	return ""
+}
+
+// settledRank waits until one host only lists the rank, as running (a move
+// that failed or succeeded may take its other copy away a moment after
+// dsmrun returns), and returns that host.
+func (j *dsmJob) settledRank(rank int) string {
+	j.t.Helper()
+	for end := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		var seen []rankInfo
+		for _, r := range j.ranks() {
+			if r.Rank == rank {
+				seen = append(seen, r)
+			}
+		}
+		if len(seen) == 1 && seen[0].State == "running" {
+			return seen[0].Host
+		}
+		if time.Now().After(end) {
+			j.t.Fatalf("rank %d of job %s never settled on one host: %+v", rank, j.id, seen)
+		}
+	}
 }
 
 // dsmrunAll is dsmrun against all four hosts (ranks move to h4 too).
@@ -141,7 +242,7 @@ func (j *dsmJob) migrateRank(rank, to int) {
 			j.t.Errorf("dsmrun migrate output lacks phase %q:\n%s", ph, out)
 		}
 	}
-	if h := j.rankHost(rank); h != addr(to) {
+	if h := j.settledRank(rank); h != addr(to) {
 		j.t.Fatalf("after the move dsmrun ps shows rank %d on %q, want %s", rank, h, addr(to))
 	}
 }
@@ -154,6 +255,7 @@ func jacobiArgs() []string {
 func TestDSMMigrateOneRank(t *testing.T) {
 	needRoot(t)
 	j := startJob(t, 3, jacobiArgs()...)
+	j.ready()
 	time.Sleep(500 * time.Millisecond)
 	j.migrateRank(1, 4)
 	j.wait()
@@ -162,6 +264,7 @@ func TestDSMMigrateOneRank(t *testing.T) {
 func TestDSMMigrateRankZero(t *testing.T) {
 	needRoot(t)
 	j := startJob(t, 3, jacobiArgs()...)
+	j.ready()
 	time.Sleep(500 * time.Millisecond)
 	j.migrateRank(0, 4)
 	j.wait()
@@ -170,6 +273,7 @@ func TestDSMMigrateRankZero(t *testing.T) {
 func TestDSMMigrateBackAndForth(t *testing.T) {
 	needRoot(t)
 	j := startJob(t, 3, jacobiArgs()...)
+	j.ready()
 	for i := 0; i < 4; i++ {
 		time.Sleep(200 * time.Millisecond)
 		if i%2 == 0 {
@@ -184,6 +288,7 @@ func TestDSMMigrateBackAndForth(t *testing.T) {
 func TestDSMMigrateSeveralRanks(t *testing.T) {
 	needRoot(t)
 	j := startJob(t, 4, jacobiArgs()...)
+	j.ready()
 	time.Sleep(300 * time.Millisecond)
 	j.migrateRank(1, 4)
 	j.migrateRank(3, 2)
@@ -226,7 +331,8 @@ func TestDSMMigrateSeveralRanks(t *testing.T) {
 func TestDSMMigrateLockHolder(t *testing.T) {
 	needRoot(t)
 	j := startJob(t, 3, filepath.Join(repo, "bin", "tsp"), "-cities", "16")
-	time.Sleep(300 * time.Millisecond)
+	j.ready()
+	time.Sleep(100 * time.Millisecond)
 	j.migrateRank(1, 4)
 	j.migrateRank(0, 2)
 	j.wait()
@@ -237,17 +343,21 @@ func TestDSMMigrateLockHolder(t *testing.T) {
 func TestDSMMigrateTargetKilled(t *testing.T) {
 	needRoot(t)
 	j := startJob(t, 3, jacobiArgs()...)
+	j.ready()
 	time.Sleep(300 * time.Millisecond)
 	src := j.rankHost(1)
 	armFaultMode(t, 4, "target-after-pages", "crash")
 	out, err := dsmrunAll("migrate", j.id, "1", "--to", addr(4)).CombinedOutput()
+	if faultArmed(4, "target-after-pages") {
+		t.Fatalf("the migration never reached h4's fault point (migrate: %v):\n%s", err, out)
+	}
 	if err == nil {
 		t.Fatalf("migration did not fail as it should:\n%s", out)
 	}
-	if h := j.rankHost(1); h != src {
+	waitPort(t, 4, addr(4)) // cluster.sh's supervisor restarts it; it drops its copy
+	if h := j.settledRank(1); h != src {
 		t.Fatalf("rank 1 is on %q, want its source %s", h, src)
 	}
-	waitPort(t, 4, addr(4))
 	j.wait()
 }
 
@@ -264,7 +374,9 @@ func TestDSMMigrateMatmulIsort(t *testing.T) {
 		{"isort", 4, []string{filepath.Join(repo, "bin", "isort"), "-keys", "1048576", "-iters", "60"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			guardHosts(t)
 			j := startJob(t, tc.ranks, tc.args...)
+			j.ready()
 			time.Sleep(600 * time.Millisecond)
 			j.migrateRank(1, 4)
 			j.migrateRank(2, 1)
@@ -280,6 +392,7 @@ func TestDSMMigrateMatmulIsort(t *testing.T) {
 func TestDSMMigrateMoveIP(t *testing.T) {
 	needRoot(t)
 	j := startJob(t, 3, append([]string{"--rank-ips", "10.77.0.110/24", "--"}, jacobiArgs()...)...)
+	j.ready()
 	time.Sleep(500 * time.Millisecond)
 	for _, mv := range []struct {
 		rank, to int
@@ -314,6 +427,7 @@ func TestDSMMigrateMoveIP(t *testing.T) {
 func TestDSMMigrateRestoreRefused(t *testing.T) {
 	needRoot(t)
 	j := startJob(t, 3, jacobiArgs()...)
+	j.ready()
 	time.Sleep(500 * time.Millisecond)
 	src := j.rankHost(1)
 	if src != addr(2) {
@@ -321,13 +435,16 @@ func TestDSMMigrateRestoreRefused(t *testing.T) {
 	}
 	armFaultMode(t, 4, "target-before-restore", "fail")
 	out, err := dsmrunAll("migrate", j.id, "1", "--to", addr(4)).CombinedOutput()
+	if faultArmed(4, "target-before-restore") {
+		t.Fatalf("the migration never reached h4's fault point (migrate: %v):\n%s", err, out)
+	}
 	if err == nil {
 		t.Fatalf("the migration succeeded although h4's restore fails:\n%s", out)
 	}
 	if !strings.Contains(string(out), "resumed on the source") {
 		t.Errorf("dsmrun migrate does not say the rank resumed on its source:\n%s", out)
 	}
-	if h := j.rankHost(1); h != src {
+	if h := j.settledRank(1); h != src {
 		t.Fatalf("rank 1 is on %q after a refused restore, want %s", h, src)
 	}
 	j.wait()

@@ -7,9 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -29,39 +27,13 @@ func TestDSMExamples(t *testing.T) {
 	for _, ex := range []string{"jacobi", "tsp", "matmul", "isort"} {
 		for _, n := range []int{2, 3, 4} {
 			t.Run(fmt.Sprintf("%s-%d", ex, n), func(t *testing.T) {
-				cmd := dsmrun("run", "-n", fmt.Sprint(n), "--", filepath.Join(repo, "bin", ex))
-				var out, errb bytes.Buffer
-				cmd.Stdout, cmd.Stderr = &out, &errb
-				done := make(chan error, 1)
-				if err := cmd.Start(); err != nil {
-					t.Fatal(err)
-				}
-				go func() { done <- cmd.Wait() }()
-				select {
-				case err := <-done:
-					if err != nil {
-						t.Fatalf("dsmrun: %v\nstdout:\n%s\nstderr:\n%s", err, tail(out.String(), 20), errb.String())
-					}
-				case <-time.After(3 * time.Minute):
-					cmd.Process.Signal(syscall.SIGTERM) // dsmrun stops its ranks
-					select {
-					case <-done:
-					case <-time.After(15 * time.Second):
-						cmd.Process.Kill()
-					}
-					t.Fatalf("timed out\nstdout:\n%s\nstderr:\n%s", tail(out.String(), 20), errb.String())
-				}
-				if !regexp.MustCompile(`(?m)^\[0\] result: \S+ verified$`).MatchString(out.String()) {
-					t.Fatalf("no verified result from rank 0:\n%s", tail(out.String(), 20))
-				}
-				m := regexp.MustCompile(`job: ([0-9a-f]+)`).FindStringSubmatch(errb.String())
-				if m == nil {
-					t.Fatalf("dsmrun did not print the job ID on stderr:\n%s", errb.String())
-				}
+				guardHosts(t) // one case's leftovers never fail the next
+				j := startJob(t, n, filepath.Join(repo, "bin", ex))
+				j.wait()
 				// This job's ranks, not another test's leftovers.
 				for k := 1; k <= 3; k++ {
 					for _, p := range ps(t, k) {
-						if strings.HasPrefix(p.Name, m[1]+".r") && p.State == "running" {
+						if strings.HasPrefix(p.Name, j.id+".r") && p.State == "running" {
 							t.Errorf("rank process %s still running on h%d after the job", p.Name, k)
 						}
 					}
@@ -82,18 +54,23 @@ func TestDSMRankFailureStopsJob(t *testing.T) {
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
+	job := jobID(errb.String())
+	t.Cleanup(func() { killJob(job) }) // if dsmrun did not stop them
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
 		t.Fatalf("dsmrun exit: %v, want status 3\n%s%s", err, out.String(), errb.String())
 	}
 	if !strings.Contains(out.String(), "[1] rank1 fails") {
 		t.Errorf("rank output not prefixed: %q", out.String())
 	}
+	if job == "" {
+		t.Fatalf("dsmrun did not print the job ID on stderr:\n%s", errb.String())
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var left []string
 		for k := 1; k <= 3; k++ {
 			for _, p := range ps(t, k) {
-				if p.State == "running" && strings.Contains(p.Name, ".r") {
+				if p.State == "running" && strings.HasPrefix(p.Name, job+".r") {
 					left = append(left, fmt.Sprintf("h%d:%s", k, p.Name))
 				}
 			}
@@ -113,49 +90,36 @@ func TestDSMPs(t *testing.T) {
 	needRoot(t)
 	script := filepath.Join(t.TempDir(), "sleep.sh")
 	os.WriteFile(script, []byte("#!/bin/sh\nexec sleep 600\n"), 0o755)
-	cmd := dsmrun("run", "-n", "4", "--", script)
-	var errb bytes.Buffer
-	cmd.Stderr = &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() }()
-	var job string
-	for i := 0; i < 100 && job == ""; i++ {
-		if m := regexp.MustCompile(`job: ([0-9a-f]+)`).FindStringSubmatch(errb.String()); m != nil {
-			job = m[1]
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if job == "" {
-		t.Fatalf("no job ID: %s", errb.String())
-	}
+	j := startJob(t, 4, script)
 	jobs, out := psJobs(t, dsmrun("ps", "--json"))
-	for _, j := range jobs {
-		if j.ID != job {
+	for _, jb := range jobs {
+		if jb.ID != j.id {
 			continue
 		}
-		if len(j.Ranks) != 4 {
-			t.Fatalf("job %s has %d ranks, want 4: %s", job, len(j.Ranks), out)
+		if len(jb.Ranks) != 4 {
+			t.Fatalf("job %s has %d ranks, want 4: %s", j.id, len(jb.Ranks), out)
 		}
-		for i, r := range j.Ranks {
+		for i, r := range jb.Ranks {
 			if r.Rank != i || r.Host != addr(i%3+1) || r.State != "running" {
 				t.Fatalf("rank %d: %+v, want on %s running", i, r, addr(i%3+1))
 			}
 		}
 		return
 	}
-	t.Fatalf("job %s not in dsmrun ps: %s", job, out)
+	t.Fatalf("job %s not in dsmrun ps: %s", j.id, out)
 }
 
 // jobInfo is a job as `dsmrun ps --json` prints it.
 type jobInfo struct {
-	ID    string `json:"id"`
-	Ranks []struct {
-		Rank  int    `json:"rank"`
-		Host  string `json:"host"`
-		State string `json:"state"`
-	} `json:"ranks"`
+	ID    string     `json:"id"`
+	Ranks []rankInfo `json:"ranks"`
+}
+
+type rankInfo struct {
+	Rank   int    `json:"rank"`
+	Host   string `json:"host"`
+	State  string `json:"state"`
+	ProcID string `json:"proc_id"`
 }
 
 // psJobs runs a `dsmrun ps --json` command and decodes what it prints.
