@@ -10,6 +10,16 @@
 // no special care. Code that must act on another namespace should call these
 // functions on a locked OS thread that it throws away afterwards.
 //
+// # What never moves
+//
+// [CheckRemove] refuses, before anything is touched, to take an address
+// from a host when that would hurt it: loopback, the migration daemon's own
+// address, the address the host reaches the target from, an interface's
+// last address, and an IPv4 primary address with secondaries (the kernel
+// would take them too). An address that leaves is described first
+// ([SaveAddr]: scope, flags, label, broadcast...), so that an undo puts it
+// back exactly ([RestoreAddr]), not as the CIDR alone would make it.
+//
 // The package owns no long-lived state: addresses are changed through
 // netlink (github.com/vishvananda/netlink), the lock through the nft tool and
 // announcements through arping (iputils), each with a deadline.
@@ -29,7 +39,7 @@
 //	source: criu dump --tcp-established --network-lock nftables --leave-stopped
 //	source: name := LockName(imagesDir); rules := ExportLock(name)
 //	target: CheckLock(rules); ImportLock(rules)
-//	source: DelAddr(iface, cidr)
+//	source: CheckRemove(cidr, keep); saved := SaveAddr(iface, cidr); DelAddr(iface, cidr)
 //	target: AddAddr(iface, cidr); Announce(iface, ip)
 //	target: criu restore --tcp-established (deletes the target's copy)
 //	source: DeleteLock(name)

@@ -115,7 +115,9 @@ func migrateCommand() *cli.Command {
 		ArgsUsage: "ID",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "to", Required: true, Usage: "ADDR:PORT of the target daemon"},
-			&cli.StringFlag{Name: "move-ip", Usage: "CIDR: move this address with the process (its TCP connections survive)"},
+			&cli.StringFlag{Name: "move-ip", Usage: "CIDR: move this address with the process (its TCP connections " +
+				"survive); an address of the process's own: loopback, the daemon's own address, the one this host " +
+				"reaches the target from and an interface's last address are refused"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {

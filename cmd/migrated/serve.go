@@ -16,7 +16,11 @@ func serveCommand() *cli.Command {
 		Name:  "serve",
 		Usage: "run the daemon of this host",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "listen", Required: true, Usage: "ADDR:PORT for other daemons and remote clients"},
+			&cli.StringFlag{Name: "listen", Required: true, Usage: "ADDR:PORT for other daemons and remote clients " +
+				"(a wildcard such as :7077 or 0.0.0.0:7077 needs --advertise)"},
+			&cli.StringFlag{Name: "advertise", EnvVars: []string{"MIGRATED_ADVERTISE"},
+				Usage: "ADDR:PORT the other daemons reach this one at, which it tells them to call back " +
+					"(default: --listen, which must then name an address)"},
 			&cli.StringFlag{Name: "state-dir", Required: true, Usage: "where processes, logs, images and the journal live"},
 			&cli.StringFlag{Name: "criu", Value: "/usr/local/sbin/migrate-criu", EnvVars: []string{"MIGRATED_CRIU"},
 				Usage: "the CRIU binary (>= 4.2; scripts/install-deps.sh installs one)"},
@@ -24,8 +28,9 @@ func serveCommand() *cli.Command {
 				Usage: "shared secret of the cluster's daemons; without it no migration is accepted"},
 		},
 		Action: func(c *cli.Context) error {
-			return daemon.New(daemon.Config{Listen: c.String("listen"), StateDir: c.String("state-dir"),
-				CRIU: c.String("criu"), Socket: c.String("socket"), TokenFile: c.String("token-file")}).Serve(c.Context)
+			return daemon.New(daemon.Config{Listen: c.String("listen"), Advertise: c.String("advertise"),
+				StateDir: c.String("state-dir"), CRIU: c.String("criu"), Socket: c.String("socket"),
+				TokenFile: c.String("token-file")}).Serve(c.Context)
 		},
 	}
 }

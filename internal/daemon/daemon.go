@@ -8,8 +8,9 @@
 // interfaces it implements here for real (engine.go: CRIU with the page
 // relay of pages.go, netmove, the quiesce helper, the shims).
 //
-// Lifecycle: New, then Serve, which refuses a state directory or socket
-// another daemon holds, reattaches the shims, settles the migrations a
+// Lifecycle: New, then Serve, which refuses a listen address peers cannot
+// call back without an advertised one (addrs.go), a state directory or
+// socket another daemon holds, reattaches the shims, settles the migrations a
 // restart interrupted (Engine.Recover), removes what a crash left, and
 // serves until its context ends or SIGTERM/SIGINT. Stopping, or dying,
 // leaves every process running under its shim.
@@ -24,12 +25,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"regexp"
 	"sort"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -40,12 +41,13 @@ import (
 	"dsmigrate/internal/journal"
 	"dsmigrate/internal/migration"
 	"dsmigrate/internal/wire"
-	"dsmigrate/netmove"
 )
 
 // Daemon is one host's migration daemon.
 type Daemon struct {
 	listen    string
+	advertise string       // the address peers are told to call back (Config.Advertise, else listen)
+	own       []netip.Addr // the daemon's own addresses: never moved or removed
 	stateDir  string
 	imagesDir string
 	criu      *criu.Client
@@ -57,6 +59,10 @@ type Daemon struct {
 	log       *slog.Logger
 
 	engine *migration.Engine // migrations in and out (internal/migration)
+
+	// Log lines anyone who reaches the TCP port can cause, at most one a
+	// limiter's interval each.
+	handshakeLog, capLog, acceptLog logLimiter
 
 	mu      sync.Mutex
 	procs   map[string]*Proc
@@ -73,6 +79,7 @@ func newID() string { return migration.NewID() }
 // Config is what a daemon is started with (migrated serve's flags).
 type Config struct {
 	Listen    string       // ADDR:PORT for other daemons and remote clients
+	Advertise string       // ADDR:PORT peers call back; "": Listen, which must then name an address (not :PORT)
 	StateDir  string       // processes, logs, images, journal
 	CRIU      string       // the CRIU binary
 	Socket    string       // the local clients' unix socket
@@ -86,9 +93,20 @@ func New(cfg Config) *Daemon {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
-	return &Daemon{listen: cfg.Listen, stateDir: cfg.StateDir, criu: criu.New(cfg.CRIU), procs: map[string]*Proc{},
-		log: log, sockPath: cfg.Socket, tokenFile: cfg.TokenFile}
+	return &Daemon{listen: cfg.Listen, advertise: cfg.Advertise, stateDir: cfg.StateDir, criu: criu.New(cfg.CRIU),
+		procs: map[string]*Proc{}, log: log, sockPath: cfg.Socket, tokenFile: cfg.TokenFile,
+		handshakeLog: logLimiter{every: logEvery}, capLog: logLimiter{every: logEvery},
+		acceptLog: logLimiter{every: logEvery}}
 }
+
+// Bounds on what a connection that has not proved the token can cost: it
+// holds a socket and a goroutine until its handshake ends, and anyone who
+// reaches the port can open one.
+const (
+	maxPreAuth       = 64               // unauthenticated connections at once; more are closed at once
+	handshakeTimeout = 10 * time.Second // to prove the token
+	logEvery         = 10 * time.Second // between log lines about refused connections, of each kind
+)
 
 // Serve runs the daemon until ctx ends or it gets SIGTERM or SIGINT: it
 // takes the state directory and the socket (refusing if another daemon has
@@ -98,6 +116,12 @@ func New(cfg Config) *Daemon {
 func (d *Daemon) Serve(ctx context.Context) error { return d.serve(ctx, d.sockPath, d.tokenFile) }
 
 func (d *Daemon) serve(ctx context.Context, sockPath, tokenFile string) error {
+	// First, so that a wrong address is refused before anything else.
+	adv, own, err := advertised(ctx, d.listen, d.advertise)
+	if err != nil {
+		return err
+	}
+	d.advertise, d.own = adv, own
 	if os.Geteuid() != 0 {
 		return errors.New("the daemon must run as root (it drives CRIU)")
 	}
@@ -182,12 +206,12 @@ func (d *Daemon) serve(ctx context.Context, sockPath, tokenFile string) error {
 	}
 	defer cl.Close()
 	go d.serveControl(cl)
-	d.log.Info("serving", "listen", d.listen, "socket", sockPath, "state", d.stateDir)
+	d.log.Info("serving", "listen", d.listen, "advertise", d.advertise, "socket", sockPath, "state", d.stateDir)
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	go d.acceptLoop(ul, d.handleLocal)
-	go d.acceptLoop(tl, d.handlePeer)
+	go d.acceptPeers(tl, d.handlePeer)
 	<-ctx.Done()
 	d.log.Info("shutting down")
 	return nil
@@ -200,12 +224,39 @@ func (d *Daemon) acceptLoop(l net.Listener, h func(net.Conn)) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
-			d.log.Warn("accept", "err", err)
+			// Out of descriptors, typically: wait, and say so now and then.
+			if ok, n := d.acceptLog.allow(time.Now()); ok {
+				d.log.Warn("accept", "err", err, "errors_not_logged", n)
+			}
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
 		go h(c)
 	}
+}
+
+// acceptPeers is acceptLoop for the TCP listener, where anyone may connect:
+// at most maxPreAuth connections are between their accept and the end of
+// their handshake (h calls authed then; returning does too), and one
+// beyond that is closed at once.
+func (d *Daemon) acceptPeers(l net.Listener, h func(c net.Conn, authed func())) {
+	slots := make(chan struct{}, maxPreAuth)
+	d.acceptLoop(l, func(c net.Conn) {
+		select {
+		case slots <- struct{}{}:
+		default:
+			c.Close()
+			if ok, n := d.capLog.allow(time.Now()); ok {
+				d.log.Warn("too many connections that have not authenticated: closing new ones at once",
+					"limit", maxPreAuth, "remote", c.RemoteAddr(), "closed_not_logged", n)
+			}
+			return
+		}
+		var once sync.Once
+		authed := func() { once.Do(func() { <-slots }) }
+		defer authed()
+		h(c, authed)
+	})
 }
 
 // handleLocal serves a client on the control socket: root only.
@@ -231,19 +282,23 @@ func (d *Daemon) handleLocal(c net.Conn) {
 }
 
 // handlePeer serves a TCP connection: another daemon sending a process, or a
-// remote client (dsmrun). Nothing happens before the peer proves the token.
-func (d *Daemon) handlePeer(c net.Conn) {
+// remote client (dsmrun). Nothing happens before the peer proves the token,
+// within handshakeTimeout; authed is called when the handshake is over.
+func (d *Daemon) handlePeer(c net.Conn, authed func()) {
 	defer c.Close()
 	if d.token == nil {
 		return
 	}
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.SetDeadline(time.Now().Add(handshakeTimeout))
 	wc, err := wire.Server(c, d.token)
+	authed()
 	if err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 			return // a port probe, not a peer
 		}
-		d.log.Warn("peer refused", "remote", c.RemoteAddr(), "err", err)
+		if ok, n := d.handshakeLog.allow(time.Now()); ok {
+			d.log.Warn("peer refused", "remote", c.RemoteAddr(), "err", err, "refusals_not_logged", n)
+		}
 		return
 	}
 	c.SetDeadline(time.Now().Add(30 * time.Second))
@@ -356,19 +411,11 @@ func (d *Daemon) do(c *wire.Conn, req Request) (*Reply, error) {
 	case "addip", "delip":
 		// An address of a process's own (dsmrun run --rank-ips), added
 		// before it starts; it then moves with it (migrate --move-ip).
-		iface, err := netmove.Iface(req.MoveIP)
-		if err != nil {
-			return nil, err
-		}
+		var err error
 		if req.Op == "addip" {
-			// Announce it at once: the address may have lived on another
-			// host a moment ago, and peers' ARP caches would still send
-			// there.
-			if err = netmove.AddAddr(iface, req.MoveIP); err == nil {
-				err = netmove.Announce(iface, strings.Split(req.MoveIP, "/")[0])
-			}
+			err = d.addIP(req.MoveIP)
 		} else {
-			err = netmove.DelAddr(iface, req.MoveIP)
+			err = d.delIP(req.MoveIP)
 		}
 		if err != nil {
 			return nil, err

@@ -30,7 +30,7 @@ func (d *Daemon) newEngine() (*migration.Engine, error) {
 		return nil, err
 	}
 	return migration.New(migration.Config{
-		Self:     d.listen,
+		Self:     d.advertise, // what peers call back, never a wildcard
 		Procs:    engineProcs{d},
 		CRIU:     checkpointer{d},
 		Net:      netMover{},
@@ -120,6 +120,9 @@ func (netMover) ExportLock(table string) (string, error) { return netmove.Export
 func (netMover) CheckLock(rules string) (string, error)  { return netmove.CheckLock(rules) }
 func (netMover) ImportLock(rules string) error           { return netmove.ImportLock(rules) }
 func (netMover) DeleteLock(table string) error           { return netmove.DeleteLock(table) }
+
+func (netMover) SaveAddr(iface, cidr string) (string, error) { return netmove.SaveAddr(iface, cidr) }
+func (netMover) RestoreAddr(saved string) error              { return netmove.RestoreAddr(saved) }
 
 // Quiesce stops pid's tree for a dump (migration.Quiescer).
 func (q *quiescer) Quiesce(pid int) error { return q.quiesce(pid) }
@@ -288,19 +291,18 @@ func (e engineProcs) FlushLog(ctx context.Context, id string) error {
 	return p.flushLog()
 }
 
-func (e engineProcs) RestoreHere(ctx context.Context, id, dir string) error {
+func (e engineProcs) RepairOff(ctx context.Context, id string) error {
 	p := e.d.lookup(id)
 	if p == nil {
-		return fmt.Errorf("no process %s here to restore", id)
+		return fmt.Errorf("no process %s here", id)
 	}
 	p.mu.Lock()
-	p.state = "migrated" // its end is not an exit
-	key := p.pipeKey
+	pid := p.pid
 	p.mu.Unlock()
-	waitUntraced(p.pid, 30*time.Second)
-	killTree(p)
-	_, err := e.d.restoreCopy(ctx, p, key, dir, true, "migrating")
-	return err
+	// CRIU, if the last daemon left one dumping, must be done with the
+	// tree first.
+	waitUntraced(pid, 30*time.Second)
+	return repairOff(pid)
 }
 
 func (e engineProcs) Gone(ctx context.Context, id, to string) error {
@@ -337,7 +339,7 @@ func (e engineProcs) Reserve(b *migration.Begin) (string, error) {
 	e.d.mu.Lock()
 	defer e.d.mu.Unlock()
 	if _, ok := e.d.procs[b.ID]; ok {
-		return "", fmt.Errorf("process %s already exists on %s", b.ID, e.d.listen)
+		return "", fmt.Errorf("process %s already exists on %s", b.ID, e.d.advertise)
 	}
 	p := newProc(b.ID, b.Name, b.Argv, b.Started)
 	p.state, p.Job, p.Rank, p.Moves, p.hooks = "incoming", b.Job, b.Rank, b.Moves, b.Hooks
@@ -384,6 +386,11 @@ func (e engineProcs) Discard(ctx context.Context, id string) error {
 		p.mu.Lock()
 		p.state = "migrated"
 		p.mu.Unlock()
+		// Its connections are the source's too: they must end here
+		// silently, not with a reset to their peers.
+		if err := repairOn(p.pid); err != nil {
+			e.d.log.Warn("putting a discarded copy's connections in repair mode", "id", id, "err", err)
+		}
 		killTree(p)
 	}
 	return os.RemoveAll(filepath.Join(e.d.stateDir, "procs", id))

@@ -35,6 +35,9 @@ func (d *Daemon) migrateOut(ctx context.Context, req Request, event func(Event))
 	if err != nil {
 		return nil, err
 	}
+	if err := d.checkOut(ctx, req.To, req.MoveIP); err != nil {
+		return nil, err
+	}
 	return d.engine.Out(ctx, migration.Request{ID: p.ID, To: req.To, MoveIP: req.MoveIP}, event)
 }
 
@@ -156,6 +159,6 @@ func (d *Daemon) rebind(id string, moved bool) error {
 	if err != nil {
 		return err
 	}
-	host, _, _ := net.SplitHostPort(d.listen)
+	host, _, _ := net.SplitHostPort(d.advertise)
 	return d.command(p, mrt.Command{Op: "resume", Resume: mrt.ResumeInfo{Moved: moved, Host: host}})
 }

@@ -254,10 +254,10 @@ func TestReattachWithoutShims(t *testing.T) {
 	}
 }
 
-// restoreCopy, as the undo of a dump does it (the engine's RestoreHere): the
-// stopped tree is killed and restored from its images under a new shim in the
-// same directory; it goes on counting into the same log, and the old copy's
-// end deletes no record of the new one.
+// restoreCopy in the directory of a copy that has just ended (a process back
+// where it lived a moment ago): the stopped tree is killed and restored from
+// its images under a new shim in the same directory; it goes on counting into
+// the same log, and the old copy's end deletes no record of the new one.
 func TestRestoreProcSameDir(t *testing.T) {
 	needRoot(t)
 	if _, err := os.Stat(testCRIU); err != nil {

@@ -56,10 +56,12 @@ type Procs interface {
 	// FlushLog returns once everything the (stopped) process wrote is in
 	// its log.
 	FlushLog(ctx context.Context, id string) error
-	// RestoreHere kills the process's stopped tree and restores it, stopped,
-	// from the images in dir: the undo of a dump that left TCP sockets in
-	// repair mode, which cannot simply continue.
-	RestoreHere(ctx context.Context, id, dir string) error
+	// RepairOff takes the TCP sockets of the process's tree out of repair
+	// mode, as CRIU does when a dump lets the process run on: the undo of a
+	// dump with TCPEstablished, which leaves them in it (a tree continued
+	// with them in repair mode would have dead connections). Idempotent,
+	// and harmless to a tree that runs.
+	RepairOff(ctx context.Context, id string) error
 	// Gone kills the process's stopped tree and forgets it: it runs on the
 	// target now (to). Reaping and removing its directory may happen later.
 	Gone(ctx context.Context, id, to string) error
@@ -113,6 +115,13 @@ type NetMover interface {
 	HasAddr(cidr string) (bool, error)
 	AddAddr(iface, cidr string) error // an address already there is not an error
 	DelAddr(iface, cidr string) error // an address not there is not an error
+	// SaveAddr describes address cidr of iface as it is (scope, flags,
+	// label, broadcast...), for RestoreAddr; an error if iface does not
+	// hold it.
+	SaveAddr(iface, cidr string) (string, error)
+	// RestoreAddr puts back an address SaveAddr described, exactly as it
+	// was; one already there is not an error.
+	RestoreAddr(saved string) error
 	Announce(iface, ip string) error
 	LockName(imagesDir string) (string, error)
 	ExportLock(table string) (string, error)
@@ -281,7 +290,9 @@ type Record struct {
 	Hooks    bool      `json:"hooks,omitempty"`    // source: its hooks run (prepare, then resume)
 	Begin    *Begin    `json:"begin,omitempty"`    // target: what the source sent
 	Start    time.Time `json:"start"`
-	Settled  time.Time `json:"settled,omitzero"` // when its outcome was reached; kept until Keep has passed
+	Frozen   time.Time `json:"frozen,omitzero"`      // source: when the process stopped for the dump (its downtime began)
+	Settled  time.Time `json:"settled,omitzero"`     // when its outcome was reached; kept until Keep has passed
+	Saved    string    `json:"saved_addr,omitempty"` // source: MoveIP as it was (NetMover.SaveAddr), for the undo
 }
 
 var idRE = regexp.MustCompile(`^[0-9a-f]{12}$`)

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"dsmigrate/internal/api"
 )
@@ -332,9 +333,8 @@ func TestQuestionBeforeCommit(t *testing.T) {
 // TestDumpSucceededButFailed: CRIU's dump succeeded (it exited: its lock
 // table is on the source, the TCP sockets are in repair mode), then Dump
 // failed (the page stream's wind-down broke), or the daemon crashed before
-// it journaled the lock. The undo must restore the process here from its
-// images (RestoreHere), not continue the tree: its connections would stay
-// in repair mode.
+// it journaled the lock. The undo must take the sockets out of repair mode
+// (RepairOff) before it continues the tree: its connections would be dead.
 func TestDumpSucceededButFailed(t *testing.T) {
 	for _, c := range []struct {
 		name  string
@@ -433,4 +433,68 @@ func w0(point string) string {
 		return "A"
 	}
 	return "B"
+}
+
+// TestFailedDowntime: a migration that fails records how long its process
+// was stopped on the source, freeze to thaw (not 0), also when a restart
+// settled it; one that failed before the freeze records none. With an
+// address, the undo puts back the address as SaveAddr described it.
+func TestFailedDowntime(t *testing.T) {
+	for _, c := range []struct {
+		point, mode string
+		frozen      bool
+	}{
+		{"source-before-restore", "fail", true},
+		{"source-after-move-ip", "fail", true},
+		{"target-after-restore", "fail", true},
+		{"source-before-transfer", "crash", true},
+		{"source-before-freeze", "fail", false},
+		{"source-after-connect", "crash", false},
+	} {
+		t.Run(c.point+"/"+c.mode, func(t *testing.T) {
+			cfg := worldCfg{moveIP: true, faults: map[string]string{c.point: c.mode}}
+			w := run(t, cfg, nil, nil)
+			defer dumpTrace(t, w)
+			if len(cfg.faults) != 0 {
+				t.Fatalf("the fault point %s was not passed", c.point)
+			}
+			if probs := w.problems(w.A()); len(probs) > 0 {
+				t.Fatalf("%s", strings.Join(probs, "\n"))
+			}
+			recs := w.A().records
+			if len(recs) != 1 || recs[0].Outcome == "ok" {
+				t.Fatalf("history: %+v", recs)
+			}
+			if d := recs[0].Downtime; c.frozen != (d > 0) || d > recs[0].Total+time.Since(recs[0].Start) {
+				t.Errorf("downtime %v (total %v); want it > 0: %v", d, recs[0].Total, c.frozen)
+			}
+			if !w.A().addrs[testCIDR] || w.B().addrs[testCIDR] {
+				t.Errorf("address: A %v, B %v", w.A().addrs, w.B().addrs)
+			}
+			// Past the move-ip step the address left A, and the undo put
+			// it back from what SaveAddr said (before, nothing to undo).
+			moved := slices.Contains([]string{"source-after-move-ip", "source-before-restore", "target-after-restore"},
+				c.point)
+			if want := []string{testCIDR}; moved && !slices.Equal(w.A().restored, want) ||
+				!moved && len(w.A().restored) > 0 {
+				t.Errorf("RestoreAddr calls on A: %v; want the saved %s: %v", w.A().restored, testCIDR, moved)
+			}
+		})
+	}
+}
+
+// TestTargetHoldsAddr: a target that holds the address already refuses
+// the migration; its address stays, and the process runs on the source.
+func TestTargetHoldsAddr(t *testing.T) {
+	w := run(t, worldCfg{moveIP: true}, nil, func(w *world) { w.B().addrs[testCIDR] = true })
+	defer dumpTrace(t, w)
+	if w.outErr == nil || !strings.Contains(w.outErr.Error(), "holds "+testCIDR+" already") {
+		t.Fatalf("Out: %v; want a refusal saying the target holds the address", w.outErr)
+	}
+	if !w.A().addrs[testCIDR] || !w.B().addrs[testCIDR] {
+		t.Errorf("address: A %v, B %v; want both to keep it", w.A().addrs, w.B().addrs)
+	}
+	if p := w.A().procs[testProcID]; p == nil || p.state != "running" {
+		t.Errorf("the process on A: %+v; want running", p)
+	}
 }

@@ -287,11 +287,6 @@ var knownModelBugs = map[string]string{
 	// mode, lock table left) while Dump failed (the page stream's wind-
 	// down broke) or before the lock was journaled (a crash).
 	"broken: a copy of the process continues on A with its TCP sockets in repair mode": "undump trusts r.Lock to know whether CRIU's dump succeeded",
-	// Undo progress is not journaled: after a crash during (or right
-	// after) the undo, Recover undoes again, and undump's RestoreHere
-	// kills the resumed process and finds its images removed.
-	"killed: RestoreHere on A kills a running copy, to restore it from older images":   "Recover re-runs undump after the undo ran",
-	"killed: RestoreHere on A killed the process and has no images to restore it from": "Recover re-runs undump after the undo ran",
 	// The images directory is made before it is journaled.
 	"empty images directory left: an empty images directory is left on A: /img/#ab-out-MIG": "a crash between ImagesDir and journaling it leaks the directory",
 	"empty images directory left: an empty images directory is left on B: /img/#ab-in-MIG":  "a crash between ImagesDir and journaling it leaks the directory",

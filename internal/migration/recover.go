@@ -55,8 +55,14 @@ func (e *Engine) Recover(ctx context.Context) error {
 }
 
 func (e *Engine) recoverSource(ctx context.Context, r *Record) {
-	m := &outMig{e: e, r: r,
+	m := &outMig{e: e, r: r, dumpAt: r.Frozen,
 		hist: &api.MigrationRec{ID: r.ProcID, From: e.cfg.Self, To: r.Peer, MoveIP: r.MoveIP, Start: r.Start}}
+	if m.dumpAt.IsZero() && stepIndex(m.steps(), r.Step) >= stepIndex(m.steps(), "freeze") {
+		// Stopped before the freeze time reached the journal: the start
+		// bounds it (the downtime is then overstated by the steps before
+		// the freeze, milliseconds, not hidden).
+		m.dumpAt = r.Start
+	}
 	if e.decision(r) == Committed {
 		e.log.Warn("settling a migration the restart interrupted: it had committed, finishing it", "mig", r.Mig,
 			"id", r.ProcID, "to", r.Peer, "step", r.Step)

@@ -40,6 +40,7 @@ type outMig struct {
 	rules    string    // the network lock, exported for the target
 	dumpAt   time.Time // the process stopped (freeze began)
 	resumeAt time.Time
+	thawedAt time.Time // after a failure: the process runs here again
 	done     Done
 }
 
@@ -72,10 +73,15 @@ func (e *Engine) Out(ctx context.Context, req Request, event func(api.Event)) (*
 		if err != nil {
 			return nil, err
 		}
-		if ok, err := e.cfg.Net.HasAddr(req.MoveIP); err != nil || !ok {
-			return nil, fmt.Errorf("--move-ip %s: this host does not hold that address", req.MoveIP)
+		// What the undo puts back, exactly (scope, flags, label...): the
+		// CIDR alone would come back with scope global and a computed
+		// broadcast. Saved here, before any step, the first journal write
+		// keeps it.
+		saved, err := e.cfg.Net.SaveAddr(iface, req.MoveIP)
+		if err != nil {
+			return nil, fmt.Errorf("--move-ip %s: %w", req.MoveIP, err)
 		}
-		r.Iface = iface
+		r.Iface, r.Saved = iface, saved
 	}
 	ctx, cancel := context.WithTimeout(ctx, e.t.Total)
 	defer cancel()
@@ -204,7 +210,13 @@ func (m *outMig) freeze(ctx context.Context) error {
 	return nil
 }
 
-func (m *outMig) thaw(ctx context.Context) error { return m.e.cfg.Procs.Continue(m.r.ProcID) }
+func (m *outMig) thaw(ctx context.Context) error {
+	if err := m.e.cfg.Procs.Continue(m.r.ProcID); err != nil {
+		return err
+	}
+	m.thawedAt = time.Now()
+	return nil
+}
 
 // dumpStep dumps the stopped tree, pages streaming to the target.
 func (m *outMig) dumpStep(ctx context.Context) error {
@@ -212,7 +224,10 @@ func (m *outMig) dumpStep(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := m.e.save(m.r, func(r *Record) { r.Images = dir }); err != nil {
+	// The freeze time rides on this write (none of its own during the
+	// downtime): a restart that undoes the migration then knows how long
+	// the process was stopped.
+	if err := m.e.save(m.r, func(r *Record) { r.Images, r.Frozen = dir, m.dumpAt }); err != nil {
 		return err
 	}
 	dctx, cancel := context.WithTimeout(ctx, m.e.t.Dump)
@@ -241,13 +256,12 @@ func (m *outMig) dumpStep(ctx context.Context) error {
 	return nil
 }
 
-// undump undoes a dump: a tree whose TCP sockets CRIU left in repair mode
-// is restored here from its images (it cannot simply continue; thaw then
-// continues the new copy), and the lock goes. Whether CRIU's dump succeeded
-// is told by its lock table, not by the record: a dump whose page stream
-// broke while winding down fails after CRIU succeeded, and a crash may come
-// before the lock is journaled. The images stay until the whole undo is
-// done (failed): an undo run again after a crash needs them.
+// undump undoes a dump: the TCP sockets CRIU left in repair mode are taken
+// out of it (thaw then continues the tree, its connections alive), and the
+// lock goes. Whether CRIU's dump succeeded is told by its lock table, not by
+// the record: a dump whose page stream broke while winding down fails after
+// CRIU succeeded, and a crash may come before the lock is journaled. Both
+// steps may run again after a crash, harmlessly.
 func (m *outMig) undump(ctx context.Context) error {
 	if m.r.Images == "" {
 		return nil
@@ -265,8 +279,10 @@ func (m *outMig) undump(ctx context.Context) error {
 		return nil // CRIU failed, and put the tree back as it was
 	}
 	if m.r.MoveIP != "" {
-		if err := m.e.cfg.Procs.RestoreHere(ctx, m.r.ProcID, m.r.Images); err != nil {
-			return fmt.Errorf("restoring the process here: %w", err)
+		// The pages went to the target: nothing here to restore from.
+		// The stopped tree is intact but for its sockets' repair mode.
+		if err := m.e.cfg.Procs.RepairOff(ctx, m.r.ProcID); err != nil {
+			return fmt.Errorf("taking the process's connections out of repair mode: %w", err)
 		}
 	}
 	return m.e.cfg.Net.DeleteLock(table)
@@ -302,7 +318,11 @@ func (m *outMig) moveIP(ctx context.Context) error {
 }
 
 func (m *outMig) unmoveIP(ctx context.Context) error {
-	if err := m.e.cfg.Net.AddAddr(m.r.Iface, m.r.MoveIP); err != nil {
+	put := func() error { return m.e.cfg.Net.AddAddr(m.r.Iface, m.r.MoveIP) }
+	if m.r.Saved != "" { // a record an older daemon journaled has none
+		put = func() error { return m.e.cfg.Net.RestoreAddr(m.r.Saved) }
+	}
+	if err := put(); err != nil {
 		return err
 	}
 	return m.e.cfg.Net.Announce(m.r.Iface, strings.Split(m.r.MoveIP, "/")[0])
@@ -437,13 +457,25 @@ func (m *outMig) failed(steps []step, err error) error {
 	if m.hist != nil {
 		m.hist.Outcome = err.Error()
 		m.hist.Total = time.Since(m.hist.Start)
-		if !m.dumpAt.IsZero() {
-			m.hist.Downtime = time.Since(m.dumpAt)
-		}
+		m.hist.Downtime = m.failedDowntime()
 		m.e.record(*m.hist)
 	}
 	m.e.log.Warn("migration failed", "id", m.r.ProcID, "to", m.r.Peer, "err", err)
 	return err
+}
+
+// failedDowntime is how long a migration that did not commit kept its
+// process stopped here: from the freeze until the undo continued it (until
+// now if the undo could not), 0 if it never froze.
+func (m *outMig) failedDowntime() time.Duration {
+	if m.dumpAt.IsZero() {
+		return 0
+	}
+	end := m.thawedAt
+	if end.IsZero() {
+		end = time.Now()
+	}
+	return end.Sub(m.dumpAt)
 }
 
 // settle marks the record settled; a source keeps it for outcome questions

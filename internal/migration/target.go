@@ -89,6 +89,15 @@ func (m *inMig) forwardSteps() []step {
 // cannot cross) and a directory for its images.
 func (m *inMig) accept(ctx context.Context) error {
 	if m.r.MoveIP != "" {
+		// An address this host holds already is its own: the undo of a
+		// failed move would delete it (the source's loopback or its own
+		// address arriving here would take this host's).
+		if held, err := m.e.cfg.Net.HasAddr(m.r.MoveIP); err != nil {
+			return err
+		} else if held {
+			return fmt.Errorf("this host holds %s already, so it cannot arrive here: move an address no other "+
+				"host holds", m.r.MoveIP)
+		}
 		iface, err := m.e.cfg.Net.Iface(m.r.MoveIP)
 		if err != nil {
 			return err

@@ -589,8 +589,11 @@ type host struct {
 	jcanon  map[string]string
 	hooks   []string
 	records []api.MigrationRec
-	pidSeq  int
-	runSeq  int
+	// restored are the addresses RestoreAddr put back (not in the state:
+	// the address is).
+	restored []string
+	pidSeq   int
+	runSeq   int
 }
 
 // reg is a process registered in a host's table, with its copy there.
@@ -829,25 +832,15 @@ func (h *host) FlushLog(ctx context.Context, id string) error {
 	return nil
 }
 
-func (h *host) RestoreHere(ctx context.Context, id, dir string) error {
-	h.op("Procs.RestoreHere")
+func (h *host) RepairOff(ctx context.Context, id string) error {
+	h.op("Procs.RepairOff")
 	p := h.procs[id]
-	if p == nil {
-		return h.ret(fmt.Errorf("no process %s here to restore", id))
+	if p == nil || p.copy == nil {
+		return h.ret(fmt.Errorf("no process %s here", id))
 	}
-	// As the daemon does: kill the tree (whatever its state), restore.
-	if p.copy != nil && p.copy.state == "running" {
-		h.w.violate("killed", fmt.Sprintf("RestoreHere on %s kills a running copy, to restore it from older images", h.name))
-	}
-	p.copy = nil
-	p.state = "migrating"
-	d := h.dirs[dir]
-	if d == nil || !d.Dumped {
-		h.w.violate("killed", fmt.Sprintf("RestoreHere on %s killed the process and has no images to restore it from", h.name))
-		return h.ret(fmt.Errorf("criu restore from %s: no images (the process is dead)", dir))
-	}
-	p.copy = h.newCopy(d.Ver)
-	delete(h.locks, "CRIU-"+d.Run) // CRIU's restore deletes the dump's lock
+	// As the daemon does: every TCP socket of the tree leaves repair
+	// mode, whether the tree is stopped or runs.
+	p.copy.repair = false
 	return h.ret(nil)
 }
 
@@ -1099,6 +1092,23 @@ func (h *host) AddAddr(iface, cidr string) error {
 	return h.ret(nil)
 }
 
+// SaveAddr's description is the CIDR: the fake's addresses have no other
+// attributes to lose.
+func (h *host) SaveAddr(iface, cidr string) (string, error) {
+	if !h.addrs[cidr] {
+		return "", fmt.Errorf("no address %s", cidr)
+	}
+	return cidr, nil
+}
+
+func (h *host) RestoreAddr(saved string) error {
+	h.op("Net.RestoreAddr")
+	h.restored = append(h.restored, saved)
+	h.addrs[saved] = true
+	h.w.checkSafety()
+	return h.ret(nil)
+}
+
 func (h *host) DelAddr(iface, cidr string) error {
 	h.op("Net.DelAddr")
 	delete(h.addrs, cidr)
@@ -1168,11 +1178,15 @@ func (h *host) Put(r *Record) error {
 	return nil
 }
 
-// canonRecord is a journaled record without its times (settled or not is
-// kept); the migration's ID is replaced when the state is hashed.
+// canonRecord is a journaled record without its times (settled or frozen
+// or not is kept); the migration's ID is replaced when the state is hashed.
 func canonRecord(b []byte) string {
 	s := string(b)
 	s, _ = cutField(s, `"start":"`)
+	s, frozen := cutField(s, `,"frozen":"`)
+	if frozen {
+		s += " frozen"
+	}
 	s, settled := cutField(s, `,"settled":"`)
 	if settled {
 		s += " settled"

@@ -238,6 +238,7 @@ func TestFaultAtEveryStep(t *testing.T) {
 }
 
 func faultAt(t *testing.T, mode, side, when, step, point string) {
+	guardHosts(t) // one case's leftovers are not the next one's
 	const src, dst = 1, 2
 	id, marker, digest := startMemcount(t, src, "f-"+strconv.Itoa(int(time.Now().UnixNano()%100000)))
 	// Whatever this test leaves, the next one must not see: remove the
@@ -303,4 +304,81 @@ func noLocks(t *testing.T, before map[int]string, hosts ...int) {
 			}
 		}
 	}
+}
+
+// The same with a TCP client that moves with its own address, from the dump
+// on (before it nothing differs from the plain case): exactly one copy runs
+// afterwards, the address is on its host and no other, and the connection
+// lives on, every echo in order. This is the undo that takes the sockets out
+// of the repair mode the dump left them in, and the rollback of the address.
+func TestMoveIPFaultAtEveryStep(t *testing.T) {
+	needRoot(t)
+	srv := start(t, 3, "mf-srv", "migtest", "tcp-server", "0.0.0.0:7160")
+	waitLog(t, 3, srv, `server conns`, 1)
+	steps := map[string][]string{
+		"source": {"dump", "transfer", "move-ip", "restore", "commit", "kill"},
+		"target": {"pages", "images", "await-restore", "net", "restore", "await-commit", "resume"},
+	}
+	n := 0
+	for _, mode := range []string{"fail", "crash"} {
+		for _, side := range []string{"source", "target"} {
+			for _, step := range steps[side] {
+				for _, when := range []string{"before", "after"} {
+					point := side + "-" + when + "-" + step
+					ip := fmt.Sprintf("10.77.0.%d", 160+n%90)
+					n++
+					t.Run(mode+"/"+point, func(t *testing.T) { moveIPFaultAt(t, mode, side, when, step, point, ip) })
+				}
+			}
+		}
+	}
+}
+
+func moveIPFaultAt(t *testing.T, mode, side, when, step, point, ip string) {
+	const src, dst = 1, 2
+	withIP(t, src, ip+"/24")
+	before := map[int]string{src: lockTables(t, src), dst: lockTables(t, dst)}
+	t.Cleanup(func() {
+		for k, had := range before {
+			for _, tb := range strings.Fields(lockTables(t, k)) {
+				if !strings.Contains(had, tb) {
+					on(k, "nft", "delete", "table", "inet", tb)
+				}
+			}
+		}
+	})
+	id := start(t, src, "mf-"+strings.ReplaceAll(ip, ".", "-"), "migtest", "tcp-client", ip, "10.77.0.3:7160")
+	waitLog(t, src, id, `client ok`, 2)
+	host := map[string]int{"source": src, "target": dst}[side]
+	armFaultMode(t, host, point, mode)
+	out, err := on(src, "sh", "-c", "exec 2>&1; exec migrated migrate "+id+" --to "+addr(dst)+" --move-ip "+ip+"/24")
+	if faultArmed(host, point) {
+		t.Fatalf("the fault point %s was never reached (migrate: %v)\n%s", point, err, out)
+	}
+	if mode == "crash" {
+		waitPort(t, host, addr(host))
+	}
+	want := src
+	if committedAt(side, when, step) {
+		want = dst
+	}
+	got := settled(t, id)
+	if got != want {
+		t.Fatalf("after a %s at %s the process runs on h%d, want h%d (migrate: %v)\n%s", mode, point, got, want, err, out)
+	}
+	for k := 1; k <= nHosts; k++ {
+		if n := copies(t, k, ip); n != map[bool]int{true: 1, false: 0}[k == got] {
+			t.Fatalf("h%d has %d copies of the client", k, n)
+		}
+		held := strings.Contains(mustOn(t, k, "ip", "-4", "-o", "addr", "show"), " "+ip+"/")
+		if held != (k == got) {
+			t.Fatalf("h%d holds %s: %v; the process runs on h%d", k, ip, held, got)
+		}
+	}
+	l := waitLog(t, got, id, `client ok`, 5)
+	if strings.Contains(l, "FAIL") || strings.Contains(l, "BAD") {
+		t.Fatalf("the connection did not live through it (migrate: %v)\n%s\n%s", err, out, tail(l, 5))
+	}
+	checkConsecutive(t, l, "client ok ", 10)
+	noLocks(t, before, src, dst)
 }

@@ -1,0 +1,83 @@
+package daemon
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A connection CRIU left in repair mode is dead (a write fails EINVAL);
+// repairOff over the tree that holds it brings it back: what is written then
+// arrives.
+func TestRepairOff(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("repair mode needs CAP_NET_ADMIN")
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cli, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	srv, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	raw, err := cli.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func() (werr error) {
+		raw.Control(func(fd uintptr) { _, werr = unix.Write(int(fd), []byte("x")) })
+		return werr
+	}
+	raw.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_REPAIR, unix.TCP_REPAIR_ON) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := write(); !errors.Is(err, unix.EINVAL) {
+		t.Fatalf("a write in repair mode: %v, want EINVAL", err)
+	}
+	if err := repairOff(os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	if err := write(); err != nil {
+		t.Fatalf("a write after repairOff: %v", err)
+	}
+	srv.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(srv, b); err != nil || b[0] != 'x' {
+		t.Fatalf("the peer read %q, %v", b, err)
+	}
+	// Again, on sockets no longer in repair mode (and the listener): no harm.
+	if err := repairOff(os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	// In repair mode again (as for a discarded copy), the connection's
+	// close tells the peer nothing: no FIN, no reset. (The client only:
+	// repairOn would take the test's own server end too.)
+	pidfd, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	raw.Control(func(fd uintptr) { err = setRepairFd(pidfd, int(fd), unix.TCP_REPAIR_ON) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli.Close()
+	srv.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if n, err := srv.Read(b); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("after a close in repair mode the peer read %d bytes, %v; want nothing (a timeout)", n, err)
+	}
+}
