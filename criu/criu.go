@@ -232,6 +232,10 @@ type RestoreOpts struct {
 	InheritFds map[string]*os.File
 	External   []string
 	Notify     Notify
+	// AutoDedup punches each page out of the images as it is restored
+	// (--auto-dedup): images in a tmpfs then never hold a page twice over
+	// with the restored process. The images cannot be restored again.
+	AutoDedup bool
 }
 
 // RestoreStats are CRIU's own figures for a restore.
@@ -251,6 +255,7 @@ func (c *Client) Restore(ctx context.Context, o RestoreOpts) (int, *RestoreStats
 	opts.TcpEstablished = ptr(o.TCPEstablished)
 	opts.LeaveStopped = ptr(o.LeaveStopped)
 	opts.FileLocks = ptr(o.FileLocks)
+	opts.AutoDedup = ptr(o.AutoDedup)
 	opts.External = o.External
 	opts.NotifyScripts = ptr(o.Notify != nil)
 	var files []*os.File

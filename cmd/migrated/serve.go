@@ -26,11 +26,16 @@ func serveCommand() *cli.Command {
 				Usage: "the CRIU binary (>= 4.2; scripts/install-deps.sh installs one)"},
 			&cli.StringFlag{Name: "token-file", EnvVars: []string{"MIGRATED_TOKEN_FILE"},
 				Usage: "shared secret of the cluster's daemons; without it no migration is accepted"},
+			&cli.StringFlag{Name: "images-size", Value: "50%",
+				Usage: "bound of the tmpfs that arriving images pass through: a size (4G) or a share of the RAM (50%)"},
+			&cli.StringFlag{Name: "keep-free", Value: "256M",
+				Usage: "memory never given to arriving processes; a migration that would leave less is refused"},
 		},
 		Action: func(c *cli.Context) error {
 			return daemon.New(daemon.Config{Listen: c.String("listen"), Advertise: c.String("advertise"),
 				StateDir: c.String("state-dir"), CRIU: c.String("criu"), Socket: c.String("socket"),
-				TokenFile: c.String("token-file")}).Serve(c.Context)
+				TokenFile: c.String("token-file"), ImagesSize: c.String("images-size"),
+				KeepFree: c.String("keep-free")}).Serve(c.Context)
 		},
 	}
 }

@@ -18,6 +18,7 @@ package daemon
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -59,6 +60,10 @@ type Daemon struct {
 	log       *slog.Logger
 
 	engine *migration.Engine // migrations in and out (internal/migration)
+	admit  *admission        // memory held by incoming migrations (admit.go)
+
+	imagesSize string // Config.ImagesSize
+	keepFree   string // Config.KeepFree
 
 	// Log lines anyone who reaches the TCP port can cause, at most one a
 	// limiter's interval each.
@@ -85,6 +90,12 @@ type Config struct {
 	Socket    string       // the local clients' unix socket
 	TokenFile string       // the cluster's shared secret; "" accepts no migration
 	Log       *slog.Logger // nil: text on stderr
+	// ImagesSize bounds the images tmpfs: a size (4G) or a share of the
+	// host's RAM (50%); "" is 50%.
+	ImagesSize string
+	// KeepFree is memory never given to incoming migrations (admit.go):
+	// a size (256M, or 0 for none); "" is DefaultKeepFree.
+	KeepFree string
 }
 
 // New returns the daemon cfg describes; Serve runs it.
@@ -96,7 +107,7 @@ func New(cfg Config) *Daemon {
 	return &Daemon{listen: cfg.Listen, advertise: cfg.Advertise, stateDir: cfg.StateDir, criu: criu.New(cfg.CRIU),
 		procs: map[string]*Proc{}, log: log, sockPath: cfg.Socket, tokenFile: cfg.TokenFile,
 		handshakeLog: logLimiter{every: logEvery}, capLog: logLimiter{every: logEvery},
-		acceptLog: logLimiter{every: logEvery}}
+		acceptLog: logLimiter{every: logEvery}, imagesSize: cfg.ImagesSize, keepFree: cfg.KeepFree}
 }
 
 // Bounds on what a connection that has not proved the token can cost: it
@@ -159,11 +170,22 @@ func (d *Daemon) serve(ctx context.Context, sockPath, tokenFile string) error {
 		}
 		defer release()
 	}
-	unmount, err := ensureTmpfs(d.imagesDir)
+	size, err := imagesSize(cmp.Or(d.imagesSize, "50%"))
+	if err != nil {
+		return err
+	}
+	unmount, err := mountImages(d.imagesDir, size)
 	if err != nil {
 		return err
 	}
 	defer unmount()
+	keep := int64(DefaultKeepFree)
+	if d.keepFree != "" {
+		if keep, err = keepFree(d.keepFree); err != nil {
+			return err
+		}
+	}
+	d.admit = newAdmission(d.imagesDir, keep)
 	d.loadRecords()
 	// The processes first: their shims kept them while no daemon ran, and
 	// the engine's recovery needs them.
@@ -534,20 +556,4 @@ func (d *Daemon) loadRecords() {
 		}
 		d.records = append(d.records, r)
 	}
-}
-
-// ensureTmpfs mounts a tmpfs on dir unless it already is one, so images pass
-// through memory, never the disk. It returns the matching unmount.
-func ensureTmpfs(dir string) (func(), error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
-		return nil, err
-	}
-	if st.Type == unix.TMPFS_MAGIC {
-		return func() {}, nil
-	}
-	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700"); err != nil {
-		return nil, fmt.Errorf("cannot mount a tmpfs for images on %s: %v", dir, err)
-	}
-	return func() { unix.Unmount(dir, unix.MNT_DETACH) }, nil
 }

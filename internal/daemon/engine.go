@@ -241,7 +241,9 @@ func (e engineProcs) Claim(id string) (migration.Proc, error) {
 		e.Unclaim(p.ID)
 		return migration.Proc{}, err
 	}
-	return view(p), nil
+	v := view(p)
+	v.Memory = treeMemory(v.PID)
+	return v, nil
 }
 
 func (e engineProcs) Unclaim(id string) error {
@@ -341,9 +343,14 @@ func (e engineProcs) Reserve(b *migration.Begin) (string, error) {
 	if _, ok := e.d.procs[b.ID]; ok {
 		return "", fmt.Errorf("process %s already exists on %s", b.ID, e.d.advertise)
 	}
+	// Held until it runs here (Activate) or is discarded.
+	if err := e.d.admit.admit(b.ID, b.Memory, e.d.advertise); err != nil {
+		return "", err
+	}
 	p := newProc(b.ID, b.Name, b.Argv, b.Started)
 	p.state, p.Job, p.Rank, p.Moves, p.hooks = "incoming", b.Job, b.Rank, b.Moves, b.Hooks
 	if err := e.d.prepareProcDir(p); err != nil {
+		e.d.admit.release(b.ID)
 		return "", err
 	}
 	os.Remove(p.logPath) // left from an earlier stay of this process here
@@ -364,6 +371,7 @@ func (e engineProcs) Restore(ctx context.Context, b *migration.Begin, dir string
 }
 
 func (e engineProcs) Discard(ctx context.Context, id string) error {
+	defer e.d.admit.release(id)
 	e.d.mu.Lock()
 	p := e.d.procs[id]
 	if p != nil {
@@ -397,6 +405,7 @@ func (e engineProcs) Discard(ctx context.Context, id string) error {
 }
 
 func (e engineProcs) Activate(ctx context.Context, b *migration.Begin) error {
+	defer e.d.admit.release(b.ID) // its pages have left the images for its memory
 	p := e.d.lookup(b.ID)
 	if p == nil {
 		p = e.d.adopt(b.ID)

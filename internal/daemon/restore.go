@@ -34,7 +34,10 @@ func (d *Daemon) restoreCopy(ctx context.Context, from *Proc, key, dir string, t
 	}
 	t0 := time.Now()
 	c, st, err := shim.Start(ctx, shimExe, shim.Spec{ID: from.ID, Dir: filepath.Dir(from.logPath), Restore: &shim.RestoreSpec{
-		CRIU: d.criu.Path, ImagesDir: dir, PipeKey: key, TCP: tcp, Timeout: timeout}})
+		CRIU: d.criu.Path, ImagesDir: dir, PipeKey: key, TCP: tcp, Timeout: timeout,
+		// An arrival's images are restored once: its pages leave the
+		// tmpfs as they enter the process (admit.go counts on it).
+		Dedup: state == "incoming"}})
 	if err != nil {
 		// A conflict with this host is told in one sentence; CRIU's own
 		// report stays in this daemon's log.

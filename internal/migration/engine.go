@@ -36,6 +36,7 @@ type Proc struct {
 	PipeKey string // "pipe:[ino]" of its output pipe, as CRIU names it
 	Hooks   bool   // migration-aware: it registered prepare/resume hooks
 	LogPath string
+	Memory  int64 // bytes its dump is expected to hold (the target admits it by this)
 }
 
 // Procs is this host's process table and the shims that hold the processes.
@@ -69,7 +70,8 @@ type Procs interface {
 	// Target side.
 
 	// Reserve holds a place for an incoming process (refused if the ID is
-	// known here) and returns the path its log must be received at.
+	// known here, or if this host lacks room for b.Memory) and returns the
+	// path its log must be received at.
 	Reserve(b *Begin) (logPath string, err error)
 	// Restore restores the images in dir as process b.ID, stopped, held by
 	// a shim of its own, and returns its pid.

@@ -23,7 +23,8 @@ type Begin struct {
 	Source  string    `json:"source"` // the source daemon, as the target calls it back
 	Job     string    `json:"job,omitempty"`
 	Rank    int       `json:"rank,omitempty"`
-	Hooks   bool      `json:"hooks,omitempty"` // migration-aware: run its prepare/resume hooks
+	Hooks   bool      `json:"hooks,omitempty"`  // migration-aware: run its prepare/resume hooks
+	Memory  int64     `json:"memory,omitempty"` // bytes its dump is expected to hold: what the target must have room for
 }
 
 // RestoreMsg asks the target to restore what it received (api.TRestore).

@@ -154,7 +154,8 @@ func (m *outMig) connect(ctx context.Context) error {
 	m.c = c
 	p := m.p
 	b := &Begin{Mig: m.r.Mig, ID: p.ID, Name: p.Name, Argv: p.Argv, PipeKey: p.PipeKey, MoveIP: m.r.MoveIP,
-		Started: p.Started, Moves: p.Moves + 1, Source: m.e.cfg.Self, Job: p.Job, Rank: p.Rank, Hooks: p.Hooks}
+		Started: p.Started, Moves: p.Moves + 1, Source: m.e.cfg.Self, Job: p.Job, Rank: p.Rank, Hooks: p.Hooks,
+		Memory: p.Memory}
 	if err := send(ctx, c, m.e.t.Dial, tBegin, b); err != nil {
 		return fmt.Errorf("target %s: %w", m.r.Peer, err)
 	}

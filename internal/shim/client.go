@@ -97,8 +97,11 @@ type RestoreSpec struct {
 	ImagesDir string `json:"images_dir"`
 	// PipeKey is the output pipe as named in the images ("pipe:[ino]"): the
 	// new pipe's write end is inherited in its place (--inherit-fd).
-	PipeKey string        `json:"pipe_key"`
-	TCP     bool          `json:"tcp,omitempty"`     // --tcp-established
+	PipeKey string `json:"pipe_key"`
+	TCP     bool   `json:"tcp,omitempty"` // --tcp-established
+	// Dedup frees each page of the images as it is restored (CRIU's
+	// --auto-dedup): for images that are never restored again.
+	Dedup   bool          `json:"dedup,omitempty"`
 	Timeout time.Duration `json:"timeout,omitempty"` // CRIU's deadline (criu.DefaultTimeout if 0)
 }
 

@@ -585,7 +585,10 @@ func TestRestorePidNamespace(t *testing.T) {
 	before := counts(t, readLog(t, spec.Dir))
 
 	spec2 := shim.Spec{ID: "c", Dir: t.TempDir(), Restore: &shim.RestoreSpec{CRIU: testCRIU, ImagesDir: images,
-		PipeKey: st1.PipeKey, Timeout: time.Minute}}
+		PipeKey: st1.PipeKey, Timeout: time.Minute, Dedup: true}}
+	if allocated(t, images, "pages-*.img") == 0 {
+		t.Fatal("the dump wrote no pages")
+	}
 	if err := os.WriteFile(filepath.Join(spec2.Dir, shim.LogFile), []byte(readLog(t, spec.Dir)), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -597,6 +600,10 @@ func TestRestorePidNamespace(t *testing.T) {
 		t.Fatalf("the restored init's parent is %d, want the shim %d", p, c2.ShimPID())
 	}
 	waitStopped(t, st2.PID, "the restored init")
+	// Dedup: the pages left the images as they were restored.
+	if n := allocated(t, images, "pages-*.img"); n != 0 {
+		t.Errorf("the restored pages still take %d bytes in the images", n)
+	}
 	// (The counter's sleep comes and goes: the init and the shell stay.)
 	if got := nsPids(t, st2.PID); len(got) < 2 || !slices.Equal(got[:2], inside[:2]) {
 		t.Fatalf("inside its namespace the copy's pids are %v, want the original's %v", got, inside[:2])
@@ -613,4 +620,23 @@ func TestRestorePidNamespace(t *testing.T) {
 	if code := wait(t, c2); code != 7 {
 		t.Fatalf("Wait = %d, want 7 (the workload's status, through its init)", code)
 	}
+}
+
+// allocated is the space the files matching glob in dir take (holes do not
+// count).
+func allocated(t *testing.T, dir, glob string) int64 {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dir, glob))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, f := range files {
+		var st unix.Stat_t
+		if err := unix.Stat(f, &st); err != nil {
+			t.Fatal(err)
+		}
+		n += st.Blocks * 512
+	}
+	return n
 }
