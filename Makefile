@@ -29,8 +29,8 @@ demo: deps build
 # -race everywhere but dsmshm, whose cgo fault handler the race detector's
 # own signal handling disturbs.
 unit: build
-	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /test/integration -e /dsmshm)
-	$(GO) test -count=1 ./dsmshm/...
+	$(GO) test -race -count=1 -timeout 30m $$($(GO) list ./... | grep -v -e /test/integration -e /dsmshm)
+	$(GO) test -count=1 -timeout 30m ./dsmshm/...
 
 integration: deps build
 	$(GO) test -count=1 -timeout 40m -v ./test/integration/ 2>&1 | tee /tmp/dsmigrate-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; exit $${PIPESTATUS[0]}
