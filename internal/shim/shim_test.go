@@ -428,6 +428,27 @@ func TestFlush(t *testing.T) {
 	}
 }
 
+// dumpStopped dumps a shim's workload, leaving it stopped, and returns the
+// images once the shim's log holds all it wrote.
+func dumpStopped(t *testing.T, c *shim.Client, st *shim.Started) string {
+	t.Helper()
+	images := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := criu.New(testCRIU).Dump(ctx, criu.DumpOpts{Pid: st.PID, ImagesDir: images, LeaveStopped: true}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if table, err := netmove.LockName(images); err == nil {
+			netmove.DeleteLock(table)
+		}
+	})
+	if err := c.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return images
+}
+
 func needCRIU(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -448,20 +469,7 @@ func TestRestore(t *testing.T) {
 	c1, st1 := startShim(t, counterSpec(dir1, stop))
 	waitCount(t, dir1, 20)
 
-	images := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if _, err := criu.New(testCRIU).Dump(ctx, criu.DumpOpts{Pid: st1.PID, ImagesDir: images, LeaveStopped: true}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if table, err := netmove.LockName(images); err == nil {
-			netmove.DeleteLock(table)
-		}
-	})
-	if err := c1.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	images := dumpStopped(t, c1, st1)
 	before := counts(t, readLog(t, dir1))
 	killWorkload(st1.PID, c1.ShimPID())
 	if code := wait(t, c1); code != 128+int(syscall.SIGKILL) {
@@ -568,20 +576,7 @@ func TestRestorePidNamespace(t *testing.T) {
 		t.Fatalf("the tree's pids inside its namespace are %v, want the init 1 and the workload 2", inside)
 	}
 
-	images := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if _, err := criu.New(testCRIU).Dump(ctx, criu.DumpOpts{Pid: st1.PID, ImagesDir: images, LeaveStopped: true}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if table, err := netmove.LockName(images); err == nil {
-			netmove.DeleteLock(table)
-		}
-	})
-	if err := c1.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	images := dumpStopped(t, c1, st1)
 	before := counts(t, readLog(t, spec.Dir))
 
 	spec2 := shim.Spec{ID: "c", Dir: t.TempDir(), Restore: &shim.RestoreSpec{CRIU: testCRIU, ImagesDir: images,

@@ -239,10 +239,24 @@ func TestFaultAtEveryStep(t *testing.T) {
 
 func faultAt(t *testing.T, mode, side, when, step, point string) {
 	guardHosts(t) // one case's leftovers are not the next one's
+	id, marker, digest := startMemcount(t, 1, "f-"+strconv.Itoa(int(time.Now().UnixNano()%100000)))
+	got, want, out, err := faultMigrate(t, mode, side, when, step, id)
+	exactlyOnce(t, got, id, marker, digest)
+	if mode == "fail" && want == 1 && err == nil {
+		t.Fatalf("migrate succeeded although %s failed:\n%s", point, out)
+	}
+}
+
+// faultMigrate arms the fault point side-when-step (as a failure or a crash)
+// on its host, migrates id from h1 to h2 with the extra arguments, and
+// returns the host where id has settled, which must be the one it wants (h1
+// before the commit, h2 after it), with migrate's output. The lock tables
+// that appear meanwhile are gone when it returns (and are removed in any
+// case when the test ends).
+func faultMigrate(t *testing.T, mode, side, when, step, id string, extra ...string) (got, want int, out string, err error) {
+	t.Helper()
 	const src, dst = 1, 2
-	id, marker, digest := startMemcount(t, src, "f-"+strconv.Itoa(int(time.Now().UnixNano()%100000)))
-	// Whatever this test leaves, the next one must not see: remove the
-	// lock tables that appear during it, even if it fails.
+	point := side + "-" + when + "-" + step
 	before := map[int]string{src: lockTables(t, src), dst: lockTables(t, dst)}
 	t.Cleanup(func() {
 		for k, had := range before {
@@ -255,26 +269,23 @@ func faultAt(t *testing.T, mode, side, when, step, point string) {
 	})
 	host := map[string]int{"source": src, "target": dst}[side]
 	armFaultMode(t, host, point, mode)
-	out, err := on(src, "sh", "-c", "exec 2>&1; exec migrated migrate "+id+" --to "+addr(dst))
+	out, err = on(src, "sh", "-c", "exec 2>&1; exec migrated migrate "+id+" --to "+addr(dst)+" "+strings.Join(extra, " "))
 	if faultArmed(host, point) {
 		t.Fatalf("the fault point %s was never reached (migrate: %v)\n%s", point, err, out)
 	}
 	if mode == "crash" {
 		waitPort(t, host, addr(host)) // the supervisor restarts it
 	}
-	want := src
+	want = src
 	if committedAt(side, when, step) {
 		want = dst
 	}
-	got := settled(t, id)
+	got = settled(t, id)
 	if got != want {
 		t.Fatalf("after a %s at %s the process runs on h%d, want h%d (migrate: %v)\n%s", mode, point, got, want, err, out)
 	}
-	exactlyOnce(t, got, id, marker, digest)
-	if mode == "fail" && want == src && err == nil {
-		t.Fatalf("migrate succeeded although %s failed:\n%s", point, out)
-	}
 	noLocks(t, before, src, dst)
+	return got, want, out, err
 }
 
 // lockTables lists the CRIU lock tables on hK.
@@ -327,45 +338,19 @@ func TestMoveIPFaultAtEveryStep(t *testing.T) {
 					point := side + "-" + when + "-" + step
 					ip := fmt.Sprintf("10.77.0.%d", 160+n%90)
 					n++
-					t.Run(mode+"/"+point, func(t *testing.T) { moveIPFaultAt(t, mode, side, when, step, point, ip) })
+					t.Run(mode+"/"+point, func(t *testing.T) { moveIPFaultAt(t, mode, side, when, step, ip) })
 				}
 			}
 		}
 	}
 }
 
-func moveIPFaultAt(t *testing.T, mode, side, when, step, point, ip string) {
-	const src, dst = 1, 2
+func moveIPFaultAt(t *testing.T, mode, side, when, step, ip string) {
+	const src = 1
 	withIP(t, src, ip+"/24")
-	before := map[int]string{src: lockTables(t, src), dst: lockTables(t, dst)}
-	t.Cleanup(func() {
-		for k, had := range before {
-			for _, tb := range strings.Fields(lockTables(t, k)) {
-				if !strings.Contains(had, tb) {
-					on(k, "nft", "delete", "table", "inet", tb)
-				}
-			}
-		}
-	})
 	id := start(t, src, "mf-"+strings.ReplaceAll(ip, ".", "-"), "migtest", "tcp-client", ip, "10.77.0.3:7160")
 	waitLog(t, src, id, `client ok`, 2)
-	host := map[string]int{"source": src, "target": dst}[side]
-	armFaultMode(t, host, point, mode)
-	out, err := on(src, "sh", "-c", "exec 2>&1; exec migrated migrate "+id+" --to "+addr(dst)+" --move-ip "+ip+"/24")
-	if faultArmed(host, point) {
-		t.Fatalf("the fault point %s was never reached (migrate: %v)\n%s", point, err, out)
-	}
-	if mode == "crash" {
-		waitPort(t, host, addr(host))
-	}
-	want := src
-	if committedAt(side, when, step) {
-		want = dst
-	}
-	got := settled(t, id)
-	if got != want {
-		t.Fatalf("after a %s at %s the process runs on h%d, want h%d (migrate: %v)\n%s", mode, point, got, want, err, out)
-	}
+	got, _, out, err := faultMigrate(t, mode, side, when, step, id, "--move-ip", ip+"/24")
 	for k := 1; k <= nHosts; k++ {
 		if n := copies(t, k, ip); n != map[bool]int{true: 1, false: 0}[k == got] {
 			t.Fatalf("h%d has %d copies of the client", k, n)
@@ -380,5 +365,4 @@ func moveIPFaultAt(t *testing.T, mode, side, when, step, point, ip string) {
 		t.Fatalf("the connection did not live through it (migrate: %v)\n%s\n%s", err, out, tail(l, 5))
 	}
 	checkConsecutive(t, l, "client ok ", 10)
-	noLocks(t, before, src, dst)
 }
