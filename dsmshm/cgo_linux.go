@@ -2,6 +2,7 @@ package dsmshm
 
 /*
 #cgo CFLAGS: -O2 -Wall -Wextra -Wno-unused-parameter
+#include <stdlib.h>
 #include "dsm.h"
 */
 import "C"
@@ -60,6 +61,21 @@ func (c cnode) setChan(rank, fd int) { C.dsm_node_set_chan(c.p, C.int(rank), C.i
 
 func (c cnode) serveFD(fd int) error { return errno(C.dsm_node_serve_fd(c.p, C.int(fd))) }
 
+// setRedialFD hands C an eventfd (which C owns from then on) that it
+// signals when a page channel breaks and wants a new one (see chanRedial).
+func (c cnode) setRedialFD(fd int) { C.dsm_node_set_redial_fd(c.p, C.int(fd)) }
+
+// chanRedial reports whether the page channel to rank broke (a fetch failed
+// on it) and waits for a new one.
+func (c cnode) chanRedial(rank int) bool { return C.dsm_node_chan_redial(c.p, C.int(rank)) != 0 }
+
+// replaceChan installs fd as the page channel to rank if that channel is
+// still broken and waiting (not replaced meanwhile, its home not away). It
+// reports whether it did; if not, fd is still the caller's.
+func (c cnode) replaceChan(rank, fd int) bool {
+	return C.dsm_node_replace_chan(c.p, C.int(rank), C.int(fd)) != 0
+}
+
 // chanAway closes the page channel to rank, which announced a migration:
 // faults on its pages wait up to the away timeout for a new channel.
 func (c cnode) chanAway(rank int) { C.dsm_node_chan_away(c.p, C.int(rank)) }
@@ -71,8 +87,13 @@ func (c cnode) setWaits(down, away time.Duration) {
 	C.dsm_node_set_waits(c.p, C.uint64_t(down.Nanoseconds()), C.uint64_t(away.Nanoseconds()))
 }
 
-// setFailed makes faults waiting for a page channel give up.
-func (c cnode) setFailed() { C.dsm_node_set_failed(c.p) }
+// setFailed makes faults waiting for a page channel give up; a fault that
+// must abort the process says why.
+func (c cnode) setFailed(why string) {
+	cs := C.CString(why)
+	defer C.free(unsafe.Pointer(cs))
+	C.dsm_node_set_failed(c.p, cs)
+}
 
 // pause blocks new page fetches, waits for those in flight, and closes every
 // page channel, this rank's and those its page server serves.

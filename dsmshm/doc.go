@@ -144,7 +144,37 @@
 // completion on their own thread and do not hold up a stop-the-world. So
 // faults from any goroutine work under any GC pressure, even with
 // GOMAXPROCS=1, and the cost of a stop-the-world meeting a fetch is at most
-// one round trip. userfaultfd was not used: CRIU refuses to dump a process
+// one round trip.
+//
+// # Why Prepare and faults cannot deadlock
+//
+// A fetch waits for the home's page server, which waits for the lock of the
+// page it serves there; so across ranks, page locks can wait for each other.
+// Two rules (dsm.c) keep the waits acyclic. First, only a thread holding
+// exactly one page lock, that of an invalid page homed elsewhere, holds it
+// across a fetch: the fault handler, and Prepare, which fetches the invalid
+// pages of its range one by one just as faults do and only then makes the
+// range writable, fetching nothing while it holds several locks. Second, no
+// thread holds locks of pages homed at its own rank and of pages homed
+// elsewhere at once: Prepare, releases and acquires lock a range in
+// ascending order one run of pages of one kind at a time. So the lock of a
+// page homed here is held only for local work (a copy, an mprotect, a
+// diff), by a thread that waits for nothing but other such locks, taken in
+// ascending order; the page server, which takes one such lock at a time,
+// always gets it; every fetch therefore completes, and with it every wait
+// for a lock of a page homed elsewhere. Prepare used to lock its whole
+// range, home pages included, and fetch with every lock held: two ranks
+// preparing ranges that covered each other's pages (every rank preparing
+// the segment after the final barrier) each held the lock the other's
+// page server waited for, and hung for good (over TCP, until the page I/O
+// timeout). None of this changes what a fetch or Prepare does to a page,
+// which happens under that page's lock as before, so the consistency
+// argument above is untouched: a home page prepared for writing has its
+// copyset bit set under its lock (it stays dirty until the next release),
+// and a page homed elsewhere is twinned, under its lock, from the copy the
+// fetch installed.
+//
+// userfaultfd was not used: CRIU refuses to dump a process
 // holding one, and PROT_NONE plus this handler serves both purposes, so the
 // library needs no Detach/Reattach around a checkpoint.
 //
@@ -171,7 +201,9 @@
 // transfer. Call seg.Prepare(off, n, write) first: it brings the range up to
 // date and, with write, makes it writable (twinned), without faults. The
 // range stays prepared until this rank's next acquire; do not synchronize
-// between Prepare and the system call.
+// between Prepare and the system call. Ranks may prepare ranges that cover
+// each other's pages at the same time (see "Why Prepare and faults cannot
+// deadlock").
 //
 // # The VMA limit
 //
@@ -184,21 +216,46 @@
 // in use, could exceed the limit; the error says which sysctl to raise.
 // With the default limit that is about 240 MiB of shared memory.
 //
+// Each rank checks against its own process, so near the limit ranks can
+// disagree. The decision is collective: each rank maps its side (or finds
+// it cannot) and enters the allocation barrier with its verdict; the
+// barrier manager returns the first refusal to all, and then every rank
+// returns the same error (matching ErrTooLarge when that was the reason)
+// and unmaps and unregisters its side. So a failed Alloc, a refusal or
+// ranks whose calls disagree, leaves nothing behind, and the program may
+// go on and retry with the same name. (A rank used to refuse alone while
+// the others waited for it in the barrier, and a failed barrier left the
+// segment registered.)
+//
 // # Transport
 //
 // Ranks talk over TCP. Every rank dials every other rank (retrying for up
 // to 30 s while peers start) twice: a control connection carrying framed
 // messages (wire.go: length-prefixed, bounded to 64 MiB, counts checked
 // against the frame size, a read deadline once a frame has started; the
-// decoder is fuzzed) and a page channel for fetches. Listeners bind the
-// wildcard address and MPTCP is disabled on every socket, because CRIU
-// refuses MPTCP sockets. Control frames carry per-peer sequence numbers; each
+// decoder is fuzzed) and a page channel for fetches, which the dialler uses
+// only once the peer has answered its hello with an ack byte (sent when the
+// peer's page server serves the channel; a paused peer closes it instead,
+// so no fault ever waits on a connection that only the peer's kernel
+// accepted). Listeners bind the wildcard address and MPTCP is disabled on
+// every socket, because CRIU refuses MPTCP sockets. Control frames carry
+// per-peer sequence numbers; each
 // sender keeps its frames until the receiver acknowledges them (an unnumbered
 // ack frame on the receiver's own control connection, coalesced: at most one
 // queued at a time), so the resend buffer holds only what is in flight. The
 // receiver delivers frame n+1 after n only, drops frames it has delivered, and
 // treats a gap as an error. Protocol tests run ranks in one process over an
 // in-memory transport.
+//
+// A page channel on which a fetch fails (a reset, or no answer within the
+// 60 s page I/O timeout) is closed by the faulting thread, which signals an
+// eventfd; a goroutine then dials a new channel to that home, retrying for
+// up to the dial timeout, while faults on the home's pages re-fault (1 ms
+// apart, nothing held). If the home cannot be reached in that time, the node
+// fails with an error naming the home and the address; Prepare returns it,
+// and a fault that must abort prints it. A channel closed because its home
+// announced a migration, or because this rank pauses, is not redialled: the
+// resumption dials it.
 //
 // # Migration
 //
@@ -273,8 +330,12 @@
 // final barrier, then goodbyes on every connection, then the page server
 // thread stops and the mappings go away; slices over segments must not be
 // used after Close. Go-side lock order: barrierMu, syncMu, freeMu, segMu, mu;
-// the dispatcher goroutine never takes syncMu. C-side: page locks in
-// ascending page order, then a page channel's lock.
+// the dispatcher goroutine never takes syncMu; Alloc holds barrierMu from
+// mapping its segment until the barrier has decided, so that undoing it
+// removes the last segment. C-side: page locks of one kind (homed here, or
+// homed elsewhere) at a time, in ascending page order, then a page
+// channel's lock; only a single lock of an invalid page homed elsewhere is
+// held across a fetch (see "Why Prepare and faults cannot deadlock").
 //
 // # Unfinished
 //
@@ -303,7 +364,7 @@
 // pause. Segments live until Close. A rank
 // that dies is noticed when its connection breaks (or after the dial
 // timeout if it closed cleanly without a goodbye); a fault waiting on a dead
-// home aborts the process with a message after the dial timeout (the away
-// timeout if the home announced a migration), or at once when the node has
-// failed.
+// home aborts the process with a message after the dial timeout, when its
+// page channel could not be redialled (the away timeout if the home
+// announced a migration), or at once when the node has failed.
 package dsmshm

@@ -1,14 +1,26 @@
 // C half of dsmshm. See dsm.h and doc.go.
 //
 // Locking: every page has a futex word (seg->lock[p]) that guards its state,
-// version, twin and protection. Ranges are always locked in ascending page
-// order and the fault handler holds at most one page lock, so lock order is
-// total. A page lock may be held across a page fetch (a network round trip to
-// the home's page server thread), never across Go code: Go calls into this
-// file only through cgo, so a Go caller holding a page lock is "in a system
-// call" as far as the Go scheduler is concerned and never delays a GC stop.
-// Each page channel (one blocking socket per home) has its own futex word,
-// taken after the page lock.
+// version, twin and protection. Two rules keep page locks free of deadlock,
+// within a rank and across ranks (see doc.go, "Why Prepare and faults cannot
+// deadlock"):
+//
+//   - A thread holds the locks of pages of one kind only: pages homed here,
+//     or pages homed elsewhere. Within a kind, ranges are locked in ascending
+//     page order; callers split ranges where the kind changes (kind_end).
+//   - Only a thread holding exactly one page lock, that of an invalid page
+//     homed elsewhere, may hold it across a page fetch (a network round trip
+//     to the home's page server thread): the fault handler and Prepare's
+//     first pass (make_ready). Nothing else waits for the network, or for Go
+//     code, with a page lock held.
+//
+// So a lock on a page homed here is only ever held for local work and only
+// ever waited for by threads holding locks of the same kind: the page server,
+// which takes such locks alone, always gets them, and every fetch finishes.
+// Go calls into this file only through cgo, so a Go caller holding a page
+// lock is "in a system call" as far as the Go scheduler is concerned and
+// never delays a GC stop. Each page channel (one blocking socket per home)
+// has its own futex word, taken after the page lock.
 
 #define _GNU_SOURCE
 #include "dsm.h"
@@ -38,6 +50,7 @@ typedef struct {
 	uint32_t mu;         // guards the fields below
 	int away;            // the home announced that it is migrating
 	uint64_t down_since; // when the channel was found broken (0: not down)
+	int redial;          // broken, and the Go side was asked to dial a new one
 } dsm_chan;
 
 struct dsm_node {
@@ -58,8 +71,12 @@ struct dsm_node {
 	// then waits for inflight to drain.
 	int paused, inflight;
 	int failed;                       // the node failed: waiting faults give up
+	char why[256];                    // why, set before failed (see die)
 	uint64_t down_wait_ns, away_wait_ns; // how long a fault waits for a broken channel
 	uint64_t drop_req, drop_done;     // guarded by mu: the server drops its fds
+	// An eventfd (owned here; -1: none) signalled when a page channel
+	// breaks, so that the Go side dials a new one (see fetch).
+	int redial_fd;
 };
 
 struct dsm_seg {
@@ -166,6 +183,18 @@ static int protect_range(dsm_seg *s, size_t a, size_t b) {
 	return 0;
 }
 
+static int homed_here(dsm_seg *s, size_t p) { return s->home[p] == s->node->rank; }
+
+// kind_end returns the end of the run of pages in [a,b) that are of the same
+// kind as page a (homed here, or homed elsewhere): a range that one thread
+// locks at once never mixes the two (see the locking rules above).
+static size_t kind_end(dsm_seg *s, size_t a, size_t b) {
+	size_t e = a + 1;
+	while (e < b && homed_here(s, e) == homed_here(s, a))
+		e++;
+	return e;
+}
+
 static void lock_range(dsm_seg *s, size_t a, size_t b) {
 	for (size_t i = a; i < b; i++)
 		mu_lock(&s->lock[i]);
@@ -184,7 +213,9 @@ static void unlock_range(dsm_seg *s, size_t a, size_t b) {
 // channel to the home is broken and the home may come back (it announced a
 // migration, or it may reconnect within the dial timeout). The caller must
 // then release everything and retry (see the handler). A broken channel is
-// closed here; the Go side installs a new one when the home is back.
+// closed here, and the Go side is asked to dial a new one (unless the home
+// announced a migration: then the home's return brings one); it installs it
+// with dsm_node_replace_chan, or fails the node if the home is really gone.
 static int fetch(dsm_seg *s, size_t p) {
 	dsm_node *n = s->node;
 	dsm_chan *c = &n->chans[s->home[p]];
@@ -208,7 +239,7 @@ static int fetch(dsm_seg *s, size_t p) {
 	if (err == 0)
 		err = read_full(c->fd, s->sys + p * DSM_PAGE, DSM_PAGE);
 	uint64_t since = 0;
-	int away = 0;
+	int away = 0, ask = 0;
 	if (err != 0) {
 		// The channel is unusable (and may be mid-response): drop it.
 		if (c->fd >= 0)
@@ -218,12 +249,22 @@ static int fetch(dsm_seg *s, size_t p) {
 			c->down_since = now_ns();
 		since = c->down_since;
 		away = c->away;
+		if (!away && !c->redial) {
+			c->redial = 1;
+			ask = 1;
+		}
 	}
 	mu_unlock(&c->mu);
 	__atomic_sub_fetch(&n->inflight, 1, __ATOMIC_SEQ_CST);
+	int efd = __atomic_load_n(&n->redial_fd, __ATOMIC_ACQUIRE);
+	if (ask && efd >= 0) {
+		uint64_t one = 1;
+		ssize_t r = write(efd, &one, sizeof one); // async-signal-safe; never blocks (EFD_NONBLOCK)
+		(void)r;
+	}
 	if (err != 0) {
 		uint64_t limit = away ? n->away_wait_ns : n->down_wait_ns;
-		if (__atomic_load_n(&n->failed, __ATOMIC_RELAXED) || now_ns() - since > limit)
+		if (__atomic_load_n(&n->failed, __ATOMIC_ACQUIRE) || now_ns() - since > limit)
 			return err;
 		return -EAGAIN;
 	}
@@ -238,38 +279,91 @@ static void sleep_ms(long ms) {
 	nanosleep(&ts, NULL); // async-signal-safe
 }
 
-// make_ready brings pages [a,b) up to date and, if write, writable with a
-// twin. Pages homed here are never invalid and need no twin.
-static int make_ready(dsm_seg *s, size_t a, size_t b, int write) {
+// make_ready brings page p up to date and, if write, writable (with a twin
+// if it is homed elsewhere): what a fault on it needs. It takes p's lock
+// alone, and holds it across the fetch if p is invalid (then p is homed
+// elsewhere: pages homed here are never invalid).
+static int make_ready(dsm_seg *s, size_t p, int write) {
 	int err = 0;
-	lock_range(s, a, b);
-	for (size_t p = a; p < b && err == 0; p++) {
-		int home = s->home[p] == s->node->rank;
-		if (s->state[p] == DSM_INVALID) {
-			err = fetch(s, p);
-			if (err != 0)
-				break;
+	int home = homed_here(s, p);
+	mu_lock(&s->lock[p]);
+	if (s->state[p] == DSM_INVALID) {
+		err = fetch(s, p);
+		if (err == 0)
 			s->state[p] = DSM_RO;
+	}
+	if (err == 0 && write && s->state[p] == DSM_RO) {
+		if (!home) {
+			memcpy(s->twin + p * DSM_PAGE, s->sys + p * DSM_PAGE, DSM_PAGE);
+			add(&s->node->st.twins, 1);
 		}
-		if (write && s->state[p] == DSM_RO) {
+		s->state[p] = DSM_RW;
+	}
+	// A home page written through Prepare(write) must stay writable
+	// until the next release, whoever fetches it meanwhile: marking it
+	// tracked makes it dirty (writable, not protected by the page
+	// server), and the release ends that with a notice.
+	if (err == 0 && write && home)
+		__atomic_store_n(&s->copyset[p], 1, __ATOMIC_RELAXED);
+	int perr = protect_range(s, p, p + 1);
+	mu_unlock(&s->lock[p]);
+	return err != 0 ? err : perr;
+}
+
+// make_writable makes pages [a,b), all of one kind and none invalid,
+// writable, as make_ready(write) does, with one lock_range and one mprotect
+// per run of pages. It never fetches: a page that a concurrent acquire
+// invalidated since the caller fetched it gives -EAGAIN (fetch it again).
+static int make_writable(dsm_seg *s, size_t a, size_t b) {
+	int home = homed_here(s, a);
+	lock_range(s, a, b);
+	for (size_t p = a; p < b; p++) {
+		if (s->state[p] == DSM_INVALID) {
+			unlock_range(s, a, b);
+			return -EAGAIN;
+		}
+	}
+	for (size_t p = a; p < b; p++) {
+		if (s->state[p] == DSM_RO) {
 			if (!home) {
 				memcpy(s->twin + p * DSM_PAGE, s->sys + p * DSM_PAGE, DSM_PAGE);
 				add(&s->node->st.twins, 1);
 			}
 			s->state[p] = DSM_RW;
 		}
-		// A home page written through Prepare(write) must stay writable
-		// until the next release, whoever fetches it meanwhile: marking it
-		// tracked makes it dirty (writable, not protected by the page
-		// server), and the release ends that with a notice.
-		if (write && home)
+		if (home) // as in make_ready
 			__atomic_store_n(&s->copyset[p], 1, __ATOMIC_RELAXED);
 	}
-	// Protect even after a failed fetch, so protections match the states
-	// of the pages that were made ready.
-	int perr = protect_range(s, a, b);
+	int err = protect_range(s, a, b);
 	unlock_range(s, a, b);
-	return err != 0 ? err : perr;
+	return err;
+}
+
+// prepare_once brings pages [a,b) up to date and, if write, writable. It
+// used to lock the whole range and fetch with every lock held, pages homed
+// here included; two ranks preparing ranges that covered each other's pages
+// then deadlocked, each page server waiting for a lock its own rank's
+// Prepare held while that Prepare waited for the other page server. Now it
+// fetches page by page as faults do (one lock, that of the invalid page
+// homed elsewhere), then makes the range writable one run of pages of one
+// kind at a time, fetching nothing (see the locking rules at the top).
+static int prepare_once(dsm_seg *s, size_t a, size_t b, int write) {
+	for (size_t p = a; p < b; p++) {
+		if (__atomic_load_n(&s->state[p], __ATOMIC_RELAXED) != DSM_INVALID)
+			continue;
+		int err = make_ready(s, p, 0);
+		if (err != 0)
+			return err;
+	}
+	if (!write)
+		return 0;
+	for (size_t x = a, y; x < b; x = y) {
+		y = kind_end(s, x, b);
+		int err = make_writable(s, x, y);
+		if (err != 0)
+			return err;
+	}
+	return 0;
 }
 
 int dsm_prepare(dsm_seg *s, size_t first, size_t n, int write) {
@@ -278,7 +372,7 @@ int dsm_prepare(dsm_seg *s, size_t first, size_t n, int write) {
 	for (;;) {
 		// A cgo call: waiting here holds up neither the Go scheduler nor
 		// a stop-the-world.
-		int err = make_ready(s, first, first + n, write);
+		int err = prepare_once(s, first, first + n, write);
 		if (err != -EAGAIN)
 			return err;
 		sleep_ms(1);
@@ -297,19 +391,24 @@ static dsm_seg *lookup(char *addr) {
 	return NULL;
 }
 
-static void die(const char *msg, int err) {
-	char buf[160];
-	const char *e = strerror(-err);
-	size_t n = 0;
-	for (const char *p = "dsmshm: fatal: "; *p && n < sizeof buf; p++)
-		buf[n++] = *p;
-	for (const char *p = msg; *p && n < sizeof buf; p++)
-		buf[n++] = *p;
-	for (const char *p = ": "; *p && n < sizeof buf; p++)
-		buf[n++] = *p;
-	for (const char *p = e; *p && n < sizeof buf - 1; p++)
-		buf[n++] = *p;
-	buf[n++] = '\n';
+// die reports a fault that cannot be resolved and aborts: the faulting code
+// cannot be given an error. The message names the page's home and, if the
+// node failed, why (the Go side's error, which nobody else will print).
+static void die(dsm_node *nd, int home, int err) {
+	char buf[512], num[12];
+	size_t n = 0, k = sizeof num;
+	num[--k] = 0;
+	do
+		num[--k] = (char)('0' + home % 10);
+	while ((home /= 10) > 0 && k > 0);
+	const char *why = __atomic_load_n(&nd->failed, __ATOMIC_ACQUIRE) ? nd->why : "";
+	const char *parts[] = {"dsmshm: fatal: resolving a shared-memory fault: fetching the page from its home, rank ",
+	                       num + k, ", failed: ", strerror(-err), *why ? "; the job failed: " : "", why, "\n"};
+	for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+		for (const char *p = parts[i]; *p && n < sizeof buf - 1; p++)
+			buf[n++] = *p;
+	if (n == sizeof buf - 1)
+		buf[n++] = '\n';
 	ssize_t r = write(2, buf, n);
 	(void)r;
 	abort();
@@ -334,7 +433,7 @@ static void handler(int sig, siginfo_t *si, void *ctx) {
 	int write = (uc->uc_mcontext.gregs[REG_ERR] & 2) != 0;
 	size_t p = (size_t)((char *)si->si_addr - s->app) / DSM_PAGE;
 	add(write ? &s->node->st.write_faults : &s->node->st.read_faults, 1);
-	int err = make_ready(s, p, p + 1, write);
+	int err = make_ready(s, p, write);
 	if (err == -EAGAIN) {
 		// The page cannot be had now (a migration is under way). Do not
 		// wait here: a thread inside this handler cannot be preempted, so
@@ -347,7 +446,7 @@ static void handler(int sig, siginfo_t *si, void *ctx) {
 		return;
 	}
 	if (err != 0)
-		die("resolving a shared-memory fault (page fetch from its home failed)", err);
+		die(s->node, s->home[p], err);
 	errno = saved;
 }
 
@@ -515,7 +614,8 @@ int dsm_flush_pages(dsm_seg *s, const uint32_t *pages, size_t n, uint8_t *buf, i
 			return -EINVAL;
 	while (i < n) {
 		size_t j = i + 1;
-		while (j < n && j - i < MAX_RUN && pages[j] == pages[j - 1] + 1)
+		while (j < n && j - i < MAX_RUN && pages[j] == pages[j - 1] + 1 &&
+		       homed_here(s, pages[j]) == homed_here(s, pages[i])) // one kind: see the locking rules
 			j++;
 		size_t a = pages[i], b = pages[j - 1] + 1;
 		lock_range(s, a, b);
@@ -633,7 +733,7 @@ long dsm_invalidate(dsm_seg *s, const uint32_t *pages, const uint64_t *req, size
 			return -EINVAL;
 	while (i < n) {
 		size_t j = i + 1;
-		while (j < n && pages[j] == pages[j - 1] + 1)
+		while (j < n && pages[j] == pages[j - 1] + 1 && homed_here(s, pages[j]) == homed_here(s, pages[i]))
 			j++;
 		size_t a = pages[i], b = pages[j - 1] + 1;
 		lock_range(s, a, b);
@@ -674,6 +774,7 @@ dsm_node *dsm_node_new(int rank, int size) {
 	}
 	for (int i = 0; i < size; i++)
 		n->chans[i].fd = -1;
+	n->redial_fd = -1;
 	n->down_wait_ns = 30ull * 1000000000u;
 	n->away_wait_ns = 300ull * 1000000000u;
 	return n;
@@ -687,7 +788,35 @@ void dsm_node_set_chan(dsm_node *n, int rank, int fd) {
 	c->fd = fd;
 	c->away = 0;
 	c->down_since = 0;
+	c->redial = 0;
 	mu_unlock(&c->mu);
+}
+
+void dsm_node_set_redial_fd(dsm_node *n, int fd) {
+	int old = __atomic_exchange_n(&n->redial_fd, fd, __ATOMIC_ACQ_REL);
+	if (old >= 0)
+		close(old);
+}
+
+int dsm_node_chan_redial(dsm_node *n, int rank) {
+	dsm_chan *c = &n->chans[rank];
+	mu_lock(&c->mu);
+	int r = c->redial;
+	mu_unlock(&c->mu);
+	return r;
+}
+
+int dsm_node_replace_chan(dsm_node *n, int rank, int fd) {
+	dsm_chan *c = &n->chans[rank];
+	mu_lock(&c->mu);
+	int ok = c->redial && !c->away && c->fd < 0;
+	if (ok) {
+		c->fd = fd;
+		c->down_since = 0;
+		c->redial = 0;
+	}
+	mu_unlock(&c->mu);
+	return ok;
 }
 
 void dsm_node_chan_away(dsm_node *n, int rank) {
@@ -698,6 +827,7 @@ void dsm_node_chan_away(dsm_node *n, int rank) {
 		close(c->fd);
 	c->fd = -1;
 	c->down_since = now_ns();
+	c->redial = 0; // the home's return brings a new channel
 	mu_unlock(&c->mu);
 }
 
@@ -706,7 +836,15 @@ void dsm_node_set_waits(dsm_node *n, uint64_t down_ns, uint64_t away_ns) {
 	n->away_wait_ns = away_ns;
 }
 
-void dsm_node_set_failed(dsm_node *n) { __atomic_store_n(&n->failed, 1, __ATOMIC_RELAXED); }
+void dsm_node_set_failed(dsm_node *n, const char *why) {
+	if (__atomic_load_n(&n->failed, __ATOMIC_ACQUIRE))
+		return;
+	size_t k = 0;
+	for (; why[k] && k < sizeof n->why - 1; k++)
+		n->why[k] = why[k];
+	n->why[k] = 0;
+	__atomic_store_n(&n->failed, 1, __ATOMIC_RELEASE);
+}
 
 void dsm_node_pause(dsm_node *n) {
 	__atomic_store_n(&n->paused, 1, __ATOMIC_SEQ_CST);
@@ -720,6 +858,7 @@ void dsm_node_pause(dsm_node *n) {
 			close(c->fd);
 		c->fd = -1;
 		c->down_since = 0;
+		c->redial = 0; // resume dials every channel anew
 		mu_unlock(&c->mu);
 	}
 	// The page server closes the channels it serves, between requests.
@@ -860,6 +999,8 @@ void dsm_node_free(dsm_node *n) {
 			close(n->chans[i].fd);
 	close(n->wake[0]);
 	close(n->wake[1]);
+	if (n->redial_fd >= 0)
+		close(n->redial_fd);
 	free(n->chans);
 	free(n);
 }

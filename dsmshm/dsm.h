@@ -27,8 +27,11 @@ int dsm_node_start(dsm_node *n);
 void dsm_node_set_chan(dsm_node *n, int rank, int fd);
 int dsm_node_serve_fd(dsm_node *n, int fd);
 void dsm_node_chan_away(dsm_node *n, int rank);
+void dsm_node_set_redial_fd(dsm_node *n, int fd); // takes ownership of an eventfd signalled when a channel breaks
+int dsm_node_chan_redial(dsm_node *n, int rank);  // whether the channel to rank is broken and wants a new one
+int dsm_node_replace_chan(dsm_node *n, int rank, int fd); // installs fd if so (1), else leaves fd to the caller (0)
 void dsm_node_set_waits(dsm_node *n, uint64_t down_ns, uint64_t away_ns);
-void dsm_node_set_failed(dsm_node *n);
+void dsm_node_set_failed(dsm_node *n, const char *why); // once; why is copied (cut to 255 bytes)
 void dsm_node_pause(dsm_node *n);   // blocks fetches, waits for in-flight ones, closes every page channel
 void dsm_node_unpause(dsm_node *n);
 void dsm_node_stop(dsm_node *n); // stops the page server thread

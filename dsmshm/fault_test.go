@@ -237,8 +237,13 @@ func TestWorstCaseMappings(t *testing.T) {
 			t.Fatalf("page %d: %d, want %d", p, got, byte(p))
 		}
 	}
-	if _, err := nodes[0].Alloc("more", 30000*pageSize); !errors.Is(err, ErrTooLarge) {
-		t.Fatalf("Alloc beyond the mapping budget: %v, want ErrTooLarge", err)
+	if err := each(nodes, func(n *Node) error { // collective: every rank refuses
+		if _, err := n.Alloc("more", 30000*pageSize); !errors.Is(err, ErrTooLarge) {
+			return fmt.Errorf("rank %d: Alloc beyond the mapping budget: %v, want ErrTooLarge", n.Rank(), err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -121,7 +121,10 @@ func StartWith(cfg Config) (_ *Node, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	n.c.setWaits(cfg.DialTimeout, cfg.AwayTimeout)
+	// A fault on a broken page channel gives up on its own only a while
+	// after the redial has (see redialPage): the redial fails the node
+	// with the reason first, and the fault reports it.
+	n.c.setWaits(cfg.DialTimeout+redialSlack, cfg.AwayTimeout)
 	defer func() {
 		if retErr != nil {
 			n.c.free()
@@ -225,7 +228,8 @@ type lockState struct {
 type barrierState struct {
 	arrived int
 	check   uint64
-	err     string
+	err     string // why every rank fails the barrier: a disagreement or a refusal
+	kind    uint8  // refusedTooLarge if err is such a refusal
 }
 
 func newNode(rank, size int) (*Node, error) {
@@ -320,7 +324,7 @@ func (n *Node) fail(err error) {
 		// may run while Close holds freeMu.
 		if n.freeMu.TryRLock() {
 			if !n.freed {
-				n.c.setFailed()
+				n.c.setFailed(err.Error())
 			}
 			n.freeMu.RUnlock()
 		}
@@ -396,8 +400,12 @@ func (n *Node) handle(from int, m *message) error {
 			bs = &barrierState{check: m.Check}
 			n.barriers[m.ID] = bs
 		}
-		if m.Check != bs.check && bs.err == "" {
+		switch {
+		case bs.err != "": // the first problem is the one reported
+		case m.Check != bs.check:
 			bs.err = fmt.Sprintf("ranks disagree at barrier %d (rank %d differs): collective calls must match", m.ID, from)
+		case m.Err != "":
+			bs.err, bs.kind = fmt.Sprintf("rank %d refused: %s", from, m.Err), m.Kind
 		}
 		n.barNotices.add(m.Notices)
 		if bs.arrived++; bs.arrived < n.size {
@@ -407,7 +415,7 @@ func (n *Node) handle(from int, m *message) error {
 		for r := range n.size {
 			ns, seq := n.barNotices.since(n.barSentTo[r])
 			n.barSentTo[r] = seq
-			if err := n.send(r, &message{Type: mBarrierExit, ID: m.ID, Err: bs.err, Notices: ns}); err != nil {
+			if err := n.send(r, &message{Type: mBarrierExit, ID: m.ID, Err: bs.err, Kind: bs.kind, Notices: ns}); err != nil {
 				return err
 			}
 		}
@@ -566,16 +574,30 @@ func (n *Node) Barrier(id int) error {
 func (n *Node) barrier(id int64, check uint64) error {
 	n.barrierMu.Lock()
 	defer n.barrierMu.Unlock()
+	return n.barrierLocked(id, check, nil)
+}
+
+// barrierLocked is barrier with barrierMu held. A refusal (not nil) is this
+// rank's reason why the collective call must fail: the barrier completes
+// as usual, but every rank leaves it with a *barrierError naming the first
+// refusal (or disagreement) the manager saw.
+func (n *Node) barrierLocked(id int64, check uint64, refusal error) error {
+	enter := &message{Type: mBarrierEnter, ID: id, Check: check}
+	if refusal != nil {
+		enter.Err = refusal.Error()
+		if errors.Is(refusal, ErrTooLarge) {
+			enter.Kind = refusedTooLarge
+		}
+	}
 	n.syncMu.Lock()
 	err := n.releaseLocked()
-	ns, seq := n.known.since(n.barSent)
-	n.barSent = seq
+	enter.Notices, n.barSent = n.known.since(n.barSent)
 	n.syncMu.Unlock()
 	if err != nil {
 		return err
 	}
 	t0 := time.Now()
-	if err := n.send(0, &message{Type: mBarrierEnter, ID: id, Check: check, Notices: ns}); err != nil {
+	if err := n.send(0, enter); err != nil {
 		return err
 	}
 	m, err := n.wait(n.barrierCh)
@@ -590,7 +612,28 @@ func (n *Node) barrier(id int64, check uint64) error {
 		return err
 	}
 	if m.Err != "" {
-		return errors.New("dsmshm: " + m.Err)
+		return &barrierError{msg: "dsmshm: " + m.Err, tooLarge: m.Kind == refusedTooLarge}
+	}
+	return nil
+}
+
+// refusedTooLarge, as the Kind of a barrier-enter with an Err, says that the
+// rank refuses because of ErrTooLarge; as the Kind of a failed barrier-exit,
+// that the refusal it reports was of that kind.
+const refusedTooLarge = 1
+
+// barrierError is a barrier that every rank left failing: the ranks'
+// collective calls disagreed, or a rank refused (see barrierLocked).
+type barrierError struct {
+	msg      string
+	tooLarge bool
+}
+
+func (e *barrierError) Error() string { return e.msg }
+
+func (e *barrierError) Unwrap() error {
+	if e.tooLarge {
+		return ErrTooLarge
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package dsmshm
 
 import (
+	"errors"
 	"fmt"
 	"unsafe"
 )
@@ -26,13 +27,38 @@ type Segment struct {
 // unique within a job. Pages are
 // distributed over the ranks in blocks: rank r is home for the r-th
 // 1/Size() of the segment, which suits programs that partition data by rank.
+//
+// The ranks decide together: each maps its side of the segment, or finds
+// it cannot (the segment would not fit under the kernel's mapping limit,
+// see ErrTooLarge), and says so in the allocation barrier. If any rank
+// cannot, or the ranks' calls disagree, every rank returns the same error
+// (matching ErrTooLarge if that was the reason) and keeps nothing of the
+// segment, so the program may go on and may retry, with the same name.
 func (n *Node) Alloc(name string, size int) (*Segment, error) {
-	s, err := n.newSegment(name, size)
-	if err != nil {
+	fail := func(err error) (*Segment, error) {
 		return nil, fmt.Errorf("dsmshm: Alloc(%q, %d): %w", name, size, err)
 	}
-	if err := n.barrier(allocBarrier, checkOf(name, size)); err != nil {
-		return nil, fmt.Errorf("dsmshm: Alloc(%q, %d): %w", name, size, err)
+	if err := n.checkOpen(); err != nil {
+		return fail(err)
+	}
+	// The whole Alloc is one collective call: no other collective of this
+	// rank runs between mapping the segment and undoing it, so the segment
+	// undone is the last one registered.
+	n.barrierMu.Lock()
+	defer n.barrierMu.Unlock()
+	s, refusal := n.newSegment(name, size)
+	if errors.Is(refusal, ErrClosed) {
+		return fail(refusal)
+	}
+	err := n.barrierLocked(allocBarrier, checkOf(name, size), refusal)
+	if err == nil && refusal != nil {
+		err = refusal // cannot happen: the barrier fails on any refusal
+	}
+	if err != nil {
+		if s != nil {
+			n.dropSegment(s)
+		}
+		return fail(err)
 	}
 	return s, nil
 }
@@ -76,6 +102,32 @@ func (n *Node) newSegment(name string, size int) (*Segment, error) {
 	n.segs = append(n.segs, s)
 	n.allocs += npages
 	return s, nil
+}
+
+// dropSegment undoes newSegment(s) after a failed allocation barrier. No
+// rank left that barrier successfully, so no rank uses the segment: no page
+// of it is fetched or diffed, and the application never saw it.
+func (n *Node) dropSegment(s *Segment) {
+	n.syncMu.Lock()
+	defer n.syncMu.Unlock()
+	n.freeMu.RLock()
+	defer n.freeMu.RUnlock()
+	if n.freed {
+		return // an abort released every segment already
+	}
+	n.segMu.Lock()
+	last := len(n.segs) - 1
+	if last < 0 || n.segs[last] != s {
+		// Cannot happen (Alloc holds barrierMu throughout); segment ids
+		// are indexes into segs, so only the last one can go.
+		n.segMu.Unlock()
+		return
+	}
+	n.segs[last] = nil
+	n.segs = n.segs[:last]
+	n.allocs -= s.npages
+	n.segMu.Unlock()
+	s.c.free()
 }
 
 // Name returns the segment's name.
@@ -125,6 +177,12 @@ func (s *Segment) Prepare(off, n int, write bool) error {
 	}
 	first, last := off/pageSize, (off+n-1)/pageSize
 	if err := s.c.prepare(first, last-first+1, write); err != nil {
+		select {
+		case <-s.node.dead: // the reason a fetch gave up
+			return fmt.Errorf("dsmshm: Prepare(%d, %d) of segment %q: fetching a page: %w; the job failed: %w",
+				off, n, s.name, err, s.node.failErr)
+		default:
+		}
 		return fmt.Errorf("dsmshm: Prepare(%d, %d) of segment %q: %w", off, n, s.name, err)
 	}
 	return nil

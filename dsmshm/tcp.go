@@ -32,6 +32,10 @@ const (
 	defaultAwayWait = 5 * time.Minute
 	// pausePoll is how often a parked writer looks for resume.
 	pausePoll = 5 * time.Millisecond
+	// redialSlack is how much longer than the dial timeout a fault waits
+	// for a broken page channel to be replaced: more than a redial's last
+	// attempt (the dialer's 5 s timeout) takes.
+	redialSlack = 10 * time.Second
 )
 
 // tcpTransport connects the ranks of a job. Every rank dials every other
@@ -61,7 +65,9 @@ type tcpTransport struct {
 	dialWait   time.Duration
 	awayWait   time.Duration
 
-	wg      sync.WaitGroup // accept loop, readers, writers
+	redialEv *os.File // signalled by C when a page channel breaks (see redialLoop)
+
+	wg      sync.WaitGroup // accept loop, readers, writers, redialling
 	writers sync.WaitGroup // one per peer: done when its writer sent everything
 	byes    sync.WaitGroup // one per peer: done when its bye arrived
 	closing atomic.Bool
@@ -80,10 +86,14 @@ type tcpTransport struct {
 	epoch  atomic.Int64
 }
 
-// pager is the C side's part in a pause: see cnode.pause.
+// pager is the C side's part in a pause (see cnode.pause) and in replacing
+// a broken page channel (see redialLoop).
 type pager interface {
 	pause()
 	unpause()
+	setRedialFD(fd int)
+	chanRedial(rank int) bool
+	replaceChan(rank, fd int) bool
 }
 
 // peer is this rank's view of another rank: where it lives, the outgoing
@@ -113,6 +123,8 @@ type peer struct {
 	resumed   atomic.Int64 // last pause epoch the writer reconnected after
 	resumeErr atomic.Pointer[error]
 	done      atomic.Bool // the writer exited
+
+	redialing atomic.Bool // a redialPage for this peer runs
 }
 
 type sentFrame struct {
@@ -232,6 +244,9 @@ func newTCPTransport(cfg tcpConfig) (_ *tcpTransport, retErr error) {
 			t.abort()
 		}
 	}()
+	if err := t.startRedial(); err != nil {
+		return nil, err
+	}
 	t.wg.Add(1)
 	go t.acceptLoop()
 
@@ -263,7 +278,11 @@ func newTCPTransport(cfg tcpConfig) (_ *tcpTransport, retErr error) {
 
 // dial connects to p and says hello, retrying until deadline or until stop
 // (if not nil) says to give up. A non-empty announce tells p that this rank
-// is back from a migration and lives at announce now.
+// is back from a migration and lives at announce now. A page channel is
+// established only once p's page server serves it: p answers the hello with
+// pageAck then (and closes the connection instead while it is paused for a
+// migration), so a fetch never waits on a connection that p's kernel
+// accepted but p will drop.
 func (t *tcpTransport) dial(p *peer, kind uint8, announce string, deadline time.Time, stop func() bool) (net.Conn, error) {
 	for {
 		addr := p.target()
@@ -271,7 +290,11 @@ func (t *tcpTransport) dial(p *peer, kind uint8, announce string, deadline time.
 		if err == nil {
 			hello := appendFrame(nil, 0, &message{Type: mHello, Rank: int32(t.rank), Kind: kind, Job: t.job, Addr: announce})
 			conn.SetWriteDeadline(time.Now().Add(handshakeTimeout))
-			if _, err = conn.Write(hello); err == nil {
+			_, err = conn.Write(hello)
+			if err == nil && kind == connPage {
+				err = readPageAck(conn)
+			}
+			if err == nil {
 				conn.SetWriteDeadline(time.Time{})
 				return conn, nil
 			}
@@ -285,6 +308,23 @@ func (t *tcpTransport) dial(p *peer, kind uint8, announce string, deadline time.
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// pageAck is the byte a rank answers a page channel's hello with once its
+// page server serves the channel.
+const pageAck = 1
+
+func readPageAck(conn net.Conn) error {
+	var b [1]byte
+	conn.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	if _, err := io.ReadFull(conn, b[:]); err != nil {
+		return fmt.Errorf("waiting for the page server to accept the channel: %w", err)
+	}
+	conn.SetReadDeadline(time.Time{})
+	if b[0] != pageAck {
+		return fmt.Errorf("page channel answered %d, want %d", b[0], pageAck)
+	}
+	return nil
 }
 
 // dialPage opens the page channel to p and hands it to C.
@@ -307,6 +347,96 @@ func (t *tcpTransport) dialPage(p *peer, deadline time.Time, stop func() bool) e
 	}
 	t.setChan(p.rank, fd)
 	return nil
+}
+
+// startRedial sets up the eventfd through which C asks for a new page
+// channel when one breaks, and the goroutine that answers.
+func (t *tcpTransport) startRedial() error {
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return fmt.Errorf("dsmshm: creating an eventfd for page channel repairs: %w", err)
+	}
+	cfd, err := unix.FcntlInt(uintptr(efd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		unix.Close(efd)
+		return fmt.Errorf("dsmshm: creating an eventfd for page channel repairs: %w", err)
+	}
+	t.pages.setRedialFD(cfd) // C signals its copy; closing ours (abort) ends redialLoop
+	t.redialEv = os.NewFile(uintptr(efd), "dsmshm-redial")
+	t.wg.Add(1)
+	go t.redialLoop()
+	return nil
+}
+
+// redialLoop replaces page channels that broke. A fetch that fails on a
+// channel (a reset, the page I/O timeout) closes it and signals the eventfd;
+// faults on the home's pages then re-fault until a new channel is in place.
+// Without this, a channel that failed once stayed closed until the home
+// migrated, and every later fault on its pages aborted the process after
+// the dial timeout although the home was alive.
+func (t *tcpTransport) redialLoop() {
+	defer t.wg.Done()
+	var b [8]byte
+	for {
+		if _, err := t.redialEv.Read(b[:]); err != nil {
+			return // closed by abort
+		}
+		for _, p := range t.peers {
+			if p.rank != t.rank && t.pages.chanRedial(p.rank) && p.redialing.CompareAndSwap(false, true) {
+				t.wg.Add(1)
+				go t.redialPage(p)
+			}
+		}
+	}
+}
+
+// redialPage dials a new page channel to p, retrying for the dial timeout,
+// and installs it if the old one is still broken. It gives up quietly when
+// this rank pauses or p announces a migration (their resumption dials anew);
+// a p that cannot be reached within the dial timeout fails the node with an
+// error saying so. If the new channel breaks too before this returns, it
+// dials again.
+func (t *tcpTransport) redialPage(p *peer) {
+	defer t.wg.Done()
+	stop := func() bool {
+		_, away := p.away()
+		return away || t.paused.Load() || t.closing.Load()
+	}
+	for {
+		installed, err := t.redialOnce(p, stop)
+		// No error if the channel was replaced meanwhile (p came back
+		// from a migration, for one).
+		if err != nil && !stop() && t.pages.chanRedial(p.rank) {
+			t.inbox.push(envelope{err: fmt.Errorf("dsmshm: the page channel to rank %d broke and could not be "+
+				"re-established within %v: %w", p.rank, t.dialWait, err)})
+		}
+		p.redialing.Store(false)
+		// A channel that broke again while this ran signalled a redialLoop
+		// that saw this one still running: look again.
+		if !installed || !t.pages.chanRedial(p.rank) || !p.redialing.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+func (t *tcpTransport) redialOnce(p *peer, stop func() bool) (bool, error) {
+	conn, err := t.dial(p, connPage, "", time.Now().Add(t.dialWait), stop)
+	if err != nil {
+		return false, err
+	}
+	fd, err := detachFD(conn, pageIOTimeout)
+	if err != nil {
+		return false, fmt.Errorf("page channel to rank %d: %w", p.rank, err)
+	}
+	// Under t.mu, as in dialPage: a pause either closes this channel or
+	// happens first and this one is dropped.
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.paused.Load() || !t.pages.replaceChan(p.rank, fd) {
+		unix.Close(fd)
+		return false, nil
+	}
+	return true, nil
 }
 
 // detachFD turns conn into a blocking file descriptor owned by the caller
@@ -400,9 +530,13 @@ func (t *tcpTransport) handshake(conn net.Conn) {
 		if err == nil {
 			// Under t.mu, so that a pause either sees this fd among
 			// those it drops or this handshake sees the pause.
+			// The ack goes first: once the page server thread polls the
+			// fd, only it touches the channel.
 			t.mu.Lock()
 			if t.paused.Load() {
 				err = errPaused
+			} else if unix.Sendto(fd, []byte{pageAck}, unix.MSG_NOSIGNAL, nil) != nil {
+				err = errGone // the dialer gave up waiting: it dials again
 			} else {
 				err = t.serveFD(fd)
 			}
@@ -411,7 +545,7 @@ func (t *tcpTransport) handshake(conn net.Conn) {
 				unix.Close(fd)
 			}
 		}
-		if err != nil && err != errPaused {
+		if err != nil && err != errPaused && err != errGone {
 			t.inbox.push(envelope{err: fmt.Errorf("dsmshm: page channel from rank %d: %w", m.Rank, err)})
 		}
 	case connControl:
@@ -448,7 +582,10 @@ func (t *tcpTransport) handshake(conn net.Conn) {
 	}
 }
 
-var errPaused = errors.New("dsmshm: paused for a migration")
+var (
+	errPaused = errors.New("dsmshm: paused for a migration")
+	errGone   = errors.New("dsmshm: the dialer closed the connection")
+)
 
 // readLoop delivers frames from p's control connection to the inbox. Once a
 // frame's length has arrived its body must follow within frameBodyTimeout.
@@ -915,6 +1052,9 @@ func (t *tcpTransport) abort() {
 		c.Close()
 	}
 	t.mu.Unlock()
+	if t.redialEv != nil {
+		t.redialEv.Close()
+	}
 	t.wg.Wait()
 	t.inbox.close()
 }

@@ -95,9 +95,9 @@ type message struct {
 	Type    msgType
 	ID      int64  // lock id, barrier id or diff request id
 	Check   uint64 // barrier: agreement value (all ranks must send the same)
-	Err     string // barrier-exit: why the barrier failed
+	Err     string // barrier-enter: why this rank refuses the collective call; barrier-exit: why the barrier failed
 	Rank    int32  // hello
-	Kind    uint8  // hello: connControl or connPage
+	Kind    uint8  // hello: connControl or connPage; barrier with Err: refusedTooLarge or 0
 	Job     string // hello
 	Addr    string // hello: set when the sender announces (re)connecting from this address
 	Notices []notice
@@ -128,6 +128,7 @@ func appendFrame(b []byte, seq uint64, m *message) []byte {
 		b = binary.LittleEndian.AppendUint64(b, uint64(m.ID))
 		b = binary.LittleEndian.AppendUint64(b, m.Check)
 		b = appendString(b, m.Err)
+		b = append(b, m.Kind)
 		b = appendNotices(b, m.Notices)
 	case mDiffBatch:
 		b = binary.LittleEndian.AppendUint64(b, uint64(m.ID))
@@ -221,6 +222,7 @@ func decodeFrame(buf []byte) (seq uint64, m *message, err error) {
 		m.ID = int64(d.u64())
 		m.Check = d.u64()
 		m.Err = d.str()
+		m.Kind = d.u8()
 		m.Notices = d.notices()
 	case mDiffBatch:
 		m.ID = int64(d.u64())

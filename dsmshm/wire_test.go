@@ -19,6 +19,7 @@ func sampleMessages() []*message {
 		{Type: mUnlock, ID: -2, Notices: []notice{}},
 		{Type: mBarrierEnter, ID: -1, Check: 99, Notices: []notice{{0, 1, 2}}},
 		{Type: mBarrierExit, ID: 4, Err: "ranks disagree", Notices: []notice{}},
+		{Type: mBarrierEnter, ID: -2, Check: 5, Err: "segment too large", Kind: refusedTooLarge, Notices: []notice{}},
 		{Type: mDiffBatch, ID: 11, Diffs: []diff{{Seg: 1, Page: 2, Data: []byte{0, 0, 1, 0, 9}}}},
 		{Type: mDiffAck, ID: 11, Acks: []ack{{1, 2, 3, 4}}},
 		{Type: mBye},
