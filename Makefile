@@ -35,10 +35,21 @@ unit: build
 integration: deps build
 	$(GO) test -count=1 -timeout 40m -v ./test/integration/ 2>&1 | tee /tmp/dsmigrate-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; exit $${PIPESTATUS[0]}
 
-test: deps build unit integration
+test: deps build vagrant-validate unit integration
 
 bench: deps build
 	@bash scripts/bench.sh
 
 clean:
 	rm -rf $(BIN)
+
+.PHONY: test-vagrant vagrant-validate
+
+# The Vagrantfile's VMs on this machine (libvirt, QEMU/TCG, a box built from
+# Debian's packages): up, smoke test, integration tests, destroy (root).
+test-vagrant:
+	@bash scripts/vagrant/test.sh
+
+# `vagrant validate` of the Vagrantfile (installs vagrant if it can; needs no libvirt).
+vagrant-validate:
+	@bash scripts/vagrant/validate.sh
