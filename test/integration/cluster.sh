@@ -4,7 +4,8 @@
 #   cluster.sh up N            create hosts h1..hN (1 <= N <= 40), each running migrated
 #   cluster.sh down            remove everything up made (idempotent)
 #   cluster.sh exec HOST CMD.. run CMD inside HOST (exit status is CMD's)
-#   cluster.sh env             print MIGRATED_HOSTS=... and MIGRATED_TOKEN_FILE=... for eval
+#   cluster.sh env             print MIGRATED_HOSTS=... and MIGRATED_TOKEN_FILE=... for eval,
+#                              and CLUSTER_STATE_DIRS=... CLUSTER_TOKEN_FILE=... (paths on the hosts)
 #
 # Host hK is a network namespace named hK whose eth0 (10.77.0.K/24) is one end of a
 # veth pair; the other end, mig0-hK, is a port of the bridge mig0 (10.77.0.254/24)
@@ -34,7 +35,7 @@ log() { echo "cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
 
 usage() {
-	sed -n '2,7s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+	sed -n '2,8s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
 	exit 2
 }
 
@@ -358,15 +359,21 @@ cmd_exec() {
 		sh -c 'if [ -d "$1" ]; then cd "$1"; else cd /; fi; shift; exec "$@"' cluster-exec "$PWD" "$@"
 }
 
+# cmd_env prints the settings of migrated and dsmrun for this cluster (eval
+# them), and for test/integration's harness where each host keeps its state
+# and the token, as the hosts see them (the same paths as here).
 cmd_env() {
 	[ $# = 0 ] || usage
-	local n k hosts=
+	local n k hosts="" dirs=""
 	n=$(cat "$DIR/size" 2>/dev/null) || die "env: no cluster in $DIR (cluster.sh up N first)"
 	for k in $(seq "$n"); do
 		hosts+=${hosts:+,}$NET.$k:$PORT
+		dirs+=${dirs:+,}$DIR/h$k/state
 	done
 	echo "MIGRATED_HOSTS=$hosts"
 	echo "MIGRATED_TOKEN_FILE=$DIR/token"
+	echo "CLUSTER_STATE_DIRS=$dirs"
+	echo "CLUSTER_TOKEN_FILE=$DIR/token"
 }
 
 [ $# -ge 1 ] || usage

@@ -1,6 +1,46 @@
-// Package integration runs the toolkit on a namespace cluster (cluster.sh):
-// real daemons, real CRIU, real processes and sockets. It needs root; without
-// it the tests skip.
+// Package integration runs the toolkit on a cluster of hosts: real daemons,
+// real CRIU, real processes and sockets. It needs root; without it the tests
+// skip.
+//
+// The hosts come from a cluster driver: a script with the verbs of
+// test/integration/cluster.sh (namespace hosts on this machine, the default)
+// or scripts/vagrant/cluster.sh (the Vagrantfile's VMs):
+//
+//	DRIVER up N           bring up hosts h1..hN, each running migrated
+//	DRIVER down           remove everything up made
+//	DRIVER exec hK CMD..  run CMD as root on hK (stdin, stdout and stderr passed
+//	                      through, exit status CMD's), with the repository's bin/
+//	                      on PATH: the repository is at the same path on every host
+//	DRIVER env            describe the hosts, one NAME=VALUE a line:
+//	    MIGRATED_HOSTS=ADDR:PORT,...  each host's daemon address, h1 first; their
+//	                                  number is the number of hosts
+//	    MIGRATED_TOKEN_FILE=PATH      the cluster's token, on this machine (dsmrun)
+//	    CLUSTER_STATE_DIRS=DIR,...    each host's daemon --state-dir, on the host
+//	    CLUSTER_TOKEN_FILE=PATH       the cluster's token, on the hosts
+//
+// Each host's network interface and subnet are those of its daemon's address
+// (asked of the host at the start). The tests touch a host only through
+// `DRIVER exec` (on): no file of a host is read or written from here, so the
+// hosts may be other machines. Addresses that tests add and move are taken
+// from the hosts' subnet (subnetIP), at host numbers 101-249; hosts and
+// gateways must sit outside that range.
+//
+// Settings (environment variables):
+//
+//	DSMIGRATE_TEST_CLUSTER=PATH  the driver (default test/integration/cluster.sh;
+//	                             a relative PATH is from the repository's top)
+//	DSMIGRATE_TEST_UP=0          the hosts are up already: use them as they
+//	                             are, and neither bring them up nor take them
+//	                             down (default 1: `up` before the tests, `down`
+//	                             after them unless KEEP_CLUSTER is set)
+//	DSMIGRATE_TEST_HOSTS=N       how many hosts `up` makes (default 4)
+//	DSMIGRATE_TEST_SLOW=F        stretch every wait and deadline F times (default
+//	                             1; e.g. 10 for TCG-emulated VMs; go test's own
+//	                             -timeout must be stretched too)
+//	KEEP_CLUSTER=1               leave the hosts up after the tests
+//
+// A test that needs more hosts than there are skips, saying how many it needs
+// (needHosts). The namespace cluster has 4, the Vagrantfile's VMs 3.
 package integration
 
 import (
@@ -8,6 +48,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,20 +60,56 @@ import (
 	"time"
 )
 
+// host is one host of the cluster, as the driver and the host itself describe it.
+type host struct {
+	addr     string // the daemon's ADDR:PORT
+	ip       string // the daemon's address
+	stateDir string // the daemon's state directory, on the host
+	iface    string // the interface that holds ip
+	prefix   int    // ip's prefix length there
+}
+
 var (
 	repo     string
-	cluster  string
+	cluster  string     // the driver
+	hosts    []host     // h1 is hosts[0]
+	nHosts   int        // len(hosts)
+	subnet   *net.IPNet // the hosts' subnet (IPv4)
+	tokenOn  string     // the cluster's token file, on the hosts
+	slow     = 1.0      // DSMIGRATE_TEST_SLOW
 	hostsEnv string
-	nHosts   = 4
 )
 
 func TestMain(m *testing.M) {
 	_, file, _, _ := runtime.Caller(0)
 	repo = filepath.Join(filepath.Dir(file), "..", "..")
 	cluster = filepath.Join(repo, "test", "integration", "cluster.sh")
+	if c := os.Getenv("DSMIGRATE_TEST_CLUSTER"); c != "" {
+		cluster = c
+		if !filepath.IsAbs(c) { // go test runs the tests in their package's directory
+			cluster = filepath.Join(repo, c)
+		}
+	}
 	if os.Geteuid() != 0 {
 		fmt.Println("integration tests need root: skipped")
 		os.Exit(m.Run())
+	}
+	if s := os.Getenv("DSMIGRATE_TEST_SLOW"); s != "" {
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil || f < 1 {
+			fmt.Printf("DSMIGRATE_TEST_SLOW=%q: want a number >= 1\n", s)
+			os.Exit(2)
+		}
+		slow = f
+	}
+	bringUp := os.Getenv("DSMIGRATE_TEST_UP") != "0"
+	n := 4
+	if s := os.Getenv("DSMIGRATE_TEST_HOSTS"); s != "" {
+		var err error
+		if n, err = strconv.Atoi(s); err != nil || n < 1 {
+			fmt.Printf("DSMIGRATE_TEST_HOSTS=%q: want a number >= 1\n", s)
+			os.Exit(2)
+		}
 	}
 	build := exec.Command("go", "build", "-o", filepath.Join(repo, "bin")+"/", "./cmd/...", "./test/integration/migtest", "./examples/...")
 	build.Dir, build.Stdout, build.Stderr = repo, os.Stderr, os.Stderr
@@ -40,44 +117,154 @@ func TestMain(m *testing.M) {
 		fmt.Println("build failed:", err)
 		os.Exit(1)
 	}
-	up := exec.Command(cluster, "up", strconv.Itoa(nHosts))
-	up.Stdout, up.Stderr = os.Stderr, os.Stderr
-	if err := up.Run(); err != nil {
-		fmt.Println("cluster up failed:", err)
-		exec.Command(cluster, "down").Run()
-		os.Exit(1)
-	}
-	out, err := exec.Command(cluster, "env").Output()
-	if err != nil {
-		fmt.Println("cluster env failed:", err)
-		os.Exit(1)
-	}
-	for _, l := range strings.Split(string(out), "\n") {
-		if k, v, ok := strings.Cut(l, "="); ok {
-			os.Setenv(k, v)
-			if k == "MIGRATED_HOSTS" {
-				hostsEnv = v
-			}
+	down := func() int {
+		if !bringUp || os.Getenv("KEEP_CLUSTER") != "" {
+			return 0
 		}
-	}
-	code := m.Run()
-	if os.Getenv("KEEP_CLUSTER") == "" {
 		down := exec.Command(cluster, "down")
 		down.Stdout, down.Stderr = os.Stderr, os.Stderr
 		if err := down.Run(); err != nil {
 			fmt.Println("cluster down failed:", err)
-			code = 1
+			return 1
+		}
+		return 0
+	}
+	if bringUp {
+		up := exec.Command(cluster, "up", strconv.Itoa(n))
+		up.Stdout, up.Stderr = os.Stderr, os.Stderr
+		if err := up.Run(); err != nil {
+			fmt.Println("cluster up failed:", err)
+			exec.Command(cluster, "down").Run()
+			os.Exit(1)
 		}
 	}
-	os.Exit(code)
+	if err := loadHosts(); err != nil {
+		fmt.Printf("the hosts of %s: %v\n", cluster, err)
+		os.Exit(1 | down())
+	}
+	fmt.Fprintf(os.Stderr, "integration: %d hosts from %s (%s), subnet %s, deadlines x%g\n",
+		nHosts, cluster, hostsEnv, subnet, slow)
+	code := m.Run()
+	os.Exit(code | down())
 }
 
-// needRoot skips the test without root, and otherwise guards the hosts for
-// it (guardHosts): every test that uses the cluster calls it first.
-func needRoot(t *testing.T) {
+// loadHosts learns the hosts from the driver's env and each host's
+// interface and prefix from the host.
+func loadHosts() error {
+	out, err := exec.Command(cluster, "env").Output()
+	if err != nil {
+		return fmt.Errorf("env: %w", err)
+	}
+	env := map[string]string{}
+	for _, l := range strings.Split(string(out), "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok {
+			os.Setenv(k, v) // MIGRATED_HOSTS and MIGRATED_TOKEN_FILE for dsmrun
+			env[k] = v
+		}
+	}
+	hostsEnv, tokenOn = env["MIGRATED_HOSTS"], env["CLUSTER_TOKEN_FILE"]
+	addrs, dirs := strings.Split(hostsEnv, ","), strings.Split(env["CLUSTER_STATE_DIRS"], ",")
+	switch {
+	case hostsEnv == "":
+		return fmt.Errorf("env printed no MIGRATED_HOSTS")
+	case len(dirs) != len(addrs) || dirs[0] == "":
+		return fmt.Errorf("env printed %d hosts (MIGRATED_HOSTS) and %d state dirs (CLUSTER_STATE_DIRS)", len(addrs), len(dirs))
+	case tokenOn == "":
+		return fmt.Errorf("env printed no CLUSTER_TOKEN_FILE")
+	}
+	nHosts = len(addrs)
+	hosts = make([]host, nHosts)
+	for i, a := range addrs {
+		ip, _, err := net.SplitHostPort(a)
+		if err != nil || net.ParseIP(ip).To4() == nil {
+			return fmt.Errorf("h%d: %q is not an IPv4 ADDR:PORT", i+1, a)
+		}
+		hosts[i] = host{addr: a, ip: ip, stateDir: dirs[i]}
+	}
+	for k := 1; k <= nHosts; k++ {
+		h := &hosts[k-1]
+		out, err := on(k, "ip", "-4", "-o", "addr", "show")
+		if err != nil {
+			return err
+		}
+		for _, l := range strings.Split(out, "\n") {
+			f := strings.Fields(l) // 2: eth0    inet 10.77.0.2/24 brd ...
+			if len(f) < 4 || f[2] != "inet" {
+				continue
+			}
+			if ip, n, err := net.ParseCIDR(f[3]); err == nil && ip.String() == h.ip {
+				h.iface = f[1]
+				h.prefix, _ = n.Mask.Size()
+				if subnet == nil {
+					subnet = n
+				} else if subnet.String() != n.String() {
+					return fmt.Errorf("h%d's address %s is not in h1's subnet %s", k, f[3], subnet)
+				}
+			}
+		}
+		if h.iface == "" {
+			return fmt.Errorf("h%d holds no address %s:\n%s", k, h.ip, out)
+		}
+	}
+	if ones, _ := subnet.Mask.Size(); ones > 24 {
+		return fmt.Errorf("the hosts' subnet %s is smaller than a /24: the tests need host numbers 101-249 in it", subnet)
+	}
+	return nil
+}
+
+// addr is the daemon address of host hK.
+func addr(k int) string { return hosts[k-1].addr }
+
+// hostIP is hK's own address (its daemon's).
+func hostIP(k int) string { return hosts[k-1].ip }
+
+// ifc is the interface of hK that holds its address, where tests add theirs.
+func ifc(k int) string { return hosts[k-1].iface }
+
+// stateDir is hK's daemon state directory, on hK.
+func stateDir(k int) string { return hosts[k-1].stateDir }
+
+// ownCIDR is hK's own address with its prefix length, as ip addr shows it.
+func ownCIDR(k int) string { return fmt.Sprintf("%s/%d", hosts[k-1].ip, hosts[k-1].prefix) }
+
+// subnetIP is the address with host number n in the hosts' subnet (n in
+// 101-249 for the tests' own addresses: 10.77.0.n on the namespace cluster).
+// It panics on a host's own address.
+func subnetIP(n int) string {
+	ip := subnet.IP.To4()
+	v := uint32(ip[0])<<24 | uint32(ip[1])<<16 | uint32(ip[2])<<8 | uint32(ip[3])
+	v += uint32(n)
+	s := net.IPv4(byte(v>>24), byte(v>>16), byte(v>>8), byte(v)).String()
+	for k := 1; k <= nHosts; k++ {
+		if hostIP(k) == s {
+			panic(fmt.Sprintf("subnetIP(%d) is h%d's own address %s", n, k, s))
+		}
+	}
+	return s
+}
+
+// subnetCIDR is subnetIP(n) with the subnet's prefix length.
+func subnetCIDR(n int) string {
+	ones, _ := subnet.Mask.Size()
+	return fmt.Sprintf("%s/%d", subnetIP(n), ones)
+}
+
+// scaled is d stretched by DSMIGRATE_TEST_SLOW.
+func scaled(d time.Duration) time.Duration { return time.Duration(float64(d) * slow) }
+
+// within is the deadline d from now, stretched by DSMIGRATE_TEST_SLOW.
+func within(d time.Duration) time.Time { return time.Now().Add(scaled(d)) }
+
+// needHosts skips the test without root or with fewer than n hosts, and
+// otherwise guards the hosts for it (guardHosts): every test that uses the
+// cluster calls it first.
+func needHosts(t *testing.T, n int) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root and the namespace cluster")
+		t.Skip("needs root and a cluster of hosts")
+	}
+	if nHosts < n {
+		t.Skipf("needs %d hosts, the cluster (%s) has %d", n, filepath.Base(filepath.Dir(cluster))+"/"+filepath.Base(cluster), nHosts)
 	}
 	guardHosts(t)
 }
@@ -91,8 +278,8 @@ type leftover struct {
 }
 
 // leftovers lists what is on the hosts besides the daemons: processes the
-// daemons list (finished ones too), addresses beyond each host's own on
-// eth0, CRIU network-lock tables, and armed fault points. A host whose
+// daemons list (finished ones too), addresses beyond each host's own on its
+// interface, CRIU network-lock tables, and armed fault points. A host whose
 // daemon does not answer (restarting after a crash fault) is waited for.
 func leftovers(t *testing.T) []leftover {
 	t.Helper()
@@ -100,9 +287,10 @@ func leftovers(t *testing.T) []leftover {
 	for k := 1; k <= nHosts; k++ {
 		var snap string
 		var err error
-		for end := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-			snap, err = on(k, "sh", "-c", `migrated ps --json && echo '#addrs' && ip -4 -o addr show dev eth0 &&
-				echo '#nft' && nft list tables`)
+		for end := within(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			snap, err = on(k, "sh", "-c", `migrated ps --json && echo '#addrs' && ip -4 -o addr show dev "$1" &&
+				echo '#nft' && nft list tables && echo '#faults' && { ls -A "$2/faults" 2>/dev/null || true; }`,
+				"leftovers", ifc(k), stateDir(k))
 			if err == nil || time.Now().After(end) {
 				break
 			}
@@ -111,7 +299,8 @@ func leftovers(t *testing.T) []leftover {
 			t.Fatalf("cannot see what is on h%d: %v", k, err)
 		}
 		psOut, rest, _ := strings.Cut(snap, "#addrs\n")
-		addrs, tables, _ := strings.Cut(rest, "#nft\n")
+		addrs, rest, _ := strings.Cut(rest, "#nft\n")
+		tables, faults, _ := strings.Cut(rest, "#faults\n")
 		var procs []procInfo
 		if err := json.Unmarshal([]byte(psOut), &procs); err != nil {
 			t.Fatalf("ps --json on h%d: %v: %s", k, err, psOut)
@@ -121,14 +310,13 @@ func leftovers(t *testing.T) []leftover {
 			out = append(out, leftover{fmt.Sprintf("h%d: process %s (%s) %s", k, p.ID, p.Name, p.State), !done,
 				func() { on(k, "migrated", "kill", p.ID) }})
 		}
-		own := fmt.Sprintf("10.77.0.%d/24", k)
 		for _, l := range strings.Split(addrs, "\n") {
 			f := strings.Fields(l) // 2: eth0    inet 10.77.0.2/24 brd ...
-			if len(f) < 4 || f[2] != "inet" || f[3] == own {
+			if len(f) < 4 || f[2] != "inet" || f[3] == ownCIDR(k) {
 				continue
 			}
 			out = append(out, leftover{fmt.Sprintf("h%d: address %s", k, f[3]), true,
-				func() { on(k, "ip", "addr", "del", f[3], "dev", "eth0") }})
+				func() { on(k, "ip", "addr", "del", f[3], "dev", ifc(k)) }})
 		}
 		for _, l := range strings.Split(tables, "\n") {
 			f := strings.Fields(l) // table inet CRIU-...
@@ -137,11 +325,10 @@ func leftovers(t *testing.T) []leftover {
 					func() { on(k, "nft", "delete", "table", f[1], f[2]) }})
 			}
 		}
-		faults, _ := os.ReadDir(filepath.Join(stateDir(k), "faults"))
-		for _, e := range faults {
-			path := filepath.Join(stateDir(k), "faults", e.Name())
-			out = append(out, leftover{fmt.Sprintf("h%d: armed fault point %s", k, e.Name()), true,
-				func() { os.Remove(path) }})
+		for _, name := range strings.Fields(faults) {
+			path := filepath.Join(stateDir(k), "faults", name)
+			out = append(out, leftover{fmt.Sprintf("h%d: armed fault point %s", k, name), true,
+				func() { on(k, "rm", "-f", path) }})
 		}
 	}
 	return out
@@ -152,7 +339,7 @@ func leftovers(t *testing.T) []leftover {
 // what stayed.
 func removeLeftovers(t *testing.T) (found, stayed []leftover) {
 	t.Helper()
-	for end := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+	for end := within(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		l := leftovers(t)
 		if found == nil {
 			found = l
@@ -207,20 +394,55 @@ func describe(l []leftover) string {
 	return strings.Join(s, "\n  ")
 }
 
-// addr is the daemon address of host hK.
-func addr(k int) string { return fmt.Sprintf("10.77.0.%d:7077", k) }
+// on runs a command on host hK (through the driver's exec) and returns its
+// stdout; stderr goes into the error.
+func on(k int, args ...string) (string, error) { return onIn(k, "", args...) }
 
-// on runs a command inside host hK and returns its stdout; stderr goes into
-// the error.
-func on(k int, args ...string) (string, error) {
+// onIn is on with stdin.
+func onIn(k int, stdin string, args ...string) (string, error) {
 	cmd := exec.Command(cluster, append([]string{"exec", fmt.Sprintf("h%d", k)}, args...)...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
 	err := cmd.Run()
 	if err != nil {
 		return out.String(), fmt.Errorf("%s on h%d: %v: %s%s", strings.Join(args, " "), k, err, errb.String(), out.String())
 	}
 	return out.String(), nil
+}
+
+// hostDir makes a new directory at the same path on every host (a fresh
+// path of this machine's temporary directory) with files in it, name to
+// content (executable if it starts with "#!" or "\x7fELF"), and removes it
+// from every host when the test ends. Programs that migrate need their
+// files at the same path on every host.
+func hostDir(t *testing.T, files map[string][]byte) string {
+	t.Helper()
+	dir := t.TempDir()
+	for k := 1; k <= nHosts; k++ {
+		t.Cleanup(func() { on(k, "rm", "-rf", dir) })
+		if _, err := on(k, "mkdir", "-p", dir); err != nil {
+			t.Fatal(err)
+		}
+		for name, b := range files {
+			mode := "0644"
+			if bytes.HasPrefix(b, []byte("#!")) || bytes.HasPrefix(b, []byte("\x7fELF")) {
+				mode = "0755"
+			}
+			if _, err := onIn(k, string(b), "sh", "-c", `cat >"$1" && chmod "$2" "$1"`, "put", filepath.Join(dir, name), mode); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return dir
+}
+
+// exclusive is a pkill/pgrep -f pattern that matches s but not itself: over
+// ssh and sudo the command line that runs pkill holds the pattern too.
+func exclusive(s string) string {
+	return "[" + regexp.QuoteMeta(s[:1]) + "]" + regexp.QuoteMeta(s[1:])
 }
 
 func mustOn(t *testing.T, k int, args ...string) string {
@@ -283,7 +505,7 @@ func waitLog(t *testing.T, k int, id, re string, n int) string {
 	t.Helper()
 	rx := regexp.MustCompile(re)
 	before := len(rx.FindAllString(logs(t, k, id), -1))
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := within(60 * time.Second)
 	for {
 		l := logs(t, k, id)
 		if len(rx.FindAllString(l, -1)) >= before+n {
@@ -318,7 +540,7 @@ func migrate(t *testing.T, from, to int, id string, extra ...string) string {
 	}
 	// The target may finish a step of its own after the source is done (a
 	// lost commit is settled by asking the source): give it a moment.
-	for end := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	for end := within(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		got, left := find(t, to, id), find(t, from, id)
 		if got != nil && got.Name == name.Name && got.State == "running" && left == nil {
 			return out

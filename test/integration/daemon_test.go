@@ -2,7 +2,6 @@ package integration
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -15,32 +14,27 @@ import (
 // own, the daemon's state is journaled, and a migration interrupted at any
 // step is settled so that the process runs exactly once.
 
-// stateDir is hK's daemon state directory.
-func stateDir(k int) string {
-	dir := os.Getenv("CLUSTER_DIR")
-	if dir == "" {
-		dir = "/run/dsmigrate-cluster"
-	}
-	return filepath.Join(dir, fmt.Sprintf("h%d", k), "state")
-}
-
 // armFaultMode arms fault point name on hK's daemon: mode "fail" makes the
-// step fail, "crash" makes the daemon kill itself with SIGKILL there.
+// step fail, "crash" makes the daemon kill itself with SIGKILL there ("" is
+// the default, outcome.go). The daemon removes the file when it fires.
 func armFaultMode(t *testing.T, k int, name, mode string) {
 	t.Helper()
 	dir := filepath.Join(stateDir(k), "faults")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if _, err := on(k, "sh", "-c", `umask 077 && mkdir -p "$1" && printf '%s' "$3" >"$1/.$2" && mv "$1/.$2" "$1/$2"`, "arm", dir, name, mode+"\n"); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, name), []byte(mode+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.Remove(filepath.Join(dir, name)) })
+	t.Cleanup(func() { on(k, "rm", "-f", filepath.Join(dir, name)) })
 }
 
-func faultArmed(k int, name string) bool {
-	_, err := os.Stat(filepath.Join(stateDir(k), "faults", name))
-	return err == nil
+// faultArmed reports whether fault point name on hK is still armed (has not
+// fired).
+func faultArmed(t *testing.T, k int, name string) bool {
+	t.Helper()
+	out, err := on(k, "sh", "-c", `if [ -e "$1" ]; then echo armed; fi`, "armed", filepath.Join(stateDir(k), "faults", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(out) == "armed"
 }
 
 // copies counts the live tasks (running or stopped, not zombies) on hK whose
@@ -58,7 +52,7 @@ func copies(t *testing.T, k int, marker string) int {
 // settled waits until exactly one host lists id, as running, and returns it.
 func settled(t *testing.T, id string) int {
 	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
+	deadline := within(90 * time.Second)
 	for {
 		where, states := 0, []string{}
 		for k := 1; k <= nHosts; k++ {
@@ -120,7 +114,7 @@ func startMemcount(t *testing.T, k int, name string) (id, marker, digest string)
 // they never stopped, their output written meanwhile is in their logs, and
 // ps, logs, migrate and kill work as before.
 func TestDaemonRestartKeepsProcesses(t *testing.T) {
-	needRoot(t)
+	needHosts(t, 2)
 	id, marker, digest := startMemcount(t, 1, "survivor")
 	id2 := start(t, 1, "survivor2", "migtest", "counter")
 	waitLog(t, 1, id2, `count \d+`, 3)
@@ -153,17 +147,12 @@ func TestDaemonRestartKeepsProcesses(t *testing.T) {
 // An upgrade: a new binary in place of the old one, the daemon restarted
 // gracefully (SIGTERM, as systemctl restart does); nothing is lost.
 func TestDaemonUpgrade(t *testing.T) {
-	needRoot(t)
+	needHosts(t, 3)
 	id, marker, digest := startMemcount(t, 3, "upgraded")
+	// A new inode in place of the binary, as a package upgrade makes (on
+	// h3: the hosts may have bin/ of their own).
 	bin := filepath.Join(repo, "bin", "migrated")
-	b, err := os.ReadFile(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bin+".new", b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(bin+".new", bin); err != nil { // a new inode, as a package upgrade makes
+	if _, err := on(3, "sh", "-c", `cp -p "$1" "$1.new" && mv "$1.new" "$1"`, "upgrade", bin); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := on(3, "pkill", "-TERM", "-x", "migrated"); err != nil {
@@ -180,9 +169,9 @@ func TestDaemonUpgrade(t *testing.T) {
 // A second daemon on the same state directory and socket refuses to start,
 // and says why; the first one serves on.
 func TestSecondServeRefused(t *testing.T) {
-	needRoot(t)
-	out, err := on(2, "sh", "-c", "exec 2>&1; exec timeout 20 migrated serve --listen 10.77.0.2:7079 --state-dir "+stateDir(2)+
-		" --token-file "+filepath.Join(filepath.Dir(filepath.Dir(stateDir(2))), "token"))
+	needHosts(t, 2)
+	out, err := on(2, "sh", "-c", "exec 2>&1; exec timeout 20 migrated serve --listen "+hostIP(2)+":7079 --state-dir "+stateDir(2)+
+		" --token-file "+tokenOn)
 	if err == nil || !strings.Contains(out+err.Error(), "another migrated is serving here") {
 		t.Fatalf("a second serve on h2's state dir: %v\n%s", err, out)
 	}
@@ -221,7 +210,7 @@ func committedAt(side, when, step string) bool {
 // the fault came before the commit and on the target after it, with its
 // memory intact and its output sequence unbroken.
 func TestFaultAtEveryStep(t *testing.T) {
-	needRoot(t)
+	needHosts(t, 2)
 	for _, mode := range []string{"fail", "crash"} {
 		for _, side := range []string{"source", "target"} {
 			steps := map[string][]string{"source": sourceSteps, "target": targetSteps}[side]
@@ -270,7 +259,7 @@ func faultMigrate(t *testing.T, mode, side, when, step, id string, extra ...stri
 	host := map[string]int{"source": src, "target": dst}[side]
 	armFaultMode(t, host, point, mode)
 	out, err = on(src, "sh", "-c", "exec 2>&1; exec migrated migrate "+id+" --to "+addr(dst)+" "+strings.Join(extra, " "))
-	if faultArmed(host, point) {
+	if faultArmed(t, host, point) {
 		t.Fatalf("the fault point %s was never reached (migrate: %v)\n%s", point, err, out)
 	}
 	if mode == "crash" {
@@ -300,7 +289,7 @@ func lockTables(t *testing.T, k int) string {
 func noLocks(t *testing.T, before map[int]string, hosts ...int) {
 	t.Helper()
 	for _, k := range hosts {
-		for end := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		for end := within(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 			var left []string
 			for _, tb := range strings.Fields(lockTables(t, k)) {
 				if !strings.Contains(before[k], tb) {
@@ -323,7 +312,7 @@ func noLocks(t *testing.T, before map[int]string, hosts ...int) {
 // lives on, every echo in order. This is the undo that takes the sockets out
 // of the repair mode the dump left them in, and the rollback of the address.
 func TestMoveIPFaultAtEveryStep(t *testing.T) {
-	needRoot(t)
+	needHosts(t, 3)
 	srv := start(t, 3, "mf-srv", "migtest", "tcp-server", "0.0.0.0:7160")
 	waitLog(t, 3, srv, `server conns`, 1)
 	steps := map[string][]string{
@@ -336,7 +325,7 @@ func TestMoveIPFaultAtEveryStep(t *testing.T) {
 			for _, step := range steps[side] {
 				for _, when := range []string{"before", "after"} {
 					point := side + "-" + when + "-" + step
-					ip := fmt.Sprintf("10.77.0.%d", 160+n%90)
+					ip := subnetIP(160 + n%90)
 					n++
 					t.Run(mode+"/"+point, func(t *testing.T) { moveIPFaultAt(t, mode, side, when, step, ip) })
 				}
@@ -347,10 +336,11 @@ func TestMoveIPFaultAtEveryStep(t *testing.T) {
 
 func moveIPFaultAt(t *testing.T, mode, side, when, step, ip string) {
 	const src = 1
-	withIP(t, src, ip+"/24")
-	id := start(t, src, "mf-"+strings.ReplaceAll(ip, ".", "-"), "migtest", "tcp-client", ip, "10.77.0.3:7160")
+	cidr := fmt.Sprintf("%s/%d", ip, hosts[src-1].prefix)
+	withIP(t, src, cidr)
+	id := start(t, src, "mf-"+strings.ReplaceAll(ip, ".", "-"), "migtest", "tcp-client", ip, hostIP(3)+":7160")
 	waitLog(t, src, id, `client ok`, 2)
-	got, _, out, err := faultMigrate(t, mode, side, when, step, id, "--move-ip", ip+"/24")
+	got, _, out, err := faultMigrate(t, mode, side, when, step, id, "--move-ip", cidr)
 	for k := 1; k <= nHosts; k++ {
 		if n := copies(t, k, ip); n != map[bool]int{true: 1, false: 0}[k == got] {
 			t.Fatalf("h%d has %d copies of the client", k, n)

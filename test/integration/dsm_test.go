@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// dsmrun runs dsmrun in the root namespace against the first three hosts.
+// dsmrun runs dsmrun here (not on a host) against the first three hosts.
 func dsmrun(args ...string) *exec.Cmd {
 	cmd := exec.Command(filepath.Join(repo, "bin", "dsmrun"), args...)
 	hosts := strings.Join([]string{addr(1), addr(2), addr(3)}, ",")
@@ -23,7 +23,7 @@ func dsmrun(args ...string) *exec.Cmd {
 // Every example verifies its result under dsmrun with 2, 3 and 4 ranks over
 // three hosts.
 func TestDSMExamples(t *testing.T) {
-	needRoot(t)
+	needHosts(t, 3)
 	for _, ex := range []string{"jacobi", "tsp", "matmul", "isort"} {
 		for _, n := range []int{2, 3, 4} {
 			t.Run(fmt.Sprintf("%s-%d", ex, n), func(t *testing.T) {
@@ -45,11 +45,12 @@ func TestDSMExamples(t *testing.T) {
 
 // A failing rank stops the job: dsmrun exits non-zero and leaves nothing running.
 func TestDSMRankFailureStopsJob(t *testing.T) {
-	needRoot(t)
+	needHosts(t, 3)
 	// jacobi with a bad flag exits non-zero on every rank; sleep keeps the
 	// others alive: use a program that fails on rank 1 only.
-	script := filepath.Join(t.TempDir(), "fail1.sh")
-	os.WriteFile(script, []byte("#!/bin/sh\nif [ \"$DSM_RANK\" = 1 ]; then echo rank1 fails; exit 3; fi\nexec sleep 600\n"), 0o755)
+	script := filepath.Join(hostDir(t, map[string][]byte{
+		"fail1.sh": []byte("#!/bin/sh\nif [ \"$DSM_RANK\" = 1 ]; then echo rank1 fails; exit 3; fi\nexec sleep 600\n"),
+	}), "fail1.sh")
 	cmd := dsmrun("run", "-n", "3", "--", script)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -65,7 +66,7 @@ func TestDSMRankFailureStopsJob(t *testing.T) {
 	if job == "" {
 		t.Fatalf("dsmrun did not print the job ID on stderr:\n%s", errb.String())
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := within(10 * time.Second)
 	for {
 		var left []string
 		for k := 1; k <= 3; k++ {
@@ -87,9 +88,8 @@ func TestDSMRankFailureStopsJob(t *testing.T) {
 
 // dsmrun ps --json lists a running job with each rank's host.
 func TestDSMPs(t *testing.T) {
-	needRoot(t)
-	script := filepath.Join(t.TempDir(), "sleep.sh")
-	os.WriteFile(script, []byte("#!/bin/sh\nexec sleep 600\n"), 0o755)
+	needHosts(t, 3)
+	script := filepath.Join(hostDir(t, map[string][]byte{"sleep.sh": []byte("#!/bin/sh\nexec sleep 600\n")}), "sleep.sh")
 	j := startJob(t, 4, script)
 	jobs, out := psJobs(t, dsmrun("ps", "--json"))
 	for _, jb := range jobs {

@@ -3,7 +3,6 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -27,25 +26,27 @@ func hostAddrs(t *testing.T, k int) string {
 // host reaches the target from, and one the host does not hold. The
 // process keeps running on its source, and the host keeps its addresses.
 func TestMoveIPRefused(t *testing.T) {
-	needRoot(t)
+	needHosts(t, 2)
 	// An address that carries h1's route to h2 without being the daemon's:
 	// a host route to h2 with it as the source.
-	withIP(t, 1, "10.77.0.151/24")
-	withIP(t, 1, "10.77.0.152/24") // a process's own, given with another prefix length
-	mustOn(t, 1, "ip", "route", "add", "10.77.0.2/32", "dev", "eth0", "src", "10.77.0.151")
-	t.Cleanup(func() { on(1, "ip", "route", "del", "10.77.0.2/32", "dev", "eth0") })
-	if out := mustOn(t, 1, "ip", "route", "get", "10.77.0.2"); !strings.Contains(out, "src 10.77.0.151") {
-		t.Fatalf("the route to h2 does not go from 10.77.0.151: %s", out)
+	dev, bits := ifc(1), hosts[0].prefix
+	route, other := subnetIP(151), subnetIP(152)
+	withIP(t, 1, fmt.Sprintf("%s/%d", route, bits))
+	withIP(t, 1, fmt.Sprintf("%s/%d", other, bits)) // a process's own, given with another prefix length
+	mustOn(t, 1, "ip", "route", "add", hostIP(2)+"/32", "dev", dev, "src", route)
+	t.Cleanup(func() { on(1, "ip", "route", "del", hostIP(2)+"/32", "dev", dev) })
+	if out := mustOn(t, 1, "ip", "route", "get", hostIP(2)); !strings.Contains(out, "src "+route) {
+		t.Fatalf("the route to h2 does not go from %s: %s", route, out)
 	}
 	before := hostAddrs(t, 1)
 	id := start(t, 1, "stays", "migtest", "counter")
 	waitLog(t, 1, id, `count`, 3)
 	for _, c := range []struct{ cidr, why string }{
 		{"127.0.0.1/8", "127.0.0.1/8 is a loopback address"},
-		{"10.77.0.1/24", "10.77.0.1/24 is the migration daemon's own address"},
-		{"10.77.0.151/24", "10.77.0.151/24 is the address this host reaches 10.77.0.2 from"},
-		{"10.77.0.199/24", "this host holds no address 10.77.0.199"},
-		{"10.77.0.152/32", "this host holds 10.77.0.152/24 on eth0, not 10.77.0.152/32"},
+		{ownCIDR(1), ownCIDR(1) + " is the migration daemon's own address"},
+		{fmt.Sprintf("%s/%d", route, bits), fmt.Sprintf("%s/%d is the address this host reaches %s from", route, bits, hostIP(2))},
+		{subnetCIDR(199), "this host holds no address " + subnetIP(199)},
+		{other + "/32", fmt.Sprintf("this host holds %s/%d on %s, not %s/32", other, bits, dev, other)},
 	} {
 		out, err := on(1, "sh", "-c", "exec 2>&1; exec migrated migrate "+id+" --to "+addr(2)+" --move-ip "+c.cidr)
 		if err == nil {
@@ -78,9 +79,9 @@ func TestMoveIPRefused(t *testing.T) {
 // A daemon listening on every address needs --advertise (the address peers
 // call back), and refuses to start without it; with it, it starts.
 func TestListenNeedsAdvertise(t *testing.T) {
-	needRoot(t)
+	needHosts(t, 3)
 	const k, port = 3, "7179"
-	dir := t.TempDir()
+	dir := hostDir(t, nil)                      // on h3
 	sock := "/run/hostsafety-" + port + ".sock" // h3's own /run: no clash with its daemon's
 	serve := func(extra ...string) string {
 		return fmt.Sprintf("exec env MIGRATED_SOCKET=%s migrated serve --listen 0.0.0.0:%s --state-dir %s %s",
@@ -88,7 +89,7 @@ func TestListenNeedsAdvertise(t *testing.T) {
 	}
 	for _, listen := range []string{"0.0.0.0:" + port, ":" + port, "[::]:" + port} {
 		cmd := strings.Replace(serve(), "0.0.0.0:"+port, listen, 1)
-		out, err := on(k, "timeout", "20", "sh", "-c", "exec 2>&1; "+cmd)
+		out, err := on(k, "timeout", fmt.Sprint(int(scaled(20*time.Second).Seconds())), "sh", "-c", "exec 2>&1; "+cmd)
 		if err == nil {
 			t.Fatalf("migrated serve --listen %s without --advertise started (and ended):\n%s", listen, out)
 		}
@@ -96,12 +97,14 @@ func TestListenNeedsAdvertise(t *testing.T) {
 			t.Errorf("migrated serve --listen %s: the error does not say to add --advertise: %v", listen, err)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(dir, "state")); err == nil {
+	if _, err := on(k, "test", "-e", filepath.Join(dir, "state")); err == nil {
 		t.Errorf("a refused daemon made its state directory")
 	}
 
 	logf := filepath.Join(dir, "daemon.log")
-	out := mustOn(t, k, "sh", "-c", serve("--advertise", fmt.Sprintf("10.77.0.%d:%s", k, port))+" >"+logf+" 2>&1 & echo $!")
+	readLog := func() string { b, _ := on(k, "cat", logf); return b }
+	adv := fmt.Sprintf("%s:%s", hostIP(k), port)
+	out := mustOn(t, k, "sh", "-c", serve("--advertise", adv)+" >"+logf+" 2>&1 </dev/null & echo $!")
 	pid := strings.TrimSpace(out)
 	if !regexp.MustCompile(`^[0-9]+$`).MatchString(pid) {
 		t.Fatalf("starting a daemon on h%d printed %q, want its pid", k, out)
@@ -109,7 +112,7 @@ func TestListenNeedsAdvertise(t *testing.T) {
 	// Stopped by its pid (SIGTERM: it unmounts its images tmpfs), waited for.
 	t.Cleanup(func() {
 		on(k, "kill", pid)
-		for range 100 {
+		for end := within(10 * time.Second); time.Now().Before(end); {
 			if _, err := on(k, "kill", "-0", pid); err != nil {
 				return
 			}
@@ -117,13 +120,11 @@ func TestListenNeedsAdvertise(t *testing.T) {
 		}
 		on(k, "kill", "-KILL", pid)
 	})
-	waitPort(t, k, fmt.Sprintf("10.77.0.%d:%s", k, port))
+	waitPort(t, k, adv)
 	if _, err := on(k, "kill", "-0", pid); err != nil {
-		b, _ := os.ReadFile(logf)
-		t.Fatalf("the daemon with --advertise is not running:\n%s", b)
+		t.Fatalf("the daemon with --advertise is not running:\n%s", readLog())
 	}
-	b, _ := os.ReadFile(logf)
-	if !strings.Contains(string(b), fmt.Sprintf("advertise=10.77.0.%d:%s", k, port)) {
+	if b := readLog(); !strings.Contains(b, "advertise="+adv) {
 		t.Errorf("the daemon's log does not name the advertised address:\n%s", b)
 	}
 }
@@ -132,18 +133,19 @@ func TestListenNeedsAdvertise(t *testing.T) {
 // back exactly as it was (its label and flags too), and the history
 // records how long the process was stopped, not 0.
 func TestMoveIPRollback(t *testing.T) {
-	needRoot(t)
-	const cidr = "10.77.0.153/24"
-	mustOn(t, 1, "ip", "addr", "add", cidr, "dev", "eth0", "label", "eth0:mv", "noprefixroute")
+	needHosts(t, 3)
+	ip, cidr := subnetIP(153), subnetCIDR(153)
+	mustOn(t, 1, "ip", "addr", "add", cidr, "dev", ifc(1), "label", ifc(1)+":mv", "noprefixroute")
+	announce(t, 1, ip)
 	t.Cleanup(func() {
 		for h := 1; h <= nHosts; h++ {
-			on(h, "ip", "addr", "del", cidr, "dev", "eth0")
+			on(h, "ip", "addr", "del", cidr, "dev", ifc(h))
 		}
 	})
 	before := hostAddrs(t, 1)
 	srv := start(t, 3, "rb-srv", "migtest", "tcp-server", "0.0.0.0:7153")
 	waitLog(t, 3, srv, `server conns`, 1)
-	cli := start(t, 1, "rb-cli", "migtest", "tcp-client", "10.77.0.153", "10.77.0.3:7153")
+	cli := start(t, 1, "rb-cli", "migtest", "tcp-client", ip, hostIP(3)+":7153")
 	waitLog(t, 1, cli, `client ok`, 3)
 	armFault(t, 1, "source-before-restore") // after move-ip: the address is gone from h1 then
 	out, err := on(1, "sh", "-c", "exec 2>&1; exec migrated migrate "+cli+" --to "+addr(2)+" --move-ip "+cidr)
@@ -156,8 +158,8 @@ func TestMoveIPRollback(t *testing.T) {
 	if after := hostAddrs(t, 1); after != before {
 		t.Errorf("h1's addresses after the rollback:\n%s\nwere:\n%s", after, before)
 	}
-	if strings.Contains(mustOn(t, 2, "ip", "-o", "addr", "show"), "10.77.0.153/") {
-		t.Errorf("h2 holds 10.77.0.153 after the failed move")
+	if strings.Contains(mustOn(t, 2, "ip", "-o", "addr", "show"), " "+ip+"/") {
+		t.Errorf("h2 holds %s after the failed move", ip)
 	}
 	var recs []struct {
 		ID       string

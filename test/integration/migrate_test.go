@@ -15,7 +15,7 @@ import (
 // A stateful process goes round h1 -> h2 -> h3 -> h1 and keeps counting from
 // where it was: its log, which travels with it, has every number once.
 func TestStatefulRoundTrip(t *testing.T) {
-	needRoot(t)
+	needHosts(t, 3)
 	id := start(t, 1, "counter", "migtest", "counter")
 	waitLog(t, 1, id, `count \d+`, 10)
 	route := []int{1, 2, 3, 1}
@@ -36,7 +36,7 @@ func TestStatefulRoundTrip(t *testing.T) {
 
 // 256 MiB of touched memory arrives with identical content.
 func TestLargeMemory(t *testing.T) {
-	needRoot(t)
+	needHosts(t, 2)
 	id := start(t, 1, "mem256", "migtest", "mem", "256")
 	l := waitLog(t, 1, id, `mem ok`, 1)
 	want := regexp.MustCompile(`mem ready 256 MiB ([0-9a-f]+)`).FindStringSubmatch(l)
@@ -52,7 +52,7 @@ func TestLargeMemory(t *testing.T) {
 
 // A multi-threaded Go program keeps its threads and their work.
 func TestThreads(t *testing.T) {
-	needRoot(t)
+	needHosts(t, 3)
 	id := start(t, 2, "threads", "migtest", "threads", "6")
 	l := waitLog(t, 2, id, `threads \d+ tasks \d+`, 3)
 	before := lastMatch(t, l, `threads (\d+) tasks`)
@@ -68,21 +68,10 @@ func TestThreads(t *testing.T) {
 	}
 }
 
-// armFault arms the fault point name of hK's daemon once (outcome.go).
+// armFault arms the fault point name of hK's daemon once, as a failure.
 func armFault(t *testing.T, k int, name string) {
 	t.Helper()
-	dir := os.Getenv("CLUSTER_DIR")
-	if dir == "" {
-		dir = "/run/dsmigrate-cluster"
-	}
-	dir = filepath.Join(dir, fmt.Sprintf("h%d", k), "state", "faults")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.Remove(filepath.Join(dir, name)) })
+	armFaultMode(t, k, name, "")
 }
 
 // The commit message is lost after the source killed its copy (the fault
@@ -90,12 +79,12 @@ func armFault(t *testing.T, k int, name string) {
 // target asks the source how the migration ended, learns that it committed,
 // and resumes the process, which counts on with no number lost or repeated.
 func TestCommitLost(t *testing.T) {
-	needRoot(t)
+	needHosts(t, 2)
 	id := start(t, 1, "commit-lost", "migtest", "counter")
 	waitLog(t, 1, id, `count \d+`, 5)
 	armFault(t, 1, "source-before-confirm")
 	migrate(t, 1, 2, id)
-	if faultArmed(1, "source-before-confirm") {
+	if faultArmed(t, 1, "source-before-confirm") {
 		t.Fatal("the migration never reached the fault point source-before-confirm")
 	}
 	waitLog(t, 2, id, `count \d+`, 5)
@@ -110,23 +99,31 @@ func TestCommitLost(t *testing.T) {
 // plain CRIU dump of such a process fails and the process dies of the
 // parasite's SIGTRAP (criu/quiesce.go); the daemon quiesces it first.
 func TestFaultingThreads(t *testing.T) {
-	needRoot(t)
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "faulter")
+	needHosts(t, 3)
+	// Built here, run on the hosts: at the same path on every host, with
+	// its count file beside it (the faulter keeps it open, and CRIU reopens
+	// it by path on the target: it must be there, as on the source, 21
+	// bytes long).
+	bin := filepath.Join(t.TempDir(), "faulter")
 	if out, err := exec.Command("cc", "-O2", "-pthread", "-o", bin, filepath.Join(repo, "criu", "testdata", "faulter.c")).CombinedOutput(); err != nil {
 		t.Fatalf("building the faulter: %v\n%s", err, out)
 	}
-	countFile := filepath.Join(dir, "count")
-	count := func() uint64 {
-		b, _ := os.ReadFile(countFile)
-		n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	prog, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := hostDir(t, map[string][]byte{"faulter": prog, "count": []byte(fmt.Sprintf("%20d\n", 0))})
+	bin, countFile := filepath.Join(dir, "faulter"), filepath.Join(dir, "count")
+	count := func(k int) uint64 {
+		out, _ := on(k, "cat", countFile)
+		n, _ := strconv.ParseUint(strings.TrimSpace(out), 10, 64)
 		return n
 	}
 	var id string
 	goesOn := func(when string, k int) {
 		t.Helper()
-		n := count()
-		for end := time.Now().Add(10 * time.Second); count() <= n; time.Sleep(10 * time.Millisecond) {
+		n := count(k)
+		for end := within(10 * time.Second); count(k) <= n; time.Sleep(10 * time.Millisecond) {
 			if time.Now().After(end) {
 				t.Fatalf("%s the faulter's count stays at %d (h%d lists %+v)", when, n, k, find(t, k, id))
 			}
@@ -142,7 +139,7 @@ func TestFaultingThreads(t *testing.T) {
 
 // A parent and its children move as one tree and all go on working.
 func TestProcessTree(t *testing.T) {
-	needRoot(t)
+	needHosts(t, 3)
 	id := start(t, 3, "tree", "migtest", "tree", "3")
 	waitLog(t, 3, id, `child 2 tick`, 3)
 	migrate(t, 3, 1, id)
@@ -155,27 +152,39 @@ func TestProcessTree(t *testing.T) {
 	}
 }
 
-// withIP puts an extra address on hK's eth0 for the test.
+// withIP puts an extra address on hK's interface for the test, and
+// announces it (announce).
 func withIP(t *testing.T, k int, cidr string) {
 	t.Helper()
-	mustOn(t, k, "ip", "addr", "add", cidr, "dev", "eth0")
+	mustOn(t, k, "ip", "addr", "add", cidr, "dev", ifc(k))
+	announce(t, k, strings.Split(cidr, "/")[0])
 	t.Cleanup(func() {
 		for h := 1; h <= nHosts; h++ {
-			on(h, "ip", "addr", "del", cidr, "dev", "eth0")
+			on(h, "ip", "addr", "del", cidr, "dev", ifc(h))
 		}
 	})
+}
+
+// announce sends a gratuitous ARP for ip from hK: the other hosts may still
+// have it in their neighbour tables with the MAC of the host that held it in
+// an earlier test, and would answer that host instead for seconds (seen on
+// the VMs: a client's dial from a test address timed out).
+func announce(t *testing.T, k int, ip string) {
+	t.Helper()
+	mustOn(t, k, "arping", "-q", "-U", "-c", "1", "-I", ifc(k), ip)
 }
 
 // A TCP client keeps its connection to a server on h3 through a move with
 // its address: the server sees no reset, every echo comes back in order.
 func TestTCPClientMoveIP(t *testing.T) {
-	needRoot(t)
-	withIP(t, 1, "10.77.0.101/24")
+	needHosts(t, 3)
+	ip, cidr := subnetIP(101), subnetCIDR(101)
+	withIP(t, 1, cidr)
 	srv := start(t, 3, "echo-srv", "migtest", "tcp-server", "0.0.0.0:7101")
 	waitLog(t, 3, srv, `server conns`, 1)
-	cli := start(t, 1, "echo-cli", "migtest", "tcp-client", "10.77.0.101", "10.77.0.3:7101")
+	cli := start(t, 1, "echo-cli", "migtest", "tcp-client", ip, hostIP(3)+":7101")
 	waitLog(t, 1, cli, `client ok`, 3)
-	migrate(t, 1, 2, cli, "--move-ip", "10.77.0.101/24")
+	migrate(t, 1, 2, cli, "--move-ip", cidr)
 	l := waitLog(t, 2, cli, `client ok`, 10)
 	if strings.Contains(l, "FAIL") {
 		t.Fatalf("client failed:\n%s", tail(l, 5))
@@ -185,25 +194,26 @@ func TestTCPClientMoveIP(t *testing.T) {
 	if strings.Contains(sl, "closed") {
 		t.Fatalf("server saw the connection end:\n%s", tail(sl, 5))
 	}
-	if strings.Contains(mustOn(t, 1, "ip", "-4", "addr", "show", "dev", "eth0"), "10.77.0.101/") {
-		t.Fatal("h1 still holds 10.77.0.101 after the move")
+	if strings.Contains(mustOn(t, 1, "ip", "-4", "addr", "show", "dev", ifc(1)), " "+ip+"/") {
+		t.Fatalf("h1 still holds %s after the move", ip)
 	}
-	if !strings.Contains(mustOn(t, 2, "ip", "-4", "addr", "show", "dev", "eth0"), "10.77.0.101/") {
-		t.Fatal("h2 does not hold 10.77.0.101 after the move")
+	if !strings.Contains(mustOn(t, 2, "ip", "-4", "addr", "show", "dev", ifc(2)), " "+ip+"/") {
+		t.Fatalf("h2 does not hold %s after the move", ip)
 	}
 }
 
 // A TCP server moves with its address and keeps serving its clients.
 func TestTCPServerMoveIP(t *testing.T) {
-	needRoot(t)
-	withIP(t, 1, "10.77.0.102/24")
-	srv := start(t, 1, "srv", "migtest", "tcp-server", "10.77.0.102:7102")
+	needHosts(t, 4)
+	ip, cidr := subnetIP(102), subnetCIDR(102)
+	withIP(t, 1, cidr)
+	srv := start(t, 1, "srv", "migtest", "tcp-server", ip+":7102")
 	waitLog(t, 1, srv, `server conns`, 1)
-	c1 := start(t, 3, "cli1", "migtest", "tcp-client", "", "10.77.0.102:7102")
-	c2 := start(t, 4, "cli2", "migtest", "tcp-client", "", "10.77.0.102:7102")
+	c1 := start(t, 3, "cli1", "migtest", "tcp-client", "", ip+":7102")
+	c2 := start(t, 4, "cli2", "migtest", "tcp-client", "", ip+":7102")
 	waitLog(t, 3, c1, `client ok`, 3)
 	waitLog(t, 4, c2, `client ok`, 3)
-	migrate(t, 1, 2, srv, "--move-ip", "10.77.0.102/24")
+	migrate(t, 1, 2, srv, "--move-ip", cidr)
 	for _, c := range []struct {
 		k  int
 		id string
@@ -223,12 +233,12 @@ func TestTCPServerMoveIP(t *testing.T) {
 // migration, while the pages of a large process stream to it: the process
 // goes on running on the source, once, with its memory intact.
 func TestTargetKilledMidMigration(t *testing.T) {
-	needRoot(t)
+	needHosts(t, 4)
 	id := start(t, 1, "victim", "migtest", "mem", "768")
 	waitLog(t, 1, id, `mem ok`, 1)
 	armFaultMode(t, 4, "target-after-pages", "crash")
 	out, err := on(1, "sh", "-c", "exec 2>&1; exec migrated migrate "+id+" --to "+addr(4))
-	if faultArmed(4, "target-after-pages") {
+	if faultArmed(t, 4, "target-after-pages") {
 		t.Fatalf("the migration never reached h4's fault point (migrate: %v):\n%s", err, out)
 	}
 	if err == nil {
@@ -245,7 +255,7 @@ func TestTargetKilledMidMigration(t *testing.T) {
 	if strings.Contains(l, "BAD") {
 		t.Fatal(tail(l, 5))
 	}
-	waitPort(t, 4, addr(4)) // cluster.sh's supervisor restarts it
+	waitPort(t, 4, addr(4)) // the host's supervisor (cluster.sh's loop, systemd) restarts it
 	// The restarted daemon drops its copy (it asks the source how the
 	// migration ended): h1 alone lists the process.
 	if k := settled(t, id); k != 1 {
@@ -255,33 +265,32 @@ func TestTargetKilledMidMigration(t *testing.T) {
 
 // A daemon with another token is refused: nothing is sent, the process stays.
 func TestBadTokenRefused(t *testing.T) {
-	needRoot(t)
-	dir := t.TempDir()
-	tok := filepath.Join(dir, "token")
-	os.WriteFile(tok, []byte("an-entirely-different-secret-token\n"), 0o600)
-	state := filepath.Join(dir, "state")
+	needHosts(t, 3)
+	dir := hostDir(t, map[string][]byte{"token": []byte("an-entirely-different-secret-token\n")})
+	tok, state, listen := filepath.Join(dir, "token"), filepath.Join(dir, "state"), hostIP(3)+":7078"
+	on(3, "chmod", "0600", tok)
 	// A second daemon on h3, port 7078, with its own token and socket.
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		on(3, "env", "MIGRATED_SOCKET=/run/rogue.sock", "migrated", "serve", "--listen", "10.77.0.3:7078",
+		on(3, "env", "MIGRATED_SOCKET=/run/rogue.sock", "migrated", "serve", "--listen", listen,
 			"--state-dir", state, "--token-file", tok)
 	}()
 	// Gone before its state directory is removed (cleanups run last first).
 	t.Cleanup(func() {
-		on(3, "pkill", "-f", "[1]0.77.0.3:7078")
+		on(3, "pkill", "-f", exclusive("--listen "+listen))
 		select {
 		case <-served:
-		case <-time.After(10 * time.Second):
-			on(3, "pkill", "-KILL", "-f", "[1]0.77.0.3:7078")
+		case <-time.After(scaled(10 * time.Second)):
+			on(3, "pkill", "-KILL", "-f", exclusive("--listen "+listen))
 			<-served
 		}
 		on(3, "rm", "-f", "/run/rogue.sock")
 	})
-	waitPort(t, 3, "10.77.0.3:7078")
+	waitPort(t, 3, listen)
 	id := start(t, 1, "stay", "migtest", "counter")
 	waitLog(t, 1, id, `count`, 3)
-	out, err := on(1, "migrated", "migrate", id, "--to", "10.77.0.3:7078")
+	out, err := on(1, "migrated", "migrate", id, "--to", listen)
 	if err == nil {
 		t.Fatalf("migration to a daemon with another token succeeded:\n%s", out)
 	}
@@ -297,10 +306,10 @@ func TestBadTokenRefused(t *testing.T) {
 
 // Unreachable target: refused before anything is frozen.
 func TestUnreachableTarget(t *testing.T) {
-	needRoot(t)
+	needHosts(t, 3)
 	id := start(t, 2, "stay2", "migtest", "counter")
 	waitLog(t, 2, id, `count`, 3)
-	_, err := on(2, "migrated", "migrate", id, "--to", "10.77.0.3:1")
+	_, err := on(2, "migrated", "migrate", id, "--to", hostIP(3)+":1")
 	if err == nil || !strings.Contains(err.Error(), "unreachable") {
 		t.Fatalf("want an 'unreachable' error, got %v", err)
 	}
@@ -326,7 +335,7 @@ func killDaemon(t *testing.T, k int) {
 
 func waitPort(t *testing.T, k int, hostport string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := within(20 * time.Second)
 	for time.Now().Before(deadline) {
 		if _, err := on(k, "nc", "-z", "-w", "1", strings.Split(hostport, ":")[0], strings.Split(hostport, ":")[1]); err == nil {
 			return

@@ -32,21 +32,36 @@ func workload(t *testing.T, k int, id string) (work, init int) {
 }
 
 // takePid makes a process on hk hold pid (the host's number), and kills it
-// when the test ends.
+// when the test ends. The next pid is set to pid and a sleep started in the
+// same shell, at once: anything else forked on the host meanwhile (the exec
+// of a command there forks too) may take the pid first, and then that is
+// tried again, unless the pid is held by then (by another process: taken
+// either way).
 func takePid(t *testing.T, k, pid int) {
 	t.Helper()
-	go on(k, "sh", "-c", fmt.Sprintf("echo %d > /proc/sys/kernel/ns_last_pid; exec sleep 120", pid-1))
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := on(k, "test", "-e", fmt.Sprintf("/proc/%d", pid)); err == nil {
-			break // ours, or another process's: taken either way
+	for end := within(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		out, err := on(k, "sh", "-c", `if [ -e /proc/$1 ]; then echo taken; exit; fi
+			echo $(($1 - 1)) >/proc/sys/kernel/ns_last_pid
+			sleep 600 </dev/null >/dev/null 2>&1 &
+			if [ $! = $1 ]; then echo ours; else kill $!; fi`, "take-pid", fmt.Sprint(pid))
+		if err != nil {
+			t.Fatal(err)
 		}
-		if time.Now().After(deadline) {
+		switch strings.TrimSpace(out) {
+		case "ours":
+			t.Logf("h%d: pid %d held by a sleep", k, pid)
+			t.Cleanup(func() {
+				on(k, "sh", "-c", `[ "$(cat /proc/$1/comm 2>/dev/null)" != sleep ] || kill $1`, "untake-pid", fmt.Sprint(pid))
+			})
+			return
+		case "taken":
+			t.Logf("h%d: pid %d held already", k, pid)
+			return
+		}
+		if time.Now().After(end) {
 			t.Fatalf("could not take pid %d on h%d", pid, k)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
-	t.Cleanup(func() { on(k, "kill", fmt.Sprint(pid)) })
 }
 
 // Every host hands out the same pids (the cluster has no per-host ranges), so
@@ -55,7 +70,7 @@ func takePid(t *testing.T, k, pid int) {
 // its workload's pids, and back; inside, it is pid 2 under its init all along,
 // and it counts on with nothing lost.
 func TestPidTakenOnTarget(t *testing.T) {
-	needRoot(t)
+	needHosts(t, 2)
 	id := start(t, 1, "pids", "migtest", "counter")
 	waitLog(t, 1, id, `count \d+`, 5)
 	work1, init1 := workload(t, 1, id)
@@ -86,7 +101,7 @@ func TestPidTakenOnTarget(t *testing.T) {
 // target listens on its port) is refused in one sentence saying what to do,
 // not a page of CRIU log, and the process runs on, on its source.
 func TestRestoreConflictSaysWhy(t *testing.T) {
-	needRoot(t)
+	needHosts(t, 2)
 	port := 23000 + int(time.Now().UnixNano()%5000)
 	id := start(t, 1, "listener", "migtest", "tcp-server", fmt.Sprintf("0.0.0.0:%d", port))
 	waitLog(t, 1, id, `server conns`, 2)
