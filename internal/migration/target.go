@@ -193,7 +193,19 @@ func (m *inMig) restore(ctx context.Context) error {
 	return nil
 }
 
-func (m *inMig) unrestore(ctx context.Context) error { return m.e.cfg.Procs.Discard(ctx, m.r.ProcID) }
+// unrestore discards the restored copy. With an address moved here, the
+// address goes first (unnet removes it again, harmlessly): while both hosts
+// hold it for a moment, a packet that reached this host after the copy died
+// would be answered with a reset, ending the connection the source's copy
+// resumes with.
+func (m *inMig) unrestore(ctx context.Context) error {
+	if m.r.Iface != "" {
+		if err := m.e.cfg.Net.DelAddr(m.r.Iface, m.r.MoveIP); err != nil {
+			return err
+		}
+	}
+	return m.e.cfg.Procs.Discard(ctx, m.r.ProcID)
+}
 
 // awaitCommit reports the restore and waits for the source's decision. From
 // the moment the report may have left, this side cannot decide alone: a
