@@ -271,18 +271,27 @@ func (e engineProcs) Hook(ctx context.Context, id, op string, moved bool) error 
 }
 
 func (e engineProcs) Continue(id string) error {
+	pid, err := e.untraced(id)
+	if err != nil {
+		return err
+	}
+	signalTree(pid, syscall.SIGCONT)
+	return nil
+}
+
+// untraced returns the root pid of process id once no task of its tree is
+// traced: a dump the last daemon started may still be running (CRIU goes on
+// when the daemon dies), and touching a tree CRIU holds would break it.
+func (e engineProcs) untraced(id string) (int, error) {
 	p := e.d.lookup(id)
 	if p == nil {
-		return fmt.Errorf("no process %s here to continue", id)
+		return 0, fmt.Errorf("no process %s here", id)
 	}
 	p.mu.Lock()
 	pid := p.pid
 	p.mu.Unlock()
-	// A dump the last daemon started may still be running (CRIU goes on
-	// when the daemon dies): continuing a tree CRIU holds would break it.
 	waitUntraced(pid, 30*time.Second)
-	signalTree(pid, syscall.SIGCONT)
-	return nil
+	return pid, nil
 }
 
 func (e engineProcs) FlushLog(ctx context.Context, id string) error {
@@ -294,16 +303,10 @@ func (e engineProcs) FlushLog(ctx context.Context, id string) error {
 }
 
 func (e engineProcs) RepairOff(ctx context.Context, id string) error {
-	p := e.d.lookup(id)
-	if p == nil {
-		return fmt.Errorf("no process %s here", id)
+	pid, err := e.untraced(id)
+	if err != nil {
+		return err
 	}
-	p.mu.Lock()
-	pid := p.pid
-	p.mu.Unlock()
-	// CRIU, if the last daemon left one dumping, must be done with the
-	// tree first.
-	waitUntraced(pid, 30*time.Second)
 	return repairOff(pid)
 }
 

@@ -41,8 +41,17 @@ func TestRepairOff(t *testing.T) {
 		raw.Control(func(fd uintptr) { _, werr = unix.Write(int(fd), []byte("x")) })
 		return werr
 	}
-	raw.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_REPAIR, unix.TCP_REPAIR_ON) })
+	pidfd, err := unix.PidfdOpen(os.Getpid(), 0)
 	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pidfd)
+	// The client's end alone: repairOn would take the server's end too.
+	clientRepair := func(val int) (err error) {
+		raw.Control(func(fd uintptr) { err = setRepairFd(pidfd, int(fd), val) })
+		return err
+	}
+	if err := clientRepair(unix.TCP_REPAIR_ON); err != nil {
 		t.Fatal(err)
 	}
 	if err := write(); !errors.Is(err, unix.EINVAL) {
@@ -64,15 +73,8 @@ func TestRepairOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	// In repair mode again (as for a discarded copy), the connection's
-	// close tells the peer nothing: no FIN, no reset. (The client only:
-	// repairOn would take the test's own server end too.)
-	pidfd, err := unix.PidfdOpen(os.Getpid(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(pidfd)
-	raw.Control(func(fd uintptr) { err = setRepairFd(pidfd, int(fd), unix.TCP_REPAIR_ON) })
-	if err != nil {
+	// close tells the peer nothing: no FIN, no reset.
+	if err := clientRepair(unix.TCP_REPAIR_ON); err != nil {
 		t.Fatal(err)
 	}
 	cli.Close()
