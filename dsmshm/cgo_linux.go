@@ -45,8 +45,12 @@ func errno(rc C.int) error {
 // cnode owns a C dsm_node: the page channels and the page server thread.
 type cnode struct{ p *C.dsm_node }
 
-func newCNode(rank, size int) (cnode, error) {
-	p := C.dsm_node_new(C.int(rank), C.int(size))
+func newCNode(rank, size int, enc bool) (cnode, error) {
+	e := 0
+	if enc {
+		e = 1
+	}
+	p := C.dsm_node_new(C.int(rank), C.int(size), C.int(e))
 	if p == nil {
 		return cnode{}, fmt.Errorf("dsmshm: allocating node: out of memory")
 	}
@@ -57,9 +61,19 @@ func newCNode(rank, size int) (cnode, error) {
 	return cnode{p}, nil
 }
 
-func (c cnode) setChan(rank, fd int) { C.dsm_node_set_chan(c.p, C.int(rank), C.int(fd)) }
+// keyPtr passes a key to C, which copies it.
+func keyPtr(k *[secKeyLen]byte) *C.uint8_t { return (*C.uint8_t)(unsafe.Pointer(&k[0])) }
 
-func (c cnode) serveFD(fd int) error { return errno(C.dsm_node_serve_fd(c.p, C.int(fd))) }
+// setChan makes fd, authenticated as s, the page channel to rank.
+func (c cnode) setChan(rank, fd int, s *session) {
+	C.dsm_node_set_chan(c.p, C.int(rank), C.int(fd), keyPtr(&s.txKey), keyPtr(&s.rxKey))
+}
+
+// serveFD has the page server serve fd, a page channel from rank
+// authenticated as s, in place of rank's previous one.
+func (c cnode) serveFD(fd, rank int, s *session) error {
+	return errno(C.dsm_node_serve_fd(c.p, C.int(fd), C.int(rank), keyPtr(&s.txKey), keyPtr(&s.rxKey)))
+}
 
 // setRedialFD hands C an eventfd (which C owns from then on) that it
 // signals when a page channel breaks and wants a new one (see chanRedial).
@@ -72,8 +86,8 @@ func (c cnode) chanRedial(rank int) bool { return C.dsm_node_chan_redial(c.p, C.
 // replaceChan installs fd as the page channel to rank if that channel is
 // still broken and waiting (not replaced meanwhile, its home not away). It
 // reports whether it did; if not, fd is still the caller's.
-func (c cnode) replaceChan(rank, fd int) bool {
-	return C.dsm_node_replace_chan(c.p, C.int(rank), C.int(fd)) != 0
+func (c cnode) replaceChan(rank, fd int, s *session) bool {
+	return C.dsm_node_replace_chan(c.p, C.int(rank), C.int(fd), keyPtr(&s.txKey), keyPtr(&s.rxKey)) != 0
 }
 
 // chanAway closes the page channel to rank, which announced a migration:
@@ -108,14 +122,14 @@ func (c cnode) stop() { C.dsm_node_stop(c.p) }
 func (c cnode) free() { C.dsm_node_free(c.p) }
 
 type cstats struct {
-	readFaults, writeFaults, twins, fetches, fetchNS, served, invalidations uint64
+	readFaults, writeFaults, twins, fetches, fetchNS, served, invalidations, badTags uint64
 }
 
 func (c cnode) stats() cstats {
 	var s C.dsm_cstats
 	C.dsm_node_stats(c.p, &s)
 	return cstats{uint64(s.read_faults), uint64(s.write_faults), uint64(s.twins), uint64(s.fetches),
-		uint64(s.fetch_ns), uint64(s.served), uint64(s.invalidations)}
+		uint64(s.fetch_ns), uint64(s.served), uint64(s.invalidations), uint64(s.bad_tags)}
 }
 
 // cseg owns a C dsm_seg: the two mappings of the segment's memory, the twin

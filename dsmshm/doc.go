@@ -234,10 +234,10 @@
 // messages (wire.go: length-prefixed, bounded to 64 MiB, counts checked
 // against the frame size, a read deadline once a frame has started; the
 // decoder is fuzzed) and a page channel for fetches, which the dialler uses
-// only once the peer has answered its hello with an ack byte (sent when the
-// peer's page server serves the channel; a paused peer closes it instead,
-// so no fault ever waits on a connection that only the peer's kernel
-// accepted). Listeners bind the wildcard address and MPTCP is disabled on
+// only once the peer's handshake answer says its page server serves the
+// channel (a paused peer refuses it instead, so no fault ever waits on a
+// connection that only the peer's kernel accepted). Every connection is
+// authenticated first; see Security. Listeners bind the wildcard address and MPTCP is disabled on
 // every socket, because CRIU refuses MPTCP sockets. Control frames carry
 // per-peer sequence numbers; each
 // sender keeps its frames until the receiver acknowledges them (an unnumbered
@@ -256,6 +256,42 @@
 // and a fault that must abort prints it. A channel closed because its home
 // announced a migration, or because this rank pauses, is not redialled: the
 // resumption dials it.
+//
+// # Security
+//
+// Every job has a secret (Config.Secret; dsmrun run makes a new one per job
+// and hands it to each rank on a pipe, see runtime.Self). A connection
+// between ranks opens with a mutual challenge-response over fixed-size
+// messages keyed by it (secure.go), so a rank reads nothing of a
+// connection's payload, and allocates nothing from a length it carries,
+// before the peer has proved it holds the secret; the proofs cover fresh
+// nonces from both ends, so a recorded handshake cannot be replayed, and
+// the address a migrated rank announces, so no one else can repoint a rank.
+// A connection that fails is closed and counted (Stats.Rejected), nothing
+// more. A rank holds at most 64 connections that have not authenticated
+// (16 per remote address), closing the oldest to make room, each for at
+// most the 10 s handshake timeout.
+//
+// After the handshake, each direction has a key of its own, and every
+// control frame, page request and page reply carries a ChaCha20-Poly1305
+// tag under it with a counter as nonce: a message forged, changed, replayed
+// or reordered on the way fails, and its connection is dropped like a
+// broken one (a page channel is redialled). With Config.Encrypt the frame
+// bodies, requests and pages are encrypted too. The C half does the page
+// channels' cryptography itself (aead.c: no allocation, no locks, nothing
+// but computation, so the fault handler may call it), checked against Go's
+// x/crypto in its tests.
+//
+// The page server reads and writes its channels without blocking, keeps a
+// partial request per channel (dropped after 5 s), and serves one channel
+// per peer rank (a new one from the same rank replaces the old), so a slow
+// or stalled peer delays no one else, and no number of connections can
+// exhaust its table.
+//
+// What the secret does not protect: the traffic's size and timing, and the
+// connections themselves (whoever can reset a TCP connection can break a
+// job, as without any of this). The secret is in each rank's memory, so in
+// the CRIU images of a rank being migrated (root-only, on a tmpfs).
 //
 // # Migration
 //

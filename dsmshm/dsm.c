@@ -24,6 +24,7 @@
 
 #define _GNU_SOURCE
 #include "dsm.h"
+#include "aead.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -42,8 +43,15 @@
 
 #define MAX_REG 1024
 #define MAX_SEG 1024
-#define MAX_FDS 512
+#define SERVE_TIMEOUT_NS (5ull * 1000000000u) // a started request or an unread reply, at most
 #define MAX_RUN 512 // pages per flush run; bounds a stack array
+
+// A page channel's keys (see secure.go): requests are sealed with tx and a
+// counter, replies opened with rx and another.
+typedef struct {
+	uint8_t tx[DSM_AEAD_KEY], rx[DSM_AEAD_KEY];
+	uint64_t ntx, nrx;
+} chan_keys;
 
 typedef struct {
 	int fd;
@@ -51,15 +59,32 @@ typedef struct {
 	int away;            // the home announced that it is migrating
 	uint64_t down_since; // when the channel was found broken (0: not down)
 	int redial;          // broken, and the Go side was asked to dial a new one
+	chan_keys k;
 } dsm_chan;
+
+// A page channel this rank's page server serves: one per client rank (a new
+// one from the same rank replaces the old), read and written without
+// blocking, so that no client can stall the server for the others.
+typedef struct {
+	int fd; // -1: none
+	chan_keys k;
+	uint8_t in[8 + DSM_AEAD_TAG]; // a request: segment u32, page u32, tag
+	size_t inlen;
+	uint8_t out[16 + DSM_PAGE + DSM_AEAD_TAG]; // a reply: status u64, version u64, page, tag
+	size_t outlen, outoff;
+	uint64_t since; // when a request started to arrive or a reply to wait (0: idle)
+} srv_conn;
 
 struct dsm_node {
 	int rank, size;
 	dsm_chan *chans;
 	dsm_seg *segs[MAX_SEG];
-	uint32_t mu; // guards fds, nfds, stopping
-	int fds[MAX_FDS];
-	int nfds;
+	int enc;     // encrypt pages and requests (else tags only)
+	uint32_t mu; // guards pend, stopping
+	srv_conn *pend; // per client rank: a channel handed over, not yet taken by the server (fd -1: none)
+	srv_conn *srv;  // per client rank: the channels served (the server thread's alone)
+	struct pollfd *pf;
+	int *pfrank;
 	int stopping;
 	int wake[2];
 	pthread_t thr;
@@ -219,8 +244,10 @@ static void unlock_range(dsm_seg *s, size_t a, size_t b) {
 static int fetch(dsm_seg *s, size_t p) {
 	dsm_node *n = s->node;
 	dsm_chan *c = &n->chans[s->home[p]];
-	uint32_t req[2] = {s->id, (uint32_t)p};
-	uint64_t hdr[2]; // status, version
+	uint32_t ids[2] = {s->id, (uint32_t)p};
+	uint8_t req[8 + DSM_AEAD_TAG], tag[DSM_AEAD_TAG];
+	uint64_t hdr[2]; // status, version: in clear, covered by the tag
+	uint8_t *page = (uint8_t *)s->sys + p * DSM_PAGE;
 	uint64_t t0 = now_ns();
 	__atomic_add_fetch(&n->inflight, 1, __ATOMIC_SEQ_CST);
 	if (__atomic_load_n(&n->paused, __ATOMIC_SEQ_CST)) {
@@ -228,16 +255,29 @@ static int fetch(dsm_seg *s, size_t p) {
 		return -EAGAIN;
 	}
 	mu_lock(&c->mu);
-	int err = c->fd < 0 ? -ENOTCONN : write_full(c->fd, req, sizeof req);
+	int err = c->fd < 0 ? -ENOTCONN : 0;
+	if (err == 0) {
+		memcpy(req, ids, 8);
+		dsm_aead_seal(c->k.tx, c->k.ntx++, NULL, 0, req, 8, n->enc, req + 8);
+		err = write_full(c->fd, req, sizeof req);
+	}
 	if (err == 0)
 		err = read_full(c->fd, hdr, sizeof hdr);
+	size_t plen = err == 0 && hdr[0] == 0 ? DSM_PAGE : 0;
+	if (err == 0 && plen)
+		err = read_full(c->fd, page, plen); // the page is invalid here: nothing reads sys until it is valid
+	if (err == 0)
+		err = read_full(c->fd, tag, sizeof tag);
+	if (err == 0 && dsm_aead_open(c->k.rx, c->k.nrx++, (uint8_t *)hdr, sizeof hdr, page, plen, n->enc, tag) != 0) {
+		// Forged or damaged on the way: the channel is dropped as broken.
+		add(&n->st.bad_tags, 1);
+		err = -EBADMSG;
+	}
 	if (err == 0 && hdr[0] != 0) {
 		mu_unlock(&c->mu);
 		__atomic_sub_fetch(&n->inflight, 1, __ATOMIC_SEQ_CST);
 		return -EPROTO;
 	}
-	if (err == 0)
-		err = read_full(c->fd, s->sys + p * DSM_PAGE, DSM_PAGE);
 	uint64_t since = 0;
 	int away = 0, ask = 0;
 	if (err != 0) {
@@ -760,32 +800,53 @@ long dsm_invalidate(dsm_seg *s, const uint32_t *pages, const uint64_t *req, size
 
 // ---- nodes and the page server thread ----
 
-dsm_node *dsm_node_new(int rank, int size) {
+static void free_arrays(dsm_node *n) {
+	free(n->chans);
+	free(n->pend);
+	free(n->srv);
+	free(n->pf);
+	free(n->pfrank);
+}
+
+dsm_node *dsm_node_new(int rank, int size, int enc) {
 	dsm_node *n = calloc(1, sizeof *n);
 	if (n == NULL)
 		return NULL;
 	n->rank = rank;
 	n->size = size;
+	n->enc = enc;
 	n->chans = calloc((size_t)size, sizeof *n->chans);
-	if (n->chans == NULL || pipe2(n->wake, O_CLOEXEC) != 0) {
-		free(n->chans);
+	n->pend = calloc((size_t)size, sizeof *n->pend);
+	n->srv = calloc((size_t)size, sizeof *n->srv);
+	n->pf = calloc((size_t)size + 1, sizeof *n->pf);
+	n->pfrank = calloc((size_t)size, sizeof *n->pfrank);
+	if (n->chans == NULL || n->pend == NULL || n->srv == NULL || n->pf == NULL || n->pfrank == NULL ||
+	    pipe2(n->wake, O_CLOEXEC) != 0) {
+		free_arrays(n);
 		free(n);
 		return NULL;
 	}
 	for (int i = 0; i < size; i++)
-		n->chans[i].fd = -1;
+		n->chans[i].fd = n->pend[i].fd = n->srv[i].fd = -1;
 	n->redial_fd = -1;
 	n->down_wait_ns = 30ull * 1000000000u;
 	n->away_wait_ns = 300ull * 1000000000u;
 	return n;
 }
 
-void dsm_node_set_chan(dsm_node *n, int rank, int fd) {
+static void set_keys(chan_keys *k, const uint8_t *tx, const uint8_t *rx) {
+	memcpy(k->tx, tx, DSM_AEAD_KEY);
+	memcpy(k->rx, rx, DSM_AEAD_KEY);
+	k->ntx = k->nrx = 0;
+}
+
+void dsm_node_set_chan(dsm_node *n, int rank, int fd, const uint8_t *tx, const uint8_t *rx) {
 	dsm_chan *c = &n->chans[rank];
 	mu_lock(&c->mu);
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = fd;
+	set_keys(&c->k, tx, rx);
 	c->away = 0;
 	c->down_since = 0;
 	c->redial = 0;
@@ -806,12 +867,13 @@ int dsm_node_chan_redial(dsm_node *n, int rank) {
 	return r;
 }
 
-int dsm_node_replace_chan(dsm_node *n, int rank, int fd) {
+int dsm_node_replace_chan(dsm_node *n, int rank, int fd, const uint8_t *tx, const uint8_t *rx) {
 	dsm_chan *c = &n->chans[rank];
 	mu_lock(&c->mu);
 	int ok = c->redial && !c->away && c->fd < 0;
 	if (ok) {
 		c->fd = fd;
+		set_keys(&c->k, tx, rx);
 		c->down_since = 0;
 		c->redial = 0;
 	}
@@ -881,13 +943,17 @@ void dsm_node_pause(dsm_node *n) {
 
 void dsm_node_unpause(dsm_node *n) { __atomic_store_n(&n->paused, 0, __ATOMIC_SEQ_CST); }
 
-int dsm_node_serve_fd(dsm_node *n, int fd) {
+int dsm_node_serve_fd(dsm_node *n, int fd, int rank, const uint8_t *tx, const uint8_t *rx) {
 	mu_lock(&n->mu);
-	if (n->nfds == MAX_FDS || n->stopping) {
+	if (n->stopping || rank < 0 || rank >= n->size) {
 		mu_unlock(&n->mu);
-		return -ENOSPC;
+		return -EINVAL;
 	}
-	n->fds[n->nfds++] = fd;
+	srv_conn *pc = &n->pend[rank];
+	if (pc->fd >= 0)
+		close(pc->fd); // replaced before the server took it
+	pc->fd = fd;
+	set_keys(&pc->k, tx, rx);
 	mu_unlock(&n->mu);
 	char b = 0;
 	ssize_t r = write(n->wake[1], &b, 1);
@@ -895,18 +961,19 @@ int dsm_node_serve_fd(dsm_node *n, int fd) {
 	return 0;
 }
 
-// serve_one answers one page request on fd. A short or bad request closes it.
-static int serve_one(dsm_node *n, int fd) {
+static void srv_drop(srv_conn *sc) {
+	if (sc->fd >= 0)
+		close(sc->fd);
+	memset(sc, 0, sizeof *sc); // the keys too
+	sc->fd = -1;
+}
+
+// answer fills sc->out with the reply to the request in sc->in.
+static void answer(dsm_node *n, srv_conn *sc) {
 	uint32_t req[2];
-	// Response: status u64, version u64, then the page if status is 0.
-	static __thread struct {
-		uint64_t hdr[2];
-		uint8_t page[DSM_PAGE];
-	} resp;
-	if (read_full(fd, req, sizeof req) != 0)
-		return -1;
-	resp.hdr[0] = 1;
-	resp.hdr[1] = 0;
+	memcpy(req, sc->in, sizeof req);
+	uint64_t hdr[2] = {1, 0}; // status, version
+	uint8_t *page = sc->out + sizeof hdr;
 	mu_lock(&n->mu);
 	dsm_seg *s = req[0] < MAX_SEG ? n->segs[req[0]] : NULL;
 	mu_unlock(&n->mu);
@@ -914,14 +981,52 @@ static int serve_one(dsm_node *n, int fd) {
 		mu_lock(&s->lock[req[1]]);
 		// Track the home's writes from here on, before copying: see track.
 		if (track(s, req[1]) == 0) {
-			memcpy(resp.page, s->sys + (size_t)req[1] * DSM_PAGE, DSM_PAGE);
-			resp.hdr[1] = s->ver[req[1]];
-			resp.hdr[0] = 0;
+			memcpy(page, s->sys + (size_t)req[1] * DSM_PAGE, DSM_PAGE);
+			hdr[1] = s->ver[req[1]];
+			hdr[0] = 0;
 			add(&n->st.served, 1);
 		}
 		mu_unlock(&s->lock[req[1]]);
 	}
-	return write_full(fd, &resp, resp.hdr[0] == 0 ? sizeof resp : sizeof resp.hdr);
+	memcpy(sc->out, hdr, sizeof hdr);
+	size_t plen = hdr[0] == 0 ? DSM_PAGE : 0;
+	dsm_aead_seal(sc->k.tx, sc->k.ntx++, sc->out, sizeof hdr, page, plen, n->enc, page + plen);
+	sc->outlen = sizeof hdr + plen + DSM_AEAD_TAG;
+	sc->outoff = 0;
+}
+
+// serve_step makes what progress it can on sc without blocking: sends what
+// is left of a reply, or reads a request and answers it. It returns -1 when
+// the channel is to be dropped: closed, broken, or a request whose tag is
+// wrong (nothing in it is used).
+static int serve_step(dsm_node *n, srv_conn *sc) {
+	if (sc->outoff == sc->outlen) {
+		ssize_t r = recv(sc->fd, sc->in + sc->inlen, sizeof sc->in - sc->inlen, MSG_DONTWAIT);
+		if (r == 0)
+			return -1;
+		if (r < 0)
+			return errno == EAGAIN || errno == EINTR ? 0 : -1;
+		if (sc->inlen == 0)
+			sc->since = now_ns();
+		sc->inlen += (size_t)r;
+		if (sc->inlen < sizeof sc->in)
+			return 0;
+		sc->inlen = 0;
+		if (dsm_aead_open(sc->k.rx, sc->k.nrx++, NULL, 0, sc->in, 8, n->enc, sc->in + 8) != 0) {
+			add(&n->st.bad_tags, 1);
+			return -1;
+		}
+		answer(n, sc);
+	}
+	ssize_t w = send(sc->fd, sc->out + sc->outoff, sc->outlen - sc->outoff, MSG_DONTWAIT | MSG_NOSIGNAL);
+	if (w < 0)
+		return errno == EAGAIN || errno == EINTR ? 0 : -1;
+	sc->outoff += (size_t)w;
+	if (sc->outoff == sc->outlen) {
+		sc->outoff = sc->outlen = 0;
+		sc->since = 0;
+	}
+	return 0;
 }
 
 static void *serve(void *arg) {
@@ -929,43 +1034,57 @@ static void *serve(void *arg) {
 	sigset_t all;
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
-	struct pollfd pf[MAX_FDS + 1];
 	for (;;) {
 		mu_lock(&n->mu);
 		if (n->stopping) {
 			mu_unlock(&n->mu);
 			return NULL;
 		}
-		if (n->drop_done != n->drop_req) {
-			for (int i = 0; i < n->nfds; i++)
-				close(n->fds[i]);
-			n->nfds = 0;
-			n->drop_done = n->drop_req;
+		int drop = n->drop_done != n->drop_req;
+		for (int r = 0; r < n->size; r++) {
+			if (drop)
+				srv_drop(&n->srv[r]);
+			if (n->pend[r].fd < 0)
+				continue;
+			if (drop) {
+				srv_drop(&n->pend[r]);
+				continue;
+			}
+			srv_drop(&n->srv[r]); // a rank's new channel replaces its old one
+			n->srv[r].fd = n->pend[r].fd;
+			n->srv[r].k = n->pend[r].k;
+			memset(&n->pend[r], 0, sizeof n->pend[r]);
+			n->pend[r].fd = -1;
 		}
-		int nf = n->nfds;
-		for (int i = 0; i < nf; i++)
-			pf[i] = (struct pollfd){.fd = n->fds[i], .events = POLLIN};
+		if (drop)
+			n->drop_done = n->drop_req;
 		mu_unlock(&n->mu);
-		pf[nf] = (struct pollfd){.fd = n->wake[0], .events = POLLIN};
-		if (poll(pf, (nfds_t)nf + 1, -1) < 0)
+		int nf = 0, busy = 0;
+		for (int r = 0; r < n->size; r++) {
+			srv_conn *sc = &n->srv[r];
+			if (sc->fd < 0)
+				continue;
+			busy |= sc->since != 0;
+			n->pf[nf] = (struct pollfd){.fd = sc->fd, .events = sc->outoff < sc->outlen ? POLLOUT : POLLIN};
+			n->pfrank[nf++] = r;
+		}
+		n->pf[nf] = (struct pollfd){.fd = n->wake[0], .events = POLLIN};
+		// A started request or a waiting reply is timed out below: wake
+		// up now and then while there is one.
+		if (poll(n->pf, (nfds_t)nf + 1, busy ? 1000 : -1) < 0)
 			continue;
-		if (pf[nf].revents) {
+		if (n->pf[nf].revents) {
 			char b[64];
 			ssize_t r = read(n->wake[0], b, sizeof b);
 			(void)r;
 		}
+		uint64_t now = now_ns();
 		for (int i = 0; i < nf; i++) {
-			if (pf[i].revents == 0 || serve_one(n, pf[i].fd) == 0)
-				continue;
-			mu_lock(&n->mu);
-			for (int k = 0; k < n->nfds; k++) {
-				if (n->fds[k] == pf[i].fd) {
-					n->fds[k] = n->fds[--n->nfds];
-					break;
-				}
-			}
-			mu_unlock(&n->mu);
-			close(pf[i].fd);
+			srv_conn *sc = &n->srv[n->pfrank[i]];
+			// (since may be later than now: set by this serve_step.)
+			if ((n->pf[i].revents && serve_step(n, sc) != 0) ||
+			    (sc->since != 0 && now > sc->since && now - sc->since > SERVE_TIMEOUT_NS))
+				srv_drop(sc);
 		}
 	}
 }
@@ -992,16 +1111,17 @@ void dsm_node_stop(dsm_node *n) {
 
 void dsm_node_free(dsm_node *n) {
 	dsm_node_stop(n);
-	for (int i = 0; i < n->nfds; i++)
-		close(n->fds[i]);
-	for (int i = 0; i < n->size; i++)
+	for (int i = 0; i < n->size; i++) {
 		if (n->chans[i].fd >= 0)
 			close(n->chans[i].fd);
+		srv_drop(&n->pend[i]);
+		srv_drop(&n->srv[i]);
+	}
 	close(n->wake[0]);
 	close(n->wake[1]);
 	if (n->redial_fd >= 0)
 		close(n->redial_fd);
-	free(n->chans);
+	free_arrays(n);
 	free(n);
 }
 

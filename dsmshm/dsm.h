@@ -18,18 +18,24 @@ typedef struct dsm_seg dsm_seg;
 
 typedef struct {
 	uint64_t read_faults, write_faults, twins, fetches, fetch_ns, served, invalidations;
+	uint64_t bad_tags; // page requests and replies whose tag was wrong (their channel was dropped)
 } dsm_cstats;
 
 int dsm_install_handler(void);
 
-dsm_node *dsm_node_new(int rank, int size);
+// Page channels are authenticated (see secure.go): tx and rx are the
+// channel's two 32-byte keys from this rank's side. enc: pages and requests
+// are encrypted as well as tagged.
+dsm_node *dsm_node_new(int rank, int size, int enc);
 int dsm_node_start(dsm_node *n);
-void dsm_node_set_chan(dsm_node *n, int rank, int fd);
-int dsm_node_serve_fd(dsm_node *n, int fd);
+void dsm_node_set_chan(dsm_node *n, int rank, int fd, const uint8_t *tx, const uint8_t *rx);
+// Serves fd, a page channel from rank (replacing rank's previous one).
+int dsm_node_serve_fd(dsm_node *n, int fd, int rank, const uint8_t *tx, const uint8_t *rx);
 void dsm_node_chan_away(dsm_node *n, int rank);
 void dsm_node_set_redial_fd(dsm_node *n, int fd); // takes ownership of an eventfd signalled when a channel breaks
 int dsm_node_chan_redial(dsm_node *n, int rank);  // whether the channel to rank is broken and wants a new one
-int dsm_node_replace_chan(dsm_node *n, int rank, int fd); // installs fd if so (1), else leaves fd to the caller (0)
+int dsm_node_replace_chan(dsm_node *n, int rank, int fd, const uint8_t *tx,
+                          const uint8_t *rx); // installs fd if so (1), else leaves fd to the caller (0)
 void dsm_node_set_waits(dsm_node *n, uint64_t down_ns, uint64_t away_ns);
 void dsm_node_set_failed(dsm_node *n, const char *why); // once; why is copied (cut to 255 bytes)
 void dsm_node_pause(dsm_node *n);   // blocks fetches, waits for in-flight ones, closes every page channel

@@ -1,6 +1,7 @@
 package dsmshm
 
 import (
+	"crypto/rand"
 	"errors"
 	"sync"
 	"testing"
@@ -13,10 +14,16 @@ import (
 // Faults, twins and protections are the real ones.
 func startMem(t *testing.T, size int) []*Node {
 	t.Helper()
+	return startMemEnc(t, size, false)
+}
+
+// startMemEnc is startMem with the page channels encrypted or not.
+func startMemEnc(t *testing.T, size int, enc bool) []*Node {
+	t.Helper()
 	net := newMemNet(size)
 	nodes := make([]*Node, size)
 	for r := range nodes {
-		n, err := newNode(r, size)
+		n, err := newNode(r, size, enc)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -32,8 +39,12 @@ func startMem(t *testing.T, size int) []*Node {
 			if err != nil {
 				t.Fatal(err)
 			}
-			nodes[i].c.setChan(j, fds[0])
-			if err := nodes[j].c.serveFD(fds[1]); err != nil {
+			// The channel's two keys, as a handshake would give them.
+			var k1, k2 [secKeyLen]byte
+			rand.Read(k1[:])
+			rand.Read(k2[:])
+			nodes[i].c.setChan(j, fds[0], newSession(enc, k1[:], k2[:]))
+			if err := nodes[j].c.serveFD(fds[1], i, newSession(enc, k2[:], k1[:])); err != nil {
 				t.Fatal(err)
 			}
 		}

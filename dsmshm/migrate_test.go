@@ -26,7 +26,7 @@ func startTCPWith(t *testing.T, size int, dial, away time.Duration) ([]*Node, []
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			nodes[r], errs[r] = StartWith(Config{Job: "mig", Rank: r, Peers: peers, DialTimeout: dial, AwayTimeout: away})
+			nodes[r], errs[r] = StartWith(Config{Job: "mig", Rank: r, Peers: peers, Secret: testSecret, DialTimeout: dial, AwayTimeout: away})
 		}()
 	}
 	wg.Wait()

@@ -3,6 +3,7 @@ package dsmshm
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -14,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	mrt "dsmigrate/runtime"
 )
 
 // freePorts returns n loopback peer addresses on ports that were free a
@@ -36,11 +39,12 @@ func freePorts(t *testing.T, n int) []string {
 	return addrs
 }
 
-// launch runs one process per rank with the environment dsmrun sets, and
-// returns each rank's combined output.
+// launch runs one process per rank with the environment and the job secret
+// dsmrun sets up, and returns each rank's combined output.
 func launch(t *testing.T, ranks int, bin string, args ...string) []string {
 	t.Helper()
 	peers := strings.Join(freePorts(t, ranks), ",")
+	secret := newJobSecret(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	outs := make([]string, ranks)
@@ -55,7 +59,7 @@ func launch(t *testing.T, ranks int, bin string, args ...string) []string {
 				fmt.Sprint("DSM_SIZE=", ranks), "DSM_PEERS="+peers)
 			var out bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &out, &out
-			errs[r] = cmd.Run()
+			errs[r] = runRank(cmd, secret)
 			outs[r] = out.String()
 		}()
 	}
@@ -106,22 +110,59 @@ func TestExamplesMultiProcess(t *testing.T) {
 }
 
 // TestStartWithoutLauncher checks the error a program gets when started by
-// hand.
+// hand, and that Start takes its Config from runtime.Self, the one parser
+// of the launch environment.
 func TestStartWithoutLauncher(t *testing.T) {
 	for _, v := range []string{"DSM_JOB", "DSM_RANK", "DSM_SIZE", "DSM_PEERS"} {
 		t.Setenv(v, "")
 	}
 	_, err := Start()
-	if err == nil || !strings.Contains(err.Error(), "not started by dsmrun") || !strings.Contains(err.Error(), "dsmrun run") {
+	if err == nil || !errors.Is(err, ErrNotLaunched) || !strings.Contains(err.Error(), "not started by dsmrun") ||
+		!strings.Contains(err.Error(), "dsmrun run") {
 		t.Fatalf("Start without environment: %v", err)
 	}
+	t.Setenv(mrt.EnvEncrypt, "")
+	t.Setenv(mrt.EnvSecretFD, "")
 	env := map[string]string{"DSM_JOB": "j", "DSM_RANK": "5", "DSM_SIZE": "2", "DSM_PEERS": "a:1,b:2"}
-	if _, err := configFromEnv(func(k string) string { return env[k] }); err == nil {
+	set := func() {
+		for k, v := range env {
+			t.Setenv(k, v)
+		}
+	}
+	set()
+	if _, err := configFromSelf(); err == nil {
 		t.Fatal("rank 5 of 2 accepted")
 	}
 	env["DSM_RANK"], env["DSM_PEERS"] = "1", "a:1"
-	if _, err := configFromEnv(func(k string) string { return env[k] }); err == nil {
+	set()
+	if _, err := configFromSelf(); err == nil {
 		t.Fatal("DSM_PEERS shorter than DSM_SIZE accepted")
+	}
+	// A rank without its secret was not launched by dsmrun run either, but
+	// it is no ErrNotLaunched: it must not run on as a job of its own.
+	env["DSM_PEERS"] = "a:1,b:2"
+	set()
+	_, err = configFromSelf()
+	if err == nil || errors.Is(err, ErrNotLaunched) || !strings.Contains(err.Error(), "DSM_SECRET_FD") {
+		t.Fatalf("a rank without its secret: %v", err)
+	}
+	// The whole launch environment, secret included, reaches the Config
+	// (in a child: Self reads the secret once per process).
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := newJobSecret(t)
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), "DSMSHM_TEST_WORKER=config", "DSM_ENCRYPT=1")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := runRank(cmd, secret); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	want := fmt.Sprintf("job=j rank=1 peers=[a:1 b:2] secret=%x encrypt=true\n", secret)
+	if out.String() != want {
+		t.Fatalf("the child's Config: %q, want %q", out.String(), want)
 	}
 }
 
@@ -136,7 +177,7 @@ func TestTCPRanksInOneProcess(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			nodes[r], errs[r] = StartWith(Config{Job: "tcp", Rank: r, Peers: peers})
+			nodes[r], errs[r] = StartWith(Config{Job: "tcp", Rank: r, Peers: peers, Secret: testSecret})
 		}()
 		time.Sleep(200 * time.Millisecond)
 	}

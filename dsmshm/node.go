@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	mrt "dsmigrate/runtime"
 )
 
 // Barrier ids below zero are the library's own.
@@ -33,6 +35,13 @@ type Config struct {
 	// AwayTimeout bounds how long ranks wait for a rank that announced a
 	// migration to come back (default 5 min). See doc.go, "Migration".
 	AwayTimeout time.Duration
+	// Secret is the job's secret (32 bytes, the same at every rank): every
+	// connection between ranks is authenticated with it before any of its
+	// payload is read, and every frame and page reply carries a MAC keyed
+	// from it (see doc.go, "Security").
+	Secret []byte
+	// Encrypt encrypts the job's traffic as well (every rank must agree).
+	Encrypt bool
 }
 
 // MaxRanks is the largest job size: each rank's page server thread polls
@@ -42,14 +51,16 @@ const MaxRanks = 512
 // ErrNotLaunched is returned by Start when the environment does not describe a job.
 var ErrNotLaunched = errors.New("not started by dsmrun")
 
-// Start joins the job described by the environment set by dsmrun: DSM_JOB,
-// DSM_RANK, DSM_SIZE and DSM_PEERS. It is collective: it returns once every
-// rank has started.
+// Start joins the job the process was launched into by dsmrun run, as
+// runtime.Self reads it: DSM_JOB, DSM_RANK, DSM_SIZE, DSM_PEERS and
+// DSM_ENCRYPT from the environment, and the job's secret from the pipe
+// DSM_SECRET_FD names. It is collective: it returns once every rank has
+// started. A process without DSM_JOB gets an error wrapping ErrNotLaunched.
 //
 // When the process was launched by migrated, Start also registers the
 // rank's migration hooks with it (see doc.go, "Migration").
 func Start() (*Node, error) {
-	cfg, err := configFromEnv(os.Getenv)
+	cfg, err := configFromSelf()
 	if err != nil {
 		return nil, err
 	}
@@ -64,31 +75,17 @@ func Start() (*Node, error) {
 	return n, nil
 }
 
-func configFromEnv(getenv func(string) string) (Config, error) {
-	missing := func(v string) error {
-		return fmt.Errorf("dsmshm: %w: %s not set; launch with dsmrun run ...", ErrNotLaunched, v)
-	}
-	var cfg Config
-	for _, v := range []string{"DSM_JOB", "DSM_RANK", "DSM_SIZE", "DSM_PEERS"} {
-		if getenv(v) == "" {
-			return cfg, missing(v)
-		}
-	}
-	cfg.Job = getenv("DSM_JOB")
-	rank, err := strconv.Atoi(getenv("DSM_RANK"))
+// configFromSelf is the rank's Config as runtime.Self reads it: the launch
+// environment has that one parser, shared with every other rank program.
+func configFromSelf() (Config, error) {
+	id, err := mrt.Self()
 	if err != nil {
-		return cfg, fmt.Errorf("dsmshm: DSM_RANK=%q: not a number", getenv("DSM_RANK"))
+		return Config{}, fmt.Errorf("dsmshm: %w", err)
 	}
-	size, err := strconv.Atoi(getenv("DSM_SIZE"))
-	if err != nil || size < 1 {
-		return cfg, fmt.Errorf("dsmshm: DSM_SIZE=%q: not a positive number", getenv("DSM_SIZE"))
+	if id.Job == "" {
+		return Config{}, fmt.Errorf("dsmshm: %w: %s not set; launch with dsmrun run ...", ErrNotLaunched, mrt.EnvJob)
 	}
-	cfg.Rank = rank
-	cfg.Peers = strings.Split(getenv("DSM_PEERS"), ",")
-	if len(cfg.Peers) != size {
-		return cfg, fmt.Errorf("dsmshm: DSM_PEERS lists %d addresses but DSM_SIZE is %d", len(cfg.Peers), size)
-	}
-	return cfg, cfg.validate()
+	return Config{Job: id.Job, Rank: id.Rank, Peers: id.Peers, Secret: id.Secret, Encrypt: id.Encrypt}, nil
 }
 
 func (c Config) validate() error {
@@ -117,7 +114,7 @@ func StartWith(cfg Config) (_ *Node, retErr error) {
 	if cfg.AwayTimeout <= 0 {
 		cfg.AwayTimeout = defaultAwayWait
 	}
-	n, err := newNode(cfg.Rank, len(cfg.Peers))
+	n, err := newNode(cfg.Rank, len(cfg.Peers), cfg.Encrypt)
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +128,8 @@ func StartWith(cfg Config) (_ *Node, retErr error) {
 		}
 	}()
 	tr, err := newTCPTransport(tcpConfig{
-		rank: cfg.Rank, size: len(cfg.Peers), job: cfg.Job, addrs: cfg.Peers, dialWait: cfg.DialTimeout,
+		rank: cfg.Rank, size: len(cfg.Peers), job: cfg.Job, secret: cfg.Secret, encrypt: cfg.Encrypt,
+		addrs: cfg.Peers, dialWait: cfg.DialTimeout,
 		awayWait: cfg.AwayTimeout, ctr: &n.ctr, setChan: n.c.setChan, serveFD: n.c.serveFD,
 		chanAway: n.c.chanAway, pages: n.c,
 	})
@@ -232,14 +230,14 @@ type barrierState struct {
 	kind    uint8  // refusedTooLarge if err is such a refusal
 }
 
-func newNode(rank, size int) (*Node, error) {
+func newNode(rank, size int, enc bool) (*Node, error) {
 	if os.Getpagesize() != pageSize {
 		return nil, fmt.Errorf("dsmshm: page size %d not supported (need %d)", os.Getpagesize(), pageSize)
 	}
 	if err := installHandler(); err != nil {
 		return nil, err
 	}
-	c, err := newCNode(rank, size)
+	c, err := newCNode(rank, size, enc)
 	if err != nil {
 		return nil, err
 	}

@@ -22,7 +22,14 @@ type Stats struct {
 	LockWait      time.Duration
 	BarrierWait   time.Duration
 	FetchTime     time.Duration // time spent fetching pages, summed over threads
-	WaitTime      time.Duration // LockWait + BarrierWait + FetchTime
+	// Rejected counts connections to this rank that were dropped before
+	// they carried anything: failed authentication (an outsider, another
+	// job), or beyond the cap on unauthenticated connections.
+	Rejected uint64
+	// BadTags counts page requests and replies whose tag did not match
+	// (forged or damaged on the way); each dropped its channel.
+	BadTags  uint64
+	WaitTime time.Duration // LockWait + BarrierWait + FetchTime
 }
 
 // Stats returns this rank's counters.
@@ -45,6 +52,10 @@ func (n *Node) Stats() Stats {
 		LockWait:    time.Duration(n.st.lockWait.Load()),
 		BarrierWait: time.Duration(n.st.barrierWait.Load()),
 		FetchTime:   time.Duration(c.fetchNS),
+		BadTags:     c.badTags,
+	}
+	if n.tcp != nil {
+		s.Rejected = n.tcp.rejected.Load()
 	}
 	s.WaitTime = s.LockWait + s.BarrierWait + s.FetchTime
 	return s

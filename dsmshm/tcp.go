@@ -52,18 +52,22 @@ const (
 // drops what it has already delivered.
 type tcpTransport struct {
 	rank, size int
-	job        string
+	sec        secParams
 	port       string
 	ln         net.Listener
 	inbox      *queue[envelope]
 	peers      []*peer
 	ctr        *netCounters
-	setChan    func(rank, fd int)
-	serveFD    func(fd int) error
+	setChan    func(rank, fd int, s *session)
+	serveFD    func(fd, rank int, s *session) error
 	chanAway   func(rank int)
 	pages      pager
 	dialWait   time.Duration
 	awayWait   time.Duration
+	rejected   atomic.Uint64 // connections dropped before they authenticated
+
+	preMu sync.Mutex
+	pre   []net.Conn // accepted, not authenticated yet; oldest first
 
 	redialEv *os.File // signalled by C when a page channel breaks (see redialLoop)
 
@@ -93,7 +97,7 @@ type pager interface {
 	unpause()
 	setRedialFD(fd int)
 	chanRedial(rank int) bool
-	replaceChan(rank, fd int) bool
+	replaceChan(rank, fd int, s *session) bool
 }
 
 // peer is this rank's view of another rank: where it lives, the outgoing
@@ -186,12 +190,14 @@ func (p *peer) pending() []sentFrame {
 type tcpConfig struct {
 	rank, size int
 	job        string
+	secret     []byte
+	encrypt    bool
 	addrs      []string
 	dialWait   time.Duration
 	awayWait   time.Duration
 	ctr        *netCounters
-	setChan    func(rank, fd int)
-	serveFD    func(fd int) error
+	setChan    func(rank, fd int, s *session)
+	serveFD    func(fd, rank int, s *session) error
 	chanAway   func(rank int)
 	pages      pager
 }
@@ -216,6 +222,9 @@ func dialer() *net.Dialer {
 // newTCPTransport listens on the wildcard address at this rank's port and
 // connects to every peer, retrying for cfg.dialWait while peers start.
 func newTCPTransport(cfg tcpConfig) (_ *tcpTransport, retErr error) {
+	if len(cfg.secret) != SecretLen {
+		return nil, fmt.Errorf("dsmshm: the job's secret is %d bytes, want %d: launch ranks with dsmrun run", len(cfg.secret), SecretLen)
+	}
 	_, port, err := net.SplitHostPort(cfg.addrs[cfg.rank])
 	if err != nil {
 		return nil, fmt.Errorf("dsmshm: address of rank %d: %w", cfg.rank, err)
@@ -225,7 +234,8 @@ func newTCPTransport(cfg tcpConfig) (_ *tcpTransport, retErr error) {
 		return nil, fmt.Errorf("dsmshm: listening for peers: %w", err)
 	}
 	t := &tcpTransport{
-		rank: cfg.rank, size: cfg.size, job: cfg.job, port: port, ln: ln, inbox: newQueue[envelope](),
+		rank: cfg.rank, size: cfg.size, port: port,
+		sec: secParams{secret: append([]byte(nil), cfg.secret...), job: cfg.job, enc: cfg.encrypt}, ln: ln, inbox: newQueue[envelope](),
 		ctr: cfg.ctr, setChan: cfg.setChan, serveFD: cfg.serveFD, chanAway: cfg.chanAway, pages: cfg.pages,
 		dialWait: cfg.dialWait, awayWait: cfg.awayWait, self: cfg.addrs[cfg.rank],
 	}
@@ -256,11 +266,11 @@ func newTCPTransport(cfg tcpConfig) (_ *tcpTransport, retErr error) {
 			continue
 		}
 		go func() {
-			conn, err := t.dial(t.peers[r], connControl, "", time.Now().Add(t.dialWait), nil)
+			conn, s, err := t.dial(t.peers[r], connControl, "", time.Now().Add(t.dialWait), nil)
 			if err == nil {
 				t.wg.Add(1)
 				t.writers.Add(1)
-				go t.writeLoop(t.peers[r], conn)
+				go t.writeLoop(t.peers[r], conn, s)
 			}
 			errs <- err
 		}()
@@ -276,27 +286,22 @@ func newTCPTransport(cfg tcpConfig) (_ *tcpTransport, retErr error) {
 	return t, nil
 }
 
-// dial connects to p and says hello, retrying until deadline or until stop
-// (if not nil) says to give up. A non-empty announce tells p that this rank
-// is back from a migration and lives at announce now. A page channel is
-// established only once p's page server serves it: p answers the hello with
-// pageAck then (and closes the connection instead while it is paused for a
-// migration), so a fetch never waits on a connection that p's kernel
-// accepted but p will drop.
-func (t *tcpTransport) dial(p *peer, kind uint8, announce string, deadline time.Time, stop func() bool) (net.Conn, error) {
+// dial connects to p and authenticates (see secure.go), retrying until
+// deadline or until stop (if not nil) says to give up. A non-empty announce
+// tells p that this rank is back from a migration and lives at announce now.
+// A page channel is established only once p's page server serves it: p
+// answers the handshake with statusNotNow while it is paused for a
+// migration, and this dials again, so a fetch never waits on a connection
+// that p's kernel accepted but p will drop.
+func (t *tcpTransport) dial(p *peer, kind uint8, announce string, deadline time.Time, stop func() bool) (net.Conn, *session, error) {
 	for {
 		addr := p.target()
 		conn, err := dialer().Dial("tcp4", addr)
 		if err == nil {
-			hello := appendFrame(nil, 0, &message{Type: mHello, Rank: int32(t.rank), Kind: kind, Job: t.job, Addr: announce})
-			conn.SetWriteDeadline(time.Now().Add(handshakeTimeout))
-			_, err = conn.Write(hello)
-			if err == nil && kind == connPage {
-				err = readPageAck(conn)
-			}
+			var s *session
+			s, err = clientHandshake(conn, t.sec, kind, t.rank, p.rank, announce, time.Now().Add(handshakeTimeout))
 			if err == nil {
-				conn.SetWriteDeadline(time.Time{})
-				return conn, nil
+				return conn, s, nil
 			}
 			conn.Close()
 		}
@@ -304,32 +309,15 @@ func (t *tcpTransport) dial(p *peer, kind uint8, announce string, deadline time.
 			if err == nil {
 				err = errors.New("given up")
 			}
-			return nil, fmt.Errorf("dsmshm: connecting to rank %d at %s: %w", p.rank, addr, err)
+			return nil, nil, fmt.Errorf("dsmshm: connecting to rank %d at %s: %w", p.rank, addr, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-// pageAck is the byte a rank answers a page channel's hello with once its
-// page server serves the channel.
-const pageAck = 1
-
-func readPageAck(conn net.Conn) error {
-	var b [1]byte
-	conn.SetReadDeadline(time.Now().Add(handshakeTimeout))
-	if _, err := io.ReadFull(conn, b[:]); err != nil {
-		return fmt.Errorf("waiting for the page server to accept the channel: %w", err)
-	}
-	conn.SetReadDeadline(time.Time{})
-	if b[0] != pageAck {
-		return fmt.Errorf("page channel answered %d, want %d", b[0], pageAck)
-	}
-	return nil
-}
-
 // dialPage opens the page channel to p and hands it to C.
 func (t *tcpTransport) dialPage(p *peer, deadline time.Time, stop func() bool) error {
-	conn, err := t.dial(p, connPage, "", deadline, stop)
+	conn, s, err := t.dial(p, connPage, "", deadline, stop)
 	if err != nil {
 		return err
 	}
@@ -345,7 +333,7 @@ func (t *tcpTransport) dialPage(p *peer, deadline time.Time, stop func() bool) e
 		unix.Close(fd)
 		return nil
 	}
-	t.setChan(p.rank, fd)
+	t.setChan(p.rank, fd, s)
 	return nil
 }
 
@@ -420,7 +408,7 @@ func (t *tcpTransport) redialPage(p *peer) {
 }
 
 func (t *tcpTransport) redialOnce(p *peer, stop func() bool) (bool, error) {
-	conn, err := t.dial(p, connPage, "", time.Now().Add(t.dialWait), stop)
+	conn, s, err := t.dial(p, connPage, "", time.Now().Add(t.dialWait), stop)
 	if err != nil {
 		return false, err
 	}
@@ -432,7 +420,7 @@ func (t *tcpTransport) redialOnce(p *peer, stop func() bool) (bool, error) {
 	// happens first and this one is dropped.
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.paused.Load() || !t.pages.replaceChan(p.rank, fd) {
+	if t.paused.Load() || !t.pages.replaceChan(p.rank, fd, s) {
 		unix.Close(fd)
 		return false, nil
 	}
@@ -499,46 +487,95 @@ func (t *tcpTransport) acceptLoop() {
 			}
 			return
 		}
+		t.admit(conn)
 		t.wg.Add(1)
 		go t.handshake(conn)
 	}
 }
 
-// handshake reads the hello of an accepted connection and starts serving it.
-// A connection that does not introduce itself properly is dropped, and so is
-// every connection while this rank is paused for a migration.
+// admit records conn as waiting to authenticate. A peer's handshake takes a
+// round trip, so the connections that wait long are an outsider's: when
+// maxPreAuth wait (or maxPreAuthPerIP from conn's address), the oldest is
+// closed to make room. An outsider must then open connections faster than
+// a peer completes a handshake to keep one out, and cannot make a rank hold
+// more than maxPreAuth of them.
+func (t *tcpTransport) admit(conn net.Conn) {
+	ip := remoteIP(conn)
+	t.preMu.Lock()
+	defer t.preMu.Unlock()
+	victim, same := -1, 0
+	for i, c := range t.pre {
+		if remoteIP(c) == ip {
+			if same++; victim < 0 {
+				victim = i
+			}
+		}
+	}
+	if same < maxPreAuthPerIP {
+		victim = -1
+		if len(t.pre) >= maxPreAuth {
+			victim = 0
+		}
+	}
+	if victim >= 0 {
+		t.pre[victim].Close() // its handshake fails and settles
+		t.pre = append(t.pre[:victim], t.pre[victim+1:]...)
+	}
+	t.pre = append(t.pre, conn)
+}
+
+// settle forgets conn as waiting to authenticate.
+func (t *tcpTransport) settle(conn net.Conn) {
+	t.preMu.Lock()
+	defer t.preMu.Unlock()
+	for i, c := range t.pre {
+		if c == conn {
+			t.pre = append(t.pre[:i], t.pre[i+1:]...)
+			return
+		}
+	}
+}
+
+func remoteIP(c net.Conn) string {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	return c.RemoteAddr().String()
+}
+
+// handshake authenticates an accepted connection (see secure.go) and starts
+// serving it. A connection that fails is closed and counted, nothing more:
+// whoever can reach the port cannot disturb the job. While this rank is
+// paused for a migration, page channels are refused (statusNotNow) and
+// control connections closed right after the handshake, as before a pause
+// they would be: the dialer's writer then waits for this rank to announce
+// where it lives.
 func (t *tcpTransport) handshake(conn net.Conn) {
 	defer t.wg.Done()
-	conn.SetReadDeadline(time.Now().Add(handshakeTimeout))
-	buf, err := readFrame(conn, nil, nil)
-	var m *message
-	if err == nil {
-		_, m, err = decodeFrame(buf)
-	}
-	if err == nil && (m.Type != mHello || m.Job != t.job || m.Rank < 0 || int(m.Rank) >= t.size || int(m.Rank) == t.rank) {
-		err = fmt.Errorf("unexpected hello %+v", m)
-	}
+	pa, err := serverHandshake(conn, t.sec, t.rank, t.size, time.Now().Add(handshakeTimeout))
+	t.settle(conn)
 	if err != nil {
+		t.rejected.Add(1)
 		conn.Close()
 		return
 	}
-	conn.SetReadDeadline(time.Time{})
-	p := t.peers[m.Rank]
-	switch m.Kind {
+	p := t.peers[pa.from]
+	switch pa.kind {
 	case connPage:
 		fd, err := detachFD(conn, pageServeTimeout)
 		if err == nil {
 			// Under t.mu, so that a pause either sees this fd among
-			// those it drops or this handshake sees the pause.
-			// The ack goes first: once the page server thread polls the
+			// those it drops or this handshake sees the pause. The
+			// answer goes first: once the page server thread polls the
 			// fd, only it touches the channel.
 			t.mu.Lock()
 			if t.paused.Load() {
+				unix.Sendto(fd, pa.final(statusNotNow), unix.MSG_NOSIGNAL, nil)
 				err = errPaused
-			} else if unix.Sendto(fd, []byte{pageAck}, unix.MSG_NOSIGNAL, nil) != nil {
+			} else if unix.Sendto(fd, pa.final(statusTaken), unix.MSG_NOSIGNAL, nil) != nil {
 				err = errGone // the dialer gave up waiting: it dials again
 			} else {
-				err = t.serveFD(fd)
+				err = t.serveFD(fd, pa.from, pa.s)
 			}
 			t.mu.Unlock()
 			if err != nil {
@@ -546,20 +583,26 @@ func (t *tcpTransport) handshake(conn net.Conn) {
 			}
 		}
 		if err != nil && err != errPaused && err != errGone {
-			t.inbox.push(envelope{err: fmt.Errorf("dsmshm: page channel from rank %d: %w", m.Rank, err)})
+			t.inbox.push(envelope{err: fmt.Errorf("dsmshm: page channel from rank %d: %w", pa.from, err)})
 		}
 	case connControl:
+		conn.SetWriteDeadline(time.Now().Add(handshakeTimeout))
+		if _, err := conn.Write(pa.final(statusTaken)); err != nil {
+			conn.Close()
+			return
+		}
+		conn.SetWriteDeadline(time.Time{})
 		t.mu.Lock()
 		if t.paused.Load() {
 			t.mu.Unlock()
 			conn.Close()
-			if m.Addr != "" {
+			if pa.announce != "" {
 				// Keep the news: our writer reconnects to the new
 				// address when we resume; so does the peer's.
 				p.mu.Lock()
 				p.inGen.Add(1)
 				p.mu.Unlock()
-				t.peerBack(p, m.Addr)
+				t.peerBack(p, pa.announce)
 			}
 			return
 		}
@@ -572,13 +615,11 @@ func (t *tcpTransport) handshake(conn net.Conn) {
 		p.mu.Lock()
 		gen := p.inGen.Add(1)
 		p.mu.Unlock()
-		if m.Addr != "" {
-			t.peerBack(p, m.Addr)
+		if pa.announce != "" {
+			t.peerBack(p, pa.announce)
 		}
 		t.wg.Add(1)
-		go t.readLoop(p, conn, gen, t.epoch.Load())
-	default:
-		conn.Close()
+		go t.readLoop(p, conn, pa.s, gen, t.epoch.Load())
 	}
 }
 
@@ -591,13 +632,12 @@ var (
 // frame's length has arrived its body must follow within frameBodyTimeout.
 // A connection that ends without a bye means the peer died, unless it
 // announced a migration or reconnects within the dial timeout.
-func (t *tcpTransport) readLoop(p *peer, conn net.Conn, gen, epoch int64) {
+func (t *tcpTransport) readLoop(p *peer, conn net.Conn, s *session, gen, epoch int64) {
 	defer t.wg.Done()
 	defer t.readers.Add(-1)
 	defer t.untrack(conn)
-	var buf []byte
 	for {
-		frame, err := readFrame(conn, buf, func() { conn.SetReadDeadline(time.Now().Add(frameBodyTimeout)) })
+		frame, err := s.readSealed(conn, func() { conn.SetReadDeadline(time.Now().Add(frameBodyTimeout)) })
 		if err != nil {
 			_, away := p.away()
 			switch {
@@ -605,7 +645,9 @@ func (t *tcpTransport) readLoop(p *peer, conn net.Conn, gen, epoch int64) {
 				// replaced, closing, or closed by our own pause
 			case away:
 				// it comes back (a new connection) or the away timer fails the node
-			case errors.Is(err, io.EOF):
+			case errors.Is(err, io.EOF) || errors.Is(err, errAuth):
+				// A frame that fails to open was forged or tampered with
+				// on the way: the connection is dropped like a broken one.
 				time.AfterFunc(t.dialWait, func() {
 					if _, away := p.away(); p.inGen.Load() == gen && !t.closing.Load() && !away {
 						t.inbox.push(envelope{err: fmt.Errorf("dsmshm: rank %d closed its connection without goodbye "+
@@ -618,7 +660,6 @@ func (t *tcpTransport) readLoop(p *peer, conn net.Conn, gen, epoch int64) {
 			return
 		}
 		conn.SetReadDeadline(time.Time{})
-		buf = frame
 		seq, m, err := decodeFrame(frame)
 		if err != nil {
 			t.inbox.push(envelope{err: fmt.Errorf("dsmshm: from rank %d: %w", p.rank, err)})
@@ -723,11 +764,11 @@ func (t *tcpTransport) peerBack(p *peer, addr string) {
 // for p to be reachable, reconnects and resends what is unacknowledged; the
 // receiver drops duplicates by sequence number. When this rank pauses for a
 // migration, it tells p (mAway), closes the connection and waits for resume.
-func (t *tcpTransport) writeLoop(p *peer, conn net.Conn) {
+func (t *tcpTransport) writeLoop(p *peer, conn net.Conn, s *session) {
 	defer t.wg.Done()
 	defer t.writers.Done()
 	defer p.done.Store(true)
-	w := writer{t: t, p: p, gen: p.gen.Load(), epoch: t.epoch.Load()}
+	w := writer{t: t, p: p, s: s, gen: p.gen.Load(), epoch: t.epoch.Load()}
 	p.parked.Store(w.epoch)
 	p.resumed.Store(w.epoch)
 	t.track(conn)
@@ -754,7 +795,7 @@ func (t *tcpTransport) writeLoop(p *peer, conn net.Conn) {
 				// Pausing: the last frame on this connection says so.
 				buf = appendFrame(buf[:0], 0, &message{Type: mAway})
 				conn.SetWriteDeadline(time.Now().Add(handshakeTimeout))
-				conn.Write(buf)
+				conn.Write(w.seal(buf))
 			}
 			w.drop(conn)
 			conn = nil
@@ -773,13 +814,14 @@ func (t *tcpTransport) writeLoop(p *peer, conn net.Conn) {
 			buf = appendFrame(buf[:0], seq, m)
 			p.keep(seq, buf)
 		}
-		if _, err := conn.Write(buf); err != nil {
+		sealed := w.seal(buf)
+		if _, err := conn.Write(sealed); err != nil {
 			w.drop(conn) // the frame is resent after reconnecting
 			conn = nil
 			continue
 		}
 		if m.Type != mAck {
-			t.ctr.count(len(buf))
+			t.ctr.count(len(sealed))
 		}
 	}
 }
@@ -787,9 +829,17 @@ func (t *tcpTransport) writeLoop(p *peer, conn net.Conn) {
 type writer struct {
 	t      *tcpTransport
 	p      *peer
+	s      *session  // the current connection's
+	out    []byte    // seal's buffer
 	gen    int64     // p.gen of the current connection
 	epoch  int64     // last pause this writer parked for
 	lostAt time.Time // when the connection broke (zero: closed on purpose)
+}
+
+// seal protects a frame for the current connection.
+func (w *writer) seal(frame []byte) []byte {
+	w.out = w.s.seal(w.out, frame)
+	return w.out
 }
 
 func (w *writer) drop(conn net.Conn) {
@@ -833,11 +883,12 @@ func (w *writer) reconnect() net.Conn {
 			continue
 		}
 		gen := p.gen.Load()
-		conn, err := t.dial(p, connControl, announce, time.Now().Add(t.dialWait), t.paused.Load)
+		conn, s, err := t.dial(p, connControl, announce, time.Now().Add(t.dialWait), t.paused.Load)
 		if err == nil {
+			w.s = s
 			t.track(conn)
 			for _, f := range p.pending() {
-				if _, err = conn.Write(f.b); err != nil {
+				if _, err = conn.Write(w.seal(f.b)); err != nil {
 					break
 				}
 			}
@@ -1052,6 +1103,11 @@ func (t *tcpTransport) abort() {
 		c.Close()
 	}
 	t.mu.Unlock()
+	t.preMu.Lock()
+	for _, c := range t.pre {
+		c.Close() // their handshakes fail at once
+	}
+	t.preMu.Unlock()
 	if t.redialEv != nil {
 		t.redialEv.Close()
 	}

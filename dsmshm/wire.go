@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 )
 
 // Wire format of the control protocol. A frame is
@@ -33,7 +32,7 @@ const maxDiff = pageSize / 2 * 5
 type msgType uint8
 
 const (
-	mHello msgType = iota + 1
+	_ msgType = iota + 1 // 1 was the hello, now the handshake (secure.go); 0 is no type
 	mLockReq
 	mLockGrant
 	mUnlock
@@ -52,7 +51,7 @@ const (
 )
 
 var msgNames = map[msgType]string{
-	mHello: "hello", mLockReq: "lock-request", mLockGrant: "lock-grant", mUnlock: "unlock",
+	mLockReq: "lock-request", mLockGrant: "lock-grant", mUnlock: "unlock",
 	mBarrierEnter: "barrier-enter", mBarrierExit: "barrier-exit", mDiffBatch: "diff-batch", mDiffAck: "diff-ack", mBye: "bye",
 	mAck: "ack", mAway: "away", mMigIntent: "migrate-intent", mMigReply: "migrate-reply", mMigDone: "migrate-done",
 }
@@ -64,7 +63,7 @@ func (t msgType) String() string {
 	return fmt.Sprintf("msgType(%d)", uint8(t))
 }
 
-// Connection kinds announced in a hello.
+// Connection kinds named in a handshake's hello (secure.go).
 const (
 	connControl = 0
 	connPage    = 1
@@ -96,10 +95,7 @@ type message struct {
 	ID      int64  // lock id, barrier id or diff request id
 	Check   uint64 // barrier: agreement value (all ranks must send the same)
 	Err     string // barrier-enter: why this rank refuses the collective call; barrier-exit: why the barrier failed
-	Rank    int32  // hello
-	Kind    uint8  // hello: connControl or connPage; barrier with Err: refusedTooLarge or 0
-	Job     string // hello
-	Addr    string // hello: set when the sender announces (re)connecting from this address
+	Kind    uint8  // barrier with Err: refusedTooLarge or 0
 	Notices []notice
 	Diffs   []diff
 	Acks    []ack
@@ -114,11 +110,6 @@ func appendFrame(b []byte, seq uint64, m *message) []byte {
 	b = binary.LittleEndian.AppendUint64(b, seq)
 	b = append(b, byte(m.Type))
 	switch m.Type {
-	case mHello:
-		b = binary.LittleEndian.AppendUint32(b, uint32(m.Rank))
-		b = append(b, m.Kind)
-		b = appendString(b, m.Job)
-		b = appendString(b, m.Addr)
 	case mLockReq, mAck, mMigIntent, mMigReply, mMigDone:
 		b = binary.LittleEndian.AppendUint64(b, uint64(m.ID))
 	case mLockGrant, mUnlock:
@@ -170,35 +161,6 @@ func appendNotices(b []byte, ns []notice) []byte {
 	return b
 }
 
-// readFrame reads one frame's bytes (after the length prefix) from r.
-// bodyStarted is called once the length is known, so callers can arm a read
-// deadline for the rest: a peer that sends a header and stalls is an error,
-// not a hang.
-func readFrame(r io.Reader, buf []byte, bodyStarted func()) ([]byte, error) {
-	var lb [4]byte
-	if _, err := io.ReadFull(r, lb[:]); err != nil {
-		return nil, err
-	}
-	n := binary.LittleEndian.Uint32(lb[:])
-	if n < frameHeader-4 || n > maxFrame {
-		return nil, fmt.Errorf("%w: frame length %d out of range", errMalformed, n)
-	}
-	if bodyStarted != nil {
-		bodyStarted()
-	}
-	if cap(buf) < int(n) {
-		buf = make([]byte, n)
-	}
-	buf = buf[:n]
-	if _, err := io.ReadFull(r, buf); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		return nil, fmt.Errorf("reading %d-byte frame: %w", n, err)
-	}
-	return buf, nil
-}
-
 // decodeFrame decodes a frame body (everything after the length prefix).
 // It never panics; any inconsistency is errMalformed. Decoded byte slices
 // are copies, so buf may be reused.
@@ -207,11 +169,6 @@ func decodeFrame(buf []byte) (seq uint64, m *message, err error) {
 	seq = d.u64()
 	m = &message{Type: msgType(d.u8())}
 	switch m.Type {
-	case mHello:
-		m.Rank = int32(d.u32())
-		m.Kind = d.u8()
-		m.Job = d.str()
-		m.Addr = d.str()
 	case mBye, mAway:
 	case mLockReq, mAck, mMigIntent, mMigReply, mMigDone:
 		m.ID = int64(d.u64())

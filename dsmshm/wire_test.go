@@ -2,6 +2,7 @@ package dsmshm
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -13,7 +14,6 @@ import (
 
 func sampleMessages() []*message {
 	return []*message{
-		{Type: mHello, Rank: 3, Kind: connPage, Job: "job-1"},
 		{Type: mLockReq, ID: 7},
 		{Type: mLockGrant, ID: 7, Notices: []notice{{1, 2, 3}, {4, 5, 6}}},
 		{Type: mUnlock, ID: -2, Notices: []notice{}},
@@ -26,10 +26,20 @@ func sampleMessages() []*message {
 	}
 }
 
+// sessionPair returns the two ends of a session, keyed as a handshake
+// would key them.
+func sessionPair(enc bool) (client, server *session) {
+	var k1, k2 [secKeyLen]byte
+	rand.Read(k1[:])
+	rand.Read(k2[:])
+	return newSession(enc, k1[:], k2[:]), newSession(enc, k2[:], k1[:])
+}
+
 func TestFrameRoundTrip(t *testing.T) {
+	cl, srv := sessionPair(false)
 	for i, m := range sampleMessages() {
 		frame := appendFrame(nil, uint64(i+1), m)
-		body, err := readFrame(bytes.NewReader(frame), nil, nil)
+		body, err := srv.readSealed(bytes.NewReader(cl.seal(nil, frame)), nil)
 		if err != nil {
 			t.Fatalf("%v: %v", m.Type, err)
 		}
@@ -82,13 +92,14 @@ func TestDecodeRejectsBadFrames(t *testing.T) {
 }
 
 func TestReadFrameLimits(t *testing.T) {
+	cl, srv := sessionPair(false)
 	var huge [4]byte
-	binary.LittleEndian.PutUint32(huge[:], maxFrame+1)
-	if _, err := readFrame(bytes.NewReader(huge[:]), nil, nil); !errors.Is(err, errMalformed) {
+	binary.LittleEndian.PutUint32(huge[:], maxFrame+secTagLen+1)
+	if _, err := srv.readSealed(bytes.NewReader(huge[:]), nil); !errors.Is(err, errMalformed) {
 		t.Fatalf("oversized frame: %v", err)
 	}
-	frame := appendFrame(nil, 1, &message{Type: mLockReq, ID: 1})
-	if _, err := readFrame(bytes.NewReader(frame[:len(frame)-1]), nil, nil); !errors.Is(err, io.ErrUnexpectedEOF) {
+	frame := cl.seal(nil, appendFrame(nil, 1, &message{Type: mLockReq, ID: 1}))
+	if _, err := srv.readSealed(bytes.NewReader(frame[:len(frame)-1]), nil); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("truncated frame: %v", err)
 	}
 }
@@ -99,8 +110,9 @@ func TestReadFrameStalledBody(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
-	go b.Write(appendFrame(nil, 1, &message{Type: mLockReq, ID: 1})[:6])
-	_, err := readFrame(a, nil, func() { a.SetReadDeadline(time.Now().Add(50 * time.Millisecond)) })
+	cl, srv := sessionPair(false)
+	go b.Write(cl.seal(nil, appendFrame(nil, 1, &message{Type: mLockReq, ID: 1}))[:6])
+	_, err := srv.readSealed(a, func() { a.SetReadDeadline(time.Now().Add(50 * time.Millisecond)) })
 	var ne net.Error
 	if !errors.As(err, &ne) || !ne.Timeout() {
 		t.Fatalf("stalled body: %v, want a timeout", err)
@@ -120,6 +132,24 @@ func FuzzDecodeFrame(f *testing.F) {
 		again := appendFrame(nil, seq, m)[4:]
 		if !bytes.Equal(again, body) {
 			t.Fatalf("re-encoding %+v differs:\n%x\n%x", m, body, again)
+		}
+	})
+}
+
+// FuzzReadSealed feeds arbitrary bytes to a control connection's reader, as
+// a peer (or whoever tampers with its connection) could: it never panics,
+// and nothing but a genuinely sealed frame opens.
+func FuzzReadSealed(f *testing.F) {
+	cl, _ := sessionPair(false)
+	for i, m := range sampleMessages() {
+		f.Add(append([]byte(nil), cl.seal(nil, appendFrame(nil, uint64(i), m))...))
+	}
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, wire []byte) {
+		var k [secKeyLen]byte
+		srv := newSession(false, k[:], k[:]) // not the sender's keys
+		if body, err := srv.readSealed(bytes.NewReader(wire), nil); err == nil {
+			t.Fatalf("opened %x without the key", body)
 		}
 	})
 }

@@ -1,12 +1,16 @@
 package dsmshm
 
 import (
+	"bytes"
+	"crypto/rand"
 	"fmt"
 	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
+
+	mrt "dsmigrate/runtime"
 )
 
 // TestMain lets the test binary act as a rank of a job when the launcher
@@ -23,9 +27,13 @@ func TestMain(m *testing.M) {
 }
 
 func worker(kind string) error {
-	cfg, err := configFromEnv(os.Getenv)
+	cfg, err := configFromSelf()
 	if err != nil {
 		return err
+	}
+	if kind == "config" { // TestStartWithoutLauncher: what Start would join
+		fmt.Printf("job=%s rank=%d peers=%v secret=%x encrypt=%v\n", cfg.Job, cfg.Rank, cfg.Peers, cfg.Secret, cfg.Encrypt)
+		return nil
 	}
 	cfg.DialTimeout = 2 * time.Second
 	node, err := StartWith(cfg)
@@ -60,17 +68,20 @@ func TestDeadRankIsAnError(t *testing.T) {
 	}
 	t.Setenv("DSMSHM_TEST_WORKER", "die")
 	peers := strings.Join(freePorts(t, 2), ",")
+	secret := newJobSecret(t)
 	out := make(chan string, 1)
 	go func() {
 		cmd := exec.Command(self)
 		cmd.Env = append(os.Environ(), "DSM_JOB=die", "DSM_RANK=1", "DSM_SIZE=2", "DSM_PEERS="+peers)
-		cmd.Run()
+		runRank(cmd, secret)
 	}()
 	go func() {
 		cmd := exec.Command(self)
 		cmd.Env = append(os.Environ(), "DSM_JOB=die", "DSM_RANK=0", "DSM_SIZE=2", "DSM_PEERS="+peers)
-		b, err := cmd.CombinedOutput()
-		out <- fmt.Sprintf("%s(exit: %v)", b, err)
+		var b bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &b, &b
+		err := runRank(cmd, secret)
+		out <- fmt.Sprintf("%s(exit: %v)", b.Bytes(), err)
 	}()
 	select {
 	case o := <-out:
@@ -81,4 +92,30 @@ func TestDeadRankIsAnError(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("rank 0 hung after rank 1 died")
 	}
+}
+
+// newJobSecret is a fresh job secret, as dsmrun run makes one per job.
+func newJobSecret(t *testing.T) []byte {
+	t.Helper()
+	b := make([]byte, mrt.SecretLen)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// runRank runs cmd, a rank whose launch environment is in cmd.Env, with
+// the job's secret on an inherited pipe, as dsmrun run's daemons start
+// ranks (runtime.PassSecret).
+func runRank(cmd *exec.Cmd, secret []byte) error {
+	r, err := mrt.PassSecret(cmd, secret)
+	if err != nil {
+		return err
+	}
+	err = cmd.Start()
+	r.Close()
+	if err != nil {
+		return err
+	}
+	return cmd.Wait()
 }

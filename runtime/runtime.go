@@ -19,15 +19,34 @@
 // process then connects, says who it is, gets the command, runs the hook and
 // answers, and closes the connection, so that nothing connects it to the
 // daemon while CRIU dumps it.
+//
+// # The job secret
+//
+// Every DSM job has a secret of its own (SecretLen random bytes, made by
+// dsmrun run) that its ranks authenticate each other with. A secret on a
+// command line or in the environment is readable by anyone who can read
+// /proc/PID/cmdline (everyone) or /proc/PID/environ, and is copied into
+// every child and every crash report; so a launcher hands it over on a
+// pipe instead (PassSecret): the rank inherits the read end, holding
+// exactly the secret, and finds its number in DSM_SECRET_FD. Self reads it
+// once, closes the descriptor (so that the rank holds no pipe of the
+// launcher's for CRIU to dump, nor one for its children to inherit) and
+// keeps the secret for the process's later calls. An init between the
+// launcher and the rank (tini) keeps its own copy of the descriptor: an
+// empty pipe once the rank has read it.
 package runtime
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,7 +68,17 @@ const (
 	// migrate --move-ip) carries the connections through CRIU's TCP repair:
 	// no rebinding.
 	EnvBind = "DSM_BIND"
+	// EnvSecretFD is the number of an inherited descriptor, the read end
+	// of a pipe that holds exactly the job's secret (PassSecret). Never
+	// the secret itself: the environment is no place for one.
+	EnvSecretFD = "DSM_SECRET_FD"
+	// EnvEncrypt is "1" when the job's traffic is encrypted as well as
+	// authenticated (dsmrun run --encrypt).
+	EnvEncrypt = "DSM_ENCRYPT"
 )
+
+// SecretLen is the length of a job's secret in bytes.
+const SecretLen = 32
 
 // Identity is who a launched process is.
 type Identity struct {
@@ -58,9 +87,19 @@ type Identity struct {
 	Rank  int      // rank in Job
 	Size  int      // number of ranks
 	Peers []string // every rank's address, host:port, in rank order
+	// Secret is the job's secret (SecretLen bytes, the same at every rank),
+	// read from DSM_SECRET_FD. Keep it out of logs and error messages.
+	Secret  []byte
+	Encrypt bool // encrypt the job's traffic (DSM_ENCRYPT=1)
 }
 
-// Self reads the process's identity from its environment.
+// Self reads the process's identity from its environment and, for a rank
+// (DSM_JOB set), the job's secret from the descriptor DSM_SECRET_FD names.
+// Reading the secret consumes it: the first call reads it, closes the
+// descriptor and removes DSM_SECRET_FD from the environment (a child must
+// not take a stale number for a secret), and every later call returns what
+// that first one got. Self may be called any number of times, from any
+// goroutine.
 func Self() (Identity, error) {
 	id := Identity{ID: os.Getenv(EnvID), Job: os.Getenv(EnvJob)}
 	if id.Job == "" {
@@ -80,7 +119,130 @@ func Self() (Identity, error) {
 	if len(id.Peers) != id.Size {
 		return id, fmt.Errorf("%s lists %d addresses for %d ranks", EnvPeers, len(id.Peers), id.Size)
 	}
+	switch v := os.Getenv(EnvEncrypt); v {
+	case "", "0":
+	case "1":
+		id.Encrypt = true
+	default:
+		// Not read as "no": a typo must not turn encryption off unnoticed.
+		return id, fmt.Errorf("%s=%q: want 1 (encrypt) or nothing", EnvEncrypt, v)
+	}
+	if id.Secret, err = readSecret(); err != nil {
+		return id, err
+	}
 	return id, nil
+}
+
+// jobSecret is what the first reading of DSM_SECRET_FD got: the descriptor
+// is gone after it, so it is the answer for the rest of the process's life.
+var jobSecret struct {
+	mu   sync.Mutex
+	done bool // the descriptor was consumed: b and err are final
+	b    []byte
+	err  error
+}
+
+// readSecret returns a copy of the job's secret, reading it from
+// DSM_SECRET_FD the first time.
+func readSecret() ([]byte, error) {
+	jobSecret.mu.Lock()
+	defer jobSecret.mu.Unlock()
+	if !jobSecret.done {
+		v, ok := os.LookupEnv(EnvSecretFD)
+		if !ok || v == "" {
+			// Nothing consumed: not final.
+			return nil, fmt.Errorf("no job secret (%s): launch ranks with dsmrun run", EnvSecretFD)
+		}
+		jobSecret.b, jobSecret.err = readSecretFD(v)
+		jobSecret.done = true
+		os.Unsetenv(EnvSecretFD)
+	}
+	if jobSecret.err != nil {
+		return nil, jobSecret.err
+	}
+	return bytes.Clone(jobSecret.b), nil
+}
+
+// readSecretFD reads the secret from the descriptor numbered v, to its end
+// (the launcher closed the pipe's write end), and closes it.
+func readSecretFD(v string) ([]byte, error) {
+	fd, err := strconv.Atoi(v)
+	// 0-2 are stdio: closing one would give its number to the next file
+	// the process opens.
+	if err != nil || fd < 3 {
+		return nil, fmt.Errorf("%s=%q: want the number of an inherited descriptor, 3 or more: "+
+			"launch ranks with dsmrun run", EnvSecretFD, v)
+	}
+	// A number that names no inherited pipe may name a descriptor the
+	// process opened itself (in a Go program, 3 is often the netpoller's
+	// epoll): closing that would break it. Only a pipe (or a file, from a
+	// launch by hand) is read and closed.
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("%s=%d: %w: no such descriptor was inherited; launch ranks with dsmrun run",
+			EnvSecretFD, fd, err)
+	}
+	if m := st.Mode & syscall.S_IFMT; m != syscall.S_IFIFO && m != syscall.S_IFREG {
+		return nil, fmt.Errorf("%s=%d names neither a pipe nor a file (not left there by the launcher): "+
+			"launch ranks with dsmrun run", EnvSecretFD, fd)
+	}
+	f := os.NewFile(uintptr(fd), "job secret")
+	defer f.Close()
+	// One byte more than a secret: a longer one is an error, not cut short.
+	b, err := io.ReadAll(io.LimitReader(f, SecretLen+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the job secret from descriptor %d (%s): %w", fd, EnvSecretFD, err)
+	}
+	if len(b) != SecretLen {
+		clear(b)
+		return nil, fmt.Errorf("the job secret on descriptor %d (%s) is %s bytes, want %d: launch ranks with dsmrun run",
+			fd, EnvSecretFD, lenString(len(b)), SecretLen)
+	}
+	return b, nil
+}
+
+func lenString(n int) string {
+	if n > SecretLen {
+		return fmt.Sprintf("more than %d", SecretLen)
+	}
+	return strconv.Itoa(n)
+}
+
+// PassSecret hands secret to the process cmd will start, as Self expects
+// it: on a pipe whose read end the process inherits (appended to
+// cmd.ExtraFiles) and whose number DSM_SECRET_FD (appended to cmd.Env)
+// names. The secret never appears on the command line or in the
+// environment. cmd.Env must be set (nil would mean this process's
+// environment, without DSM_SECRET_FD).
+//
+// The pipe holds the whole secret and its write end is closed before
+// PassSecret returns (SecretLen bytes always fit a pipe's buffer). The
+// caller closes the returned read end once cmd has started (or failed to).
+func PassSecret(cmd *exec.Cmd, secret []byte) (*os.File, error) {
+	if cmd.Env == nil {
+		return nil, errors.New("runtime: PassSecret needs cmd.Env set (nil would pass this process's environment " +
+			"without " + EnvSecretFD + "): set it, e.g. to os.Environ(), before calling PassSecret")
+	}
+	if len(secret) != SecretLen {
+		return nil, fmt.Errorf("runtime: a job secret is %d bytes, got %d", SecretLen, len(secret))
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("runtime: a pipe for the job secret: %w", err)
+	}
+	_, err = w.Write(secret)
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("runtime: writing the job secret into its pipe: %w", err)
+	}
+	cmd.ExtraFiles = append(cmd.ExtraFiles, r)
+	// ExtraFiles[i] is the child's descriptor 3+i. Clip: the caller's
+	// slice may share its spare room with another Cmd's.
+	cmd.Env = append(slices.Clip(cmd.Env), fmt.Sprintf("%s=%d", EnvSecretFD, 3+len(cmd.ExtraFiles)-1))
+	return r, nil
 }
 
 // ResumeInfo tells a Resume hook what happened.

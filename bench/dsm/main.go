@@ -10,15 +10,18 @@
 //  4. bytes and messages per Jacobi iteration on 4 ranks versus the minimum
 //     (boundary rows plus a barrier).
 //
-// Ranks are this binary re-executed ("dsmbench rank") with the environment
-// dsmshm.Start reads (DSM_JOB, DSM_RANK, DSM_SIZE, DSM_PEERS), on
-// 127.0.0.1 ports below 32768 (outside the ephemeral range).
+// Ranks are this binary re-executed ("dsmbench rank") with the launch
+// environment dsmshm.Start reads (DSM_JOB, DSM_RANK, DSM_SIZE, DSM_PEERS, and
+// a fresh job secret on an inherited pipe, as dsmrun run hands it over:
+// runtime.PassSecret), on 127.0.0.1 ports below 32768 (outside the
+// ephemeral range).
 package main
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -31,6 +34,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	mrt "dsmigrate/runtime"
 )
 
 // params travel to the rank processes in BENCH_DSM_PARAMS.
@@ -115,6 +120,10 @@ func runJob(ports []int, size int, p params, timeout time.Duration) ([]json.RawM
 		peers = append(peers, fmt.Sprintf("127.0.0.1:%d", ports[r]))
 	}
 	pj, _ := json.Marshal(p)
+	secret := make([]byte, mrt.SecretLen) // a job's own, as dsmrun run makes it
+	if _, err := rand.Read(secret); err != nil {
+		return nil, fmt.Errorf("making the job's secret: %w", err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	results := make([]json.RawMessage, size)
@@ -131,7 +140,7 @@ func runJob(ports []int, size int, p params, timeout time.Duration) ([]json.RawM
 			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the driver
 			var out, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &out, &stderr
-			if err := cmd.Run(); err != nil {
+			if err := runRank(cmd, secret); err != nil {
 				msg := strings.TrimSpace(stderr.String())
 				if ctx.Err() == context.DeadlineExceeded {
 					msg = fmt.Sprintf("timed out after %v; %s", timeout, msg)
@@ -163,6 +172,20 @@ func runJob(ports []int, size int, p params, timeout time.Duration) ([]json.RawM
 		}
 	}
 	return results, nil
+}
+
+// runRank runs cmd, a rank, with the job's secret on an inherited pipe.
+func runRank(cmd *exec.Cmd, secret []byte) error {
+	r, err := mrt.PassSecret(cmd, secret)
+	if err != nil {
+		return err
+	}
+	err = cmd.Start()
+	r.Close() // the rank has its copy
+	if err != nil {
+		return err
+	}
+	return cmd.Wait()
 }
 
 func lastLines(s string, n int) string {

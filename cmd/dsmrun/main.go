@@ -1,7 +1,7 @@
 // Command dsmrun launches dsmshm programs across hosts through their migrated
 // daemons, and lists and migrates their ranks.
 //
-//	dsmrun run --hosts ADDR:PORT[,ADDR:PORT...] -n N [--token-file FILE] -- PROGRAM [ARG...]
+//	dsmrun run --hosts ADDR:PORT[,ADDR:PORT...] -n N [--token-file FILE] [--encrypt] -- PROGRAM [ARG...]
 //	dsmrun ps [--json]
 //	dsmrun migrate JOB RANK --to ADDR:PORT
 //	dsmrun history [--json] [JOB]
@@ -24,6 +24,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -58,6 +59,7 @@ func main() {
 					&cli.IntFlag{Name: "port", Usage: "first TCP port of the ranks (default: random)"},
 					&cli.StringFlag{Name: "rank-ips", Usage: "IP/PREFIX: give rank r the address IP+r of its own, " +
 						"so that `dsmrun migrate --move-ip` carries its connections (TCP repair) instead of rebinding them"},
+					&cli.BoolFlag{Name: "encrypt", Usage: "encrypt the ranks' traffic too (integrity is always on)"},
 				}, hostFlags...),
 				Action: runJob,
 			},
@@ -161,6 +163,15 @@ func runJob(c *cli.Context) error {
 	jb := make([]byte, 4)
 	rand.Read(jb)
 	job := hex.EncodeToString(jb)
+	// The job's secret, its ranks' only proof to each other that they are
+	// of this job: new for every job, sent to each rank's daemon in the run
+	// request (wire encrypts it) and handed to the rank on a pipe, never
+	// printed. dsmrun has no use for it once the ranks have started.
+	secret := make([]byte, mrt.SecretLen)
+	if _, err := rand.Read(secret); err != nil {
+		return fmt.Errorf("making the job's secret: %w", err)
+	}
+	defer clear(secret)
 	ips, err := rankIPs(c.String("rank-ips"), n)
 	if err != nil {
 		return err
@@ -204,21 +215,30 @@ func runJob(c *cli.Context) error {
 		}
 		ranks[r] = &rank{n: r, host: host} // so that killAll removes the address
 	}
+	// The ranks' settings come from the flags only: an encryption setting
+	// or a secret's descriptor in dsmrun's own environment is not theirs.
+	base := slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, mrt.EnvEncrypt+"=") || strings.HasPrefix(kv, mrt.EnvSecretFD+"=")
+	})
 	for r := range n {
 		host := cl.hosts[r%len(cl.hosts)]
-		env := append(os.Environ(), "DSM_JOB="+job, fmt.Sprintf("DSM_RANK=%d", r), fmt.Sprintf("DSM_SIZE=%d", n),
+		env := append(slices.Clip(base), "DSM_JOB="+job, fmt.Sprintf("DSM_RANK=%d", r), fmt.Sprintf("DSM_SIZE=%d", n),
 			"DSM_PEERS="+strings.Join(peers, ","), "GODEBUG=multipathtcp=0")
 		if ips != nil {
 			env = append(env, mrt.EnvBind+"="+ips[r].Addr().String())
 		}
+		if c.Bool("encrypt") {
+			env = append(env, mrt.EnvEncrypt+"=1")
+		}
 		rep, err := cl.do(host, api.Request{Op: "run", Name: fmt.Sprintf("%s.r%d", job, r), Argv: c.Args().Slice(),
-			Env: env, Dir: dir, Job: job, Rank: r})
+			Env: env, Dir: dir, Job: job, Rank: r, Secret: secret})
 		if err != nil {
 			killAll()
 			return fmt.Errorf("starting rank %d on %s: %v", r, host, err)
 		}
 		ranks[r] = &rank{n: r, host: host, id: rep.ID}
 	}
+	clear(secret)
 	fmt.Fprintf(os.Stderr, "job: %s\n", job)
 
 	sigs := make(chan os.Signal, 1)

@@ -19,6 +19,11 @@ type Request struct {
 	Job    string   `json:"job,omitempty"`  // run: the DSM job this process is a rank of
 	Rank   int      `json:"rank,omitempty"` // run: its rank in Job
 	Offset int64    `json:"offset,omitempty"`
+	// Secret is, for run, the DSM job's secret (runtime.SecretLen bytes,
+	// made by dsmrun run for each job), which the rank gets on an inherited
+	// pipe. Never logged or stored: it travels only inside wire's
+	// encrypted frames or on the root-only local socket.
+	Secret []byte `json:"secret,omitempty"`
 }
 
 // Reply answers a Request.

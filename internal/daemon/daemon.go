@@ -370,7 +370,7 @@ func (d *Daemon) do(c *wire.Conn, req Request) (*Reply, error) {
 		if name == "" {
 			name = filepath.Base(firstOr(req.Argv, "proc"))
 		}
-		p, err := d.launch(id, name, req.Argv, req.Env, req.Dir)
+		p, err := d.launchRun(id, name, req)
 		if err != nil {
 			return nil, err
 		}

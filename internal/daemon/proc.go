@@ -89,12 +89,49 @@ func workloadOf(root int) int {
 // "migrated-shim" at once.
 const shimExe = "/proc/self/exe"
 
+// launchRun starts the process a run request describes, with the job secret
+// of a DSM rank. The secret goes to the shim in its spec (a pipe) and from
+// there to the rank on a pipe of its own; it is never logged, and neither
+// the process's record nor anything else on disk holds it.
+func (d *Daemon) launchRun(id, name string, req Request) (*Proc, error) {
+	if err := checkSecret(req); err != nil {
+		return nil, err
+	}
+	// This copy is of no use once the shim has its own (best effort: the
+	// request's frame was decrypted into a buffer that is garbage now).
+	defer clear(req.Secret)
+	return d.launchSecret(id, name, req.Argv, req.Env, req.Dir, req.Secret)
+}
+
+// checkSecret says why a run request's job secret is refused: a rank of a
+// job needs one of runtime.SecretLen bytes (its peers would refuse it
+// without), and a process that is no rank has no use for one. The error
+// never shows the secret.
+func checkSecret(req Request) error {
+	switch {
+	case req.Job == "" && req.Secret != nil:
+		return errors.New("a run request with a job secret but no job: only the ranks of a DSM job get one " +
+			"(start DSM programs with dsmrun run)")
+	case req.Job != "" && len(req.Secret) != mrt.SecretLen:
+		return fmt.Errorf("rank %d of job %s comes with a %d-byte job secret, want %d: start DSM jobs with "+
+			"dsmrun run (dsmrun run makes one)", req.Rank, req.Job, len(req.Secret), mrt.SecretLen)
+	}
+	return nil
+}
+
 // launch starts argv as a migratable process under a shim of its own: its
 // own session, stdin from /dev/null opened in this mount namespace, stdout and
 // stderr into a pipe the shim drains into the log, and no other descriptors.
 // The record says "starting" before the shim starts and "running" once it
 // reported the process's pid.
 func (d *Daemon) launch(id, name string, argv, env []string, dir string) (*Proc, error) {
+	return d.launchSecret(id, name, argv, env, dir, nil)
+}
+
+// launchSecret is launch with a DSM rank's job secret (nil for none), which
+// the process inherits on a pipe (runtime.PassSecret): the only descriptor
+// it gets besides stdio.
+func (d *Daemon) launchSecret(id, name string, argv, env []string, dir string, secret []byte) (*Proc, error) {
 	if len(argv) == 0 {
 		return nil, errors.New("no command given: migrated run [--name NAME] -- CMD [ARG...]")
 	}
@@ -119,7 +156,7 @@ func (d *Daemon) launch(id, name string, argv, env []string, dir string) (*Proc,
 	// The shim looks argv[0] up (in PATH, then in dir) and says "cannot
 	// run" if it finds nothing.
 	c, st, err := shim.Start(ctx, shimExe, shim.Spec{ID: id, Dir: filepath.Dir(p.logPath), Argv: argv, Env: env,
-		WorkDir: dir, Init: initPath})
+		WorkDir: dir, Init: initPath, Secret: secret})
 	if err != nil {
 		os.RemoveAll(filepath.Dir(p.logPath))
 		return nil, err // the shim's "cannot start ...", or why the shim did not run

@@ -54,6 +54,13 @@ type Spec struct {
 	// the signals it gets. CRIU then dumps and restores the namespace whole,
 	// so the pids inside never collide with a target's own (see doc.go).
 	Init string `json:"init,omitempty"`
+	// Secret, if set, is the DSM job's secret (runtime.SecretLen bytes):
+	// the workload (through its init, which passes its descriptors on)
+	// inherits the read end of a pipe that holds it, numbered in
+	// DSM_SECRET_FD (runtime.PassSecret), and nothing else of the
+	// workload's shows it. The shim gets it in the spec on its stdin, never
+	// logs or stores it, and forgets it once the workload has started.
+	Secret []byte `json:"secret,omitempty"`
 	// Restore mode (when Restore != nil): restore a CRIU image set as the
 	// shim's child, stopped.
 	Restore *RestoreSpec `json:"restore,omitempty"`

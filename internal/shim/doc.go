@@ -26,7 +26,8 @@
 //  2. creates the output pipe, opens Dir/log for appending and starts copying;
 //  3. binds Dir/shim.sock (mode 0600);
 //  4. starts the workload (run mode: Argv with stdin /dev/null, stdout and
-//     stderr the pipe, no other descriptor, its own session, under its init
+//     stderr the pipe, no other descriptor but, for a DSM rank, the read end
+//     of a pipe holding its job's secret (runtime.PassSecret), its own session, under its init
 //     in a pid namespace of its own when Spec.Init is set) or restores it
 //     from CRIU images (restore mode: CRIU's restore-sibling mode makes the
 //     restored root the shim's child; the tree is left stopped and the pipe's

@@ -20,6 +20,7 @@ import (
 
 	"dsmigrate/criu"
 	"dsmigrate/internal/journal"
+	mrt "dsmigrate/runtime"
 )
 
 // Bounds of the end of a workload.
@@ -127,6 +128,14 @@ func start(spec Spec) (_ *server, _ *Started, retErr error) {
 		return nil, nil, err
 	}
 	s := &server{spec: spec, eof: make(chan struct{}), done: make(chan struct{}), reaped: make(chan struct{})}
+	// The shim's copy of the job secret is of no use once the workload has
+	// its own (or has failed to start), and a shim lives as long as its
+	// workload: forget it. Best effort: the spec's JSON, read from stdin,
+	// is in a buffer that is garbage now but not zeroed.
+	defer func() {
+		clear(s.spec.Secret)
+		s.spec.Secret = nil
+	}()
 	var err error
 	if s.sock, err = sockPath(spec.Dir); err != nil {
 		return nil, nil, err
@@ -210,7 +219,8 @@ func start(spec Spec) (_ *server, _ *Started, retErr error) {
 
 // run starts the workload: its own session, stdin /dev/null opened here (in
 // the host's mount namespace), stdout and stderr the pipe, no other
-// descriptor, exactly spec.Env.
+// descriptor but the job secret's pipe if there is a secret, exactly
+// spec.Env (plus DSM_SECRET_FD then).
 func (s *server) run(w *os.File) (int, error) {
 	spec := s.spec
 	path := spec.Path
@@ -241,6 +251,16 @@ func (s *server) run(w *os.File) (int, error) {
 		cmd.Path = spec.Init
 		cmd.Args = append([]string{spec.Init, "--", path}, spec.Argv[1:]...)
 		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID
+	}
+	if spec.Secret != nil {
+		// tini passes the descriptor on to the workload (it closes none)
+		// and keeps its own copy: an empty pipe once the workload has read
+		// the secret.
+		sr, err := mrt.PassSecret(cmd, spec.Secret)
+		if err != nil {
+			return 0, fmt.Errorf("shim: %w", err)
+		}
+		defer sr.Close() // the workload has its copy
 	}
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("cannot start %q: %v", spec.Argv[0], err)

@@ -2,7 +2,12 @@ package shim_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,13 +28,36 @@ import (
 	"dsmigrate/internal/shim"
 	"dsmigrate/internal/shim/shimtest"
 	"dsmigrate/netmove"
+	mrt "dsmigrate/runtime"
 )
 
 const testCRIU = "/usr/local/sbin/migrate-criu"
 
-// The test binary is also the shim (argument "shim", as Start runs it) and a
-// starter that starts a shim and then waits to be killed ("starter").
-func TestMain(m *testing.M) { shimtest.Main(m, map[string]func() int{"starter": starter}) }
+// The test binary is also the shim (argument "shim", as Start runs it), a
+// starter that starts a shim and then waits to be killed ("starter"), and a
+// rank that reads its job secret ("secret-reader").
+func TestMain(m *testing.M) {
+	shimtest.Main(m, map[string]func() int{"starter": starter, "secret-reader": secretReader})
+}
+
+// secretReader reads the job secret as a rank does (runtime.Self), prints
+// the descriptor it came on and its SHA-256 (not the secret: the log is a
+// file in the shim's directory), and waits until the file $STOP exists.
+func secretReader() int {
+	fd := os.Getenv(mrt.EnvSecretFD)
+	id, err := mrt.Self()
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	fmt.Printf("fd=%s sha256=%x\n", fd, sha256.Sum256(id.Secret))
+	for {
+		if _, err := os.Stat(os.Getenv("STOP")); err == nil {
+			return 0
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
 
 // starter reads a Spec on stdin, starts its shim, prints Started and waits.
 func starter() int {
@@ -634,4 +662,163 @@ func allocated(t *testing.T, dir, glob string) int64 {
 		n += st.Blocks * 512
 	}
 	return n
+}
+
+// A workload started with a Secret, straight or under its init, reads
+// exactly those bytes from DSM_SECRET_FD, and closes the descriptor; the
+// secret is in no process's environment or command line, and in no file
+// of the shim's directory; a descriptor left to the init is an empty pipe
+// (nothing of the secret for CRIU to dump).
+func TestSecret(t *testing.T) {
+	for _, withInit := range []bool{false, true} {
+		t.Run(map[bool]string{false: "no init", true: "init"}[withInit], func(t *testing.T) {
+			secret := make([]byte, mrt.SecretLen)
+			rand.Read(secret)
+			// Every form the secret could take on the way (the spec is
+			// JSON: base64).
+			forms := [][]byte{secret, []byte(hex.EncodeToString(secret)),
+				[]byte(base64.StdEncoding.EncodeToString(secret)), []byte(base64.RawStdEncoding.EncodeToString(secret))}
+			leaks := func(b []byte) bool {
+				return slices.ContainsFunc(forms, func(f []byte) bool { return bytes.Contains(b, f) })
+			}
+
+			dir := t.TempDir()
+			stop := filepath.Join(t.TempDir(), "stop")
+			spec := shim.Spec{ID: "s", Dir: dir, Path: exe(t), Argv: []string{"rank", "secret-reader"},
+				Env: []string{"PATH=/usr/bin:/bin", "STOP=" + stop, "GORACE=atexit_sleep_ms=0", mrt.EnvJob + "=j",
+					mrt.EnvRank + "=0", mrt.EnvSize + "=1", mrt.EnvPeers + "=127.0.0.1:1"},
+				WorkDir: "/", Secret: bytes.Clone(secret)}
+			if withInit {
+				spec.Init = needInit(t)
+			}
+			c, st := startShim(t, spec)
+
+			want := fmt.Sprintf("fd=3 sha256=%x\n", sha256.Sum256(secret))
+			deadline := time.Now().Add(20 * time.Second)
+			for log := readLog(t, dir); log != want; log = readLog(t, dir) {
+				if strings.Contains(log, "\n") || time.Now().After(deadline) {
+					t.Fatalf("the workload says %q, want %q", log, want)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+
+			tree := criu.Tree(st.PID)
+			workload := tree[len(tree)-1] // the init's only child, or the root itself
+			if withInit && (len(tree) != 2 || workload == st.PID) {
+				t.Fatalf("the tree under the init is %v, want the init and the workload", tree)
+			}
+			for _, pid := range append(tree, c.ShimPID()) {
+				for _, f := range []string{"environ", "cmdline"} {
+					b, err := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, f))
+					if err != nil {
+						t.Fatal(err)
+					}
+					if leaks(b) {
+						t.Errorf("the secret is in /proc/%d/%s", pid, f)
+					}
+				}
+			}
+			// The workload read and closed it: no pipe is left to it but
+			// its output (Go's runtime has descriptors of its own).
+			fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", workload))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, fd := range fds {
+				target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", workload, fd.Name()))
+				if strings.HasPrefix(target, "pipe:") && target != st.PipeKey {
+					t.Errorf("the workload still has descriptor %s -> %s after reading the secret", fd.Name(), target)
+				}
+			}
+			if withInit {
+				// tini closes nothing it passes on: its descriptor 3 stays,
+				// a pipe the workload has emptied.
+				if f, err := os.OpenFile(fmt.Sprintf("/proc/%d/fd/3", st.PID), os.O_RDONLY|unix.O_NONBLOCK, 0); err == nil {
+					n, err := unix.IoctlGetInt(int(f.Fd()), unix.TIOCINQ) // FIONREAD
+					f.Close()
+					if err != nil || n != 0 {
+						t.Errorf("the init's copy of the secret's pipe holds %d bytes (%v), want 0", n, err)
+					}
+					t.Logf("the init keeps descriptor 3, the secret's pipe, empty")
+				}
+			}
+			touch(t, stop)
+			if code := wait(t, c); code != 0 {
+				t.Fatalf("Wait = %d, want 0:\n%s", code, readLog(t, dir))
+			}
+			<-c.Exited()
+			err = filepath.WalkDir(dir, func(path string, e os.DirEntry, err error) error {
+				if err != nil || !e.Type().IsRegular() {
+					return err
+				}
+				b, err := os.ReadFile(path)
+				if err != nil {
+					return err
+				}
+				if leaks(b) {
+					t.Errorf("the secret is in %s", path)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// A secret of the wrong length fails the start, and does not show in the
+// error.
+func TestSecretWrongLength(t *testing.T) {
+	bad := []byte("0123456789abcdef0123456789abcdef0")
+	_, _, err := shim.Start(context.Background(), exe(t), shim.Spec{ID: "x", Dir: t.TempDir(), Argv: []string{"true"},
+		Env: []string{"PATH=/usr/bin:/bin"}, Secret: bad})
+	if err == nil || !strings.Contains(err.Error(), "32 bytes") {
+		t.Fatalf("Start with a %d-byte secret: %v", len(bad), err)
+	}
+	if strings.Contains(err.Error(), string(bad)) {
+		t.Fatalf("the error shows the secret: %v", err)
+	}
+}
+
+// A rank under its init that has read its secret is dumped and restored
+// like any other process: the init's leftover descriptor is an empty pipe,
+// which CRIU carries, and the images' pipe data hold nothing of the secret.
+func TestSecretRestore(t *testing.T) {
+	needCRIU(t)
+	secret := make([]byte, mrt.SecretLen)
+	rand.Read(secret)
+	stop := filepath.Join(t.TempDir(), "stop")
+	spec := shim.Spec{ID: "s", Dir: t.TempDir(), Path: exe(t), Argv: []string{"rank", "secret-reader"},
+		Env: []string{"PATH=/usr/bin:/bin", "STOP=" + stop, "GORACE=atexit_sleep_ms=0", mrt.EnvJob + "=j",
+			mrt.EnvRank + "=0", mrt.EnvSize + "=1", mrt.EnvPeers + "=127.0.0.1:1"},
+		WorkDir: "/", Init: needInit(t), Secret: bytes.Clone(secret)}
+	c1, st1 := startShim(t, spec)
+	want := fmt.Sprintf("fd=3 sha256=%x\n", sha256.Sum256(secret))
+	deadline := time.Now().Add(20 * time.Second)
+	for log := readLog(t, spec.Dir); log != want; log = readLog(t, spec.Dir) {
+		if strings.Contains(log, "\n") || time.Now().After(deadline) {
+			t.Fatalf("the workload says %q, want %q", log, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	images := dumpStopped(t, c1, st1)
+	pipes, _ := filepath.Glob(filepath.Join(images, "pipes-data*.img"))
+	for _, p := range pipes {
+		if b, _ := os.ReadFile(p); bytes.Contains(b, secret) {
+			t.Errorf("the secret is in the dumped pipe data %s", p)
+		}
+	}
+	c2, st2 := startShim(t, shim.Spec{ID: "s", Dir: t.TempDir(), Restore: &shim.RestoreSpec{CRIU: testCRIU,
+		ImagesDir: images, PipeKey: st1.PipeKey, Timeout: time.Minute}})
+	waitStopped(t, st2.PID, "the restored init")
+	killWorkload(st1.PID, c1.ShimPID())
+	wait(t, c1)
+	for _, p := range criu.Tree(st2.PID) {
+		unix.Kill(p, unix.SIGCONT)
+	}
+	touch(t, stop)
+	if code := wait(t, c2); code != 0 {
+		t.Fatalf("the restored rank: Wait = %d, want 0", code)
+	}
 }
