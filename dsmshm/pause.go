@@ -1,18 +1,21 @@
 package dsmshm
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"net"
 	"time"
 )
 
 // pause prepares this rank for a checkpoint: it returns when no connection
 // of the rank is open but its listener and nothing will dial until resume.
-// Writers tell their peers (mAway) and park; messages queue meanwhile.
-// Inbound control connections are closed (what was not read is resent by the
-// peers, who keep it until acknowledged); page fetches in flight finish, new
-// ones wait, and every page channel is closed.
+// Writers tell their peers (mAway), park and say so; messages queue
+// meanwhile. Inbound control connections are closed (what was not read is
+// resent by the peers, who keep it until acknowledged) and their readers
+// waited for; page fetches in flight finish, new ones wait, and every page
+// channel is closed.
 func (t *tcpTransport) pause() error {
 	t.migMu.Lock()
 	defer t.migMu.Unlock()
@@ -21,38 +24,75 @@ func (t *tcpTransport) pause() error {
 	}
 	t.mu.Lock()
 	t.paused.Store(true)
-	e := t.epoch.Add(1)
+	t.epoch.Add(1)
 	t.mu.Unlock()
-	var errs []error
 	deadline := time.Now().Add(handshakeTimeout + time.Second)
+	var errs []error
+	for p, err := range t.tellWriters(ctlMsg{}, deadline) {
+		errs = append(errs, fmt.Errorf("dsmshm: pausing: the writer to rank %d did not stop: %w", p.rank, err))
+	}
+	t.mu.Lock()
+	inbound := t.inbound
+	t.inbound = nil
+	for _, in := range inbound {
+		in.conn.Close()
+	}
+	t.pages.pause() // under t.mu: no page channel is accepted meanwhile
+	t.mu.Unlock()
+	timeout := time.After(time.Until(deadline))
+	for _, in := range inbound {
+		select {
+		case <-in.done:
+		case <-timeout:
+			return errors.Join(append(errs, errors.New("dsmshm: pausing: connections from peers did not close"))...)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// errNotAnswered is a writer that did not answer a pause or resume in time.
+var errNotAnswered = errors.New("no answer in time")
+
+// tellWriters sends m (each with a done channel of its own) to every peer's
+// writer and waits for their answers until deadline. It yields the peers
+// whose writer answered an error or nothing in time; a writer that has
+// exited answers nothing and is not waited for.
+func (t *tcpTransport) tellWriters(m ctlMsg, deadline time.Time) iter.Seq2[*peer, error] {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	dones := make([]chan error, len(t.peers))
 	for _, p := range t.peers {
 		if p.rank == t.rank {
 			continue
 		}
-		p.out.kick()
-		for p.parked.Load() != e && !p.done.Load() {
-			if time.Now().After(deadline) {
-				errs = append(errs, fmt.Errorf("dsmshm: pausing: the writer to rank %d did not stop", p.rank))
-				break
+		m.done = make(chan error, 1)
+		select {
+		case p.ctl <- m:
+			dones[p.rank] = m.done
+			p.out.kick() // a writer waiting for messages looks at p.ctl
+		case <-p.exited:
+		case <-ctx.Done(): // an earlier request is still not taken
+			dones[p.rank] = make(chan error, 1)
+			dones[p.rank] <- errNotAnswered
+		}
+	}
+	return func(yield func(*peer, error) bool) {
+		defer cancel()
+		for _, p := range t.peers {
+			if dones[p.rank] == nil {
+				continue
 			}
-			time.Sleep(time.Millisecond)
+			var err error
+			select {
+			case err = <-dones[p.rank]:
+			case <-p.exited:
+			case <-ctx.Done():
+				err = errNotAnswered
+			}
+			if err != nil && !yield(p, err) {
+				return
+			}
 		}
 	}
-	t.mu.Lock()
-	for _, c := range t.inbound {
-		c.Close()
-	}
-	t.inbound = nil
-	t.pages.pause() // under t.mu: no page channel is accepted meanwhile
-	t.mu.Unlock()
-	for t.readers.Load() != 0 {
-		if time.Now().After(deadline) {
-			errs = append(errs, errors.New("dsmshm: pausing: connections from peers did not close"))
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
-	return errors.Join(errs...)
 }
 
 // resume reconnects after pause. host, if not empty, is this rank's new
@@ -70,39 +110,23 @@ func (t *tcpTransport) resume(host string) error {
 	if host != "" {
 		t.self = net.JoinHostPort(host, t.port)
 	}
-	for _, p := range t.peers {
-		p.resumeErr.Store(nil)
-	}
+	self := t.self
 	t.paused.Store(false)
-	e := t.epoch.Load()
 	t.mu.Unlock()
 	deadline := time.Now().Add(t.dialWait)
+	answers := t.tellWriters(ctlMsg{resume: true, announce: self}, deadline.Add(time.Second))
 	errs := make(chan error, t.size)
 	for _, p := range t.peers {
-		if p.rank == t.rank {
-			continue
+		if p.rank != t.rank {
+			go func() { errs <- t.dialPage(p, deadline, nil) }()
 		}
-		p.out.kick()
-		go func() { errs <- t.dialPage(p, deadline, nil) }()
 	}
 	var all []error
 	for range t.size - 1 {
 		all = append(all, <-errs)
 	}
-	for _, p := range t.peers {
-		if p.rank == t.rank {
-			continue
-		}
-		for p.resumed.Load() != e && !p.done.Load() {
-			if time.Now().After(deadline.Add(time.Second)) {
-				all = append(all, fmt.Errorf("dsmshm: resuming: rank %d not reconnected", p.rank))
-				break
-			}
-			time.Sleep(time.Millisecond)
-		}
-		if err := p.resumeErr.Load(); err != nil {
-			all = append(all, *err)
-		}
+	for p, err := range answers {
+		all = append(all, fmt.Errorf("dsmshm: resuming: rank %d not reconnected: %w", p.rank, err))
 	}
 	t.pages.unpause()
 	return errors.Join(all...)

@@ -32,13 +32,26 @@ type peer struct {
 	inGen     atomic.Int64 // bumped for every control connection accepted from this peer
 	byeOnce   sync.Once
 
-	// Writer state seen by pause and resume.
-	parked    atomic.Int64 // last pause epoch the writer parked for
-	resumed   atomic.Int64 // last pause epoch the writer reconnected after
-	resumeErr atomic.Pointer[error]
-	done      atomic.Bool // the writer exited
+	// The writer's: pause and resume requests (see ctlMsg), news that
+	// addr or awayAt changed (poke), and closed when the writer exits.
+	ctl    chan ctlMsg
+	wake   chan struct{}
+	exited chan struct{}
 
 	redialing atomic.Bool // a redialPage for this peer runs
+}
+
+func newPeer(rank int, addr string) *peer {
+	return &peer{rank: rank, addr: addr, out: newQueue[*message](),
+		ctl: make(chan ctlMsg, 1), wake: make(chan struct{}, 1), exited: make(chan struct{})}
+}
+
+// poke tells a writer waiting for p's address or away state to look again.
+func (p *peer) poke() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
 }
 
 type sentFrame struct {
@@ -101,9 +114,10 @@ func (p *peer) pending() []sentFrame {
 // frame's length has arrived its body must follow within frameBodyTimeout.
 // A connection that ends without a bye means the peer died, unless it
 // announced a migration or reconnects within the dial timeout.
-func (t *tcpTransport) readLoop(p *peer, conn net.Conn, s *session, gen, epoch int64) {
+func (t *tcpTransport) readLoop(p *peer, in *inboundConn, s *session, gen, epoch int64) {
 	defer t.wg.Done()
-	defer t.readers.Add(-1)
+	defer close(in.done)
+	conn := in.conn
 	defer t.untrack(conn)
 	for {
 		frame, err := s.readSealed(conn, func() { conn.SetReadDeadline(time.Now().Add(frameBodyTimeout)) })
@@ -188,6 +202,7 @@ func (t *tcpTransport) peerAway(p *peer, gen int64) {
 	p.awayAt = at
 	t.chanAway(p.rank) // under p.mu: ordered before a new channel from peerBack
 	p.mu.Unlock()
+	p.poke() // a writer waiting for p's news waits without a timeout now
 	time.AfterFunc(t.awayWait, func() {
 		if a, away := p.away(); away && a.Equal(at) && !t.closing.Load() {
 			t.inbox.push(envelope{err: fmt.Errorf("dsmshm: rank %d announced a migration and did not come back within %v",
@@ -209,6 +224,7 @@ func (t *tcpTransport) repoint(p *peer, addr string) {
 		conn.Close() // the writer notices and redials
 	}
 	p.out.kick()
+	p.poke()
 }
 
 // peerBack records that p lives at addr now (it announced itself after a
@@ -219,10 +235,17 @@ func (t *tcpTransport) peerBack(p *peer, addr string) {
 	if t.paused.Load() {
 		return // our own resume dials page channels
 	}
+	// Given up quietly if this rank pauses or p migrates again before the
+	// channel is up (p refuses page channels while paused): each
+	// resumption dials anew.
+	stop := func() bool {
+		_, away := p.away()
+		return away || t.paused.Load() || t.closing.Load()
+	}
 	t.wg.Add(1)
 	go func() {
 		defer t.wg.Done()
-		if err := t.dialPage(p, time.Now().Add(t.dialWait), t.paused.Load); err != nil && !t.closing.Load() && !t.paused.Load() {
+		if err := t.dialPage(p, time.Now().Add(t.dialWait), stop); err != nil && !stop() {
 			t.inbox.push(envelope{err: err})
 		}
 	}()

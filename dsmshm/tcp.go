@@ -29,8 +29,6 @@ const (
 	// defaultAwayWait bounds how long peers wait for a rank that announced
 	// a migration.
 	defaultAwayWait = 5 * time.Minute
-	// pausePoll is how often a parked writer looks for resume.
-	pausePoll = 5 * time.Millisecond
 	// redialSlack is how much longer than the dial timeout a fault waits
 	// for a broken page channel to be replaced: more than a redial's last
 	// attempt (the dialer's 5 s timeout) takes.
@@ -74,19 +72,26 @@ type tcpTransport struct {
 	writers sync.WaitGroup // one per peer: done when its writer sent everything
 	byes    sync.WaitGroup // one per peer: done when its bye arrived
 	closing atomic.Bool
-	readers atomic.Int64 // live readLoops
+	dying   chan struct{} // closed when closing is set
 
-	mu      sync.Mutex // guards conns, inbound, self; paused changes under it
+	mu      sync.Mutex // guards conns, inbound, self; paused and epoch change under it
 	conns   []net.Conn
-	inbound []net.Conn // accepted control connections
-	self    string     // this rank's address, as announced after a migration
+	inbound []*inboundConn // accepted control connections
+	self    string         // this rank's address, as announced after a migration
 
-	// Migration: pause (Prepare) bumps epoch and sets paused; resume
-	// clears it. Writers park when they see a new epoch and reconnect,
-	// announcing self, when paused is cleared.
+	// Migration: pause (Prepare) bumps epoch, sets paused and parks the
+	// writers; resume clears it and has them reconnect, announcing self
+	// (see pause.go).
 	migMu  sync.Mutex // serializes pause and resume
 	paused atomic.Bool
 	epoch  atomic.Int64
+}
+
+// inboundConn is an accepted control connection; done is closed when its
+// reader has exited.
+type inboundConn struct {
+	conn net.Conn
+	done chan struct{}
 }
 
 // pager is the C side's part in a pause (see cnode.pause) and in replacing
@@ -149,14 +154,14 @@ func newTCPTransport(cfg tcpConfig) (_ *tcpTransport, retErr error) {
 		rank: cfg.rank, size: cfg.size, port: port,
 		sec: secParams{secret: append([]byte(nil), cfg.secret...), job: cfg.job, enc: cfg.encrypt}, ln: ln, inbox: newQueue[envelope](),
 		ctr: cfg.ctr, setChan: cfg.setChan, serveFD: cfg.serveFD, chanAway: cfg.chanAway, pages: cfg.pages,
-		dialWait: cfg.dialWait, awayWait: cfg.awayWait, self: cfg.addrs[cfg.rank],
+		dialWait: cfg.dialWait, awayWait: cfg.awayWait, self: cfg.addrs[cfg.rank], dying: make(chan struct{}),
 	}
 	if t.awayWait <= 0 {
 		t.awayWait = defaultAwayWait
 	}
 	t.peers = make([]*peer, cfg.size)
 	for r := range t.peers {
-		t.peers[r] = &peer{rank: r, addr: cfg.addrs[r], out: newQueue[*message]()}
+		t.peers[r] = newPeer(r, cfg.addrs[r])
 		if r != cfg.rank {
 			t.byes.Add(1)
 		}
@@ -376,9 +381,10 @@ func (t *tcpTransport) handshake(conn net.Conn) {
 			}
 			return
 		}
+		in := &inboundConn{conn: conn, done: make(chan struct{})}
 		t.conns = append(t.conns, conn)
-		t.inbound = append(t.inbound, conn)
-		t.readers.Add(1)
+		t.inbound = append(t.inbound, in)
+		epoch := t.epoch.Load()
 		t.mu.Unlock()
 		// A new generation before peerBack: an away frame still unread on
 		// an older connection is stale from now on (see peerAway).
@@ -389,7 +395,7 @@ func (t *tcpTransport) handshake(conn net.Conn) {
 			t.peerBack(p, pa.announce)
 		}
 		t.wg.Add(1)
-		go t.readLoop(p, conn, pa.s, gen, t.epoch.Load())
+		go t.readLoop(p, in, pa.s, gen, epoch)
 	}
 }
 
@@ -467,7 +473,9 @@ func (t *tcpTransport) close() error {
 
 // abort drops every connection and waits for the goroutines.
 func (t *tcpTransport) abort() {
-	t.closing.Store(true)
+	if !t.closing.Swap(true) {
+		close(t.dying)
+	}
 	t.ln.Close()
 	for _, p := range t.peers {
 		p.out.close()
