@@ -6,6 +6,7 @@ import (
 
 	"dsmigrate/dsmshm"
 	"dsmigrate/examples/jacobi/grid"
+	mrt "dsmigrate/runtime"
 )
 
 // The Jacobi kernel is examples/jacobi's own (package grid): the DSM and the
@@ -121,11 +122,14 @@ type jacobi4Result struct {
 	Rows                       [2]int
 	Windows                    []jacobi4Window
 	Verified                   bool
+	Encrypt                    bool   // the job's mode, as runtime.Self read it (item 5d)
+	BadTags                    uint64 // Stats.BadTags at the end (should be 0)
 }
 
 // runJacobi4 is item 4: the example's Jacobi on every rank of the job;
 // after Warm iterations, Reps windows of Iters iterations each record the
-// rank's Stats deltas.
+// rank's Stats deltas. Item 5d runs it again with and without encryption
+// (p.Encrypt, put in the ranks' environment by runJob).
 func runJacobi4(p params) (_ any, retErr error) {
 	node, err := dsmshm.Start()
 	if err != nil {
@@ -146,6 +150,10 @@ func runJacobi4(p params) (_ any, retErr error) {
 		grids[i] = dsmshm.View[float64](seg)
 	}
 	rank, size := node.Rank(), node.Size()
+	id, err := mrt.Self() // what dsmshm.Start read: the job's mode
+	if err != nil {
+		return nil, err
+	}
 	if rank == 0 {
 		initGrid(grids[0], n)
 		initGrid(grids[1], n)
@@ -165,7 +173,7 @@ func runJacobi4(p params) (_ any, retErr error) {
 			return nil, err
 		}
 	}
-	res := jacobi4Result{Rank: rank, Size: size, N: n, Iters: p.Iters, Warm: p.Warm, Rows: [2]int{lo, hi - 1}}
+	res := jacobi4Result{Rank: rank, Size: size, N: n, Iters: p.Iters, Warm: p.Warm, Rows: [2]int{lo, hi - 1}, Encrypt: id.Encrypt}
 	// Control frames are counted by the goroutine that writes them, after
 	// the write: a pause before each snapshot lets the counters settle.
 	settle := func() dsmshm.Stats {
@@ -206,5 +214,6 @@ func runJacobi4(p params) (_ any, retErr error) {
 		}
 		res.Verified = true
 	}
+	res.BadTags = node.Stats().BadTags
 	return res, nil
 }

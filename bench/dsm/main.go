@@ -8,7 +8,12 @@
 //     the same two processes;
 //  3. Jacobi 1024x1024 on one rank versus the same sweeps on plain slices;
 //  4. bytes and messages per Jacobi iteration on 4 ranks versus the minimum
-//     (boundary rows plus a barrier).
+//     (boundary rows plus a barrier);
+//  5. the cost of DSM security: item 2's fetch in jobs with integrity only
+//     (the default) and with encryption (DSM_ENCRYPT=1), each against its
+//     own job's C round trip; the page channel's C ChaCha20-Poly1305 alone
+//     per fetch versus a 4 KiB memcpy; Jacobi on 4 ranks with and without
+//     encryption. The two modes' jobs alternate.
 //
 // Ranks are this binary re-executed ("dsmbench rank") with the launch
 // environment dsmshm.Start reads (DSM_JOB, DSM_RANK, DSM_SIZE, DSM_PEERS, and
@@ -32,6 +37,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -44,6 +50,13 @@ type params struct {
 	Pages, Warm, Reps   int
 	N, Iters            int
 	PingAddr, PingAddr2 string
+	// Encrypt runs the job with encryption: runJob puts DSM_ENCRYPT=1 in the
+	// ranks' environment (else DSM_ENCRYPT empty: integrity only, the
+	// default), which dsmshm.Start reads through runtime.Self.
+	Encrypt bool
+	// FetchOnly makes a pair job run item 2's fetch loop and its C round
+	// trip only (item 5a/5b); see runPair.
+	FetchOnly bool
 }
 
 const resultPrefix = "DSMBENCH-RESULT "
@@ -107,6 +120,9 @@ func freePorts(from, count int) ([]int, error) {
 	return ports, nil
 }
 
+// jobSeq numbers the jobs of a run, so that each has a name of its own.
+var jobSeq atomic.Int32
+
 // runJob starts size ranks of this binary in mode p.Mode and returns each
 // rank's result (nil for ranks that report none). If a rank fails, the
 // others are killed.
@@ -120,6 +136,11 @@ func runJob(ports []int, size int, p params, timeout time.Duration) ([]json.RawM
 		peers = append(peers, fmt.Sprintf("127.0.0.1:%d", ports[r]))
 	}
 	pj, _ := json.Marshal(p)
+	name := fmt.Sprintf("dsmbench-%s-%d-%d", p.Mode, os.Getpid(), jobSeq.Add(1))
+	encrypt := mrt.EnvEncrypt + "=" // integrity only, whatever the driver's environment says
+	if p.Encrypt {
+		encrypt += "1"
+	}
 	secret := make([]byte, mrt.SecretLen) // a job's own, as dsmrun run makes it
 	if _, err := rand.Read(secret); err != nil {
 		return nil, fmt.Errorf("making the job's secret: %w", err)
@@ -134,9 +155,10 @@ func runJob(ports []int, size int, p params, timeout time.Duration) ([]json.RawM
 		go func() {
 			defer wg.Done()
 			cmd := exec.CommandContext(ctx, self, "rank")
-			cmd.Env = append(os.Environ(), fmt.Sprintf("DSM_JOB=dsmbench-%s-%d", p.Mode, os.Getpid()),
+			// Later entries win over duplicates from os.Environ (os/exec).
+			cmd.Env = append(os.Environ(), "DSM_JOB="+name,
 				fmt.Sprint("DSM_RANK=", r), fmt.Sprint("DSM_SIZE=", size), "DSM_PEERS="+strings.Join(peers, ","),
-				"BENCH_DSM_PARAMS="+string(pj))
+				encrypt, "BENCH_DSM_PARAMS="+string(pj))
 			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the driver
 			var out, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &out, &stderr
@@ -201,14 +223,19 @@ func driver() int {
 	port := flag.Int("port", 24100, "first TCP port to try (ranks use 127.0.0.1 ports below 32768)")
 	warm := flag.Int("warm", 2, "unrecorded warm-up repetitions")
 	reps := flag.Int("reps", 15, "recorded repetitions (medians are over these)")
-	pages := flag.Int("pages", 2048, "pages per fault loop (items 1 and 2)")
+	pages := flag.Int("pages", 2048, "pages per fault loop (items 1, 2 and 5)")
 	n := flag.Int("n", 1024, "Jacobi grid size")
 	iters := flag.Int("iters", 50, "Jacobi iterations per repetition (item 3)")
 	reps3 := flag.Int("reps3", 7, "recorded repetitions of item 3")
-	iters4 := flag.Int("iters4", 30, "Jacobi iterations per measured window (item 4)")
-	reps4 := flag.Int("reps4", 7, "measured windows of item 4")
-	ranks4 := flag.Int("ranks4", 4, "ranks of item 4")
+	iters4 := flag.Int("iters4", 30, "Jacobi iterations per measured window (items 4 and 5d)")
+	reps4 := flag.Int("reps4", 7, "measured windows of item 4 (and of each job of 5d)")
+	ranks4 := flag.Int("ranks4", 4, "ranks of items 4 and 5d")
+	reps5 := flag.Int("reps5", 13, "recorded repetitions of each fetch job of item 5a/5b")
+	rounds5 := flag.Int("rounds5", 2, "rounds of item 5's jobs, each an integrity-only job then an encrypting one")
 	flag.Parse()
+	if *rounds5 < 1 {
+		*rounds5 = 1
+	}
 
 	start := time.Now()
 	rep := &report{}
@@ -229,18 +256,43 @@ func driver() int {
 		fmt.Fprintf(os.Stderr, "dsmbench: %s took %.1fs\n", name, time.Since(t0).Seconds())
 		return res, err
 	}
+	// pairJob runs a pair job; rank 1 measures.
+	pairJob := func(name string, p params) (*pairResult, error) {
+		p.Mode = "pair"
+		res, err := job(name, 2, p, 2)
+		if err != nil {
+			return nil, err
+		}
+		if len(res) < 2 || res[1] == nil {
+			return nil, fmt.Errorf("rank 1 reported no result")
+		}
+		pr := new(pairResult)
+		return pr, json.Unmarshal(res[1], pr)
+	}
+	// jacobi4Job runs item 4's job (every rank reports).
+	jacobi4Job := func(name string, p params) ([]jacobi4Result, error) {
+		p.Mode = "jacobi4"
+		res, err := job(name, *ranks4, p, 0)
+		if err != nil {
+			return nil, err
+		}
+		var j4 []jacobi4Result
+		for r, raw := range res {
+			var x jacobi4Result
+			if raw == nil {
+				return nil, fmt.Errorf("rank %d reported no result", r)
+			}
+			if err := json.Unmarshal(raw, &x); err != nil {
+				return nil, err
+			}
+			j4 = append(j4, x)
+		}
+		return j4, nil
+	}
+	var sec security
 
 	// Items 1 and 2: two ranks, rank 1 measures.
-	pres, err := job("write faults and page fetches", 2, params{Mode: "pair", Pages: *pages, Warm: *warm, Reps: *reps}, 2)
-	var pair *pairResult
-	if err == nil {
-		pair = new(pairResult)
-		if len(pres) < 2 || pres[1] == nil {
-			err = fmt.Errorf("rank 1 reported no result")
-		} else {
-			err = json.Unmarshal(pres[1], pair)
-		}
-	}
+	pair, err := pairJob("write faults and page fetches", params{Pages: *pages, Warm: *warm, Reps: *reps})
 	rep.pair(pair, err)
 
 	// Item 3: one rank.
@@ -256,23 +308,50 @@ func driver() int {
 	}
 	rep.jacobi1(j1, err)
 
-	// Item 4: four ranks.
-	j4res, err := job(fmt.Sprintf("Jacobi on %d ranks", *ranks4), *ranks4, params{Mode: "jacobi4", N: *n, Iters: *iters4, Warm: 5, Reps: *reps4}, 0)
-	var j4 []jacobi4Result
-	if err == nil {
-		for r, raw := range j4res {
-			var x jacobi4Result
-			if raw == nil {
-				err = fmt.Errorf("rank %d reported no result", r)
+	// Item 4: four ranks. Its job is also item 5d's first integrity-only
+	// job; 5d's others follow at once, alternating with encrypting ones.
+	p4 := params{N: *n, Iters: *iters4, Warm: 5, Reps: *reps4}
+	j4, err := jacobi4Job(fmt.Sprintf("Jacobi on %d ranks", *ranks4), p4)
+	rep.jacobi4(j4, *n, err)
+	sec.n, sec.ranks, sec.rounds = *n, *ranks4, *rounds5
+	for round := range *rounds5 {
+		for _, enc := range []bool{false, true} {
+			if round == 0 && !enc {
+				sec.jacobi[0] = append(sec.jacobi[0], j4)
+				sec.jacobiErr = err
+				continue
+			}
+			if sec.jacobiErr != nil {
 				break
 			}
-			if err = json.Unmarshal(raw, &x); err != nil {
-				break
-			}
-			j4 = append(j4, x)
+			p := p4
+			p.Encrypt = enc
+			var x []jacobi4Result
+			x, sec.jacobiErr = jacobi4Job(fmt.Sprintf("5d: Jacobi on %d ranks, %s, round %d", *ranks4, modeName[b2i(enc)], round+1), p)
+			sec.jacobi[b2i(enc)] = append(sec.jacobi[b2i(enc)], x)
 		}
 	}
-	rep.jacobi4(j4, *n, err)
+
+	// Item 5a/5b: fetch-only pair jobs, integrity only and encryption
+	// alternating.
+	for round := range *rounds5 {
+		for _, enc := range []bool{false, true} {
+			if sec.fetchErr != nil {
+				break
+			}
+			var x *pairResult
+			x, sec.fetchErr = pairJob(fmt.Sprintf("5a/5b: page fetches, %s, round %d", modeName[b2i(enc)], round+1),
+				params{Pages: *pages, Warm: *warm, Reps: *reps5, Encrypt: enc, FetchOnly: true})
+			sec.fetch[b2i(enc)] = append(sec.fetch[b2i(enc)], x)
+		}
+	}
+
+	// Item 5c: in this process, no network.
+	t0 := time.Now()
+	fmt.Fprintf(os.Stderr, "dsmbench: 5c: page-channel cryptography in-process...\n")
+	sec.crypto, sec.cryptoErr = runCrypto(params{Pages: *pages, Warm: *warm, Reps: *reps})
+	fmt.Fprintf(os.Stderr, "dsmbench: 5c took %.1fs\n", time.Since(t0).Seconds())
+	rep.security(&sec)
 
 	text := rep.markdown(time.Since(start))
 	fmt.Print(text)

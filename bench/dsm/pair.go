@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"dsmigrate/dsmshm"
+	mrt "dsmigrate/runtime"
 )
 
 const page = 4096
@@ -28,9 +29,14 @@ type pairRep struct {
 }
 
 type pairResult struct {
-	Pages int
-	Warm  int
-	Reps  []pairRep
+	Pages     int
+	Warm      int
+	FetchOnly bool // item 5's jobs: phase 3's fetch and C round trip only
+	// Encrypt is the job's mode as the rank read it from its launch
+	// environment (runtime.Self, the parser dsmshm.Start uses).
+	Encrypt bool
+	BadTags uint64 // Stats.BadTags at the end of the run (should be 0)
+	Reps    []pairRep
 }
 
 func mptcpOff() (*net.ListenConfig, *net.Dialer) {
@@ -86,6 +92,11 @@ func pingPong(conn net.Conn, n, req, reply int) (time.Duration, error) {
 // measures; rank 0 is the home of the pages rank 1 faults on and the
 // ping-pong server. Every phase in which rank 1 measures has rank 0 idle in
 // a barrier or serving, so the two never compete for the CPUs otherwise.
+//
+// With p.FetchOnly (item 5a/5b) it skips phase 1's write faults and the Go
+// net round trips: what is left is item 2's fetch loop interleaved with its
+// stricter baseline, the C round trip. The job's mode (integrity only, or
+// encryption: p.Encrypt) comes from the launch environment (runJob).
 func runPair(p params) (_ any, retErr error) {
 	lc, d := mptcpOff()
 	node, err := dsmshm.Start()
@@ -101,8 +112,12 @@ func runPair(p params) (_ any, retErr error) {
 		return nil, fmt.Errorf("pair job needs 2 ranks, got %d", node.Size())
 	}
 	rank := node.Rank()
+	id, err := mrt.Self() // what dsmshm.Start read: the job's mode
+	if err != nil {
+		return nil, err
+	}
 	var ln net.Listener
-	if rank == 0 {
+	if rank == 0 && !p.FetchOnly {
 		if ln, err = lc.Listen(context.Background(), "tcp4", p.PingAddr); err != nil {
 			return nil, err
 		}
@@ -116,6 +131,8 @@ func runPair(p params) (_ any, retErr error) {
 				go pingServer(c)
 			}
 		}()
+	}
+	if rank == 0 {
 		ln2, err := lc.Listen(context.Background(), "tcp4", p.PingAddr2)
 		if err != nil {
 			return nil, err
@@ -150,10 +167,10 @@ func runPair(p params) (_ any, retErr error) {
 	if err := node.Barrier(0); err != nil { // rank 0 listens now
 		return nil, err
 	}
-	res := pairResult{Pages: n, Warm: p.Warm}
+	res := pairResult{Pages: n, Warm: p.Warm, FetchOnly: p.FetchOnly, Encrypt: id.Encrypt}
 	var conn net.Conn
 	cfd := -1
-	if rank == 1 {
+	if rank == 1 && !p.FetchOnly {
 		if err := rawSetup(n); err != nil {
 			return nil, err
 		}
@@ -162,6 +179,8 @@ func runPair(p params) (_ any, retErr error) {
 		}
 		defer conn.Close()
 		conn.(*net.TCPConn).SetNoDelay(true)
+	}
+	if rank == 1 {
 		c2, err := d.Dial("tcp4", p.PingAddr2)
 		if err != nil {
 			return nil, err
@@ -176,7 +195,7 @@ func runPair(p params) (_ any, retErr error) {
 		var r pairRep
 		// Phase 1: rank 1 write faults (raw, twin path, home path), chunk by
 		// chunk in rotating order so all three see the same noise; rank 0 waits.
-		if rank == 1 {
+		if rank == 1 && !p.FetchOnly {
 			steps := []func(first, k int) error{
 				func(first, k int) error { // raw harness
 					dur, err := rawRun(first, k, val)
@@ -218,12 +237,14 @@ func runPair(p params) (_ any, retErr error) {
 			return nil, err
 		}
 		// Phase 2: rank 0 writes the rf pages it is home of; rank 1 waits.
-		if rank == 0 {
+		if rank == 0 && !p.FetchOnly {
 			for pg := range 2 * n {
 				if wf[pg*page] != byte(val) {
 					return nil, fmt.Errorf("rep %d: rank 1's write to page %d did not reach rank 0", rep, pg)
 				}
 			}
+		}
+		if rank == 0 {
 			touch(rf, n, true, val)
 		}
 		// Rank 0's release and rank 1's acquire invalidate rank 1's copies.
@@ -247,22 +268,25 @@ func runPair(p params) (_ any, retErr error) {
 					r.FetchFetched += s1.PagesFetched - s0.PagesFetched
 					return nil
 				},
-				func(first, k int) error {
-					dur, err := pingPong(conn, k, 8, page)
-					r.PingNs += int64(dur)
-					return err
-				},
-				func(first, k int) error {
-					dur, err := pingPong(conn, k, page, page)
-					r.PingSymNs += int64(dur)
-					return err
-				},
-				func(first, k int) error {
-					dur, err := cPingPong(cfd, k, 8, page)
-					r.CPingNs += int64(dur)
-					return err
-				},
 			}
+			if !p.FetchOnly { // item 2's Go net baselines
+				steps = append(steps,
+					func(first, k int) error {
+						dur, err := pingPong(conn, k, 8, page)
+						r.PingNs += int64(dur)
+						return err
+					},
+					func(first, k int) error {
+						dur, err := pingPong(conn, k, page, page)
+						r.PingSymNs += int64(dur)
+						return err
+					})
+			}
+			steps = append(steps, func(first, k int) error {
+				dur, err := cPingPong(cfd, k, 8, page)
+				r.CPingNs += int64(dur)
+				return err
+			})
 			if err := interleave(n, rep, steps); err != nil {
 				return nil, err
 			}
@@ -278,6 +302,7 @@ func runPair(p params) (_ any, retErr error) {
 		}
 	}
 	if rank == 1 {
+		res.BadTags = node.Stats().BadTags
 		return res, nil
 	}
 	return nil, nil
