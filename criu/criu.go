@@ -160,6 +160,12 @@ func (c *Client) Dump(ctx context.Context, o DumpOpts) (*DumpStats, error) {
 	opts := baseOpts(o.ImagesDir)
 	opts.Pid = ptr(int32(o.Pid))
 	opts.TcpEstablished = ptr(o.TCPEstablished)
+	// A connection that a listener of the tree has in its queue, not yet
+	// accepted, would fail the dump ("In-flight connection"): anyone who
+	// can reach a listening port could block a migration by connecting at
+	// the right moment. CRIU drops it instead; its client sees the
+	// connection reset, as if the server had left a moment earlier.
+	opts.TcpSkipInFlight = ptr(true)
 	opts.LeaveStopped = ptr(o.LeaveStopped)
 	opts.LeaveRunning = ptr(o.LeaveRunning)
 	opts.External = o.External

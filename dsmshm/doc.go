@@ -296,9 +296,13 @@
 // # Migration
 //
 // A rank launched by migrated registers Prepare and Resume hooks in Start.
-// Prepare returns once the rank may be dumped with only its listening socket
-// (wildcard address, same port after a restore):
+// Prepare returns once the rank may be dumped holding no socket at all:
 //
+//   - the listener is closed, with every connection that has not
+//     authenticated, and no handshake is left running (a connection CRIU
+//     was not asked to carry, an outsider's or one in the listener's queue,
+//     would fail the dump); peers dialling meanwhile are refused and retry,
+//     and Resume listens again on the same port;
 //   - each writer (one per peer) finishes the frame it is writing, sends an
 //     unnumbered "away" frame, closes its connection and parks; messages the
 //     rank sends meanwhile are queued;
@@ -310,8 +314,8 @@
 //     channels are closed and its page server closes those it serves,
 //     between requests.
 //
-// Resume dials a new page channel to every peer and lets each writer dial
-// its peer with a hello announcing the rank's address (info.Host and the
+// Resume listens again, dials a new page channel to every peer and lets
+// each writer dial its peer with a handshake announcing the rank's address (info.Host and the
 // same port after a move, the old address otherwise) and resend every frame
 // the peer has not acknowledged. A peer receiving such a hello records the
 // address (as UpdatePeer does), closes its dead connection, redials the

@@ -30,7 +30,7 @@ func (n *Node) migrationHooks() mrt.Hooks {
 }
 
 // prepareMigration returns when the rank may be dumped: no connection of it
-// is open but its listener, no page fetch is in flight and none will start,
+// is open (its listener closed too), no page fetch is in flight and none will start,
 // and nothing of it dials until resumeMigration.
 func (n *Node) prepareMigration() error {
 	if n.tcp == nil {

@@ -9,9 +9,9 @@ import (
 	"time"
 )
 
-// pause prepares this rank for a checkpoint: it returns when no connection
-// of the rank is open but its listener and nothing will dial until resume.
-// Writers tell their peers (mAway), park and say so; messages queue
+// pause prepares this rank for a checkpoint: it returns when no socket of
+// the rank is open, its listener included (see stopAccepting; resume opens
+// a new one on the same port), and nothing will dial until resume. Writers tell their peers (mAway), park and say so; messages queue
 // meanwhile. Inbound control connections are closed (what was not read is
 // resent by the peers, who keep it until acknowledged) and their readers
 // waited for; page fetches in flight finish, new ones wait, and every page
@@ -26,6 +26,7 @@ func (t *tcpTransport) pause() error {
 	t.paused.Store(true)
 	t.epoch.Add(1)
 	t.mu.Unlock()
+	t.stopAccepting() // peers dialling meanwhile are refused and retry
 	deadline := time.Now().Add(handshakeTimeout + time.Second)
 	var errs []error
 	for p, err := range t.tellWriters(ctlMsg{}, deadline) {
@@ -113,6 +114,10 @@ func (t *tcpTransport) resume(host string) error {
 	self := t.self
 	t.paused.Store(false)
 	t.mu.Unlock()
+	var all []error
+	if err := t.listen(); err != nil {
+		all = append(all, err) // peers cannot reach this rank: the node fails
+	}
 	deadline := time.Now().Add(t.dialWait)
 	answers := t.tellWriters(ctlMsg{resume: true, announce: self}, deadline.Add(time.Second))
 	errs := make(chan error, t.size)
@@ -121,7 +126,6 @@ func (t *tcpTransport) resume(host string) error {
 			go func() { errs <- t.dialPage(p, deadline, nil) }()
 		}
 	}
-	var all []error
 	for range t.size - 1 {
 		all = append(all, <-errs)
 	}

@@ -51,7 +51,6 @@ type tcpTransport struct {
 	rank, size int
 	sec        secParams
 	port       string
-	ln         net.Listener
 	inbox      *queue[envelope]
 	peers      []*peer
 	ctr        *netCounters
@@ -74,10 +73,14 @@ type tcpTransport struct {
 	closing atomic.Bool
 	dying   chan struct{} // closed when closing is set
 
-	mu      sync.Mutex // guards conns, inbound, self; paused and epoch change under it
-	conns   []net.Conn
-	inbound []*inboundConn // accepted control connections
-	self    string         // this rank's address, as announced after a migration
+	hs sync.WaitGroup // handshakes running
+
+	mu         sync.Mutex    // guards ln, acceptDone, conns, inbound, self; paused and epoch change under it
+	ln         net.Listener  // nil while paused (see stopAccepting)
+	acceptDone chan struct{} // closed when ln's accept loop has exited
+	conns      []net.Conn
+	inbound    []*inboundConn // accepted control connections
+	self       string         // this rank's address, as announced after a migration
 
 	// Migration: pause (Prepare) bumps epoch, sets paused and parks the
 	// writers; resume clears it and has them reconnect, announcing self
@@ -146,13 +149,9 @@ func newTCPTransport(cfg tcpConfig) (_ *tcpTransport, retErr error) {
 	if err != nil {
 		return nil, fmt.Errorf("dsmshm: address of rank %d: %w", cfg.rank, err)
 	}
-	ln, err := listenConfig().Listen(context.Background(), "tcp4", net.JoinHostPort("0.0.0.0", port))
-	if err != nil {
-		return nil, fmt.Errorf("dsmshm: listening for peers: %w", err)
-	}
 	t := &tcpTransport{
 		rank: cfg.rank, size: cfg.size, port: port,
-		sec: secParams{secret: append([]byte(nil), cfg.secret...), job: cfg.job, enc: cfg.encrypt}, ln: ln, inbox: newQueue[envelope](),
+		sec: secParams{secret: append([]byte(nil), cfg.secret...), job: cfg.job, enc: cfg.encrypt}, inbox: newQueue[envelope](),
 		ctr: cfg.ctr, setChan: cfg.setChan, serveFD: cfg.serveFD, chanAway: cfg.chanAway, pages: cfg.pages,
 		dialWait: cfg.dialWait, awayWait: cfg.awayWait, self: cfg.addrs[cfg.rank], dying: make(chan struct{}),
 	}
@@ -174,8 +173,9 @@ func newTCPTransport(cfg tcpConfig) (_ *tcpTransport, retErr error) {
 	if err := t.startRedial(); err != nil {
 		return nil, err
 	}
-	t.wg.Add(1)
-	go t.acceptLoop()
+	if err := t.listen(); err != nil {
+		return nil, err
+	}
 
 	errs := make(chan error, 2*cfg.size)
 	for r := range cfg.size {
@@ -252,18 +252,60 @@ func (t *tcpTransport) untrack(c net.Conn) {
 	}
 }
 
-func (t *tcpTransport) acceptLoop() {
+// listen opens the rank's listener, on the wildcard address at its port,
+// and starts accepting.
+func (t *tcpTransport) listen() error {
+	ln, err := listenConfig().Listen(context.Background(), "tcp4", net.JoinHostPort("0.0.0.0", t.port))
+	if err != nil {
+		return fmt.Errorf("dsmshm: listening for peers on port %s: %w", t.port, err)
+	}
+	done := make(chan struct{})
+	t.mu.Lock()
+	t.ln, t.acceptDone = ln, done
+	t.mu.Unlock()
+	t.wg.Add(1)
+	go t.acceptLoop(ln, done)
+	return nil
+}
+
+// stopAccepting closes the listener and every connection that has not
+// authenticated, and returns once no handshake runs: from then on the rank
+// holds no socket but its own established connections, which pause closes.
+// While a rank is paused for a checkpoint it must not accept anything: CRIU
+// refuses to dump a connection it did not ask for, and one that an outsider
+// (or a peer) opened at the wrong moment would fail the migration.
+func (t *tcpTransport) stopAccepting() {
+	t.mu.Lock()
+	ln, done := t.ln, t.acceptDone
+	t.ln = nil
+	t.mu.Unlock()
+	if ln == nil {
+		return
+	}
+	ln.Close()
+	<-done
+	t.preMu.Lock()
+	for _, c := range t.pre {
+		c.Close() // their handshakes fail at once
+	}
+	t.preMu.Unlock()
+	t.hs.Wait()
+}
+
+func (t *tcpTransport) acceptLoop(ln net.Listener, done chan struct{}) {
 	defer t.wg.Done()
+	defer close(done)
 	for {
-		conn, err := t.ln.Accept()
+		conn, err := ln.Accept()
 		if err != nil {
-			if !t.closing.Load() {
+			if !errors.Is(err, net.ErrClosed) {
 				t.inbox.push(envelope{err: fmt.Errorf("dsmshm: accepting peers: %w", err)})
 			}
-			return
+			return // closed by stopAccepting or abort
 		}
 		t.admit(conn)
 		t.wg.Add(1)
+		t.hs.Add(1)
 		go t.handshake(conn)
 	}
 }
@@ -327,6 +369,7 @@ func remoteIP(c net.Conn) string {
 // where it lives.
 func (t *tcpTransport) handshake(conn net.Conn) {
 	defer t.wg.Done()
+	defer t.hs.Done()
 	pa, err := serverHandshake(conn, t.sec, t.rank, t.size, time.Now().Add(handshakeTimeout))
 	t.settle(conn)
 	if err != nil {
@@ -476,7 +519,11 @@ func (t *tcpTransport) abort() {
 	if !t.closing.Swap(true) {
 		close(t.dying)
 	}
-	t.ln.Close()
+	t.mu.Lock()
+	if t.ln != nil {
+		t.ln.Close()
+	}
+	t.mu.Unlock()
 	for _, p := range t.peers {
 		p.out.close()
 		if p.rank != t.rank {
