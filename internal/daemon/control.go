@@ -53,8 +53,18 @@ func (d *Daemon) handleControl(c net.Conn) {
 		return
 	}
 	d.mu.Lock()
-	p := d.procs[h.ID]
+	p, launching := d.procs[h.ID], d.launching[h.ID]
 	d.mu.Unlock()
+	if p == nil && launching != nil {
+		// Started so quickly that its launch is not recorded yet.
+		select {
+		case <-launching:
+		case <-time.After(hookTimeout):
+		}
+		d.mu.Lock()
+		p = d.procs[h.ID]
+		d.mu.Unlock()
+	}
 	if p == nil || !p.owns(peerPid(c)) {
 		enc.Encode(mrt.Answer{Err: "unknown process"})
 		return

@@ -69,9 +69,10 @@ type Daemon struct {
 	// limiter's interval each.
 	handshakeLog, capLog, acceptLog logLimiter
 
-	mu      sync.Mutex
-	procs   map[string]*Proc
-	records []MigrationRec
+	mu        sync.Mutex
+	procs     map[string]*Proc
+	launching map[string]chan struct{} // IDs being launched (run): closed once in procs, or failed
+	records   []MigrationRec
 }
 
 var (
@@ -105,7 +106,7 @@ func New(cfg Config) *Daemon {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	return &Daemon{listen: cfg.Listen, advertise: cfg.Advertise, stateDir: cfg.StateDir, criu: criu.New(cfg.CRIU),
-		procs: map[string]*Proc{}, log: log, sockPath: cfg.Socket, tokenFile: cfg.TokenFile,
+		procs: map[string]*Proc{}, launching: map[string]chan struct{}{}, log: log, sockPath: cfg.Socket, tokenFile: cfg.TokenFile,
 		handshakeLog: logLimiter{every: logEvery}, capLog: logLimiter{every: logEvery},
 		acceptLog: logLimiter{every: logEvery}, imagesSize: cfg.ImagesSize, keepFree: cfg.KeepFree}
 }
@@ -370,6 +371,18 @@ func (d *Daemon) do(c *wire.Conn, req Request) (*Reply, error) {
 		if name == "" {
 			name = filepath.Base(firstOr(req.Argv, "proc"))
 		}
+		// The process may register its hooks (package runtime) before
+		// launchRun returns: the control socket waits for it (launched).
+		launched := make(chan struct{})
+		d.mu.Lock()
+		d.launching[id] = launched
+		d.mu.Unlock()
+		defer func() {
+			d.mu.Lock()
+			delete(d.launching, id)
+			d.mu.Unlock()
+			close(launched)
+		}()
 		p, err := d.launchRun(id, name, req)
 		if err != nil {
 			return nil, err
