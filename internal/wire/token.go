@@ -16,8 +16,13 @@ const maxTokenFile = 4096
 
 // LoadToken reads the shared secret from the token file at path. The file must
 // be a regular file owned by the effective user (root, for the daemons) and
-// not accessible to group or other, and must hold at least MinTokenLen bytes
-// after trimming surrounding whitespace.
+// not accessible to group or other, and hold one token of at least
+// MinTokenLen bytes after trimming surrounding whitespace, or, during a
+// rotation, two on separate lines: both are accepted from peers, and the
+// handshake proves knowledge of both, so hosts that hold either one, or
+// both, talk to each other. To rotate: add the new token as a second line on
+// every host and restart (or reload) each daemon, then remove the old line
+// on every host the same way. Processes keep running across daemon restarts.
 func LoadToken(path string) ([]byte, error) {
 	// O_NONBLOCK so that a FIFO planted at path cannot block the open; it has
 	// no effect on regular files. Stat the opened file, not the path, so the
@@ -49,9 +54,23 @@ func LoadToken(path string) ([]byte, error) {
 		return nil, fmt.Errorf("loading token: %s is larger than %d bytes", path, maxTokenFile)
 	}
 	tok := bytes.TrimSpace(data)
+	var lines [][]byte
+	for _, l := range bytes.Split(tok, []byte("\n")) {
+		if l = bytes.TrimSpace(l); len(l) > 0 {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > MaxTokens {
+		return nil, fmt.Errorf("loading token: %s has %d lines: a token file holds one token, or two during a rotation", path, len(lines))
+	}
+	for _, l := range lines {
+		if len(l) < MinTokenLen {
+			tok = l
+		}
+	}
 	if len(tok) < MinTokenLen {
 		return nil, fmt.Errorf("loading token: %s has %d bytes, need %d: token too short: generate one with `head -c 32 /dev/urandom | base64 > %s`",
 			path, len(tok), MinTokenLen, path)
 	}
-	return tok, nil
+	return bytes.Join(lines, []byte("\n")), nil
 }

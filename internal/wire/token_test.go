@@ -55,6 +55,20 @@ func TestLoadToken(t *testing.T) {
 		})
 	}
 
+	t.Run("rotation", func(t *testing.T) {
+		next := "bmV4dC1uZXh0LW5leHQtbmV4dC1uZXh0LW5leHQK"
+		tok, err := LoadToken(file("two", good+"\n  "+next+"  \n\n", 0o600))
+		if err != nil || string(tok) != strings.TrimSpace(good)+"\n"+next {
+			t.Fatalf("two tokens: got %q, %v", tok, err)
+		}
+		if _, err := LoadToken(file("three", good+next+"\n"+next+"\n", 0o600)); err == nil || !strings.Contains(err.Error(), "3 lines") {
+			t.Fatalf("three tokens: %v", err)
+		}
+		if _, err := LoadToken(file("shortsecond", good+"short\n", 0o600)); err == nil || !strings.Contains(err.Error(), "too short") {
+			t.Fatalf("a short second token: %v", err)
+		}
+	})
+
 	t.Run("other owner", func(t *testing.T) {
 		if os.Geteuid() != 0 {
 			t.Skip("needs root to chown")

@@ -4,12 +4,16 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdh"
+	"crypto/hkdf"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -164,7 +168,7 @@ func TestReplayedHandshake(t *testing.T) {
 		go func() { _, err := Client(cli, testToken); cli.Close(); errc <- err }()
 		io.ReadFull(atk, make([]byte, helloLen))
 		atk.Write(rb.writes[0]) // recorded helloS
-		io.ReadFull(atk, make([]byte, proofLen))
+		io.ReadFull(atk, make([]byte, 1+proofLen))
 		atk.Write(rb.writes[1]) // recorded status|proofS
 		if err := <-errc; !errors.Is(err, ErrAuth) {
 			t.Fatalf("client accepted replayed handshake: %v", err)
@@ -185,9 +189,9 @@ func TestReflectedHandshake(t *testing.T) {
 		}
 		atk.Write(h)
 		if fixRole {
-			pc := make([]byte, proofLen)
+			pc := make([]byte, 1+proofLen) // count, proof
 			io.ReadFull(atk, pc)
-			atk.Write(append([]byte{statusOK}, pc...))
+			atk.Write(append([]byte{statusOK}, pc[1:]...))
 		}
 		if err := <-errc; !errors.Is(err, ErrAuth) {
 			t.Fatalf("fixRole=%v: client accepted its own reflected handshake: %v", fixRole, err)
@@ -216,7 +220,7 @@ func TestHandshakeDeadline(t *testing.T) {
 
 func TestHandshakeTruncated(t *testing.T) {
 	a, b := tcpPair(t)
-	go func() { a.Write([]byte("DSMW\x01C0123")); a.Close() }()
+	go func() { a.Write([]byte("DSMW\x02C0123")); a.Close() }()
 	if _, err := Server(b, testToken); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("got %v, want io.ErrUnexpectedEOF", err)
 	}
@@ -530,5 +534,109 @@ func BenchmarkStream(b *testing.B) {
 		if err := <-errc; err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestForwardSecrecy records a whole session, as someone on the network
+// could, and then, knowing the token (stolen later), tries to read it: the
+// keys derived from the token and the recorded handshake alone (as wire v1
+// derived them, or v2's without the key exchange) open nothing. With the
+// handshake's ephemeral X25519 secret, which a daemon never keeps, the same
+// recording opens: the test reads it right.
+func TestForwardSecrecy(t *testing.T) {
+	var mu sync.Mutex
+	var ephs []*ecdh.PrivateKey
+	real := newEphemeral
+	newEphemeral = func() (*ecdh.PrivateKey, error) {
+		k, err := real()
+		mu.Lock()
+		ephs = append(ephs, k)
+		mu.Unlock()
+		return k, err
+	}
+	defer func() { newEphemeral = real }()
+
+	a, b := tcpPair(t)
+	ra, rb := &recorder{Conn: a}, &recorder{Conn: b}
+	cc, sc, cerr, serr := runHandshake(ra, rb, testToken, testToken)
+	if cerr != nil || serr != nil {
+		t.Fatal(cerr, serr)
+	}
+	secret := []byte("the pages of a process's memory")
+	go cc.WriteMsg(5, secret)
+	if _, p, err := sc.ReadMsg(); err != nil || !bytes.Equal(p, secret) {
+		t.Fatalf("server read %q, %v", p, err)
+	}
+	helloC, helloS, frame := ra.writes[0], rb.writes[0], ra.writes[2]
+	salt := append(bytes.Clone(helloC), helloS...)
+	var nonce [12]byte // the first frame: sequence number 0
+	open := func(key []byte) error {
+		_, err := newAEAD(key).Open(nil, nonce[:], frame[hdrLen:], frame[:hdrLen])
+		return err
+	}
+	v1, _ := hkdf.Key(sha256.New, testToken, salt, "dsmigrate/wire v1 keys", 3*keyLen)
+	noDH, _ := hkdf.Key(sha256.New, testToken, salt, "dsmigrate/wire v2 keys", 2*keyLen)
+	for name, k := range map[string][]byte{"v1 keys": v1[keyLen : 2*keyLen], "v2 keys without the exchange": noDH[:keyLen]} {
+		if open(k) == nil {
+			t.Errorf("the recording opens with the token alone (%s)", name)
+		}
+	}
+	// The control: the client's ephemeral secret and the server's share.
+	var clientEph *ecdh.PrivateKey
+	for _, k := range ephs {
+		if bytes.Equal(k.PublicKey().Bytes(), helloC[6+nonceLen:]) {
+			clientEph = k
+		}
+	}
+	serverPub, err := ecdh.X25519().NewPublicKey(helloS[6+nonceLen:])
+	if clientEph == nil || err != nil {
+		t.Fatalf("the client's key share is not in its hello (%v)", err)
+	}
+	shared, _ := clientEph.ECDH(serverPub)
+	keys, _ := hkdf.Key(sha256.New, append(shared, testToken...), salt, "dsmigrate/wire v2 keys", 2*keyLen)
+	if err := open(keys[:keyLen]); err != nil {
+		t.Fatalf("the control failed: the recording does not open even with the exchange's secret: %v", err)
+	}
+}
+
+// TestTokenRotation: a token file holds the token in use and, during a
+// rotation, the next one; hosts holding either or both talk to each other,
+// and a host with neither is refused.
+func TestTokenRotation(t *testing.T) {
+	old, next, other := string(testToken), "9876543210fedcba-next-token", string(otherToken)
+	both := old + "\n" + next
+	for _, c := range []struct {
+		client, server string
+		ok             bool
+	}{
+		{old, both, true}, {next, both, true}, {both, old, true}, {both, next, true}, {both, both, true},
+		{next + "\n" + old, both, true}, {other, both, false}, {both, other, false}, {other + "\n" + next, old, false},
+	} {
+		a, b := tcpPair(t)
+		cc, sc, cerr, serr := runHandshake(a, b, []byte(c.client), []byte(c.server))
+		if c.ok != (cerr == nil && serr == nil) {
+			t.Errorf("client %q, server %q: client %v, server %v; want ok=%v", c.client, c.server, cerr, serr, c.ok)
+			continue
+		}
+		if c.ok {
+			go cc.WriteMsg(1, []byte("x"))
+			if _, p, err := sc.ReadMsg(); err != nil || string(p) != "x" {
+				t.Errorf("client %q, server %q: the keys differ: %q %v", c.client, c.server, p, err)
+			}
+		}
+	}
+	if _, err := splitTokens([]byte(old + "\n" + next + "\n" + other)); err == nil {
+		t.Error("three tokens accepted")
+	}
+}
+
+// TestOlderPeer: a wire v1 daemon's hello gets a clear error at once.
+func TestOlderPeer(t *testing.T) {
+	a, b := tcpPair(t)
+	errc := make(chan error, 1)
+	go func() { _, err := Server(b, testToken); errc <- err }()
+	a.Write(append([]byte("DSMW\x01C"), make([]byte, 32)...))
+	if err := <-errc; err == nil || !strings.Contains(err.Error(), "speaks dsmigrate wire v1") {
+		t.Fatalf("a v1 hello: %v", err)
 	}
 }
