@@ -1,9 +1,11 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
 	"net"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -76,4 +78,44 @@ func TestRegisterWhileLaunching(t *testing.T) {
 	if err := json.NewDecoder(cli2).Decode(&a); err != nil || a.Err != "unknown process" {
 		t.Fatalf("an unknown ID: %+v, %v", a, err)
 	}
+}
+
+// A token rotation needs no restart: SIGHUP reloads the token file, a file
+// that cannot be loaded leaves the token in use, and the handshake then
+// takes the tokens the file holds.
+func TestReloadTokenOnHangup(t *testing.T) {
+	d := testDaemon(t, t.TempDir())
+	file := filepath.Join(t.TempDir(), "token")
+	write := func(s string) {
+		if err := os.WriteFile(file, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old, next := "old-token-0123456789abcdef", "next-token-0123456789abcdef"
+	write(old + "\n")
+	if err := d.reloadToken(file); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d.reloadOnHangup(ctx, file)
+	hangup := func(want string) {
+		t.Helper()
+		unix.Kill(os.Getpid(), unix.SIGHUP)
+		for end := time.Now().Add(10 * time.Second); string(d.tokenNow()) != want; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("after SIGHUP the token is %q, want %q", d.tokenNow(), want)
+			}
+		}
+	}
+	write(old + "\n" + next + "\n")
+	hangup(old + "\n" + next)
+	write("short\n")
+	unix.Kill(os.Getpid(), unix.SIGHUP)
+	time.Sleep(200 * time.Millisecond)
+	if got := string(d.tokenNow()); got != old+"\n"+next {
+		t.Fatalf("a bad token file replaced the token: %q", got)
+	}
+	write(next + "\n")
+	hangup(next)
 }

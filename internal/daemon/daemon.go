@@ -33,6 +33,7 @@ import (
 	"regexp"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -52,10 +53,10 @@ type Daemon struct {
 	stateDir  string
 	imagesDir string
 	criu      *criu.Client
-	quiescer  quiescer // stops a tree for a dump
-	token     []byte
-	ctlPath   string // the control socket of migration-aware processes
-	sockPath  string // the local clients' socket
+	quiescer  quiescer               // stops a tree for a dump
+	token     atomic.Pointer[[]byte] // the cluster token(s) (wire.LoadToken); nil: none. SIGHUP reloads it
+	ctlPath   string                 // the control socket of migration-aware processes
+	sockPath  string                 // the local clients' socket
 	tokenFile string
 	log       *slog.Logger
 
@@ -147,7 +148,7 @@ func (d *Daemon) serve(ctx context.Context, sockPath, tokenFile string) error {
 	}
 	defer d.quiescer.close()
 	if tokenFile != "" {
-		if d.token, err = wire.LoadToken(tokenFile); err != nil {
+		if err := d.reloadToken(tokenFile); err != nil {
 			return err
 		}
 	} else {
@@ -233,11 +234,60 @@ func (d *Daemon) serve(ctx context.Context, sockPath, tokenFile string) error {
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	d.reloadOnHangup(ctx, tokenFile)
 	go d.acceptLoop(ul, d.handleLocal)
 	go d.acceptPeers(tl, d.handlePeer)
 	<-ctx.Done()
 	d.log.Info("shutting down")
 	return nil
+}
+
+// tokenNow is the cluster token as last loaded, nil if none.
+func (d *Daemon) tokenNow() []byte {
+	if t := d.token.Load(); t != nil {
+		return *t
+	}
+	return nil
+}
+
+// reloadToken loads the token file; on failure the token in use stays.
+func (d *Daemon) reloadToken(tokenFile string) error {
+	tok, err := wire.LoadToken(tokenFile)
+	if err != nil {
+		return err
+	}
+	d.token.Store(&tok)
+	return nil
+}
+
+// reloadOnHangup reloads the token file on SIGHUP until ctx ends, so that a
+// token rotation (wire.LoadToken) needs no restart: connections from then on
+// use the file's tokens, those already open keep their keys. SIGHUP is
+// caught from when it returns.
+func (d *Daemon) reloadOnHangup(ctx context.Context, tokenFile string) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go d.hangups(ctx, hup, tokenFile)
+}
+
+func (d *Daemon) hangups(ctx context.Context, hup chan os.Signal, tokenFile string) {
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		if tokenFile == "" {
+			d.log.Warn("SIGHUP: no --token-file to reload")
+			continue
+		}
+		if err := d.reloadToken(tokenFile); err != nil {
+			d.log.Error("SIGHUP: the token file could not be reloaded; the token in use stays", "err", err)
+			continue
+		}
+		d.log.Info("SIGHUP: token file reloaded", "tokens", bytes.Count(d.tokenNow(), []byte("\n"))+1)
+	}
 }
 
 func (d *Daemon) acceptLoop(l net.Listener, h func(net.Conn)) {
@@ -309,11 +359,12 @@ func (d *Daemon) handleLocal(c net.Conn) {
 // within handshakeTimeout; authed is called when the handshake is over.
 func (d *Daemon) handlePeer(c net.Conn, authed func()) {
 	defer c.Close()
-	if d.token == nil {
+	tok := d.tokenNow()
+	if tok == nil {
 		return
 	}
 	c.SetDeadline(time.Now().Add(handshakeTimeout))
-	wc, err := wire.Server(c, d.token)
+	wc, err := wire.Server(c, tok)
 	authed()
 	if err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {

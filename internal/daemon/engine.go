@@ -91,7 +91,8 @@ func (f faults) Check(point string) error {
 type peers struct{ d *Daemon }
 
 func (p peers) Dial(ctx context.Context, addr string) (migration.Conn, error) {
-	if p.d.token == nil {
+	tok := p.d.tokenNow()
+	if tok == nil {
 		return nil, errors.New("this daemon has no --token-file, so it cannot authenticate to another")
 	}
 	var dl net.Dialer
@@ -99,7 +100,7 @@ func (p peers) Dial(ctx context.Context, addr string) (migration.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := wire.ClientContext(ctx, raw, p.d.token)
+	c, err := wire.ClientContext(ctx, raw, tok)
 	if err != nil {
 		raw.Close()
 		return nil, err
