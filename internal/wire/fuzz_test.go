@@ -2,8 +2,10 @@ package wire
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
+	"net"
 	"testing"
 )
 
@@ -76,4 +78,36 @@ func TestValidFramesDecode(t *testing.T) {
 	if !bytes.Equal(types, []byte{1, TypeData, TypeEnd, TypeError}) {
 		t.Fatalf("decoded types %x", types)
 	}
+}
+
+// FuzzServerHandshake feeds a daemon's side of the handshake whatever anyone
+// who can reach its port could send: it never panics, never accepts without
+// the token, and never answers with anything that depends on the token
+// before the peer proved it holds it.
+func FuzzServerHandshake(f *testing.F) {
+	hello := append([]byte("DSMW\x02C"), make([]byte, nonceLen+pubLen)...)
+	f.Add(hello)
+	f.Add(append(append([]byte(nil), hello...), append([]byte{1}, make([]byte, proofLen)...)...))
+	f.Add(append(append([]byte(nil), hello...), append([]byte{200}, make([]byte, proofLen)...)...))
+	f.Add([]byte("DSMW\x01C"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		a, b := net.Pipe()
+		defer b.Close()
+		got := make(chan []byte, 1)
+		go func() {
+			a.Write(in)
+			a.Close()
+		}()
+		go func() {
+			all, _ := io.ReadAll(a)
+			got <- all
+		}()
+		if _, err := ServerContext(context.Background(), b, testToken); err == nil {
+			t.Fatal("accepted a handshake without the token")
+		}
+		b.Close()
+		if out := <-got; len(out) > helloLen && out[helloLen] == statusOK {
+			t.Fatalf("answered status ok to %x", in)
+		}
+	})
 }
