@@ -317,7 +317,7 @@
 // Resume listens again, dials a new page channel to every peer and lets
 // each writer dial its peer with a handshake announcing the rank's address (info.Host and the
 // same port after a move, the old address otherwise) and resend every frame
-// the peer has not acknowledged. A peer receiving such a hello records the
+// the peer has not acknowledged. A peer receiving such a handshake records the
 // address (as UpdatePeer does), closes its dead connection, redials the
 // moved rank and resends what that rank has not acknowledged, and dials a
 // new page channel to it. Fetches resume last.

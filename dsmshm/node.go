@@ -44,8 +44,9 @@ type Config struct {
 	Encrypt bool
 }
 
-// MaxRanks is the largest job size: each rank's page server thread polls
-// one page channel per peer (MAX_FDS in dsm.c).
+// MaxRanks is the largest job size: each rank holds a control connection
+// and a page channel to every peer and from every peer, and its page server
+// thread polls one channel per peer.
 const MaxRanks = 512
 
 // ErrNotLaunched is returned by Start when the environment does not describe a job.
