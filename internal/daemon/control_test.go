@@ -35,6 +35,28 @@ func unixPair(t *testing.T) (*net.UnixConn, *net.UnixConn) {
 	return cs[0], cs[1]
 }
 
+// loopbackPair returns the two ends of a TCP connection on 127.0.0.1,
+// closed when the test ends.
+func loopbackPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ln.Accept()
+	if err != nil {
+		a.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
 // A process may register its hooks before the daemon has recorded its
 // launch (the shim reported, the record is being written): its daemon
 // waits for the launch instead of answering "unknown process". Seen in

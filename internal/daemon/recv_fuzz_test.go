@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"encoding/binary"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,26 +78,4 @@ func FuzzRecvImages(f *testing.F) {
 			return nil
 		})
 	})
-}
-
-// loopbackPair returns the two ends of a TCP connection on 127.0.0.1,
-// closed when the test ends.
-func loopbackPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	a, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ln.Accept()
-	if err != nil {
-		a.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
 }

@@ -18,21 +18,7 @@ func TestRepairOff(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("repair mode needs CAP_NET_ADMIN")
 	}
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	cli, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	srv, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
+	cli, srv := loopbackPair(t)
 	raw, err := cli.(*net.TCPConn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
