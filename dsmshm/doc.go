@@ -267,6 +267,8 @@
 // before the peer has proved it holds the secret; the proofs cover fresh
 // nonces from both ends, so a recorded handshake cannot be replayed, and
 // the address a migrated rank announces, so no one else can repoint a rank.
+// The traffic keys also need an X25519 exchange made in the handshake, so a
+// recorded connection stays unreadable to whoever learns the secret later.
 // A connection that fails is closed and counted (Stats.Rejected), nothing
 // more. A rank holds at most 64 connections that have not authenticated
 // (16 per remote address), closing the oldest to make room, each for at

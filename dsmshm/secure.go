@@ -3,6 +3,7 @@ package dsmshm
 import (
 	"bytes"
 	"crypto/cipher"
+	"crypto/ecdh"
 	"crypto/hkdf"
 	"crypto/hmac"
 	"crypto/rand"
@@ -22,13 +23,18 @@ import (
 // modelled on the daemons' (internal/wire), over fixed-size messages, so that
 // nothing is allocated or parsed from a length an unauthenticated peer chose:
 //
-//	C -> S  helloC = "DSMR" | version | 'C' | kind | flags | from u32 | to u32 | nonceC (32 random bytes)
-//	S -> C  helloS = "DSMR" | version | 'S' | nonceS (32 random bytes)
+//	C -> S  helloC = "DSMR" | version | 'C' | kind | flags | from u32 | to u32 | nonceC (32 random bytes) | X25519 share (32)
+//	S -> C  helloS = "DSMR" | version | 'S' | nonceS (32 random bytes) | X25519 share (32)
 //	C -> S  announce (64 bytes, NUL-padded) | proofC = HMAC-SHA256(kAuth, "client" | helloC | helloS | announce)
 //	S -> C  status u8 | proofS = HMAC-SHA256(kAuth, "server" | helloC | helloS | announce)
 //
-// kAuth and the two traffic keys are HKDF-SHA256(secret, salt = helloC |
-// helloS, info = "dsmshm v1 " + job). The server answers only a helloC that
+// kAuth is HKDF-SHA256(secret, salt = helloC | helloS, info = "dsmshm v2
+// auth " + job); the two traffic keys are HKDF-SHA256(secret | shared, the
+// same salt, "dsmshm v2 keys " + job), where shared is the X25519 result of
+// the two one-time shares: traffic recorded now stays unreadable to whoever
+// learns the job's secret later (forward secrecy), and the proofs cover the
+// shares, so no one without the secret can put in their own. The server
+// answers only a helloC that
 // names it (to), a peer rank (from), a known kind and the job's mode (flags:
 // encryption on or off), and emits nothing that depends on the secret before
 // the client has proved it knows it. Fresh nonces at both ends make a
@@ -50,10 +56,11 @@ import (
 
 const (
 	secMagic     = "DSMR"
-	secVersion   = 1
+	secVersion   = 2
 	secNonceLen  = 32
-	helloCLen    = 4 + 1 + 1 + 1 + 1 + 4 + 4 + secNonceLen
-	helloSLen    = 4 + 1 + 1 + secNonceLen
+	secShareLen  = 32 // an X25519 public key
+	helloCLen    = 4 + 1 + 1 + 1 + 1 + 4 + 4 + secNonceLen + secShareLen
+	helloSLen    = 4 + 1 + 1 + secNonceLen + secShareLen
 	announceLen  = 64
 	secProofLen  = sha256.Size
 	secKeyLen    = chacha20poly1305.KeySize
@@ -103,15 +110,32 @@ func (sp secParams) flags() byte {
 	return 0
 }
 
-// keys derives kAuth and the client-to-server and server-to-client keys.
-func (sp secParams) keys(helloC, helloS []byte) (kAuth, c2s, s2c []byte, err error) {
+// keys derives kAuth, from the secret, and the client-to-server and
+// server-to-client keys, from the secret and the key exchange: mine is this
+// side's one-time X25519 key, theirs the peer's share from its hello.
+func (sp secParams) keys(helloC, helloS []byte, mine *ecdh.PrivateKey, theirs []byte) (kAuth, c2s, s2c []byte, err error) {
+	pub, err := ecdh.X25519().NewPublicKey(theirs)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%w: the peer's key share: %w", errAuth, err)
+	}
+	shared, err := mine.ECDH(pub) // an all-zero result (a low-order share) is an error
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%w: the peer's key share: %w", errAuth, err)
+	}
 	salt := append(append([]byte(nil), helloC...), helloS...)
-	k, err := hkdf.Key(sha256.New, sp.secret, salt, "dsmshm v1 "+sp.job, 3*secKeyLen)
+	if kAuth, err = hkdf.Key(sha256.New, sp.secret, salt, "dsmshm v2 auth "+sp.job, secKeyLen); err != nil {
+		return nil, nil, nil, err
+	}
+	k, err := hkdf.Key(sha256.New, append(append([]byte(nil), sp.secret...), shared...), salt, "dsmshm v2 keys "+sp.job, 2*secKeyLen)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	return k[:secKeyLen], k[secKeyLen : 2*secKeyLen], k[2*secKeyLen:], nil
+	return kAuth, k[:secKeyLen], k[secKeyLen:], nil
 }
+
+// newShare makes a handshake's one-time X25519 key (a variable so that a
+// test can see the keys).
+var newShare = func() (*ecdh.PrivateKey, error) { return ecdh.X25519().GenerateKey(rand.Reader) }
 
 func proof(kAuth []byte, label string, helloC, helloS, announce []byte) []byte {
 	m := hmac.New(sha256.New, kAuth)
@@ -159,7 +183,12 @@ func clientHandshake(conn net.Conn, sp secParams, kind uint8, from, to int, anno
 	hc[4], hc[5], hc[6], hc[7] = secVersion, 'C', kind, sp.flags()
 	binary.LittleEndian.PutUint32(hc[8:], uint32(from))
 	binary.LittleEndian.PutUint32(hc[12:], uint32(to))
-	rand.Read(hc[16:])
+	rand.Read(hc[16 : 16+secNonceLen])
+	eph, err := newShare()
+	if err != nil {
+		return nil, err
+	}
+	copy(hc[16+secNonceLen:], eph.PublicKey().Bytes())
 	if _, err := conn.Write(hc[:]); err != nil {
 		return nil, err
 	}
@@ -170,7 +199,7 @@ func clientHandshake(conn net.Conn, sp secParams, kind uint8, from, to int, anno
 	if string(hs[:4]) != secMagic || hs[4] != secVersion || hs[5] != 'S' {
 		return nil, fmt.Errorf("%w: the peer's hello %x is not a dsmshm v%d server's", errAuth, hs[:6], secVersion)
 	}
-	kAuth, c2s, s2c, err := sp.keys(hc[:], hs[:])
+	kAuth, c2s, s2c, err := sp.keys(hc[:], hs[:], eph, hs[6+secNonceLen:])
 	if err != nil {
 		return nil, err
 	}
@@ -216,7 +245,12 @@ func serverHandshake(conn net.Conn, sp secParams, self, size int, deadline time.
 	var hs [helloSLen]byte
 	copy(hs[:], secMagic)
 	hs[4], hs[5] = secVersion, 'S'
-	rand.Read(hs[6:])
+	rand.Read(hs[6 : 6+secNonceLen])
+	eph, err := newShare()
+	if err != nil {
+		return nil, err
+	}
+	copy(hs[6+secNonceLen:], eph.PublicKey().Bytes())
 	if _, err := conn.Write(hs[:]); err != nil {
 		return nil, err
 	}
@@ -224,7 +258,7 @@ func serverHandshake(conn net.Conn, sp secParams, self, size int, deadline time.
 	if _, err := io.ReadFull(conn, pc[:]); err != nil {
 		return nil, err
 	}
-	kAuth, c2s, s2c, err := sp.keys(hc[:], hs[:])
+	kAuth, c2s, s2c, err := sp.keys(hc[:], hs[:], eph, hc[16+secNonceLen:])
 	if err != nil {
 		return nil, err
 	}

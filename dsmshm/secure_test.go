@@ -2,7 +2,10 @@ package dsmshm
 
 import (
 	"bytes"
+	"crypto/ecdh"
+	"crypto/hkdf"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"net"
@@ -247,4 +250,60 @@ func FuzzServerHandshake(f *testing.F) {
 			t.Fatalf("accepted %+v without the secret", pa.hello)
 		}
 	})
+}
+
+// TestRankForwardSecrecy: a recorded connection between ranks, its frames
+// included, does not open with the job's secret and the recording alone
+// (stolen later); it does with the handshake's one-time X25519 secret,
+// which no rank keeps (the control).
+func TestRankForwardSecrecy(t *testing.T) {
+	var mu sync.Mutex
+	var shares []*ecdh.PrivateKey
+	real := newShare
+	newShare = func() (*ecdh.PrivateKey, error) {
+		k, err := real()
+		mu.Lock()
+		shares = append(shares, k)
+		mu.Unlock()
+		return k, err
+	}
+	defer func() { newShare = real }()
+	sp := secParams{secret: secretOf(4), job: "j"}
+	a, b := tcpPair(t)
+	ra, rb := &recorder{Conn: a}, &recorder{Conn: b}
+	go func() {
+		if pa, err := serverHandshake(rb, sp, 1, 2, time.Now().Add(5*time.Second)); err == nil {
+			rb.Write(pa.final(statusTaken))
+		}
+	}()
+	cl, err := clientHandshake(ra, sp, connControl, 0, 1, "", time.Now().Add(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := cl.seal(nil, appendFrame(nil, 1, &message{Type: mBarrierEnter, ID: 1, Err: "x"}))
+	helloC, helloS := ra.buf.Bytes()[:helloCLen], rb.buf.Bytes()[:helloSLen]
+	salt := append(append([]byte(nil), helloC...), helloS...)
+	opens := func(key []byte) bool {
+		s := newSession(false, key, key)
+		_, err := s.readSealed(bytes.NewReader(frame), nil)
+		return err == nil
+	}
+	noDH, _ := hkdf.Key(sha256.New, sp.secret, salt, "dsmshm v2 keys "+sp.job, 2*secKeyLen)
+	v1, _ := hkdf.Key(sha256.New, sp.secret, salt, "dsmshm v1 "+sp.job, 3*secKeyLen)
+	if opens(noDH[:secKeyLen]) || opens(v1[secKeyLen:2*secKeyLen]) {
+		t.Fatal("the recording opens with the job's secret alone")
+	}
+	var mine *ecdh.PrivateKey
+	for _, k := range shares {
+		if bytes.Equal(k.PublicKey().Bytes(), helloC[16+secNonceLen:]) {
+			mine = k
+		}
+	}
+	if mine == nil {
+		t.Fatal("the client's share is not in its hello")
+	}
+	_, c2s, _, err := sp.keys(helloC, helloS, mine, helloS[6+secNonceLen:])
+	if err != nil || !opens(c2s) {
+		t.Fatalf("the control failed: the recording does not open with the exchange's secret (%v)", err)
+	}
 }

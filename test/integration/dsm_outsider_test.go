@@ -83,7 +83,7 @@ func TestDSMOutsider(t *testing.T) {
 // server hello (which would be a rank talking to someone without the
 // secret).
 func outsider(addr string, rank int, stop chan struct{}) (tried, answered int) {
-	const helloS = 4 + 1 + 1 + 32 // "DSMR" version 'S' nonce
+	const helloS = 4 + 1 + 1 + 32 + 32 // "DSMR" version 'S' nonce X25519-share
 	var idle []net.Conn
 	defer func() {
 		for _, c := range idle {
@@ -91,10 +91,10 @@ func outsider(addr string, rank int, stop chan struct{}) (tried, answered int) {
 		}
 	}()
 	var lastHello []byte
-	hello := func(kind byte) []byte {
-		h := make([]byte, 48)
+	hello := func(kind byte) []byte { // dsmshm/secure.go's helloC, v2, with a random share
+		h := make([]byte, 48+32)
 		copy(h, "DSMR")
-		h[4], h[5], h[6] = 1, 'C', kind
+		h[4], h[5], h[6] = 2, 'C', kind
 		binary.LittleEndian.PutUint32(h[8:], uint32((rank+1)%3))
 		binary.LittleEndian.PutUint32(h[12:], uint32(rank))
 		rand.Read(h[16:])
