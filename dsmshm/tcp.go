@@ -233,8 +233,13 @@ func (t *tcpTransport) dial(p *peer, kind uint8, announce string, deadline time.
 }
 
 // track records a control connection so that abort can close it.
+// One that comes after abort has closed the others is closed at once:
+// abort sets closing before it takes t.mu.
 func (t *tcpTransport) track(c net.Conn) {
 	t.mu.Lock()
+	if t.closing.Load() {
+		c.Close()
+	}
 	t.conns = append(t.conns, c)
 	t.mu.Unlock()
 }
@@ -320,6 +325,9 @@ func (t *tcpTransport) admit(conn net.Conn) {
 	ip := remoteIP(conn)
 	t.preMu.Lock()
 	defer t.preMu.Unlock()
+	if t.closing.Load() {
+		conn.Close() // abort has closed the others already; its handshake fails at once
+	}
 	victim, same := -1, 0
 	for i, c := range t.pre {
 		if remoteIP(c) == ip {
@@ -411,6 +419,13 @@ func (t *tcpTransport) handshake(conn net.Conn) {
 		}
 		conn.SetWriteDeadline(time.Time{})
 		t.mu.Lock()
+		if t.closing.Load() {
+			// abort has closed the connections it knows: this one would
+			// keep a reader waiting, and abort waiting for it, for ever.
+			t.mu.Unlock()
+			conn.Close()
+			return
+		}
 		if t.paused.Load() {
 			t.mu.Unlock()
 			conn.Close()
