@@ -133,6 +133,22 @@ func (sp secParams) keys(helloC, helloS []byte, mine *ecdh.PrivateKey, theirs []
 	return kAuth, k[:secKeyLen], k[secKeyLen:], nil
 }
 
+// fillHelloTail ends a hello (either side's) with a fresh nonce and the
+// share of a new one-time X25519 key, which it returns.
+func fillHelloTail(h []byte) (*ecdh.PrivateKey, error) {
+	tail := h[len(h)-secNonceLen-secShareLen:]
+	rand.Read(tail[:secNonceLen])
+	eph, err := newShare()
+	if err != nil {
+		return nil, err
+	}
+	copy(tail[secNonceLen:], eph.PublicKey().Bytes())
+	return eph, nil
+}
+
+// share is the X25519 share at the end of a hello.
+func share(h []byte) []byte { return h[len(h)-secShareLen:] }
+
 // newShare makes a handshake's one-time X25519 key (a variable so that a
 // test can see the keys).
 var newShare = func() (*ecdh.PrivateKey, error) { return ecdh.X25519().GenerateKey(rand.Reader) }
@@ -183,12 +199,10 @@ func clientHandshake(conn net.Conn, sp secParams, kind uint8, from, to int, anno
 	hc[4], hc[5], hc[6], hc[7] = secVersion, 'C', kind, sp.flags()
 	binary.LittleEndian.PutUint32(hc[8:], uint32(from))
 	binary.LittleEndian.PutUint32(hc[12:], uint32(to))
-	rand.Read(hc[16 : 16+secNonceLen])
-	eph, err := newShare()
+	eph, err := fillHelloTail(hc[:])
 	if err != nil {
 		return nil, err
 	}
-	copy(hc[16+secNonceLen:], eph.PublicKey().Bytes())
 	if _, err := conn.Write(hc[:]); err != nil {
 		return nil, err
 	}
@@ -199,7 +213,7 @@ func clientHandshake(conn net.Conn, sp secParams, kind uint8, from, to int, anno
 	if string(hs[:4]) != secMagic || hs[4] != secVersion || hs[5] != 'S' {
 		return nil, fmt.Errorf("%w: the peer's hello %x is not a dsmshm v%d server's", errAuth, hs[:6], secVersion)
 	}
-	kAuth, c2s, s2c, err := sp.keys(hc[:], hs[:], eph, hs[6+secNonceLen:])
+	kAuth, c2s, s2c, err := sp.keys(hc[:], hs[:], eph, share(hs[:]))
 	if err != nil {
 		return nil, err
 	}
@@ -245,12 +259,10 @@ func serverHandshake(conn net.Conn, sp secParams, self, size int, deadline time.
 	var hs [helloSLen]byte
 	copy(hs[:], secMagic)
 	hs[4], hs[5] = secVersion, 'S'
-	rand.Read(hs[6 : 6+secNonceLen])
-	eph, err := newShare()
+	eph, err := fillHelloTail(hs[:])
 	if err != nil {
 		return nil, err
 	}
-	copy(hs[6+secNonceLen:], eph.PublicKey().Bytes())
 	if _, err := conn.Write(hs[:]); err != nil {
 		return nil, err
 	}
@@ -258,7 +270,7 @@ func serverHandshake(conn net.Conn, sp secParams, self, size int, deadline time.
 	if _, err := io.ReadFull(conn, pc[:]); err != nil {
 		return nil, err
 	}
-	kAuth, c2s, s2c, err := sp.keys(hc[:], hs[:], eph, hc[16+secNonceLen:])
+	kAuth, c2s, s2c, err := sp.keys(hc[:], hs[:], eph, share(hc[:]))
 	if err != nil {
 		return nil, err
 	}

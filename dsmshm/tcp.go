@@ -23,8 +23,10 @@ const (
 	// does not answer within it is treated as dead (the faulting rank aborts
 	// with a message, see die in dsm.c).
 	pageIOTimeout = 60 * time.Second
-	// pageServeTimeout bounds how long a page server waits for the rest of
-	// a started request before dropping the channel.
+	// pageServeTimeout bounds the blocking send of the handshake's answer
+	// on a page channel this rank serves; after it the page server (dsm.c)
+	// never blocks, and drops a request that stays partial for as long
+	// (SERVE_TIMEOUT_NS).
 	pageServeTimeout = 5 * time.Second
 	// defaultAwayWait bounds how long peers wait for a rank that announced
 	// a migration.

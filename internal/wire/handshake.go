@@ -74,13 +74,10 @@ func ServerContext(ctx context.Context, c net.Conn, token []byte) (*Conn, error)
 // splitTokens returns the tokens in token (one per line), at most
 // MaxTokens of them.
 func splitTokens(token []byte) ([][]byte, error) {
-	var toks [][]byte
-	for _, l := range bytes.Split(token, []byte("\n")) {
-		if l = bytes.TrimSpace(l); len(l) > 0 {
-			if len(l) < MinTokenLen {
-				return nil, fmt.Errorf("wire: token shorter than %d bytes", MinTokenLen)
-			}
-			toks = append(toks, l)
+	toks := tokenLines(token)
+	for _, t := range toks {
+		if len(t) < MinTokenLen {
+			return nil, fmt.Errorf("wire: token shorter than %d bytes", MinTokenLen)
 		}
 	}
 	if len(toks) == 0 || len(toks) > MaxTokens {

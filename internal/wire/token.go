@@ -53,24 +53,29 @@ func LoadToken(path string) ([]byte, error) {
 	if len(data) > maxTokenFile {
 		return nil, fmt.Errorf("loading token: %s is larger than %d bytes", path, maxTokenFile)
 	}
-	tok := bytes.TrimSpace(data)
+	lines := tokenLines(data)
+	if len(lines) > MaxTokens {
+		return nil, fmt.Errorf("loading token: %s has %d lines: a token file holds one token, or two during a rotation", path, len(lines))
+	}
+	if len(lines) == 0 {
+		lines = [][]byte{nil}
+	}
+	for _, l := range lines {
+		if len(l) < MinTokenLen {
+			return nil, fmt.Errorf("loading token: %s has %d bytes, need %d: token too short: generate one with `head -c 32 /dev/urandom | base64 > %s`",
+				path, len(l), MinTokenLen, path)
+		}
+	}
+	return bytes.Join(lines, []byte("\n")), nil
+}
+
+// tokenLines returns the tokens in b: its non-empty lines, trimmed.
+func tokenLines(b []byte) [][]byte {
 	var lines [][]byte
-	for _, l := range bytes.Split(tok, []byte("\n")) {
+	for _, l := range bytes.Split(b, []byte("\n")) {
 		if l = bytes.TrimSpace(l); len(l) > 0 {
 			lines = append(lines, l)
 		}
 	}
-	if len(lines) > MaxTokens {
-		return nil, fmt.Errorf("loading token: %s has %d lines: a token file holds one token, or two during a rotation", path, len(lines))
-	}
-	for _, l := range lines {
-		if len(l) < MinTokenLen {
-			tok = l
-		}
-	}
-	if len(tok) < MinTokenLen {
-		return nil, fmt.Errorf("loading token: %s has %d bytes, need %d: token too short: generate one with `head -c 32 /dev/urandom | base64 > %s`",
-			path, len(tok), MinTokenLen, path)
-	}
-	return bytes.Join(lines, []byte("\n")), nil
+	return lines
 }
