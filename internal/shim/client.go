@@ -61,6 +61,11 @@ type Spec struct {
 	// workload's shows it. The shim gets it in the spec on its stdin, never
 	// logs or stores it, and forgets it once the workload has started.
 	Secret []byte `json:"secret,omitempty"`
+	// Cred, if set, is who the workload runs as: uid, gid and
+	// supplementary groups, taken on before the workload's directory is
+	// entered or its program run, so that both are checked as that user.
+	// An Init stays root's (asuser.go says why). nil: as the shim, root.
+	Cred *syscall.Credential `json:"cred,omitempty"`
 	// Restore mode (when Restore != nil): restore a CRIU image set as the
 	// shim's child, stopped.
 	Restore *RestoreSpec `json:"restore,omitempty"`

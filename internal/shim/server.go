@@ -1,6 +1,7 @@
 package shim
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -251,6 +252,21 @@ func (s *server) run(w *os.File) (int, error) {
 		cmd.Path = spec.Init
 		cmd.Args = append([]string{spec.Init, "--", path}, spec.Argv[1:]...)
 		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID
+	}
+	switch {
+	case spec.Cred != nil && spec.Init != "":
+		// The init stays root's; the workload becomes the owner's before
+		// it enters its directory (asuser.go).
+		self, err := os.Executable()
+		if err != nil {
+			return 0, fmt.Errorf("shim: %w", err)
+		}
+		cmd.Args = append([]string{spec.Init, "--"}, asUserArgs(self, spec.Cred, cmp.Or(spec.WorkDir, "/"), path, spec.Argv)...)
+		cmd.Dir = "/"
+	case spec.Cred != nil:
+		// Go's fork sets the credential after the clone and before the
+		// chdir and the exec.
+		cmd.SysProcAttr.Credential = spec.Cred
 	}
 	if spec.Secret != nil {
 		// tini passes the descriptor on to the workload (it closes none)

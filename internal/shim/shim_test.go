@@ -822,3 +822,82 @@ func TestSecretRestore(t *testing.T) {
 		t.Fatalf("the restored rank: Wait = %d, want 0", code)
 	}
 }
+
+// A workload with a Cred runs as that user (uid, gid and groups, real,
+// effective and saved; no capabilities) under an init that stays root's,
+// enters its directory as that user, and cannot enter one only root may.
+func TestRunAsOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	const nobody = 65534
+	cred := &syscall.Credential{Uid: nobody, Gid: nobody, Groups: []uint32{nobody}}
+	work := t.TempDir()
+	for _, d := range []string{filepath.Dir(work), work} { // TempDir's parent is 0700
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spec := shim.Spec{ID: "u", Dir: t.TempDir(), Argv: []string{"sh", "-c",
+		`grep -E '^(Uid|Gid|Groups|CapEff|CapPrm):' /proc/self/status; pwd; echo done; exec sleep 300`},
+		Env: []string{"PATH=/usr/bin:/bin"}, WorkDir: work, Init: needInit(t), Cred: cred}
+	_, st := startShim(t, spec)
+	log := waitLogLine(t, spec.Dir, "done")
+	for _, want := range []string{"Uid:\t65534\t65534\t65534\t65534", "Gid:\t65534\t65534\t65534\t65534",
+		"Groups:\t65534", "CapEff:\t0000000000000000", "CapPrm:\t0000000000000000", work} {
+		if !strings.Contains(log, want) {
+			t.Errorf("the workload says:\n%s\nwant a line with %q", log, want)
+		}
+	}
+	if uid := statusField(t, st.PID, "Uid:"); uid != "0" {
+		t.Errorf("the init runs as uid %s, want root's (0)", uid)
+	}
+
+	// A directory only root may enter is refused, as the owner.
+	private := t.TempDir()
+	if err := os.Chmod(private, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	spec2 := shim.Spec{ID: "u2", Dir: t.TempDir(), Argv: []string{"sh", "-c", "echo entered"},
+		Env: []string{"PATH=/usr/bin:/bin"}, WorkDir: private, Init: needInit(t), Cred: cred}
+	c2, _ := startShim(t, spec2)
+	if code := wait(t, c2); code != 127 {
+		t.Errorf("a workload whose directory its owner cannot enter: exit %d, want 127", code)
+	}
+	if log := readLog(t, spec2.Dir); strings.Contains(log, "entered") || !strings.Contains(log, "cannot enter "+private) {
+		t.Errorf("the log says %q, want the refusal to enter %s", log, private)
+	}
+}
+
+// waitLogLine waits for a line in the log of the shim in dir (20 s) and
+// returns the log.
+func waitLogLine(t *testing.T, dir, line string) string {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		log := readLog(t, dir)
+		if slices.Contains(strings.Split(log, "\n"), line) {
+			return log
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no line %q in the log after 20 s:\n%s", line, log)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// statusField is the first value of a field of /proc/PID/status.
+func statusField(t *testing.T, pid int, field string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == field {
+			return f[1]
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return ""
+}
