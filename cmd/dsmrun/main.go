@@ -1,10 +1,14 @@
 // Command dsmrun launches dsmshm programs across hosts through their migrated
 // daemons, and lists and migrates their ranks.
 //
-//	dsmrun run --hosts ADDR:PORT[,ADDR:PORT...] -n N [--token-file FILE] [--encrypt] -- PROGRAM [ARG...]
+//	dsmrun run --hosts ADDR:PORT[,ADDR:PORT...] -n N [--token-file FILE | --socket PATH] [--encrypt] -- PROGRAM [ARG...]
 //	dsmrun ps [--json]
 //	dsmrun migrate JOB RANK --to ADDR:PORT
 //	dsmrun history [--json] [JOB]
+//
+// With a token it can read (root's), dsmrun talks to every daemon directly;
+// without, it asks this host's daemon (--socket) to pass each request on,
+// and the ranks run as the user who ran dsmrun.
 //
 // dsmrun keeps no state of its own: every rank is a process of some daemon,
 // labelled with its job and rank, so any dsmrun can find a job's ranks by
@@ -44,7 +48,10 @@ import (
 func main() {
 	hostFlags := []cli.Flag{
 		&cli.StringFlag{Name: "hosts", EnvVars: []string{"MIGRATED_HOSTS"}, Usage: "ADDR:PORT of the daemons, comma-separated"},
-		&cli.StringFlag{Name: "token-file", EnvVars: []string{"MIGRATED_TOKEN_FILE"}, Usage: "the daemons' shared token"},
+		&cli.StringFlag{Name: "token-file", EnvVars: []string{"MIGRATED_TOKEN_FILE"},
+			Usage: "the daemons' shared token (root's); without one that can be read, go through this host's daemon as yourself"},
+		&cli.StringFlag{Name: "socket", Value: api.DefaultSocket, EnvVars: []string{"MIGRATED_SOCKET"},
+			Usage: "this host's daemon, which passes requests on for users without the token"},
 	}
 	app := &cli.App{
 		Name:  "dsmrun",
@@ -86,10 +93,13 @@ func main() {
 	}
 }
 
-// cluster is the set of daemons a command talks to.
+// cluster is the set of daemons a command talks to: directly with the
+// cluster token (as root on every host), or, for a user who cannot read
+// it, through this host's daemon (api.DialVia), which acts for the user.
 type cluster struct {
-	hosts []string
-	token []byte
+	hosts  []string
+	token  []byte // nil: through socket
+	socket string
 }
 
 func newCluster(c *cli.Context) (*cluster, error) {
@@ -105,19 +115,38 @@ func newCluster(c *cli.Context) (*cluster, error) {
 		}
 		cl.hosts = append(cl.hosts, h)
 	}
+	cl.socket = c.String("socket")
 	tf := c.String("token-file")
 	if tf == "" {
-		return nil, errors.New("no token: pass --token-file FILE or set MIGRATED_TOKEN_FILE")
+		return cl, nil
 	}
 	var err error
-	if cl.token, err = wire.LoadToken(tf); err != nil {
+	cl.token, err = wire.LoadToken(tf)
+	if errors.Is(err, os.ErrPermission) && os.Geteuid() != 0 {
+		// A user: the token is root's. This host's daemon acts for us.
+		return cl, nil
+	}
+	if err != nil {
 		return nil, err
 	}
 	return cl, nil
 }
 
+// dial reaches the daemon at host.
+func (cl *cluster) dial(host string) (*api.Client, error) {
+	if cl.token == nil {
+		c, err := api.DialVia(cl.socket, host)
+		if err != nil {
+			return nil, fmt.Errorf("%v (without a token dsmrun goes through this host's daemon; root may "+
+				"pass --token-file FILE to reach the daemons directly)", err)
+		}
+		return c, nil
+	}
+	return api.DialRemote(host, cl.token)
+}
+
 func (cl *cluster) do(host string, req api.Request) (*api.Reply, error) {
-	c, err := api.DialRemote(host, cl.token)
+	c, err := cl.dial(host)
 	if err != nil {
 		return nil, err
 	}
@@ -287,7 +316,7 @@ func follow(cl *cluster, rk *rank, out *sync.Mutex, stopping *atomic.Bool) int {
 	var lost time.Time
 	for {
 		host, id := rk.where()
-		c, err := api.DialRemote(host, cl.token)
+		c, err := cl.dial(host)
 		if err == nil {
 			cw := &countWriter{w: pw}
 			var rep *api.Reply
@@ -490,7 +519,7 @@ func migrateRank(c *cli.Context) error {
 			if r.Rank != rankN {
 				continue
 			}
-			cli, err := api.DialRemote(r.Host, cl.token)
+			cli, err := cl.dial(r.Host)
 			if err != nil {
 				return err
 			}

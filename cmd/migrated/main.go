@@ -13,8 +13,9 @@
 // supervisor of its own, a shim (`migrated shim`, package internal/shim), that
 // is its parent and reaper and writes its output to its log; the shims outlive
 // the daemon, and a restarted daemon finds them again. Clients talk to the
-// local daemon over a unix socket only root can use; daemons talk to each
-// other over TCP, authenticated with a shared token. This package is the
+// local daemon over a unix socket every user can use (each sees and acts on
+// its own processes, root on all); daemons talk to each other over TCP,
+// authenticated with a shared token. This package is the
 // command line: the client commands and the hidden helpers (shim, quiesce).
 package main
 

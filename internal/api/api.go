@@ -22,9 +22,34 @@ type Request struct {
 	// Secret is, for run, the DSM job's secret (runtime.SecretLen bytes,
 	// made by dsmrun run for each job), which the rank gets on an inherited
 	// pipe. Never logged or stored: it travels only inside wire's
-	// encrypted frames or on the root-only local socket.
+	// encrypted frames or on the local socket (a connection of the
+	// caller's own).
 	Secret []byte `json:"secret,omitempty"`
+	// Host, on the local socket, asks this daemon to pass the request on
+	// to the daemon at Host (ADDR:PORT) for its caller, who holds no token:
+	// the daemon adds Owner and relays the answer (DialVia).
+	Host string `json:"host,omitempty"`
+	// Owner is, on a request a daemon passes on for a local caller, the
+	// user it acts for; the receiving daemon trusts it because only a
+	// daemon (or root) holds the cluster token. A local client cannot set
+	// it: its socket's peer credentials say who it is.
+	Owner *Owner `json:"owner,omitempty"`
 }
+
+// Owner is the user a process runs as, and whose requests may see, read,
+// kill and move it: the uid, gid and supplementary groups of the caller
+// who started it. Root (uid 0) may do all of it to every process.
+type Owner struct {
+	UID    uint32   `json:"uid"`
+	GID    uint32   `json:"gid"`
+	Groups []uint32 `json:"groups,omitempty"`
+}
+
+// IsRoot reports whether o is root, who may act on every process.
+func (o Owner) IsRoot() bool { return o.UID == 0 }
+
+// May reports whether o may see and act on a process that owner owns.
+func (o Owner) May(owner Owner) bool { return o.IsRoot() || o.UID == owner.UID }
 
 // Reply answers a Request.
 type Reply struct {
@@ -51,6 +76,7 @@ type ProcInfo struct {
 	ExitCode *int      `json:"exit_code,omitempty"`
 	Job      string    `json:"job,omitempty"`
 	Rank     int       `json:"rank"`
+	UID      uint32    `json:"uid"` // the owner's
 }
 
 // Event is a step of a migration, shown by the client as it happens.
@@ -75,4 +101,5 @@ type MigrationRec struct {
 	Downtime time.Duration `json:"downtime"`
 	Bytes    int64         `json:"bytes"`
 	Outcome  string        `json:"outcome"` // "ok" or the error
+	UID      uint32        `json:"uid"`     // the process's owner's
 }

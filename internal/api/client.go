@@ -17,19 +17,36 @@ const DefaultSocket = "/run/migrated.sock"
 
 // Client is a connection to one daemon, good for one request.
 type Client struct {
-	c *wire.Conn
+	c   *wire.Conn
+	via string // DialVia's host: set on every request as Request.Host
 }
 
-// DialLocal reaches this host's daemon over its root-only unix socket.
+// DialLocal reaches this host's daemon over its unix socket. The daemon
+// knows the caller by the socket's peer credentials: a user sees and acts
+// on the processes it owns, root on all.
 func DialLocal(path string) (*Client, error) {
 	conn, err := net.Dial("unix", path)
 	if err != nil {
 		if errors.Is(err, os.ErrPermission) {
-			return nil, fmt.Errorf("cannot reach the daemon at %s: only root may use it", path)
+			return nil, fmt.Errorf("cannot reach the daemon at %s: permission denied (a daemon older than "+
+				"this client serves root only: run as root, or upgrade the daemon)", path)
 		}
 		return nil, fmt.Errorf("cannot reach the daemon at %s (%v): is `migrated serve` running on this host?", path, err)
 	}
-	return &Client{wire.Plain(conn)}, nil
+	return &Client{c: wire.Plain(conn)}, nil
+}
+
+// DialVia reaches the daemon at host (ADDR:PORT) through this host's daemon
+// at path, for a caller who holds no cluster token: the local daemon passes
+// each request on, for the user the socket's peer credentials name, and
+// relays the answer. The daemon at host then acts as that user.
+func DialVia(path, host string) (*Client, error) {
+	c, err := DialLocal(path)
+	if err != nil {
+		return nil, err
+	}
+	c.via = host
+	return c, nil
 }
 
 // DialRemote reaches the daemon at addr over TCP, authenticated with token.
@@ -45,7 +62,7 @@ func DialRemote(addr string, token []byte) (*Client, error) {
 		return nil, fmt.Errorf("daemon %s: %w", addr, err)
 	}
 	conn.SetDeadline(time.Time{})
-	return &Client{wc}, nil
+	return &Client{c: wc}, nil
 }
 
 // Close ends the connection.
@@ -54,6 +71,7 @@ func (c *Client) Close() error { return c.c.Close() }
 // Do sends req and waits for its reply; the connection is closed after.
 func (c *Client) Do(req Request) (*Reply, error) {
 	defer c.Close()
+	req.Host = c.via
 	if err := c.c.WriteJSON(TRequest, &req); err != nil {
 		return nil, err
 	}
@@ -68,6 +86,7 @@ func (c *Client) Do(req Request) (*Reply, error) {
 // final reply, which it returns. It serves logs, follow and migrate.
 func (c *Client) Stream(req Request, out io.Writer, ev func(Event)) (*Reply, error) {
 	defer c.Close()
+	req.Host = c.via
 	if err := c.c.WriteJSON(TRequest, &req); err != nil {
 		return nil, err
 	}

@@ -144,25 +144,18 @@ func (p *Proc) owns(pid int) bool {
 	return pid > 0 && slices.Contains(criu.Tree(root), pid)
 }
 
+// peerPid is the pid of a unix socket's peer, 0 if unknown.
 func peerPid(c net.Conn) int {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return 0
-	}
-	raw, err := uc.SyscallConn()
+	cred, _, err := peerCred(c, false)
 	if err != nil {
 		return 0
 	}
-	pid := 0
-	raw.Control(func(fd uintptr) {
-		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
-			pid = int(cred.Pid)
-		}
-	})
-	return pid
+	return int(cred.Pid)
 }
 
-// listenControl opens the control socket, root only.
+// listenControl opens the control socket. Every user's processes may
+// connect: handleControl serves a connection only for a process whose
+// tree the peer's pid is in (owns).
 func listenControl(path string) (net.Listener, error) {
 	os.Remove(path)
 	old := unix.Umask(0o077)
@@ -170,6 +163,10 @@ func listenControl(path string) (net.Listener, error) {
 	unix.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("cannot listen on %s: %v", path, err)
+	}
+	if err := os.Chmod(path, 0o666); err != nil {
+		l.Close()
+		return nil, err
 	}
 	return l, nil
 }

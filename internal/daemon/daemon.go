@@ -2,11 +2,11 @@
 // migration daemon. It owns the host's process table (each process held by
 // a shim of its own, package shim, and recorded in STATE/procs/ID/proc.json
 // so that a restarted daemon finds it again), serves local clients on a
-// root-only unix socket, other daemons and remote clients (dsmrun) over
-// authenticated TCP, and migration-aware processes on a control socket; and
-// it runs migrations with the engine of package migration, whose
-// interfaces it implements here for real (engine.go: CRIU with the page
-// relay of pages.go, netmove, the quiesce helper, the shims).
+// unix socket, each as the user it is (users.go), other daemons and remote
+// clients (dsmrun) over authenticated TCP, and migration-aware processes on
+// a control socket; and it runs migrations with the engine of package
+// migration, whose interfaces it implements here for real (engine.go: CRIU
+// with the page relay of pages.go, netmove, the quiesce helper, the shims).
 //
 // Lifecycle: New, then Serve, which refuses a listen address peers cannot
 // call back without an advertised one (addrs.go), a state directory or
@@ -40,6 +40,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"dsmigrate/criu"
+	"dsmigrate/internal/api"
 	"dsmigrate/internal/journal"
 	"dsmigrate/internal/migration"
 	"dsmigrate/internal/wire"
@@ -222,7 +223,10 @@ func (d *Daemon) serve(ctx context.Context, sockPath, tokenFile string) error {
 		return fmt.Errorf("cannot listen on %s: %v", sockPath, err)
 	}
 	defer ul.Close()
-	os.Chmod(sockPath, 0o600)
+	// Every user may connect: the daemon knows each by its credentials.
+	if err := os.Chmod(sockPath, 0o666); err != nil {
+		return err
+	}
 	d.ctlPath = sockPath + ".ctl"
 	cl, err := listenControl(d.ctlPath)
 	if err != nil {
@@ -332,26 +336,29 @@ func (d *Daemon) acceptPeers(l net.Listener, h func(c net.Conn, authed func())) 
 	})
 }
 
-// handleLocal serves a client on the control socket: root only.
+// handleLocal serves a client on the local socket, any user of the host,
+// as who the socket's peer credentials say it is (users.go).
 func (d *Daemon) handleLocal(c net.Conn) {
 	defer c.Close()
-	if uc, ok := c.(*net.UnixConn); ok {
-		raw, err := uc.SyscallConn()
-		if err != nil {
-			return
-		}
-		var cred *unix.Ucred
-		raw.Control(func(fd uintptr) { cred, _ = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
-		if cred == nil || cred.Uid != 0 {
-			return
-		}
+	caller, err := peerOwner(c)
+	if err != nil {
+		d.log.Warn("a local client whose credentials cannot be read: refused", "err", err)
+		return
 	}
 	wc := wire.Plain(c)
 	var req Request
 	if err := wc.ReadJSON(tRequest, &req); err != nil {
 		return
 	}
-	d.handleRequest(wc, req)
+	if req.Owner != nil {
+		wc.WriteError(errors.New("a local request names no owner: this daemon knows its caller"))
+		return
+	}
+	if req.Host != "" {
+		d.relay(c, wc, req, caller)
+		return
+	}
+	d.handleRequest(wc, req, caller)
 }
 
 // handlePeer serves a TCP connection: another daemon sending a process, or a
@@ -394,14 +401,24 @@ func (d *Daemon) handlePeer(c net.Conn, authed func()) {
 			wc.WriteError(fmt.Errorf("bad request: %v", err))
 			return
 		}
-		d.handleRequest(wc, req)
+		if req.Host != "" {
+			wc.WriteError(errors.New("a request over TCP is not passed on (Host): send it to that daemon"))
+			return
+		}
+		// The token is root's: a request carries the owner a daemon
+		// passed it on for (relay), or is root's own.
+		caller := api.Owner{}
+		if req.Owner != nil {
+			caller = *req.Owner
+		}
+		d.handleRequest(wc, req, caller)
 	default:
 		wc.WriteError(fmt.Errorf("unexpected message type %d", typ))
 	}
 }
 
-func (d *Daemon) handleRequest(c *wire.Conn, req Request) {
-	reply, err := d.do(c, req)
+func (d *Daemon) handleRequest(c *wire.Conn, req Request, caller api.Owner) {
+	reply, err := d.do(c, req, caller)
 	if err != nil {
 		c.WriteError(err)
 		return
@@ -411,7 +428,9 @@ func (d *Daemon) handleRequest(c *wire.Conn, req Request) {
 	}
 }
 
-func (d *Daemon) do(c *wire.Conn, req Request) (*Reply, error) {
+// do serves req for caller, who may see and act on the processes it owns
+// (root: all of them).
+func (d *Daemon) do(c *wire.Conn, req Request, caller api.Owner) (*Reply, error) {
 	switch req.Op {
 	case "run":
 		if req.Name != "" && !nameRE.MatchString(req.Name) {
@@ -434,7 +453,7 @@ func (d *Daemon) do(c *wire.Conn, req Request) (*Reply, error) {
 			d.mu.Unlock()
 			close(launched)
 		}()
-		p, err := d.launchRun(id, name, req)
+		p, err := d.launchRun(id, name, req, caller)
 		if err != nil {
 			return nil, err
 		}
@@ -447,16 +466,22 @@ func (d *Daemon) do(c *wire.Conn, req Request) (*Reply, error) {
 		if err := d.saveProc(p); err != nil {
 			d.log.Error("writing a process record", "id", id, "err", err)
 		}
-		d.log.Info("started", "id", id, "name", name, "pid", p.pid, "argv", req.Argv)
+		d.log.Info("started", "id", id, "name", name, "pid", p.pid, "uid", caller.UID, "argv", req.Argv)
 		return &Reply{ID: id}, nil
 	case "ps":
-		return &Reply{Procs: d.list()}, nil
+		return &Reply{Procs: d.list(caller)}, nil
 	case "history":
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		return &Reply{Records: append([]MigrationRec(nil), d.records...)}, nil
+		var recs []MigrationRec
+		for _, r := range d.records {
+			if caller.May(api.Owner{UID: r.UID}) {
+				recs = append(recs, r)
+			}
+		}
+		return &Reply{Records: recs}, nil
 	case "logs":
-		p, err := d.get(req.ID)
+		p, err := d.getFor(req.ID, caller)
 		if err != nil {
 			return nil, err
 		}
@@ -466,13 +491,13 @@ func (d *Daemon) do(c *wire.Conn, req Request) (*Reply, error) {
 		}
 		return &Reply{ID: p.ID}, nil
 	case "follow":
-		p, err := d.get(req.ID)
+		p, err := d.getFor(req.ID, caller)
 		if err != nil {
 			return nil, err
 		}
 		return d.follow(c, p, req.Offset)
 	case "kill":
-		p, err := d.get(req.ID)
+		p, err := d.getFor(req.ID, caller)
 		if err != nil {
 			return nil, err
 		}
@@ -497,6 +522,10 @@ func (d *Daemon) do(c *wire.Conn, req Request) (*Reply, error) {
 	case "addip", "delip":
 		// An address of a process's own (dsmrun run --rank-ips), added
 		// before it starts; it then moves with it (migrate --move-ip).
+		if err := rootOnly(caller, "adding or removing an address", "start the job without --rank-ips, "+
+			"or have root run it"); err != nil {
+			return nil, err
+		}
 		var err error
 		if req.Op == "addip" {
 			err = d.addIP(req.MoveIP)
@@ -508,7 +537,12 @@ func (d *Daemon) do(c *wire.Conn, req Request) (*Reply, error) {
 		}
 		return &Reply{}, nil
 	case "migrate":
-		rec, err := d.migrateOut(context.Background(), req, func(e Event) { c.WriteJSON(tEvent, e) })
+		if req.MoveIP != "" {
+			if err := rootOnly(caller, "moving an address (--move-ip)", "migrate without --move-ip"); err != nil {
+				return nil, err
+			}
+		}
+		rec, err := d.migrateOut(context.Background(), req, caller, func(e Event) { c.WriteJSON(tEvent, e) })
 		if err != nil {
 			return nil, err
 		}
@@ -540,33 +574,18 @@ func (w *msgWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-func (d *Daemon) get(id string) (*Proc, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if p, ok := d.procs[id]; ok {
-		return p, nil
-	}
-	// Accept a unique prefix or a name, as users type them.
-	var found *Proc
-	for _, p := range d.procs {
-		if p.Name == id || (len(id) >= 4 && len(p.ID) > len(id) && p.ID[:len(id)] == id) {
-			if found != nil {
-				return nil, fmt.Errorf("%q is ambiguous: use the full ID from `migrated ps`", id)
-			}
-			found = p
-		}
-	}
-	if found == nil {
-		return nil, fmt.Errorf("no process %q on this host: `migrated ps` lists them", id)
-	}
-	return found, nil
-}
+// get finds a process by its ID, a unique prefix of it or its name, among
+// all of them (getFor: among a caller's).
+func (d *Daemon) get(id string) (*Proc, error) { return d.getFor(id, api.Owner{}) }
 
-func (d *Daemon) list() []ProcInfo {
+// list is what caller may see of the process table, oldest first.
+func (d *Daemon) list(caller api.Owner) []ProcInfo {
 	d.mu.Lock()
 	out := make([]ProcInfo, 0, len(d.procs))
 	for _, p := range d.procs {
-		out = append(out, p.info())
+		if caller.May(p.Owner) {
+			out = append(out, p.info())
+		}
 	}
 	d.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Started.Before(out[j].Started) })

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -91,19 +90,9 @@ func (f faults) Check(point string) error {
 type peers struct{ d *Daemon }
 
 func (p peers) Dial(ctx context.Context, addr string) (migration.Conn, error) {
-	tok := p.d.tokenNow()
-	if tok == nil {
-		return nil, errors.New("this daemon has no --token-file, so it cannot authenticate to another")
-	}
-	var dl net.Dialer
-	raw, err := dl.DialContext(ctx, "tcp", addr)
+	c, err := p.d.dialPeer(ctx, addr)
 	if err != nil {
-		return nil, err
-	}
-	c, err := wire.ClientContext(ctx, raw, tok)
-	if err != nil {
-		raw.Close()
-		return nil, err
+		return nil, err // not a nil *wire.Conn in an interface
 	}
 	return c, nil
 }
@@ -222,7 +211,7 @@ func view(p *Proc) migration.Proc {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return migration.Proc{ID: p.ID, Name: p.Name, Argv: p.Argv, Started: p.Started, Moves: p.Moves, Job: p.Job,
-		Rank: p.Rank, PID: p.pid, PipeKey: p.pipeKey, Hooks: p.hooks, LogPath: p.logPath}
+		Rank: p.Rank, PID: p.pid, PipeKey: p.pipeKey, Hooks: p.hooks, LogPath: p.logPath, Owner: p.Owner}
 }
 
 func (e engineProcs) Claim(id string) (migration.Proc, error) {
@@ -352,7 +341,7 @@ func (e engineProcs) Reserve(b *migration.Begin) (string, error) {
 		return "", err
 	}
 	p := newProc(b.ID, b.Name, b.Argv, b.Started)
-	p.state, p.Job, p.Rank, p.Moves, p.hooks = "incoming", b.Job, b.Rank, b.Moves, b.Hooks
+	p.state, p.Job, p.Rank, p.Moves, p.hooks, p.Owner = "incoming", b.Job, b.Rank, b.Moves, b.Hooks, b.Owner
 	if err := e.d.prepareProcDir(p); err != nil {
 		e.d.admit.release(b.ID)
 		return "", err

@@ -9,6 +9,7 @@ import (
 	"regexp"
 
 	"dsmigrate/criu"
+	"dsmigrate/internal/api"
 	"dsmigrate/internal/migration"
 	"dsmigrate/internal/wire"
 	mrt "dsmigrate/runtime"
@@ -29,11 +30,16 @@ var stallTimeout = migration.DefaultTimeouts.Stall
 
 var fileRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
-// migrateOut moves a process to another daemon (migrated migrate).
-func (d *Daemon) migrateOut(ctx context.Context, req Request, event func(Event)) (*MigrationRec, error) {
-	p, err := d.get(req.ID) // a unique prefix or a name will do
+// migrateOut moves a process of caller's to another daemon (migrated migrate).
+func (d *Daemon) migrateOut(ctx context.Context, req Request, caller api.Owner, event func(Event)) (*MigrationRec, error) {
+	p, err := d.getFor(req.ID, caller) // a unique prefix or a name will do
 	if err != nil {
 		return nil, err
+	}
+	if !p.Owner.IsRoot() {
+		if err := canDumpOthers(); err != nil {
+			return nil, fmt.Errorf("process %s (uid %d) cannot move from this host, and stays here: %w", p.ID, p.Owner.UID, err)
+		}
 	}
 	if err := d.checkOut(ctx, req.To, req.MoveIP); err != nil {
 		return nil, err

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"dsmigrate/criu"
+	"dsmigrate/internal/api"
 	"dsmigrate/internal/journal"
 	"dsmigrate/internal/shim"
 	"dsmigrate/internal/wire"
@@ -32,7 +33,8 @@ type Proc struct {
 	Moves   int
 	Job     string // the DSM job this process is a rank of, if any
 	Rank    int
-	logPath string // STATE/procs/ID/log; its directory is the shim's
+	Owner   api.Owner // who it runs as, and who (besides root) may see and act on it
+	logPath string    // STATE/procs/ID/log; its directory is the shim's
 
 	mu      sync.Mutex
 	pid     int
@@ -56,7 +58,7 @@ func (p *Proc) info() ProcInfo {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return ProcInfo{ID: p.ID, Name: p.Name, PID: workloadOf(p.pid), State: p.state, Command: p.Argv,
-		Started: p.Started, Moves: p.Moves, ExitCode: p.exit, Job: p.Job, Rank: p.Rank}
+		Started: p.Started, Moves: p.Moves, ExitCode: p.exit, Job: p.Job, Rank: p.Rank, UID: p.Owner.UID}
 }
 
 // workloadOf is the pid users know a process by: the workload under the init
@@ -89,18 +91,18 @@ func workloadOf(root int) int {
 // "migrated-shim" at once.
 const shimExe = "/proc/self/exe"
 
-// launchRun starts the process a run request describes, with the job secret
-// of a DSM rank. The secret goes to the shim in its spec (a pipe) and from
+// launchRun starts the process a run request describes, as owner (who asked
+// for it), with the job secret of a DSM rank. The secret goes to the shim in its spec (a pipe) and from
 // there to the rank on a pipe of its own; it is never logged, and neither
 // the process's record nor anything else on disk holds it.
-func (d *Daemon) launchRun(id, name string, req Request) (*Proc, error) {
+func (d *Daemon) launchRun(id, name string, req Request, owner api.Owner) (*Proc, error) {
 	if err := checkSecret(req); err != nil {
 		return nil, err
 	}
 	// This copy is of no use once the shim has its own (best effort: the
 	// request's frame was decrypted into a buffer that is garbage now).
 	defer clear(req.Secret)
-	return d.launchSecret(id, name, req.Argv, req.Env, req.Dir, req.Secret)
+	return d.launchAs(id, name, owner, req.Argv, req.Env, req.Dir, req.Secret)
 }
 
 // checkSecret says why a run request's job secret is refused: a rank of a
@@ -125,13 +127,14 @@ func checkSecret(req Request) error {
 // The record says "starting" before the shim starts and "running" once it
 // reported the process's pid.
 func (d *Daemon) launch(id, name string, argv, env []string, dir string) (*Proc, error) {
-	return d.launchSecret(id, name, argv, env, dir, nil)
+	return d.launchAs(id, name, api.Owner{}, argv, env, dir, nil)
 }
 
-// launchSecret is launch with a DSM rank's job secret (nil for none), which
-// the process inherits on a pipe (runtime.PassSecret): the only descriptor
-// it gets besides stdio.
-func (d *Daemon) launchSecret(id, name string, argv, env []string, dir string, secret []byte) (*Proc, error) {
+// launchAs is launch for owner, whose uid, gid and groups the process runs
+// with (root's: as the daemon), and with a DSM rank's job secret (nil for
+// none), which the process inherits on a pipe (runtime.PassSecret): the
+// only descriptor it gets besides stdio.
+func (d *Daemon) launchAs(id, name string, owner api.Owner, argv, env []string, dir string, secret []byte) (*Proc, error) {
 	if len(argv) == 0 {
 		return nil, errors.New("no command given: migrated run [--name NAME] -- CMD [ARG...]")
 	}
@@ -142,6 +145,7 @@ func (d *Daemon) launchSecret(id, name string, argv, env []string, dir string, s
 		return nil, err
 	}
 	p := newProc(id, name, argv, time.Now())
+	p.Owner = owner
 	if err := d.prepareProcDir(p); err != nil {
 		return nil, err
 	}
@@ -156,7 +160,7 @@ func (d *Daemon) launchSecret(id, name string, argv, env []string, dir string, s
 	// The shim looks argv[0] up (in PATH, then in dir) and says "cannot
 	// run" if it finds nothing.
 	c, st, err := shim.Start(ctx, shimExe, shim.Spec{ID: id, Dir: filepath.Dir(p.logPath), Argv: argv, Env: env,
-		WorkDir: dir, Init: initPath, Secret: secret})
+		WorkDir: dir, Init: initPath, Secret: secret, Cred: credOf(owner)})
 	if err != nil {
 		os.RemoveAll(filepath.Dir(p.logPath))
 		return nil, err // the shim's "cannot start ...", or why the shim did not run
@@ -169,6 +173,15 @@ func (d *Daemon) launchSecret(id, name string, argv, env []string, dir string, s
 	}
 	go d.watch(p)
 	return p, nil
+}
+
+// credOf is the credential a process of owner's runs with: nil (the shim's,
+// root's) for root.
+func credOf(o api.Owner) *syscall.Credential {
+	if o.IsRoot() {
+		return nil
+	}
+	return &syscall.Credential{Uid: o.UID, Gid: o.GID, Groups: slices.Clone(o.Groups)}
 }
 
 func (d *Daemon) prepareProcDir(p *Proc) error {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"dsmigrate/criu"
+	"dsmigrate/internal/api"
 	"dsmigrate/internal/journal"
 	"dsmigrate/internal/shim"
 	"dsmigrate/internal/shim/shimtest"
@@ -23,7 +24,7 @@ const testCRIU = "/usr/local/sbin/migrate-criu"
 
 // The test binary is also the shim (launch runs /proc/self/exe shim), and
 // the run fails if a test leaves a process behind.
-func TestMain(m *testing.M) { shimtest.Main(m, nil) }
+func TestMain(m *testing.M) { shimtest.Main(m, map[string]func() int{"dial": dialCommand}) }
 
 func needRoot(t *testing.T) {
 	t.Helper()
@@ -192,7 +193,7 @@ func TestReattach(t *testing.T) {
 	if i := p3.info(); i.State != "exited" || i.ExitCode == nil || *i.ExitCode != 7 {
 		t.Fatalf("exited process after a restart: %+v", i)
 	}
-	if _, err := d3.do(nil, Request{Op: "kill", ID: id}); err != nil {
+	if _, err := d3.do(nil, Request{Op: "kill", ID: id}, api.Owner{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := readRec(t, d3, id); ok {

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"time"
 
+	"dsmigrate/internal/api"
 	"dsmigrate/internal/journal"
 	"dsmigrate/internal/shim"
 )
@@ -36,12 +37,13 @@ type ProcRec struct {
 	State   string    `json:"state"`
 	Exit    *int      `json:"exit,omitempty"`
 	MovedTo string    `json:"moved_to,omitempty"`
+	Owner   api.Owner `json:"owner"` // a record without one is root's (older daemons ran everything as root)
 }
 
 func (p *Proc) recordLocked() ProcRec {
 	return ProcRec{ID: p.ID, Name: p.Name, Argv: p.Argv, Started: p.Started, Moves: p.Moves, Job: p.Job, Rank: p.Rank,
 		PID: p.pid, ShimPID: p.shimPID, PipeKey: p.pipeKey, Hooks: p.hooks, State: p.state, Exit: p.exit,
-		MovedTo: p.movedTo}
+		MovedTo: p.movedTo, Owner: p.Owner}
 }
 
 // dir is the process's directory (its log's).
@@ -156,7 +158,7 @@ func (d *Daemon) loadProcRecords() (map[string]ProcRec, error) {
 // procFromRecord makes the Proc a record describes, with no shim.
 func (d *Daemon) procFromRecord(rec ProcRec) *Proc {
 	p := newProc(rec.ID, rec.Name, rec.Argv, rec.Started)
-	p.Moves, p.Job, p.Rank, p.logPath = rec.Moves, rec.Job, rec.Rank, filepath.Join(d.procDir(rec.ID), shim.LogFile)
+	p.Moves, p.Job, p.Rank, p.Owner, p.logPath = rec.Moves, rec.Job, rec.Rank, rec.Owner, filepath.Join(d.procDir(rec.ID), shim.LogFile)
 	p.pid, p.shimPID, p.pipeKey, p.hooks, p.state, p.exit, p.movedTo = rec.PID, rec.ShimPID, rec.PipeKey, rec.Hooks,
 		rec.State, rec.Exit, rec.MovedTo
 	return p

@@ -53,7 +53,7 @@ func (d *Daemon) restoreCopy(ctx context.Context, from *Proc, key, dir string, t
 	}
 	from.mu.Lock()
 	p := newProc(from.ID, from.Name, from.Argv, from.Started)
-	p.Moves, p.Job, p.Rank, p.hooks, p.logPath = from.Moves, from.Job, from.Rank, from.hooks, from.logPath
+	p.Moves, p.Job, p.Rank, p.Owner, p.hooks, p.logPath = from.Moves, from.Job, from.Rank, from.Owner, from.hooks, from.logPath
 	from.mu.Unlock()
 	p.pid, p.shimPID, p.state, p.pipeKey, p.shim = st.PID, st.ShimPID, state, st.PipeKey, c
 	go d.watch(p)

@@ -36,7 +36,8 @@ type Proc struct {
 	PipeKey string // "pipe:[ino]" of its output pipe, as CRIU names it
 	Hooks   bool   // migration-aware: it registered prepare/resume hooks
 	LogPath string
-	Memory  int64 // bytes its dump is expected to hold (the target admits it by this)
+	Memory  int64     // bytes its dump is expected to hold (the target admits it by this)
+	Owner   api.Owner // who it runs as: CRIU restores its credentials, the target its rights
 }
 
 // Procs is this host's process table and the shims that hold the processes.
@@ -290,6 +291,7 @@ type Record struct {
 	Lock     string    `json:"lock,omitempty"`     // CRIU's network lock table
 	PID      int       `json:"pid,omitempty"`      // source: the process's pid when it was claimed
 	Hooks    bool      `json:"hooks,omitempty"`    // source: its hooks run (prepare, then resume)
+	UID      uint32    `json:"uid,omitempty"`      // source: the process's owner, for its history record
 	Begin    *Begin    `json:"begin,omitempty"`    // target: what the source sent
 	Start    time.Time `json:"start"`
 	Frozen   time.Time `json:"frozen,omitzero"`      // source: when the process stopped for the dump (its downtime began)

@@ -25,6 +25,9 @@ type Begin struct {
 	Rank    int       `json:"rank,omitempty"`
 	Hooks   bool      `json:"hooks,omitempty"`  // migration-aware: run its prepare/resume hooks
 	Memory  int64     `json:"memory,omitempty"` // bytes its dump is expected to hold: what the target must have room for
+	// Owner is who the process runs as; the target gives it the same
+	// rights (its credentials are in the images, restored by CRIU).
+	Owner api.Owner `json:"owner"`
 }
 
 // RestoreMsg asks the target to restore what it received (api.TRestore).

@@ -56,7 +56,7 @@ func (e *Engine) Recover(ctx context.Context) error {
 
 func (e *Engine) recoverSource(ctx context.Context, r *Record) {
 	m := &outMig{e: e, r: r, dumpAt: r.Frozen,
-		hist: &api.MigrationRec{ID: r.ProcID, From: e.cfg.Self, To: r.Peer, MoveIP: r.MoveIP, Start: r.Start}}
+		hist: &api.MigrationRec{ID: r.ProcID, From: e.cfg.Self, To: r.Peer, MoveIP: r.MoveIP, Start: r.Start, UID: r.UID}}
 	if m.dumpAt.IsZero() && stepIndex(m.steps(), r.Step) >= stepIndex(m.steps(), "freeze") {
 		// Stopped before the freeze time reached the journal: the start
 		// bounds it (the downtime is then overstated by the steps before

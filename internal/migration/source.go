@@ -136,8 +136,8 @@ func (m *outMig) claim(ctx context.Context) error {
 		return err
 	}
 	m.p = p
-	m.hist.ID, m.hist.Name, m.hist.Job, m.hist.Rank = p.ID, p.Name, p.Job, p.Rank
-	return m.e.save(m.r, func(r *Record) { r.PID, r.Hooks = p.PID, p.Hooks && r.MoveIP == "" })
+	m.hist.ID, m.hist.Name, m.hist.Job, m.hist.Rank, m.hist.UID = p.ID, p.Name, p.Job, p.Rank, p.Owner.UID
+	return m.e.save(m.r, func(r *Record) { r.PID, r.Hooks, r.UID = p.PID, p.Hooks && r.MoveIP == "", p.Owner.UID })
 }
 
 func (m *outMig) unclaim(ctx context.Context) error { return m.e.cfg.Procs.Unclaim(m.r.ProcID) }
@@ -155,7 +155,7 @@ func (m *outMig) connect(ctx context.Context) error {
 	p := m.p
 	b := &Begin{Mig: m.r.Mig, ID: p.ID, Name: p.Name, Argv: p.Argv, PipeKey: p.PipeKey, MoveIP: m.r.MoveIP,
 		Started: p.Started, Moves: p.Moves + 1, Source: m.e.cfg.Self, Job: p.Job, Rank: p.Rank, Hooks: p.Hooks,
-		Memory: p.Memory}
+		Memory: p.Memory, Owner: p.Owner}
 	if err := send(ctx, c, m.e.t.Dial, tBegin, b); err != nil {
 		return fmt.Errorf("target %s: %w", m.r.Peer, err)
 	}

@@ -201,7 +201,8 @@ func (c *Conn) Close() error { return c.conn.Close() }
 func (c *Conn) RemoteAddr() net.Addr { return c.conn.RemoteAddr() }
 
 // Plain frames c without authentication or encryption, for a transport that
-// is already private and authenticated: the daemon's root-only unix socket.
+// is already private and authenticated: the daemon's unix socket, whose
+// peer credentials say who the client is.
 func Plain(c net.Conn) *Conn {
 	return &Conn{conn: c, br: bufio.NewReaderSize(c, 64<<10)}
 }
