@@ -201,4 +201,14 @@ func TestReattachKeepsOwner(t *testing.T) {
 	if procs := d2.list(api.Owner{UID: nobody}); len(procs) != 1 || procs[0].UID != nobody {
 		t.Errorf("nobody's ps after a restart: %+v", procs)
 	}
+	// Both daemons' watchers write the record of the end: let them, before
+	// the state directory goes.
+	killTree(p2)
+	for _, p := range []*Proc{p1, p2} {
+		select {
+		case <-p.gone:
+		case <-time.After(10 * time.Second):
+			t.Errorf("the watcher of process %s did not end", p.ID)
+		}
+	}
 }
