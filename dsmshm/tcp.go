@@ -391,6 +391,11 @@ func (t *tcpTransport) handshake(conn net.Conn) {
 	switch pa.kind {
 	case connPage:
 		fd, err := detachFD(conn, pageServeTimeout)
+		if errors.Is(err, net.ErrClosed) {
+			// A pause or an abort closed it after its handshake: as if
+			// paused (the dialer dials again), or nothing left to serve.
+			err = errPaused
+		}
 		if err == nil {
 			// Under t.mu, so that a pause either sees this fd among
 			// those it drops or this handshake sees the pause. The
