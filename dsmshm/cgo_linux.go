@@ -122,15 +122,21 @@ func (c cnode) stop() { C.dsm_node_stop(c.p) }
 func (c cnode) free() { C.dsm_node_free(c.p) }
 
 type cstats struct {
-	readFaults, writeFaults, twins, fetches, fetchNS, served, invalidations, badTags uint64
+	readFaults, writeFaults, twins, fetches, fetchNS, served, invalidations, badTags, fetchReqs uint64
 }
 
 func (c cnode) stats() cstats {
 	var s C.dsm_cstats
 	C.dsm_node_stats(c.p, &s)
 	return cstats{uint64(s.read_faults), uint64(s.write_faults), uint64(s.twins), uint64(s.fetches),
-		uint64(s.fetch_ns), uint64(s.served), uint64(s.invalidations), uint64(s.bad_tags)}
+		uint64(s.fetch_ns), uint64(s.served), uint64(s.invalidations), uint64(s.bad_tags), uint64(s.fetch_reqs)}
 }
+
+// setFetchRun sets the most pages one fetch asks for (1..fetchRunMax).
+func (c cnode) setFetchRun(pages int) { C.dsm_node_set_fetch_run(c.p, C.int(pages)) }
+
+// fetchRunMax is the most pages one fetch asks for (DSM_FETCH_RUN_MAX).
+const fetchRunMax = C.DSM_FETCH_RUN_MAX
 
 // cseg owns a C dsm_seg: the two mappings of the segment's memory, the twin
 // area and the page table.

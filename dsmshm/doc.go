@@ -51,7 +51,9 @@
 //     back from it to all. At an acquire a rank invalidates every cached page
 //     older than its notice (one mprotect per run of pages).
 //   - A read or write of an invalid page faults; the handler fetches the
-//     whole page from its home and maps it, and the access proceeds.
+//     whole page from its home, with the invalid pages after it that share
+//     that home and were used before (see "Fetching runs of pages"), maps
+//     them, and the access proceeds.
 //
 // Home-based LRC was chosen over TreadMarks' homeless LRC because it is the
 // simpler one to get right and it bounds memory without a separate garbage
@@ -71,6 +73,28 @@
 // transitively. The costs of this choice are diffs sent at every release even
 // if nobody reads them, and whole pages fetched on a miss; a miss is one
 // round trip to one home.
+//
+// # Fetching runs of pages
+//
+// A miss on page p asks p's home for p and the pages after it that are
+// invalid here, share that home and were used here before (fetched for a
+// fault or Prepare since the segment began), up to Config.FetchRun (8 by
+// default, as ArgoDSM fetches 8 pages per remote miss) in one request, and
+// the home answers with as many of them from p on as it is home of.
+// Programs read shared arrays in runs (a Jacobi boundary row is two pages),
+// so one round trip serves what would otherwise be several; a page this
+// rank never needed is never fetched along, so a run costs no bytes a
+// program's own misses would not (a Jacobi rank never fetches the interior
+// of a neighbour's band, only its boundary row). Consistency is that of
+// single-page fetches: a page fetched early is installed exactly as a
+// fault on it at that moment would install it, with the home's current
+// copy and version, under its own lock, and an invalid page may be
+// fetched at any time (release consistency asks only that a copy be no
+// older than the notices its rank has acquired, and the home's copy is the
+// newest there is). The pages after p are taken only if their locks are
+// free at once (a trylock; see "Why Prepare and faults cannot deadlock"),
+// are still invalid under them, and stay locked until their state and
+// protection are set, so an invalidation cannot slip between the two.
 //
 // # Exclusive home pages
 //
@@ -151,10 +175,12 @@
 // A fetch waits for the home's page server, which waits for the lock of the
 // page it serves there; so across ranks, page locks can wait for each other.
 // Two rules (dsm.c) keep the waits acyclic. First, only a thread holding
-// exactly one page lock, that of an invalid page homed elsewhere, holds it
-// across a fetch: the fault handler, and Prepare, which fetches the invalid
-// pages of its range one by one just as faults do and only then makes the
-// range writable, fetching nothing while it holds several locks. Second, no
+// the lock of an invalid page homed elsewhere (and at most the locks of the
+// invalid pages after it of the same home, which it took without waiting:
+// a run, above) holds it across a fetch: the fault handler, and Prepare,
+// which fetches the invalid pages of its range as faults do and only then
+// makes the range writable, fetching nothing while it holds other locks.
+// Locks taken without waiting add no edge to the graph of waits. Second, no
 // thread holds locks of pages homed at its own rank and of pages homed
 // elsewhere at once: Prepare, releases and acquires lock a range in
 // ascending order one run of pages of one kind at a time. So the lock of a

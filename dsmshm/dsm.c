@@ -8,11 +8,13 @@
 //   - A thread holds the locks of pages of one kind only: pages homed here,
 //     or pages homed elsewhere. Within a kind, ranges are locked in ascending
 //     page order; callers split ranges where the kind changes (kind_end).
-//   - Only a thread holding exactly one page lock, that of an invalid page
-//     homed elsewhere, may hold it across a page fetch (a network round trip
-//     to the home's page server thread): the fault handler and Prepare's
-//     first pass (make_ready). Nothing else waits for the network, or for Go
-//     code, with a page lock held.
+//   - Only a thread holding the lock of an invalid page homed elsewhere may
+//     hold it across a page fetch (a network round trip to the home's page
+//     server thread): the fault handler and Prepare's first pass
+//     (make_ready). It may also hold the locks of the invalid pages after it
+//     of the same home, the run it fetches, which it took with a trylock
+//     (run_end): a lock taken without waiting adds no wait. Nothing else
+//     waits for the network, or for Go code, with a page lock held.
 //
 // So a lock on a page homed here is only ever held for local work and only
 // ever waited for by threads holding locks of the same kind: the page server,
@@ -68,9 +70,10 @@ typedef struct {
 typedef struct {
 	int fd; // -1: none
 	chan_keys k;
-	uint8_t in[8 + DSM_AEAD_TAG]; // a request: segment u32, page u32, tag
+	uint8_t in[12 + DSM_AEAD_TAG]; // a request: segment u32, first page u32, pages u32, tag
 	size_t inlen;
-	uint8_t out[16 + DSM_PAGE + DSM_AEAD_TAG]; // a reply: status u64, version u64, page, tag
+	// A reply: status u64, pages u64 (n), n versions u64, n pages, tag.
+	uint8_t out[16 + 8 * DSM_FETCH_RUN_MAX + DSM_FETCH_RUN_MAX * DSM_PAGE + DSM_AEAD_TAG];
 	size_t outlen, outoff;
 	uint64_t since; // when a request started to arrive or a reply to wait (0: idle)
 } srv_conn;
@@ -98,6 +101,7 @@ struct dsm_node {
 	int failed;                       // the node failed: waiting faults give up
 	char why[256];                    // why, set before failed (see die)
 	uint64_t down_wait_ns, away_wait_ns; // how long a fault waits for a broken channel
+	int fetch_run;                       // most pages a fetch asks for (dsm_node_set_fetch_run)
 	uint64_t drop_req, drop_done;     // guarded by mu: the server drops its fds
 	// An eventfd (owned here; -1: none) signalled when a page channel
 	// breaks, so that the Go side dials a new one (see fetch).
@@ -122,6 +126,12 @@ struct dsm_seg {
 	// Cleared only by a release that issues a notice for the page (see
 	// doc.go, "Exclusive home pages"). Unused for pages homed elsewhere.
 	uint8_t *copyset;
+	// used[p], for a page homed elsewhere: this rank has needed it (a fault
+	// or Prepare fetched it, alone or in a run). Only used pages join a
+	// run: a program that read a page once will likely read it again after
+	// it is invalidated, one that never read it likely never will (see
+	// doc.go, "Fetching runs of pages"). Never cleared.
+	uint8_t *used;
 	int memfd;
 };
 
@@ -141,6 +151,12 @@ static void mu_lock(uint32_t *l) {
 		syscall(SYS_futex, l, FUTEX_WAIT_PRIVATE, 2, NULL, NULL, 0);
 		c = __atomic_exchange_n(l, 2, __ATOMIC_ACQUIRE);
 	}
+}
+
+// mu_trylock takes l if it is free, never waiting.
+static int mu_trylock(uint32_t *l) {
+	uint32_t c = 0;
+	return __atomic_compare_exchange_n(l, &c, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
 }
 
 static void mu_unlock(uint32_t *l) {
@@ -232,8 +248,11 @@ static void unlock_range(dsm_seg *s, size_t a, size_t b) {
 
 // ---- page fetch (client side) ----
 
-// fetch copies the home's current copy of page p into the system view.
-// Called with the page lock held. It returns -EAGAIN when the page cannot be
+// fetch copies the home's current copies of pages [p, p+k) into the system
+// view: p and the k-1 pages after it, all invalid here and of one home,
+// whose locks the caller holds (see run_end). The home may serve fewer
+// (a prefix of the run, at least p); fetch returns how many it installed,
+// or a negative errno. It returns -EAGAIN when the page cannot be
 // fetched now but may be later: this rank is paused for a migration, or the
 // channel to the home is broken and the home may come back (it announced a
 // migration, or it may reconnect within the dial timeout). The caller must
@@ -241,12 +260,13 @@ static void unlock_range(dsm_seg *s, size_t a, size_t b) {
 // closed here, and the Go side is asked to dial a new one (unless the home
 // announced a migration: then the home's return brings one); it installs it
 // with dsm_node_replace_chan, or fails the node if the home is really gone.
-static int fetch(dsm_seg *s, size_t p) {
+static int fetch(dsm_seg *s, size_t p, size_t k) {
 	dsm_node *n = s->node;
 	dsm_chan *c = &n->chans[s->home[p]];
-	uint32_t ids[2] = {s->id, (uint32_t)p};
-	uint8_t req[8 + DSM_AEAD_TAG], tag[DSM_AEAD_TAG];
-	uint64_t hdr[2]; // status, version: in clear, covered by the tag
+	uint32_t ids[3] = {s->id, (uint32_t)p, (uint32_t)k};
+	uint8_t req[12 + DSM_AEAD_TAG], tag[DSM_AEAD_TAG];
+	// status, pages served (n), their versions: in clear, covered by the tag
+	uint64_t hdr[2 + DSM_FETCH_RUN_MAX];
 	uint8_t *page = (uint8_t *)s->sys + p * DSM_PAGE;
 	uint64_t t0 = now_ns();
 	__atomic_add_fetch(&n->inflight, 1, __ATOMIC_SEQ_CST);
@@ -257,18 +277,25 @@ static int fetch(dsm_seg *s, size_t p) {
 	mu_lock(&c->mu);
 	int err = c->fd < 0 ? -ENOTCONN : 0;
 	if (err == 0) {
-		memcpy(req, ids, 8);
-		dsm_aead_seal(c->k.tx, c->k.ntx++, NULL, 0, req, 8, n->enc, req + 8);
+		memcpy(req, ids, 12);
+		dsm_aead_seal(c->k.tx, c->k.ntx++, NULL, 0, req, 12, n->enc, req + 12);
 		err = write_full(c->fd, req, sizeof req);
 	}
 	if (err == 0)
-		err = read_full(c->fd, hdr, sizeof hdr);
-	size_t plen = err == 0 && hdr[0] == 0 ? DSM_PAGE : 0;
+		err = read_full(c->fd, hdr, 16);
+	// The count is read before the tag is checked: bounded by what was
+	// asked, and a count out of bounds drops the channel like a bad tag.
+	size_t got = err == 0 && hdr[0] == 0 ? (size_t)hdr[1] : 0;
+	if (err == 0 && ((hdr[0] == 0 && (got == 0 || got > k)) || (hdr[0] != 0 && hdr[1] != 0)))
+		err = -EBADMSG;
+	if (err == 0 && got)
+		err = read_full(c->fd, hdr + 2, 8 * got);
+	size_t plen = got * DSM_PAGE;
 	if (err == 0 && plen)
-		err = read_full(c->fd, page, plen); // the page is invalid here: nothing reads sys until it is valid
+		err = read_full(c->fd, page, plen); // the pages are invalid here: nothing reads sys until they are valid
 	if (err == 0)
 		err = read_full(c->fd, tag, sizeof tag);
-	if (err == 0 && dsm_aead_open(c->k.rx, c->k.nrx++, (uint8_t *)hdr, sizeof hdr, page, plen, n->enc, tag) != 0) {
+	if (err == 0 && dsm_aead_open(c->k.rx, c->k.nrx++, (uint8_t *)hdr, 16 + 8 * got, page, plen, n->enc, tag) != 0) {
 		// Forged or damaged on the way: the channel is dropped as broken.
 		add(&n->st.bad_tags, 1);
 		err = -EBADMSG;
@@ -308,10 +335,36 @@ static int fetch(dsm_seg *s, size_t p) {
 			return err;
 		return -EAGAIN;
 	}
-	s->ver[p] = hdr[1];
-	add(&n->st.fetches, 1);
+	for (size_t i = 0; i < got; i++)
+		s->ver[p + i] = hdr[2 + i];
+	add(&n->st.fetches, got);
+	add(&n->st.fetch_reqs, 1);
 	add(&n->st.fetch_ns, now_ns() - t0);
-	return 0;
+	return (int)got;
+}
+
+// run_end returns the end of the run a fault on invalid page p (homed
+// elsewhere, its lock held) fetches: p and the pages after it that are
+// invalid, of the same home and used here before, up to the node's
+// fetch_run in all, whose locks it takes. It only tries them (mu_trylock),
+// never waits: a page another thread holds ends the run, so taking them
+// cannot deadlock (see the locking rules above: they are all of one kind).
+// Fetching a page early is what a fault on it at this moment would do, so
+// consistency is as with single-page fetches (see doc.go, "Fetching runs
+// of pages").
+static size_t run_end(dsm_seg *s, size_t p) {
+	size_t max = (size_t)__atomic_load_n(&s->node->fetch_run, __ATOMIC_RELAXED);
+	size_t e = p + 1;
+	while (e - p < max && e < s->npages && s->home[e] == s->home[p] &&
+	       __atomic_load_n(&s->used[e], __ATOMIC_RELAXED) &&
+	       __atomic_load_n(&s->state[e], __ATOMIC_RELAXED) == DSM_INVALID && mu_trylock(&s->lock[e])) {
+		if (s->state[e] != DSM_INVALID) { // validated before we took it
+			mu_unlock(&s->lock[e]);
+			break;
+		}
+		e++;
+	}
+	return e;
 }
 
 static void sleep_ms(long ms) {
@@ -326,11 +379,18 @@ static void sleep_ms(long ms) {
 static int make_ready(dsm_seg *s, size_t p, int write) {
 	int err = 0;
 	int home = homed_here(s, p);
+	size_t end = p + 1, e = p + 1; // pages whose state may change here; pages locked
 	mu_lock(&s->lock[p]);
 	if (s->state[p] == DSM_INVALID) {
-		err = fetch(s, p);
-		if (err == 0)
-			s->state[p] = DSM_RO;
+		e = run_end(s, p); // locks p+1 .. e-1
+		int got = fetch(s, p, e - p);
+		if (got > 0) {
+			end = p + (size_t)got;
+			for (size_t q = p; q < end; q++)
+				s->state[q] = DSM_RO;
+			__atomic_store_n(&s->used[p], 1, __ATOMIC_RELAXED);
+		}
+		err = got < 0 ? got : 0;
 	}
 	if (err == 0 && write && s->state[p] == DSM_RO) {
 		if (!home) {
@@ -345,8 +405,10 @@ static int make_ready(dsm_seg *s, size_t p, int write) {
 	// server), and the release ends that with a notice.
 	if (err == 0 && write && home)
 		__atomic_store_n(&s->copyset[p], 1, __ATOMIC_RELAXED);
-	int perr = protect_range(s, p, p + 1);
-	mu_unlock(&s->lock[p]);
+	// Under their locks: an invalidation must not slip in between a
+	// page's state and its protection.
+	int perr = protect_range(s, p, end);
+	unlock_range(s, p, e);
 	return err != 0 ? err : perr;
 }
 
@@ -524,7 +586,8 @@ dsm_seg *dsm_seg_new(dsm_node *n, uint32_t id, size_t npages, const int32_t *hom
 	s->ver = calloc(npages, sizeof *s->ver);
 	s->home = malloc(npages * sizeof *s->home);
 	s->copyset = malloc(npages);
-	if (s->memfd < 0 || !s->state || !s->lock || !s->ver || !s->home || !s->copyset) {
+	s->used = calloc(npages, 1);
+	if (s->memfd < 0 || !s->state || !s->lock || !s->ver || !s->home || !s->copyset || !s->used) {
 		*err = s->memfd < 0 ? -errno : -ENOMEM;
 		goto fail;
 	}
@@ -590,6 +653,7 @@ void dsm_seg_free(dsm_seg *s) {
 	free(s->ver);
 	free(s->home);
 	free(s->copyset);
+	free(s->used);
 	free(s);
 }
 
@@ -831,6 +895,7 @@ dsm_node *dsm_node_new(int rank, int size, int enc) {
 	n->redial_fd = -1;
 	n->down_wait_ns = 30ull * 1000000000u;
 	n->away_wait_ns = 300ull * 1000000000u;
+	n->fetch_run = DSM_FETCH_RUN_MAX;
 	return n;
 }
 
@@ -898,6 +963,14 @@ void dsm_node_set_waits(dsm_node *n, uint64_t down_ns, uint64_t away_ns) {
 	n->away_wait_ns = away_ns;
 }
 
+void dsm_node_set_fetch_run(dsm_node *n, int pages) {
+	if (pages < 1)
+		pages = 1;
+	if (pages > DSM_FETCH_RUN_MAX)
+		pages = DSM_FETCH_RUN_MAX;
+	__atomic_store_n(&n->fetch_run, pages, __ATOMIC_RELAXED);
+}
+
 void dsm_node_set_failed(dsm_node *n, const char *why) {
 	if (__atomic_load_n(&n->failed, __ATOMIC_ACQUIRE))
 		return;
@@ -961,37 +1034,62 @@ int dsm_node_serve_fd(dsm_node *n, int fd, int rank, const uint8_t *tx, const ui
 	return 0;
 }
 
+// srv_reset forgets sc's channel: its keys and progress (not its buffers,
+// 33 KiB that a rank that never served would otherwise touch).
+static void srv_reset(srv_conn *sc) {
+	memset(&sc->k, 0, sizeof sc->k);
+	sc->fd = -1;
+	sc->inlen = sc->outlen = sc->outoff = 0;
+	sc->since = 0;
+}
+
 static void srv_drop(srv_conn *sc) {
 	if (sc->fd >= 0)
 		close(sc->fd);
-	memset(sc, 0, sizeof *sc); // the keys too
-	sc->fd = -1;
+	srv_reset(sc);
 }
 
-// answer fills sc->out with the reply to the request in sc->in.
+// answer fills sc->out with the reply to the request in sc->in: the pages
+// asked for, from the first, as far as they are homed here (at least the
+// first, or status 1 and none). Each is copied under its own lock, alone
+// (a lock of a page homed here, held for local work only).
 static void answer(dsm_node *n, srv_conn *sc) {
-	uint32_t req[2];
+	uint32_t req[3]; // segment, first page, pages
 	memcpy(req, sc->in, sizeof req);
-	uint64_t hdr[2] = {1, 0}; // status, version
-	uint8_t *page = sc->out + sizeof hdr;
+	uint64_t hdr[2 + DSM_FETCH_RUN_MAX] = {1, 0}; // status, pages served, their versions
 	mu_lock(&n->mu);
 	dsm_seg *s = req[0] < MAX_SEG ? n->segs[req[0]] : NULL;
 	mu_unlock(&n->mu);
-	if (s != NULL && req[1] < s->npages && s->home[req[1]] == n->rank) {
-		mu_lock(&s->lock[req[1]]);
+	size_t first = req[1], k = 0;
+	if (s != NULL && req[2] >= 1 && req[2] <= DSM_FETCH_RUN_MAX)
+		while (k < req[2] && first < s->npages && k < s->npages - first && s->home[first + k] == n->rank)
+			k++;
+	uint8_t *pages = sc->out + 16 + 8 * k; // where k pages go after k versions
+	size_t got = 0;
+	for (; got < k; got++) {
+		size_t p = first + got;
+		mu_lock(&s->lock[p]);
 		// Track the home's writes from here on, before copying: see track.
-		if (track(s, req[1]) == 0) {
-			memcpy(page, s->sys + (size_t)req[1] * DSM_PAGE, DSM_PAGE);
-			hdr[1] = s->ver[req[1]];
-			hdr[0] = 0;
-			add(&n->st.served, 1);
+		int err = track(s, p);
+		if (err == 0) {
+			memcpy(pages + got * DSM_PAGE, s->sys + p * DSM_PAGE, DSM_PAGE);
+			hdr[2 + got] = s->ver[p];
 		}
-		mu_unlock(&s->lock[req[1]]);
+		mu_unlock(&s->lock[p]);
+		if (err != 0)
+			break;
 	}
-	memcpy(sc->out, hdr, sizeof hdr);
-	size_t plen = hdr[0] == 0 ? DSM_PAGE : 0;
-	dsm_aead_seal(sc->k.tx, sc->k.ntx++, sc->out, sizeof hdr, page, plen, n->enc, page + plen);
-	sc->outlen = sizeof hdr + plen + DSM_AEAD_TAG;
+	if (got < k) // fewer than placed for (an mprotect failed): close up
+		memmove(sc->out + 16 + 8 * got, pages, got * DSM_PAGE);
+	if (got > 0) {
+		hdr[0] = 0;
+		hdr[1] = got;
+		add(&n->st.served, got);
+	}
+	size_t meta = 16 + 8 * got, plen = got * DSM_PAGE;
+	memcpy(sc->out, hdr, meta);
+	dsm_aead_seal(sc->k.tx, sc->k.ntx++, sc->out, meta, sc->out + meta, plen, n->enc, sc->out + meta + plen);
+	sc->outlen = meta + plen + DSM_AEAD_TAG;
 	sc->outoff = 0;
 }
 
@@ -1012,7 +1110,7 @@ static int serve_step(dsm_node *n, srv_conn *sc) {
 		if (sc->inlen < sizeof sc->in)
 			return 0;
 		sc->inlen = 0;
-		if (dsm_aead_open(sc->k.rx, sc->k.nrx++, NULL, 0, sc->in, 8, n->enc, sc->in + 8) != 0) {
+		if (dsm_aead_open(sc->k.rx, sc->k.nrx++, NULL, 0, sc->in, 12, n->enc, sc->in + 12) != 0) {
 			add(&n->st.bad_tags, 1);
 			return -1;
 		}
@@ -1053,8 +1151,7 @@ static void *serve(void *arg) {
 			srv_drop(&n->srv[r]); // a rank's new channel replaces its old one
 			n->srv[r].fd = n->pend[r].fd;
 			n->srv[r].k = n->pend[r].k;
-			memset(&n->pend[r], 0, sizeof n->pend[r]);
-			n->pend[r].fd = -1;
+			srv_reset(&n->pend[r]); // its fd is the server's now
 		}
 		if (drop)
 			n->drop_done = n->drop_req;

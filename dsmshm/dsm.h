@@ -10,6 +10,10 @@
 #define DSM_PAGE 4096
 // Largest encoded diff of one page: 2048 runs of one byte, 4-byte header each.
 #define DSM_MAX_DIFF (DSM_PAGE / 2 * 5)
+// Most pages one fetch asks for: a fault fetches the run of invalid pages
+// that follow the faulting one and share its home, up to this many in all
+// (ArgoDSM fetches 8 pages per remote miss).
+#define DSM_FETCH_RUN_MAX 8
 
 enum { DSM_INVALID = 0, DSM_RO = 1, DSM_RW = 2 };
 
@@ -18,6 +22,7 @@ typedef struct dsm_seg dsm_seg;
 
 typedef struct {
 	uint64_t read_faults, write_faults, twins, fetches, fetch_ns, served, invalidations;
+	uint64_t fetch_reqs; // page requests (round trips) that fetched the pages counted in fetches
 	uint64_t bad_tags; // page requests and replies whose tag was wrong (their channel was dropped)
 } dsm_cstats;
 
@@ -37,6 +42,7 @@ int dsm_node_chan_redial(dsm_node *n, int rank);  // whether the channel to rank
 int dsm_node_replace_chan(dsm_node *n, int rank, int fd, const uint8_t *tx,
                           const uint8_t *rx); // installs fd if so (1), else leaves fd to the caller (0)
 void dsm_node_set_waits(dsm_node *n, uint64_t down_ns, uint64_t away_ns);
+void dsm_node_set_fetch_run(dsm_node *n, int pages); // 1..DSM_FETCH_RUN_MAX; the default is the most
 void dsm_node_set_failed(dsm_node *n, const char *why); // once; why is copied (cut to 255 bytes)
 void dsm_node_pause(dsm_node *n);   // blocks fetches, waits for in-flight ones, closes every page channel
 void dsm_node_unpause(dsm_node *n);

@@ -42,6 +42,11 @@ type Config struct {
 	Secret []byte
 	// Encrypt encrypts the job's traffic as well (every rank must agree).
 	Encrypt bool
+	// FetchRun is the most pages a fault fetches in one round trip: the
+	// faulting page and the invalid pages after it that share its home
+	// (see doc.go, "Fetching runs of pages"). 0 is the most, 8; 1
+	// fetches only the faulting page.
+	FetchRun int
 }
 
 // MaxRanks is the largest job size: each rank holds a control connection
@@ -123,6 +128,7 @@ func StartWith(cfg Config) (_ *Node, retErr error) {
 	// after the redial has (see redialPage): the redial fails the node
 	// with the reason first, and the fault reports it.
 	n.c.setWaits(cfg.DialTimeout+redialSlack, cfg.AwayTimeout)
+	n.SetFetchRun(cfg.FetchRun)
 	defer func() {
 		if retErr != nil {
 			n.c.free()
@@ -255,6 +261,16 @@ func newNode(rank, size int, enc bool) (*Node, error) {
 
 // Rank returns this rank, 0 <= Rank() < Size().
 func (n *Node) Rank() int { return n.rank }
+
+// SetFetchRun sets the most pages a fault fetches in one round trip, as
+// Config.FetchRun does (1 fetches only the faulting page; 0, or more than
+// the most, 8, is 8). It takes effect for faults from then on.
+func (n *Node) SetFetchRun(pages int) {
+	if pages <= 0 || pages > fetchRunMax {
+		pages = fetchRunMax
+	}
+	n.c.setFetchRun(pages)
+}
 
 // Size returns the number of ranks in the job.
 func (n *Node) Size() int { return n.size }

@@ -40,53 +40,78 @@ func attachClient(t testing.TB, n *Node, from int, enc bool) *pageClient {
 	return c
 }
 
-// request returns a sealed request for page p of segment seg. Go's AEAD
-// cannot make the tag of a payload left in clear (RFC 8439's construction
-// over it as if it were ciphertext), so with enc off this uses aead.c, which
-// TestAEAD* check against Go's.
-func (c *pageClient) request(seg, p uint32) []byte {
+// request returns a sealed request for page p of segment seg.
+func (c *pageClient) request(seg, p uint32) []byte { return c.requestRun(seg, p, 1) }
+
+// requestRun returns a sealed request for n pages from page p of segment
+// seg. Go's AEAD cannot make the tag of a payload left in clear (RFC 8439's
+// construction over it as if it were ciphertext), so with enc off this uses
+// aead.c, which TestAEAD* check against Go's.
+func (c *pageClient) requestRun(seg, p, n uint32) []byte {
 	req := binary.LittleEndian.AppendUint32(nil, seg)
 	req = binary.LittleEndian.AppendUint32(req, p)
-	n := nonce(c.ntx)
+	req = binary.LittleEndian.AppendUint32(req, n)
+	nc := nonce(c.ntx)
 	c.ntx++
 	if c.enc {
 		a, _ := chacha20poly1305.New(c.tx[:])
-		return a.Seal(nil, n, req, nil)
+		return a.Seal(nil, nc, req, nil)
 	}
 	tag := aeadSeal(&c.tx, c.ntx-1, nil, req, false)
 	return append(req, tag[:]...)
 }
 
-// reply reads one reply and checks its tag: status, version, page (nil
-// unless status is 0).
+// reply reads the reply to a one-page request and checks its tag: status,
+// version, page (nil unless status is 0).
 func (c *pageClient) reply(t testing.TB) (status, ver uint64, page []byte) {
 	t.Helper()
-	hdr := c.read(t, 16)
-	status, ver = binary.LittleEndian.Uint64(hdr), binary.LittleEndian.Uint64(hdr[8:])
-	plen := 0
-	if status == 0 {
-		plen = pageSize
+	status, vers, pages := c.replyRun(t)
+	if len(vers) > 1 {
+		t.Fatalf("%d pages in the reply to a request for one", len(vers))
 	}
+	if status == 0 {
+		ver = vers[0]
+	}
+	return status, ver, pages
+}
+
+// replyRun reads one reply and checks its tag: status, and when it is 0
+// the versions of the pages served and the pages, one after the other.
+func (c *pageClient) replyRun(t testing.TB) (status uint64, vers []uint64, pages []byte) {
+	t.Helper()
+	hdr := c.read(t, 16)
+	status, n := binary.LittleEndian.Uint64(hdr), binary.LittleEndian.Uint64(hdr[8:])
+	switch {
+	case status == 0 && (n == 0 || n > fetchRunMax):
+		t.Fatalf("a reply with %d pages", n)
+	case status != 0 && n != 0:
+		t.Fatalf("a reply with status %d and %d pages", status, n)
+	}
+	aad := append(hdr, c.read(t, 8*int(n))...)
+	for i := range int(n) {
+		vers = append(vers, binary.LittleEndian.Uint64(aad[16+8*i:]))
+	}
+	plen := int(n) * pageSize
 	rest := c.read(t, plen+secTagLen)
 	a, _ := chacha20poly1305.New(c.rx[:])
-	n := nonce(c.nrx)
+	nc := nonce(c.nrx)
 	c.nrx++
 	var err error
 	if c.enc {
-		page, err = a.Open(nil, n, rest, hdr)
+		pages, err = a.Open(nil, nc, rest, aad)
 	} else {
-		// The tag covers the header and the page as RFC 8439 covers
+		// The tag covers the header and the pages as RFC 8439 covers
 		// additional data and ciphertext.
-		page = rest[:plen]
-		err = macCheck(a, n, hdr, page, rest[plen:])
+		pages = rest[:plen]
+		err = macCheck(a, nc, aad, pages, rest[plen:])
 	}
 	if err != nil {
 		t.Fatalf("reply %d: %v", c.nrx-1, err)
 	}
 	if status != 0 {
-		page = nil
+		pages = nil
 	}
-	return status, ver, page
+	return status, vers, pages
 }
 
 // macCheck checks a tag made with enc off over aad and p: the same as
@@ -197,14 +222,15 @@ func TestPageServerSlowClient(t *testing.T) {
 // FuzzPageServer drives the C page server's request parser through a real
 // channel. An input whose first byte is even is written raw, as an outsider
 // or a damaged connection would: it must serve nothing and end with the
-// channel dropped. Otherwise the rest is cut into 8-byte requests (segment,
-// page: any values), each sealed with the channel's key and written in
-// pieces of fuzzer-chosen sizes: each must get a reply with a valid tag, the
-// page and its contents when the request names a page homed there, status 1
-// otherwise.
+// channel dropped. Otherwise the rest is cut into 12-byte requests
+// (segment, page, pages: any values), each sealed with the channel's key
+// and written in pieces of fuzzer-chosen sizes: each must get a reply with a
+// valid tag, and the pages homed there from the first one asked for (as
+// many as asked, up to 8) with their contents, or status 1 and none when
+// the first is not homed there or the count is out of 1..8.
 func FuzzPageServer(f *testing.F) {
-	f.Add([]byte{1, 0, 0, 0, 0, 3, 0, 0, 0})
-	f.Add([]byte{3, 0, 0, 0, 0, 40, 0, 0, 0, 9, 0, 0, 0, 1, 0, 0, 0})
+	f.Add([]byte{1, 0, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0})
+	f.Add([]byte{3, 0, 0, 0, 0, 28, 0, 0, 0, 8, 0, 0, 0, 9, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0})
 	f.Add([]byte{0, 0, 0, 0, 0, 3, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16})
 	f.Add([]byte{2, 0xff, 0xff, 0xff, 0xff})
 	nodes := startMem(&testing.T{}, 2)
@@ -242,27 +268,36 @@ func FuzzPageServer(f *testing.F) {
 			return
 		}
 		body := in[1:]
-		for len(body) >= 8 {
-			sid, p := binary.LittleEndian.Uint32(body), binary.LittleEndian.Uint32(body[4:])
+		for len(body) >= 12 {
+			sid, p, n := binary.LittleEndian.Uint32(body), binary.LittleEndian.Uint32(body[4:]), binary.LittleEndian.Uint32(body[8:])
 			if body[0]%4 == 0 {
 				sid = seg.id // name the real segment often
 				p %= 40
+				n %= 10
 			}
-			req := c.request(sid, p)
+			req := c.requestRun(sid, p, n)
 			cut := int(body[1]) % len(req)
 			unix.Write(c.fd, req[:cut])
 			unix.Write(c.fd, req[cut:])
-			st, _, page := c.reply(t)
-			homed := sid == seg.id && p < 32
-			switch {
-			case homed && st != 0:
-				t.Fatalf("page %d of segment %d, homed there: status %d", p, sid, st)
-			case homed && binary.LittleEndian.Uint64(page) != uint64(p)+1000:
-				t.Fatalf("page %d: contents %d", p, binary.LittleEndian.Uint64(page))
-			case !homed && st == 0:
-				t.Fatalf("page %d of segment %d, not homed there, was served", p, sid)
+			st, vers, pages := c.replyRun(t)
+			want := 0 // pages homed there from p on, as many as asked
+			if sid == seg.id && n >= 1 && n <= fetchRunMax {
+				for q := uint64(p); q < 32 && q < uint64(p)+uint64(n); q++ {
+					want++
+				}
 			}
-			body = body[8:]
+			switch {
+			case want > 0 && (st != 0 || len(vers) != want):
+				t.Fatalf("%d pages from %d of segment %d, %d homed there: status %d, %d served", n, p, sid, want, st, len(vers))
+			case want == 0 && st == 0:
+				t.Fatalf("%d pages from %d of segment %d, none homed there, were served", n, p, sid)
+			}
+			for i := range len(vers) {
+				if got := binary.LittleEndian.Uint64(pages[i*pageSize:]); got != uint64(p)+uint64(i)+1000 {
+					t.Fatalf("page %d: contents %d", int(p)+i, got)
+				}
+			}
+			body = body[12:]
 		}
 	})
 }

@@ -12,10 +12,11 @@ type Stats struct {
 	DiffBytes     uint64 // encoded size of those diffs
 	DiffsApplied  uint64 // diffs this rank applied as a home
 	PagesFetched  uint64 // pages fetched from their homes
+	FetchRequests uint64 // page requests (round trips) that fetched them: a fault fetches a run of pages
 	PagesServed   uint64 // pages this rank sent as a home
 	Invalidations uint64 // cached pages invalidated by write notices
 	WriteNotices  int    // pages this rank currently knows versions of
-	MessagesSent  uint64 // control messages (page requests are PagesFetched)
+	MessagesSent  uint64 // control messages (page requests are FetchRequests)
 	BytesSent     uint64 // bytes of control messages
 	LockAcquires  uint64
 	Barriers      uint64 // barriers passed, including Start, Alloc and Close
@@ -46,7 +47,7 @@ func (n *Node) Stats() Stats {
 	s := Stats{
 		ReadFaults: c.readFaults, WriteFaults: c.writeFaults, Twins: c.twins,
 		Diffs: n.st.diffs.Load(), DiffBytes: n.st.diffBytes.Load(), DiffsApplied: n.st.diffsApplied.Load(),
-		PagesFetched: c.fetches, PagesServed: c.served, Invalidations: c.invalidations, WriteNotices: wn,
+		PagesFetched: c.fetches, FetchRequests: c.fetchReqs, PagesServed: c.served, Invalidations: c.invalidations, WriteNotices: wn,
 		MessagesSent: n.ctr.msgs.Load(), BytesSent: n.ctr.bytes.Load(),
 		LockAcquires: n.st.lockAcquires.Load(), Barriers: n.st.barriers.Load(),
 		LockWait:    time.Duration(n.st.lockWait.Load()),

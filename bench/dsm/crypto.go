@@ -26,12 +26,13 @@ static uint64_t cb_now_ns(void) {
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-// The buffers of one page fetch, as dsm.c's fetch and answer have them: the
-// request (segment u32, page u32), the reply's header (status u64, version
-// u64, in clear, authenticated) and the page. Each direction has its own key
-// and counter, as a page channel's.
+// The buffers of one page fetch, as dsm.c's fetch and answer have them for
+// one page: the request (segment u32, page u32, pages u32), the reply's
+// header (status u64, pages u64, the page's version u64: in clear,
+// authenticated) and the page. Each direction has its own key and counter,
+// as a page channel's.
 static uint8_t cb_key_req[DSM_AEAD_KEY], cb_key_rep[DSM_AEAD_KEY];
-static uint8_t cb_req[8], cb_hdr[16], cb_page[4096], cb_copy[4096];
+static uint8_t cb_req[12], cb_hdr[24], cb_page[4096], cb_copy[4096];
 static uint64_t cb_ctr;
 
 static void cb_setup(const uint8_t *seed) {

@@ -113,7 +113,7 @@ func runJacobi1(p params) (_ any, retErr error) {
 // jacobi4Window is one measured window of item 4 at one rank.
 type jacobi4Window struct {
 	Ns                                   int64
-	Msgs, Bytes, Fetched, Served         uint64
+	Msgs, Bytes, Fetched, Served, Reqs   uint64 // Reqs: page requests (a request fetches a run of pages)
 	Diffs, DiffBytes, WriteFaults, Twins uint64
 }
 
@@ -193,6 +193,7 @@ func runJacobi4(p params) (_ any, retErr error) {
 		res.Windows = append(res.Windows, jacobi4Window{
 			Ns: int64(d), Msgs: s1.MessagesSent - s0.MessagesSent, Bytes: s1.BytesSent - s0.BytesSent,
 			Fetched: s1.PagesFetched - s0.PagesFetched, Served: s1.PagesServed - s0.PagesServed,
+			Reqs:  s1.FetchRequests - s0.FetchRequests,
 			Diffs: s1.Diffs - s0.Diffs, DiffBytes: s1.DiffBytes - s0.DiffBytes,
 			WriteFaults: s1.WriteFaults - s0.WriteFaults, Twins: s1.Twins - s0.Twins,
 		})
