@@ -53,7 +53,7 @@ func asUserArgs(self string, cred *syscall.Credential, dir, path string, argv []
 // Everything happens on one locked thread with raw system calls: execve
 // takes the credentials of the thread that calls it, and ends the others.
 func asUser(args []string) error {
-	if len(args) < 7 || args[4] != "--" {
+	if len(args) < 6 || args[4] != "--" {
 		return fmt.Errorf("usage: %s UID GID GROUPS DIR -- PATH ARG...", asUserCommand)
 	}
 	uid, err1 := strconv.ParseUint(args[0], 10, 32)

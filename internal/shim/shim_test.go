@@ -853,6 +853,14 @@ func TestRunAsOwner(t *testing.T) {
 		t.Errorf("the init runs as uid %s, want root's (0)", uid)
 	}
 
+	// A program with no arguments.
+	spec3 := shim.Spec{ID: "u3", Dir: t.TempDir(), Argv: []string{"true"}, Env: []string{"PATH=/usr/bin:/bin"},
+		WorkDir: work, Init: needInit(t), Cred: cred}
+	c3, _ := startShim(t, spec3)
+	if code := wait(t, c3); code != 0 {
+		t.Errorf("a workload without arguments run as its owner: exit %d (%q), want 0", code, readLog(t, spec3.Dir))
+	}
+
 	// A directory only root may enter is refused, as the owner.
 	private := t.TempDir()
 	if err := os.Chmod(private, 0o700); err != nil {
