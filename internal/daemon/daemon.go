@@ -322,11 +322,12 @@ func (d *Daemon) acceptPeers(l net.Listener, h func(c net.Conn, authed func())) 
 		select {
 		case slots <- struct{}{}:
 		default:
-			c.Close()
+			// The line first: whoever sees the close may look for it.
 			if ok, n := d.capLog.allow(time.Now()); ok {
 				d.log.Warn("too many connections that have not authenticated: closing new ones at once",
 					"limit", maxPreAuth, "remote", c.RemoteAddr(), "closed_not_logged", n)
 			}
+			c.Close()
 			return
 		}
 		var once sync.Once
