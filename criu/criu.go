@@ -140,6 +140,18 @@ type DumpOpts struct {
 	// with its fd), instead of writing them into ImagesDir. The caller keeps
 	// its own copy of the file and closes it after Dump returns.
 	PageServer *os.File
+	// Lazy, if set, makes the dump a post-copy one (--lazy-pages): the
+	// tree's private anonymous memory is not dumped but served, on demand,
+	// to a `criu lazy-pages` (LazyPages) over this connected stream socket,
+	// and the rest of the images go into ImagesDir. Dump returns only when
+	// that session is over: the target's lazy-pages has every page and
+	// closed it (success), or the socket reached its end. Either way the
+	// tree is left stopped with LeaveStopped (CRIU puts a tree it found
+	// stopped back to stopped). Lazy and PageServer exclude each other.
+	Lazy *os.File
+	// Ready is called, with Lazy, once the images in ImagesDir are complete
+	// and CRIU is about to serve pages; an error makes the dump fail.
+	Ready func() error
 }
 
 // DumpStats are CRIU's own figures for a dump.
@@ -172,14 +184,34 @@ func (c *Client) Dump(ctx context.Context, o DumpOpts) (*DumpStats, error) {
 	opts.FileLocks = ptr(o.FileLocks)
 	opts.NotifyScripts = ptr(o.Notify != nil)
 	var files []*os.File
-	if o.PageServer != nil {
+	nfy := o.Notify
+	switch {
+	case o.PageServer != nil && o.Lazy != nil:
+		return nil, errors.New("criu: a dump has a page server or lazy pages, not both")
+	case o.PageServer != nil:
 		// ExtraFiles[0] becomes fd 4 in CRIU; fd 3 is the RPC socket.
 		files = append(files, o.PageServer)
 		opts.Ps = &rpc.CriuPageServerInfo{Fd: ptr(int32(4))}
+	case o.Lazy != nil:
+		conf, err := lazyConfig()
+		if err != nil {
+			return nil, err
+		}
+		defer os.Remove(conf)
+		files = append(files, o.Lazy)
+		opts.LazyPages = ptr(true)
+		opts.ConfigFile = ptr(conf)
+		opts.NotifyScripts = ptr(true)
+		nfy = lazyNotify(o.ImagesDir, o.Notify, o.Ready)
 	}
 	req := &rpc.CriuReq{Type: rpc.CriuReqType_DUMP.Enum(), Opts: opts}
-	if _, err := c.call(ctx, "dump", req, files, o.Notify, o.ImagesDir); err != nil {
+	if _, err := c.call(ctx, "dump", req, files, nfy, o.ImagesDir); err != nil {
 		return nil, err
+	}
+	if o.Lazy != nil {
+		// A lazy dump's stats are reset when it starts serving pages:
+		// its counters say nothing about this dump (docs/postcopy-research.md).
+		return &DumpStats{}, nil
 	}
 	st := &DumpStats{}
 	if d, err := openDir(o.ImagesDir); err == nil {
@@ -195,6 +227,128 @@ func (c *Client) Dump(ctx context.Context, o DumpOpts) (*DumpStats, error) {
 	}
 	return st, nil
 }
+
+// lazyConfig writes the configuration file that has a lazy dump serve its
+// pages on fd 4 (ExtraFiles[0]). The RPC drops the page-server fd of a lazy
+// dump and would listen on every address instead; a configuration file's
+// ps-socket is read after the request (CRIU's cr-service.c).
+func lazyConfig() (string, error) {
+	f, err := os.CreateTemp("", "dsmigrate-lazy-*.conf")
+	if err != nil {
+		return "", fmt.Errorf("criu: %v", err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString("ps-socket 4\n"); err != nil {
+		os.Remove(f.Name())
+		return "", fmt.Errorf("criu: %v", err)
+	}
+	return f.Name(), nil
+}
+
+// lazyPSLine is what CRIU logs when it serves lazy pages on the given socket
+// (page-xfer.c:cr_page_server); without it, it has opened a TCP port.
+const lazyPSLine = "Reusing ps socket 4"
+
+// lazyNotify passes the notifications of a lazy dump on to nfy and calls
+// ready at status-ready, once it has made sure CRIU serves on our socket.
+func lazyNotify(dir string, nfy Notify, ready func() error) Notify {
+	return func(script string, pid int) error {
+		if nfy != nil {
+			if err := nfy(script, pid); err != nil {
+				return err
+			}
+		}
+		if script != "status-ready" {
+			return nil
+		}
+		b, err := os.ReadFile(filepath.Join(dir, LogName))
+		if err != nil || !strings.Contains(string(b), lazyPSLine) {
+			return errors.New("CRIU did not take the page socket from its configuration file (no \"" + lazyPSLine +
+				"\" in its log): it would serve pages on a TCP port; refusing")
+		}
+		if ready != nil {
+			return ready()
+		}
+		return nil
+	}
+}
+
+// LazyPagesLog is the file lazy-pages logs to, inside its images directory.
+const LazyPagesLog = "lazy-pages.log"
+
+// LazyPages is a running `criu lazy-pages`: the target's end of a post-copy
+// migration, which hands the restored tree its pages as it touches them
+// (userfaultfd) and fetches the rest in the background.
+type LazyPages struct {
+	cmd  *exec.Cmd
+	dir  string
+	done chan struct{}
+	err  error
+}
+
+// StartLazyPages starts `criu lazy-pages` for the images in dir, fetching
+// pages from the dump's page server over the connected stream socket sock,
+// and returns once it listens for the restore (dir/lazy-pages.socket), so
+// that a restore with RestoreOpts.LazyPages may begin. The caller keeps its
+// copy of sock.
+//
+// It is not killed with its caller: should the caller die, the restored
+// tree's faults must wait (killably) for someone to decide, rather than
+// lazy-pages exit and the kernel fill the missing pages with zeros. Stop it
+// with Kill, and only after the tree it serves has gone.
+func (c *Client) StartLazyPages(dir string, sock *os.File) (*LazyPages, error) {
+	sr, sw, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("criu: %v", err)
+	}
+	defer sr.Close()
+	cmd := exec.Command(c.Path, "lazy-pages", "-D", dir, "--page-server", "--ps-socket", "3", "--status-fd", "4",
+		"-o", LazyPagesLog, "-v3")
+	cmd.Dir = dir // lazy-pages.socket is bound in the working directory
+	cmd.ExtraFiles = []*os.File{sock, sw}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		sw.Close()
+		return nil, fmt.Errorf("criu: starting lazy-pages: %v", err)
+	}
+	sw.Close()
+	l := &LazyPages{cmd: cmd, dir: dir, done: make(chan struct{})}
+	go func() {
+		err := cmd.Wait()
+		if err != nil {
+			e := &Error{Op: "lazy-pages", Msg: err.Error(), Log: logErrors(filepath.Join(dir, LazyPagesLog))}
+			l.err = e
+		}
+		close(l.done)
+	}()
+	// status_ready() writes one byte and closes: EOF without it is a
+	// lazy-pages that failed before listening.
+	sr.SetReadDeadline(time.Now().Add(DefaultTimeout))
+	b := make([]byte, 1)
+	if n, _ := sr.Read(b); n != 1 {
+		l.Kill()
+		<-l.done
+		if l.err != nil {
+			return nil, l.err
+		}
+		return nil, &Error{Op: "lazy-pages", Msg: "it never became ready", Log: logErrors(filepath.Join(dir, LazyPagesLog))}
+	}
+	return l, nil
+}
+
+// PID is lazy-pages's pid.
+func (l *LazyPages) PID() int { return l.cmd.Process.Pid }
+
+// Done is closed once lazy-pages has exited; Err then says how.
+func (l *LazyPages) Done() <-chan struct{} { return l.done }
+
+// Err is nil if lazy-pages exited successfully (every page delivered), or
+// why not. Valid once Done is closed.
+func (l *LazyPages) Err() error { return l.err }
+
+// Kill kills lazy-pages (a tree still waiting for its pages then reads
+// zeros: kill the tree first).
+func (l *LazyPages) Kill() { l.cmd.Process.Kill() }
 
 // PageServerLog is the file a page server logs to, inside its images directory.
 const PageServerLog = "page-server.log"
@@ -242,6 +396,9 @@ type RestoreOpts struct {
 	// (--auto-dedup): images in a tmpfs then never hold a page twice over
 	// with the restored process. The images cannot be restored again.
 	AutoDedup bool
+	// LazyPages restores a post-copy dump: its private anonymous memory
+	// comes from the lazy-pages running in ImagesDir (StartLazyPages).
+	LazyPages bool
 }
 
 // RestoreStats are CRIU's own figures for a restore.
@@ -262,6 +419,7 @@ func (c *Client) Restore(ctx context.Context, o RestoreOpts) (int, *RestoreStats
 	opts.LeaveStopped = ptr(o.LeaveStopped)
 	opts.FileLocks = ptr(o.FileLocks)
 	opts.AutoDedup = ptr(o.AutoDedup)
+	opts.LazyPages = ptr(o.LazyPages)
 	opts.External = o.External
 	opts.NotifyScripts = ptr(o.Notify != nil)
 	var files []*os.File

@@ -78,6 +78,9 @@ func main() {
 				Flags: append([]cli.Flag{
 					&cli.StringFlag{Name: "to", Required: true, Usage: "ADDR:PORT of the target daemon"},
 					&cli.StringFlag{Name: "move-ip", Usage: "CIDR: an address of the rank's own that moves with it"},
+					&cli.BoolFlag{Name: "post-copy", Usage: "resume the rank on the target before its memory has arrived " +
+						"(CRIU's lazy pages); if the source host, its daemon or the link fails before the last page " +
+						"arrived, the rank is LOST (and its job with it)"},
 				}, hostFlags...), Action: migrateRank},
 		},
 		HideHelpCommand: true,
@@ -524,7 +527,8 @@ func migrateRank(c *cli.Context) error {
 				return err
 			}
 			fmt.Fprintf(os.Stderr, "migrating job %s rank %d: %s -> %s\n", job, rankN, r.Host, c.String("to"))
-			rep, err := cli.Stream(api.Request{Op: "migrate", ID: r.ProcID, To: c.String("to"), MoveIP: c.String("move-ip")}, nil,
+			rep, err := cli.Stream(api.Request{Op: "migrate", ID: r.ProcID, To: c.String("to"), MoveIP: c.String("move-ip"),
+				PostCopy: c.Bool("post-copy")}, nil,
 				func(e api.Event) { api.PrintEvent(os.Stderr, e) })
 			if err != nil {
 				return err

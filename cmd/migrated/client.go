@@ -118,10 +118,14 @@ func migrateCommand() *cli.Command {
 			&cli.StringFlag{Name: "move-ip", Usage: "CIDR: move this address with the process (its TCP connections " +
 				"survive); an address of the process's own: loopback, the daemon's own address, the one this host " +
 				"reaches the target from and an interface's last address are refused"},
+			&cli.BoolFlag{Name: "post-copy", Usage: "resume the process on the target before its memory has arrived " +
+				"(CRIU's lazy pages): the downtime no longer grows with its memory, but if the source host, its daemon " +
+				"or the link fails before the last page arrived, the process is LOST (killed on the target, " +
+				"not resumed here)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return errors.New("usage: migrated migrate ID --to ADDR:PORT [--move-ip CIDR]")
+				return errors.New("usage: migrated migrate ID --to ADDR:PORT [--move-ip CIDR] [--post-copy]")
 			}
 			id := c.Args().First()
 			cl, err := local(c)
@@ -129,7 +133,8 @@ func migrateCommand() *cli.Command {
 				return err
 			}
 			fmt.Fprintf(os.Stderr, "migrating %s to %s\n", id, c.String("to"))
-			r, err := cl.Stream(api.Request{Op: "migrate", ID: id, To: c.String("to"), MoveIP: c.String("move-ip")}, nil,
+			r, err := cl.Stream(api.Request{Op: "migrate", ID: id, To: c.String("to"), MoveIP: c.String("move-ip"),
+				PostCopy: c.Bool("post-copy")}, nil,
 				func(e api.Event) { api.PrintEvent(os.Stderr, e) })
 			if err != nil {
 				return err

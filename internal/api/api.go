@@ -15,10 +15,13 @@ type Request struct {
 	Env    []string `json:"env,omitempty"`
 	To     string   `json:"to,omitempty"`
 	MoveIP string   `json:"move_ip,omitempty"`
-	Dir    string   `json:"dir,omitempty"`
-	Job    string   `json:"job,omitempty"`  // run: the DSM job this process is a rank of
-	Rank   int      `json:"rank,omitempty"` // run: its rank in Job
-	Offset int64    `json:"offset,omitempty"`
+	// PostCopy, for migrate: resume the process on the target before its
+	// memory has arrived (migrated migrate --post-copy).
+	PostCopy bool   `json:"post_copy,omitempty"`
+	Dir      string `json:"dir,omitempty"`
+	Job      string `json:"job,omitempty"`  // run: the DSM job this process is a rank of
+	Rank     int    `json:"rank,omitempty"` // run: its rank in Job
+	Offset   int64  `json:"offset,omitempty"`
 	// Secret is, for run, the DSM job's secret (runtime.SecretLen bytes,
 	// made by dsmrun run for each job), which the rank gets on an inherited
 	// pipe. Never logged or stored: it travels only inside wire's
@@ -102,4 +105,9 @@ type MigrationRec struct {
 	Bytes    int64         `json:"bytes"`
 	Outcome  string        `json:"outcome"` // "ok" or the error
 	UID      uint32        `json:"uid"`     // the process's owner's
+	// PostCopy: the process resumed on the target before its memory had
+	// arrived; LastPage is the time from the freeze until its last page
+	// arrived there (0 if it never did).
+	PostCopy bool          `json:"post_copy,omitempty"`
+	LastPage time.Duration `json:"last_page,omitempty"`
 }

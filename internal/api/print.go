@@ -43,6 +43,9 @@ func PrintDone(w io.Writer, rec *MigrationRec) {
 	}
 	fmt.Fprintf(w, "done: total %.1f ms, downtime %.1f ms, %.1f MiB moved\n",
 		Millis(rec.Total), Millis(rec.Downtime), float64(rec.Bytes)/(1<<20))
+	if rec.PostCopy && rec.LastPage > 0 {
+		fmt.Fprintf(w, "post-copy: the last page arrived %.1f ms after the freeze\n", Millis(rec.LastPage))
+	}
 	if rec.Outcome != "ok" {
 		fmt.Fprintf(w, "warning: %s\n", rec.Outcome)
 	}

@@ -29,6 +29,11 @@ const (
 	TPagesDone    byte = 21 // target -> source: the page server has written every page
 	TOutcome      byte = 22 // target -> source, on a connection of its own: how did this migration end?
 	TOutcomeReply byte = 23 // source -> target: the outcome, final
+	// Post-copy: the page stream of migration Mig runs on a connection of
+	// its own (PageConnMsg), so that pages and the steps do not wait for
+	// each other. Its frames are TPages (source CRIU's replies), TPagesBack
+	// (the target lazy-pages's requests), TPagesEnd and TPagesDone.
+	TPageConn byte = 24 // source -> target, on a connection of its own: the page stream of a post-copy migration
 )
 
 // ReservedFrom is the first message type internal/wire reserves.

@@ -351,12 +351,12 @@ func (e engineProcs) Reserve(b *migration.Begin) (string, error) {
 	return p.logPath, nil
 }
 
-func (e engineProcs) Restore(ctx context.Context, b *migration.Begin, dir string) (int, error) {
+func (e engineProcs) Restore(ctx context.Context, b *migration.Begin, dir string, lazy migration.Lazy) (int, error) {
 	holder := e.d.lookup(b.ID)
 	if holder == nil {
 		return 0, fmt.Errorf("process %s is not reserved here", b.ID)
 	}
-	np, err := e.d.restoreCopy(ctx, holder, b.PipeKey, dir, b.MoveIP != "", "incoming")
+	np, err := e.d.restoreCopy(ctx, holder, b.PipeKey, dir, b.MoveIP != "", "incoming", lazy)
 	if np == nil {
 		return 0, err
 	}
@@ -417,6 +417,26 @@ func (e engineProcs) Activate(ctx context.Context, b *migration.Begin) error {
 	err := e.d.saveProc(p)
 	signalTree(pid, syscall.SIGCONT)
 	return err
+}
+
+// Lose kills a post-copy arrival whose memory cannot all arrive, and says
+// why at the end of its log. Its faults wait for pages until then (the shim
+// holds lazy-pages's socket open), so it never runs on zeros.
+func (e engineProcs) Lose(ctx context.Context, id, why string) error {
+	p := e.d.lookup(id)
+	if p == nil {
+		p = e.d.adopt(id)
+	}
+	if p == nil {
+		return nil
+	}
+	e.d.log.Error("post-copy: the process is lost", "id", id, "why", why)
+	if f, err := os.OpenFile(p.logPath, os.O_WRONLY|os.O_APPEND, 0); err == nil {
+		fmt.Fprintf(f, "\n[dsmigrate] the process was killed: %s (post-copy: it cannot run with pages missing)\n", why)
+		f.Close()
+	}
+	killTree(p)
+	return nil
 }
 
 // lookup returns the process registered under exactly id, or nil.

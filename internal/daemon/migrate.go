@@ -44,7 +44,35 @@ func (d *Daemon) migrateOut(ctx context.Context, req Request, caller api.Owner, 
 	if err := d.checkOut(ctx, req.To, req.MoveIP); err != nil {
 		return nil, err
 	}
-	return d.engine.Out(ctx, migration.Request{ID: p.ID, To: req.To, MoveIP: req.MoveIP}, event)
+	if req.PostCopy {
+		if err := checkPostCopy(); err != nil {
+			return nil, fmt.Errorf("--post-copy refused, nothing was touched: %w", err)
+		}
+	}
+	return d.engine.Out(ctx, migration.Request{ID: p.ID, To: req.To, MoveIP: req.MoveIP, PostCopy: req.PostCopy}, event)
+}
+
+// lazyPipeSize is the pipe size CRIU's lazy dump asks for to serve pages
+// (page-pipe.c: PIPE_MAX_SIZE pages); above fs.pipe-max-size it cannot have
+// it without CAP_SYS_RESOURCE, which this daemon's root may lack.
+const lazyPipeSize = 4 << 20
+
+// checkPostCopy checks that this host can serve a post-copy dump's pages:
+// without a big enough pipe CRIU fails to serve the first request and the
+// target's copy would get none.
+func checkPostCopy() error {
+	b, err := os.ReadFile("/proc/sys/fs/pipe-max-size")
+	if err != nil {
+		return err
+	}
+	var n int
+	fmt.Sscan(string(b), &n)
+	if n < lazyPipeSize {
+		return fmt.Errorf("fs.pipe-max-size is %d, and CRIU needs pipes of %d bytes to serve pages: run "+
+			"`sysctl -w fs.pipe-max-size=%d` on this host (and put it in /etc/sysctl.d to keep it)", n, lazyPipeSize,
+			lazyPipeSize)
+	}
+	return nil
 }
 
 // sendImages streams the log and every image file in dir, and says how many

@@ -308,7 +308,7 @@ func TestRestoreProcSameDir(t *testing.T) {
 	if _, ok := readRec(t, d, id); ok {
 		t.Fatal("the killed copy's record is still there")
 	}
-	np, err := d.restoreCopy(context.Background(), p, p.pipeKey, images, false, "stopped")
+	np, err := d.restoreCopy(context.Background(), p, p.pipeKey, images, false, "stopped", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

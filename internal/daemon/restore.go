@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"dsmigrate/criu"
+	"dsmigrate/internal/migration"
 	"dsmigrate/internal/shim"
 )
 
@@ -23,7 +24,7 @@ const shimMargin = 10 * time.Second
 // place in the given state and its record saved; its watcher runs. ctx bounds
 // the whole restore. A failed CRIU restore is a *criu.Error, or a
 // *criu.ConflictError when this host holds what the process needs.
-func (d *Daemon) restoreCopy(ctx context.Context, from *Proc, key, dir string, tcp bool, state string) (*Proc, error) {
+func (d *Daemon) restoreCopy(ctx context.Context, from *Proc, key, dir string, tcp bool, state string, lazy migration.Lazy) (*Proc, error) {
 	timeout := criu.DefaultTimeout
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = max(time.Until(dl)-shimMargin, time.Second)
@@ -37,7 +38,10 @@ func (d *Daemon) restoreCopy(ctx context.Context, from *Proc, key, dir string, t
 		CRIU: d.criu.Path, ImagesDir: dir, PipeKey: key, TCP: tcp, Timeout: timeout,
 		// An arrival's images are restored once: its pages leave the
 		// tmpfs as they enter the process (admit.go counts on it).
-		Dedup: state == "incoming"}})
+		Dedup: state == "incoming",
+		// Post-copy: the memory comes from lazy-pages, whose socket the
+		// shim holds open (shim.RestoreSpec.Hold).
+		Lazy: lazy != nil, Hold: holdFile(lazy)}})
 	if err != nil {
 		// A conflict with this host is told in one sentence; CRIU's own
 		// report stays in this daemon's log.

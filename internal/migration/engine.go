@@ -75,8 +75,13 @@ type Procs interface {
 	// path its log must be received at.
 	Reserve(b *Begin) (logPath string, err error)
 	// Restore restores the images in dir as process b.ID, stopped, held by
-	// a shim of its own, and returns its pid.
-	Restore(ctx context.Context, b *Begin, dir string) (int, error)
+	// a shim of its own, and returns its pid. With lazy (post-copy), its
+	// memory comes from lazy (Checkpointer.ServeLazy).
+	Restore(ctx context.Context, b *Begin, dir string, lazy Lazy) (int, error)
+	// Lose kills a post-copy arrival whose memory cannot all arrive (it
+	// must not run on with pages missing) and notes why in its log. A
+	// process that is gone already is not an error.
+	Lose(ctx context.Context, id, why string) error
 	// Discard kills a restored copy (if any) and drops the reservation and
 	// the process's directory. Idempotent.
 	Discard(ctx context.Context, id string) error
@@ -97,10 +102,45 @@ type Checkpointer interface {
 	// ReceiveImages receives what SendImages sent; pages bytes count
 	// against the size budget already.
 	ReceiveImages(ctx context.Context, c Conn, dir, logPath string, pages int64) error
+	// DumpLazy checkpoints the stopped tree at pid into dir for post-copy:
+	// its private anonymous memory stays in the tree, which CRIU keeps
+	// stopped and serves to the target on demand over pc, the page
+	// connection. It returns once the images in dir are complete.
+	DumpLazy(ctx context.Context, pc Conn, pid int, dir string, tcp bool) (Lazy, *DumpResult, error)
+	// ServeLazy starts the target's end of a post-copy page stream for the
+	// images in dir (a restore with it may begin once it returns).
+	ServeLazy(ctx context.Context, pc Conn, dir string) (Lazy, error)
+	// StopLazy ends the target's end of a post-copy page stream that a
+	// daemon before a restart started (Lazy.PID): only once the tree it
+	// served has gone.
+	StopLazy(pid int, dir string) error
 	// ImagesDir makes a fresh directory for a migration's images; Remove
 	// removes one (a missing one is not an error).
 	ImagesDir(name string) (string, error)
 	RemoveImages(dir string) error
+}
+
+// Lazy is one end of a post-copy page stream: on the source CRIU serving the
+// stopped tree's memory, on the target CRIU's lazy-pages handing it to the
+// restored tree as it touches it and fetching the rest in the background.
+type Lazy interface {
+	// Wait returns nil once every page has reached the target and the
+	// stream is over, or why not.
+	Wait(ctx context.Context) error
+	// Failed is the stream's failure so far, without waiting (nil while
+	// it is healthy or once it is done).
+	Failed() error
+	// Complete reports, without waiting, whether every page has reached
+	// the target.
+	Complete() bool
+	// Stop ends the stream and returns once it has ended. On the source
+	// CRIU then lets go of the tree, stopped; on the target lazy-pages is
+	// killed, so the tree it served must be gone first.
+	Stop()
+	// Bytes is the page bytes that went through so far.
+	Bytes() int64
+	// PID is the target's lazy-pages (0 on the source).
+	PID() int
 }
 
 // DumpResult is what a dump reports.
@@ -192,7 +232,7 @@ type Timeouts struct {
 	Commit   time.Duration // after the restore: the commit message, and the target's answer to it
 	Ask      time.Duration // one outcome question
 	AskPause time.Duration // between outcome questions (doubling up to 30 s)
-	Total    time.Duration // one migration, start to end
+	Total    time.Duration // one migration, start to end (a post-copy one until its last page arrived)
 	Keep     time.Duration // how long a source keeps a settled migration's outcome
 }
 
@@ -232,13 +272,24 @@ type Engine struct {
 	t   Timeouts
 	log *slog.Logger
 
-	mu   sync.Mutex         // guards migs
+	mu   sync.Mutex         // guards migs and pageConns
 	migs map[string]*Record // every migration in the journal, by Mig
+	// pageConns are the incoming post-copy migrations waiting for their
+	// page connection, by Mig (HandlePeer hands it over).
+	pageConns map[string]chan pageConn
+}
+
+// pageConn is a page connection handed to the incoming migration that
+// waits for it; HandlePeer keeps serving it until done is closed.
+type pageConn struct {
+	c    Conn
+	done chan struct{}
 }
 
 // New returns an engine; call Recover before serving peers.
 func New(cfg Config) *Engine {
-	e := &Engine{cfg: cfg, t: cfg.Timeouts.withDefaults(), log: cfg.Log, migs: map[string]*Record{}}
+	e := &Engine{cfg: cfg, t: cfg.Timeouts.withDefaults(), log: cfg.Log, migs: map[string]*Record{},
+		pageConns: map[string]chan pageConn{}}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
 	}
@@ -297,6 +348,8 @@ type Record struct {
 	Frozen   time.Time `json:"frozen,omitzero"`      // source: when the process stopped for the dump (its downtime began)
 	Settled  time.Time `json:"settled,omitzero"`     // when its outcome was reached; kept until Keep has passed
 	Saved    string    `json:"saved_addr,omitempty"` // source: MoveIP as it was (NetMover.SaveAddr), for the undo
+	PostCopy bool      `json:"post_copy,omitempty"`  // the process resumes on the target before its memory arrives
+	LazyPID  int       `json:"lazy_pid,omitempty"`   // target, post-copy: its lazy-pages
 }
 
 var idRE = regexp.MustCompile(`^[0-9a-f]{12}$`)
@@ -379,6 +432,37 @@ func (e *Engine) HandlePeer(ctx context.Context, c Conn, typ byte, payload []byt
 			return true, err
 		}
 		return true, e.In(ctx, c, &b)
+	case tPageConn:
+		var q PageConnMsg
+		if err := json.Unmarshal(payload, &q); err != nil || !ValidID(q.Mig) {
+			err = errors.New("malformed page connection")
+			sendError(c, err)
+			return true, err
+		}
+		e.mu.Lock()
+		ch := e.pageConns[q.Mig]
+		e.mu.Unlock()
+		if ch == nil {
+			err := fmt.Errorf("no post-copy migration %s waits for its page connection here", q.Mig)
+			sendError(c, err)
+			return true, err
+		}
+		// Accepted before it is handed over: the migration uses it only
+		// from its restore on, and the source waits for this.
+		if err := send(ctx, c, e.t.Dial, tAccept, struct{}{}); err != nil {
+			return true, err
+		}
+		c.SetDeadline(time.Time{})
+		pc := pageConn{c: c, done: make(chan struct{})}
+		select {
+		case ch <- pc:
+		default:
+			return true, fmt.Errorf("migration %s has its page connection already", q.Mig)
+		}
+		// The migration reads and writes it from here on; the caller
+		// closes it when this returns.
+		<-pc.done
+		return true, nil
 	case tOutcome:
 		var q OutcomeMsg
 		if err := json.Unmarshal(payload, &q); err != nil || !ValidID(q.Mig) {

@@ -28,6 +28,15 @@ type Begin struct {
 	// Owner is who the process runs as; the target gives it the same
 	// rights (its credentials are in the images, restored by CRIU).
 	Owner api.Owner `json:"owner"`
+	// PostCopy: the process resumes on the target before its memory has
+	// arrived (CRIU's lazy pages, over a page connection: PageConnMsg).
+	PostCopy bool `json:"post_copy,omitempty"`
+}
+
+// PageConnMsg opens the page connection of post-copy migration Mig
+// (api.TPageConn); the target answers api.TAccept.
+type PageConnMsg struct {
+	Mig string `json:"mig"`
 }
 
 // RestoreMsg asks the target to restore what it received (api.TRestore).
@@ -120,4 +129,5 @@ const (
 	tDone         = api.TDone
 	tOutcome      = api.TOutcome
 	tOutcomeReply = api.TOutcomeReply
+	tPageConn     = api.TPageConn
 )

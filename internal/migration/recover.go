@@ -85,9 +85,9 @@ func (e *Engine) recoverSource(ctx context.Context, r *Record) {
 
 func (e *Engine) recoverTarget(ctx context.Context, r *Record) {
 	m := &inMig{e: e, r: r, b: r.Begin}
-	steps, fwd := m.steps(), m.forwardSteps()
+	steps, fwd := m.steps(), m.afterRestart()
 	switch {
-	case stepIndex(fwd, r.Step) >= 0:
+	case stepIndex(m.forwardSteps(), r.Step) >= 0 || stepIndex(fwd, r.Step) >= 0:
 		e.log.Warn("settling an incoming migration the restart interrupted: it had committed, finishing it",
 			"mig", r.Mig, "id", r.ProcID, "step", r.Step)
 		e.forwardSteps(ctx, r, fwd, r.Step, func() { e.forget(r) })

@@ -18,6 +18,11 @@ type Request struct {
 	ID     string // the process
 	To     string // the target daemon, ADDR:PORT
 	MoveIP string // an address (CIDR) to move with the process, or ""
+	// PostCopy resumes the process on the target before its memory has
+	// arrived: the downtime no longer grows with memory, but should the
+	// source or the link fail before the last page arrived, the process
+	// is lost (it cannot run on with pages missing, nor go back).
+	PostCopy bool
 }
 
 // NewID returns a fresh random ID (12 hex digits), as processes and
@@ -37,11 +42,16 @@ type outMig struct {
 	hist  *api.MigrationRec
 	event func(api.Event)
 
-	rules    string    // the network lock, exported for the target
-	dumpAt   time.Time // the process stopped (freeze began)
-	resumeAt time.Time
-	thawedAt time.Time // after a failure: the process runs here again
-	done     Done
+	pc   Conn // post-copy: the page connection (nil in recovery)
+	lazy Lazy // post-copy: CRIU serving pages over pc, from the dump on
+
+	rules     string    // the network lock, exported for the target
+	dumpAt    time.Time // the process stopped (freeze began)
+	resumeAt  time.Time
+	runningAt time.Time // the target said the process runs there
+	thawedAt  time.Time // after a failure: the process runs here again
+	lastPage  time.Time // post-copy: the last page reached the target
+	done      Done
 }
 
 func (m *outMig) phase(name string, d time.Duration, info string) {
@@ -67,7 +77,8 @@ func (e *Engine) Out(ctx context.Context, req Request, event func(api.Event)) (*
 	if _, _, err := net.SplitHostPort(req.To); err != nil {
 		return nil, fmt.Errorf("bad target %q: want ADDR:PORT", req.To)
 	}
-	r := &Record{Mig: NewID(), Side: SideSource, ProcID: req.ID, Peer: req.To, MoveIP: req.MoveIP, Start: time.Now()}
+	r := &Record{Mig: NewID(), Side: SideSource, ProcID: req.ID, Peer: req.To, MoveIP: req.MoveIP, PostCopy: req.PostCopy,
+		Start: time.Now()}
 	if req.MoveIP != "" {
 		iface, err := e.cfg.Net.Iface(req.MoveIP)
 		if err != nil {
@@ -86,16 +97,22 @@ func (e *Engine) Out(ctx context.Context, req Request, event func(api.Event)) (*
 	ctx, cancel := context.WithTimeout(ctx, e.t.Total)
 	defer cancel()
 	m := &outMig{e: e, r: r, event: event,
-		hist: &api.MigrationRec{From: e.cfg.Self, To: req.To, MoveIP: req.MoveIP, Start: r.Start}}
+		hist: &api.MigrationRec{From: e.cfg.Self, To: req.To, MoveIP: req.MoveIP, PostCopy: req.PostCopy, Start: r.Start}}
 	steps := m.steps()
 	err := e.runSteps(ctx, r, steps)
 	if m.c != nil {
 		defer m.c.Close()
 	}
+	if m.pc != nil {
+		defer m.pc.Close()
+	}
 	if err != nil {
 		return nil, m.failed(steps, err)
 	}
 	m.forward(ctx, m.forwardSteps())
+	if m.lazy != nil {
+		m.lazy.Stop() // CRIU has ended already, unless the stream broke
+	}
 	return m.hist, nil
 }
 
@@ -121,8 +138,17 @@ func (m *outMig) steps() []step {
 }
 
 // forwardSteps follow the commit: no undo, and a restarted daemon finishes
-// them.
+// them. After a post-copy commit the target resumes first and the source's
+// stopped tree goes only once it has served the last page.
 func (m *outMig) forwardSteps() []step {
+	if m.r.PostCopy {
+		return []step{
+			{name: "confirm", do: m.confirm, once: true},
+			{name: "pages", do: m.pagesDone, once: true},
+			{name: "kill", do: m.kill},
+			{name: "cleanup", do: m.cleanup},
+		}
+	}
 	return []step{
 		{name: "kill", do: m.kill},
 		{name: "confirm", do: m.confirm, once: true},
@@ -155,12 +181,26 @@ func (m *outMig) connect(ctx context.Context) error {
 	p := m.p
 	b := &Begin{Mig: m.r.Mig, ID: p.ID, Name: p.Name, Argv: p.Argv, PipeKey: p.PipeKey, MoveIP: m.r.MoveIP,
 		Started: p.Started, Moves: p.Moves + 1, Source: m.e.cfg.Self, Job: p.Job, Rank: p.Rank, Hooks: p.Hooks,
-		Memory: p.Memory, Owner: p.Owner}
+		Memory: p.Memory, Owner: p.Owner, PostCopy: m.r.PostCopy}
 	if err := send(ctx, c, m.e.t.Dial, tBegin, b); err != nil {
 		return fmt.Errorf("target %s: %w", m.r.Peer, err)
 	}
 	if err := recv(ctx, c, m.e.t.Dial, tAccept, nil); err != nil {
 		return fmt.Errorf("target %s refused the process: %w", m.r.Peer, err)
+	}
+	if !m.r.PostCopy {
+		return nil
+	}
+	pc, err := m.e.cfg.Peers.Dial(dctx, m.r.Peer)
+	if err != nil {
+		return fmt.Errorf("target %s: opening the page connection: %w", m.r.Peer, err)
+	}
+	m.pc = pc
+	if err := send(ctx, pc, m.e.t.Dial, tPageConn, &PageConnMsg{Mig: m.r.Mig}); err != nil {
+		return fmt.Errorf("target %s: page connection: %w", m.r.Peer, err)
+	}
+	if err := recv(ctx, pc, m.e.t.Dial, tAccept, nil); err != nil {
+		return fmt.Errorf("target %s refused the page connection: %w", m.r.Peer, err)
 	}
 	return nil
 }
@@ -171,6 +211,9 @@ func (m *outMig) disconnect(ctx context.Context) error {
 	if m.c != nil {
 		sendError(m.c, errors.New("the source called the migration off"))
 		m.c.Close()
+	}
+	if m.pc != nil {
+		m.pc.Close()
 	}
 	return nil
 }
@@ -234,7 +277,14 @@ func (m *outMig) dumpStep(ctx context.Context) error {
 	dctx, cancel := context.WithTimeout(ctx, m.e.t.Dump)
 	defer cancel()
 	t := time.Now()
-	res, err := m.e.cfg.CRIU.Dump(dctx, m.c, m.r.PID, dir, m.r.MoveIP != "")
+	var res *DumpResult
+	if m.r.PostCopy {
+		// CRIU goes on serving pages after this step, for as long as the
+		// migration lasts: not on the dump's deadline.
+		m.lazy, res, err = m.e.cfg.CRIU.DumpLazy(ctx, m.pc, m.r.PID, dir, m.r.MoveIP != "")
+	} else {
+		res, err = m.e.cfg.CRIU.Dump(dctx, m.c, m.r.PID, dir, m.r.MoveIP != "")
+	}
 	if res != nil {
 		m.hist.Bytes += res.Sent + res.Back
 	}
@@ -252,6 +302,10 @@ func (m *outMig) dumpStep(ctx context.Context) error {
 		}
 	}
 	m.phase("freeze", t.Sub(m.dumpAt)+res.Freezing, "")
+	if m.r.PostCopy {
+		m.phase("dump", time.Since(t), "all but the private memory, which follows on demand")
+		return nil
+	}
 	m.phase("dump", time.Since(t)-res.Freezing, fmt.Sprintf("%d pages, %.1f MiB streamed to the target", res.Pages,
 		float64(res.Sent)/(1<<20)))
 	return nil
@@ -266,6 +320,12 @@ func (m *outMig) dumpStep(ctx context.Context) error {
 func (m *outMig) undump(ctx context.Context) error {
 	if m.r.Images == "" {
 		return nil
+	}
+	if m.lazy != nil {
+		// CRIU serves pages still: the end of its page socket ends it,
+		// and it lets go of the tree, stopped. (After a restart, the dead
+		// daemon's end of it did the same.)
+		m.lazy.Stop()
 	}
 	table := m.r.Lock
 	if table == "" {
@@ -350,6 +410,11 @@ func (m *outMig) restore(ctx context.Context) error {
 // acts on it. A target that gave up waiting and asked how the migration
 // ended has aborted it already (Answer): then the process stays here.
 func (m *outMig) commit(ctx context.Context) error {
+	if m.lazy != nil {
+		if err := m.lazy.Failed(); err != nil {
+			return fmt.Errorf("the page stream to %s broke before the commit: %w", m.r.Peer, err)
+		}
+	}
 	if d, err := m.e.decide(m.r, Committed); err != nil {
 		return err
 	} else if d != Committed {
@@ -379,6 +444,59 @@ func (m *outMig) confirm(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("commit not confirmed: %w", err)
 	}
+	m.runningAt = time.Now()
+	m.resumed()
+	return nil
+}
+
+// resumed notes the resume (and rebind) phases and the downtime, once: when
+// the target says the process runs there, or at the end if it never did.
+func (m *outMig) resumed() {
+	if m.hist == nil || m.hist.Downtime != 0 {
+		return
+	}
+	resume := time.Duration(0)
+	if !m.resumeAt.IsZero() {
+		end := m.runningAt
+		if end.IsZero() {
+			end = time.Now()
+		}
+		resume = end.Sub(m.resumeAt) - m.done.Rebind
+	}
+	m.phase("resume", resume, "")
+	if m.r.Hooks {
+		m.phase("rebind", m.done.Rebind, m.done.RebindErr)
+	}
+	m.hist.Downtime = m.resumeAt.Add(resume + m.done.Rebind).Sub(m.dumpAt)
+}
+
+// pagesDone waits, after a post-copy commit, until the target has every page
+// of the process; the source's stopped tree, whose memory they are, goes only
+// then. A stream that breaks first loses the process: the target kills its
+// copy, which cannot run with pages missing, and the copy here cannot resume
+// either (the target's has run).
+func (m *outMig) pagesDone(ctx context.Context) error {
+	if m.lazy != nil {
+		// On success CRIU has ended already; after a failure it must let
+		// go of the tree before the kill step.
+		defer m.lazy.Stop()
+	}
+	if m.lazy == nil {
+		// A restart: the dead daemon's end of CRIU's page socket ended
+		// the stream, perhaps before its end.
+		return errors.New("the daemon restarted while the target was receiving the process's memory: the " +
+			"target has lost the process unless its last page had arrived")
+	}
+	t := time.Now()
+	err := m.lazy.Wait(ctx)
+	m.hist.Bytes += m.lazy.Bytes()
+	if err != nil {
+		return fmt.Errorf("the process was LOST: its memory could not all reach %s after it resumed there: %w",
+			m.r.Peer, err)
+	}
+	m.lastPage = time.Now()
+	m.phase("pages", m.lastPage.Sub(t), fmt.Sprintf("%.1f MiB on demand and in the background after the resume",
+		float64(m.lazy.Bytes())/(1<<20)))
 	return nil
 }
 
@@ -410,16 +528,11 @@ func (m *outMig) forward(ctx context.Context, steps []step) {
 	if m.hist == nil {
 		return
 	}
-	resume := time.Duration(0)
-	if !m.resumeAt.IsZero() {
-		resume = time.Since(m.resumeAt) - m.done.Rebind
-	}
-	m.phase("resume", resume, "")
-	if m.r.Hooks {
-		m.phase("rebind", m.done.Rebind, m.done.RebindErr)
-	}
+	m.resumed()
 	m.hist.Total = time.Since(m.hist.Start)
-	m.hist.Downtime = m.resumeAt.Add(resume + m.done.Rebind).Sub(m.dumpAt)
+	if !m.lastPage.IsZero() {
+		m.hist.LastPage = m.lastPage.Sub(m.dumpAt)
+	}
 	m.hist.Outcome = "ok"
 	if len(notes) > 0 {
 		m.hist.Outcome = strings.Join(notes, "; ")

@@ -15,6 +15,10 @@ type inMig struct {
 	b *Begin
 	c Conn // nil in recovery
 
+	pcs  chan pageConn // post-copy: where the page connection arrives
+	pc   pageConn      // post-copy: the page connection, once it has
+	lazy Lazy          // post-copy: lazy-pages, from the restore on (nil in recovery)
+
 	logPath string
 	pages   int64
 	rules   string
@@ -37,7 +41,8 @@ func (e *Engine) In(ctx context.Context, c Conn, b *Begin) error {
 		sendError(c, err)
 		return err
 	}
-	r := &Record{Mig: b.Mig, Side: SideTarget, ProcID: b.ID, Peer: b.Source, MoveIP: b.MoveIP, Begin: b, Start: time.Now()}
+	r := &Record{Mig: b.Mig, Side: SideTarget, ProcID: b.ID, Peer: b.Source, MoveIP: b.MoveIP, PostCopy: b.PostCopy,
+		Begin: b, Start: time.Now()}
 	e.mu.Lock()
 	_, dup := e.migs[b.Mig]
 	e.mu.Unlock()
@@ -49,6 +54,7 @@ func (e *Engine) In(ctx context.Context, c Conn, b *Begin) error {
 	ctx, cancel := context.WithTimeout(ctx, e.t.Total)
 	defer cancel()
 	m := &inMig{e: e, r: r, b: b, c: c}
+	defer m.releasePageConn()
 	if err := e.runSteps(ctx, r, m.steps()); err != nil {
 		sendError(c, err)
 		e.forget(r)
@@ -61,12 +67,14 @@ func (e *Engine) In(ctx context.Context, c Conn, b *Begin) error {
 
 // steps are the target's steps up to the source's decision.
 func (m *inMig) steps() []step {
-	s := []step{
-		{name: "accept", do: m.accept, undo: m.unaccept},
-		{name: "pages", do: m.recvPages},
-		{name: "images", do: m.recvImages},
-		{name: "await-restore", do: m.awaitRestore},
+	s := []step{{name: "accept", do: m.accept, undo: m.unaccept}}
+	if !m.r.PostCopy {
+		s = append(s, step{name: "pages", do: m.recvPages})
 	}
+	s = append(s,
+		step{name: "images", do: m.recvImages},
+		step{name: "await-restore", do: m.awaitRestore},
+	)
 	if m.r.MoveIP != "" {
 		s = append(s, step{name: "net", do: m.net, undo: m.unnet})
 	}
@@ -76,12 +84,80 @@ func (m *inMig) steps() []step {
 	)
 }
 
-// forwardSteps follow a committed migration.
+// forwardSteps follow a committed migration. After a post-copy commit the
+// process resumes at once and its memory goes on arriving (pages).
 func (m *inMig) forwardSteps() []step {
+	if m.r.PostCopy {
+		return []step{
+			{name: "resume", do: m.resume},
+			{name: "rebind", do: m.rebind},
+			{name: "pages", do: m.pagesDone, once: true},
+			{name: "cleanup", do: m.cleanup},
+		}
+	}
 	return []step{
 		{name: "resume", do: m.resume},
 		{name: "rebind", do: m.rebind},
 		{name: "cleanup", do: m.cleanup},
+	}
+}
+
+// afterRestart are the steps a restarted daemon runs for a committed
+// migration, from the step journaled: a post-copy arrival whose pages were
+// still coming is lost (the dead daemon relayed them), so it is killed
+// rather than resumed; its faults wait for its pages meanwhile (the shim
+// holds lazy-pages's socket open).
+func (m *inMig) afterRestart() []step {
+	if !m.r.PostCopy {
+		return m.forwardSteps()
+	}
+	return []step{
+		{name: "lose", do: func(ctx context.Context) error {
+			return m.lose(ctx, "the daemon restarted while its memory was arriving")
+		}, once: true},
+		{name: "cleanup", do: m.cleanup},
+	}
+}
+
+// lose kills a post-copy arrival whose memory cannot all arrive: the tree
+// first, whose faults wait for pages, then lazy-pages (killed first, it
+// would leave the missing pages to be read as zeros).
+func (m *inMig) lose(ctx context.Context, why string) error {
+	err := m.e.cfg.Procs.Lose(ctx, m.r.ProcID, why)
+	if err != nil {
+		return err
+	}
+	if m.lazy != nil {
+		m.lazy.Stop()
+	} else if m.r.LazyPID > 0 {
+		if err := m.e.cfg.CRIU.StopLazy(m.r.LazyPID, m.r.Images); err != nil {
+			return err
+		}
+	}
+	return errors.New("the process was LOST: " + why)
+}
+
+// pagesDone waits until the last page of a post-copy arrival is here.
+func (m *inMig) pagesDone(ctx context.Context) error {
+	if m.lazy == nil {
+		return m.lose(ctx, "the daemon restarted while its memory was arriving")
+	}
+	if err := m.lazy.Wait(ctx); err != nil {
+		return m.lose(ctx, fmt.Sprintf("its memory could not all arrive from %s: %v", m.r.Peer, err))
+	}
+	return nil
+}
+
+// releasePageConn lets HandlePeer close the page connection, once the
+// migration is over with it.
+func (m *inMig) releasePageConn() {
+	if m.pcs != nil {
+		m.e.mu.Lock()
+		delete(m.e.pageConns, m.r.Mig)
+		m.e.mu.Unlock()
+	}
+	if m.pc.done != nil {
+		close(m.pc.done)
 	}
 }
 
@@ -118,7 +194,31 @@ func (m *inMig) accept(ctx context.Context) error {
 	if err := m.e.save(m.r, func(r *Record) { r.Images = dir }); err != nil {
 		return err
 	}
+	if m.r.PostCopy {
+		m.pcs = make(chan pageConn, 1)
+		m.e.mu.Lock()
+		m.e.pageConns[m.r.Mig] = m.pcs
+		m.e.mu.Unlock()
+	}
 	return send(ctx, m.c, m.e.t.Dial, tAccept, struct{}{})
+}
+
+// pageConn waits for the source's page connection (it opens it right after
+// the accept; HandlePeer accepts it).
+func (m *inMig) pageConn(ctx context.Context) error {
+	if m.pc.c != nil {
+		return nil
+	}
+	t := time.NewTimer(m.e.t.Dial)
+	defer t.Stop()
+	select {
+	case m.pc = <-m.pcs:
+	case <-t.C:
+		return errors.New("the source's page connection never came")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
 }
 
 func (m *inMig) unaccept(ctx context.Context) error {
@@ -185,7 +285,22 @@ func (m *inMig) unnet(ctx context.Context) error {
 func (m *inMig) restore(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, m.e.t.Restore)
 	defer cancel()
-	pid, err := m.e.cfg.Procs.Restore(rctx, m.b, m.r.Images)
+	if m.r.PostCopy {
+		if err := m.pageConn(rctx); err != nil {
+			return err
+		}
+		// Started on the migration's context: it serves the process
+		// after this step, until its last page is here.
+		lazy, err := m.e.cfg.CRIU.ServeLazy(ctx, m.pc.c, m.r.Images)
+		if err != nil {
+			return err
+		}
+		m.lazy = lazy
+		if err := m.e.save(m.r, func(r *Record) { r.LazyPID = lazy.PID() }); err != nil {
+			return err
+		}
+	}
+	pid, err := m.e.cfg.Procs.Restore(rctx, m.b, m.r.Images, m.lazy)
 	if err != nil {
 		return err
 	}
@@ -204,7 +319,17 @@ func (m *inMig) unrestore(ctx context.Context) error {
 			return err
 		}
 	}
-	return m.e.cfg.Procs.Discard(ctx, m.r.ProcID)
+	if err := m.e.cfg.Procs.Discard(ctx, m.r.ProcID); err != nil {
+		return err
+	}
+	// lazy-pages after the copy it served (never before: faults would
+	// read zeros).
+	if m.lazy != nil {
+		m.lazy.Stop()
+	} else if m.r.LazyPID > 0 {
+		return m.e.cfg.CRIU.StopLazy(m.r.LazyPID, m.r.Images)
+	}
+	return nil
 }
 
 // awaitCommit reports the restore and waits for the source's decision. From
@@ -310,5 +435,14 @@ func (m *inMig) cleanup(ctx context.Context) error { return m.e.cleanup(m.r) }
 // they are all done (perhaps later, in the background: forwardSteps).
 func (m *inMig) forward(ctx context.Context) {
 	m.e.forwardSteps(ctx, m.r, m.forwardSteps(), "", func() { m.e.forget(m.r) })
+	if m.lazy != nil && !m.lazy.Complete() {
+		// The pages step did not see the last page (it failed, or never
+		// ran): the page connection goes with this function, and the
+		// process must not wait for pages that cannot come, nor run on
+		// without them.
+		if err := m.lose(ctx, "its memory could not all arrive (the migration ended first)"); err != nil {
+			m.e.log.Error("post-copy", "id", m.r.ProcID, "err", err)
+		}
+	}
 	m.e.log.Info("restored", "id", m.r.ProcID, "pid", m.pid, "from", m.r.Peer)
 }

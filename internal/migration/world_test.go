@@ -864,7 +864,7 @@ func (h *host) Reserve(b *Begin) (string, error) {
 	return p.logPath, nil
 }
 
-func (h *host) Restore(ctx context.Context, b *Begin, dir string) (int, error) {
+func (h *host) Restore(ctx context.Context, b *Begin, dir string, lazy Lazy) (int, error) {
 	h.op("Procs.Restore")
 	p := h.procs[b.ID]
 	if p == nil {
@@ -1016,6 +1016,20 @@ func recvFrame(c Conn, want byte) ([]byte, error) {
 	}
 	return p, nil
 }
+
+// Post-copy is not part of this model (post-copy's own tests: postcopy_test.go).
+
+func (h *host) DumpLazy(ctx context.Context, pc Conn, pid int, dir string, tcp bool) (Lazy, *DumpResult, error) {
+	return nil, nil, errors.New("post-copy is not modelled")
+}
+
+func (h *host) ServeLazy(ctx context.Context, pc Conn, dir string) (Lazy, error) {
+	return nil, errors.New("post-copy is not modelled")
+}
+
+func (h *host) StopLazy(pid int, dir string) error { return nil }
+
+func (h *host) Lose(ctx context.Context, id, why string) error { return nil }
 
 func (h *host) ReceivePages(ctx context.Context, c Conn, dir string) (int64, error) {
 	p, err := recvFrame(c, api.TPages)

@@ -115,6 +115,15 @@ type RestoreSpec struct {
 	// --auto-dedup): for images that are never restored again.
 	Dedup   bool          `json:"dedup,omitempty"`
 	Timeout time.Duration `json:"timeout,omitempty"` // CRIU's deadline (criu.DefaultTimeout if 0)
+	// Lazy restores a post-copy dump: the memory comes from the criu
+	// lazy-pages running in ImagesDir (criu.RestoreOpts.LazyPages).
+	Lazy bool `json:"lazy,omitempty"`
+	// Hold, if set, is a file the shim keeps open, untouched, for as long
+	// as it lives: with Lazy, the daemon's end of lazy-pages's page socket,
+	// so that the daemon's death leaves lazy-pages waiting for pages (and
+	// the tree's faults blocked) instead of at the socket's end, where it
+	// would exit and let the kernel fill the missing pages with zeros.
+	Hold *os.File `json:"-"`
 }
 
 // Started is what a shim reports once its workload runs (or, restored, is
@@ -229,7 +238,17 @@ func Start(ctx context.Context, exe string, spec Spec) (_ *Client, _ *Started, r
 	cmd.Dir = "/" // pin no directory
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = specR, repW, slog
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if spec.Restore != nil && spec.Restore.Hold != nil {
+		cmd.ExtraFiles = []*os.File{spec.Restore.Hold} // Main marks it close-on-exec
+	}
 	err = cmd.Start()
+	if spec.Restore != nil && spec.Restore.Hold != nil {
+		// Passing it made it blocking (os.File.Fd), and O_NONBLOCK is
+		// shared with the caller's own copy, which polls.
+		if sc, serr := spec.Restore.Hold.SyscallConn(); serr == nil {
+			sc.Control(func(fd uintptr) { syscall.SetNonblock(int(fd), true) })
+		}
+	}
 	specR.Close()
 	repW.Close()
 	if err != nil {

@@ -301,7 +301,7 @@ func (s *server) restore(w *os.File) (int, *criu.RestoreStats, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	pid, st, err := criu.New(rs.CRIU).Restore(ctx, criu.RestoreOpts{ImagesDir: rs.ImagesDir, TCPEstablished: rs.TCP,
-		LeaveStopped: true, InheritFds: map[string]*os.File{rs.PipeKey: w}, AutoDedup: rs.Dedup})
+		LeaveStopped: true, InheritFds: map[string]*os.File{rs.PipeKey: w}, AutoDedup: rs.Dedup, LazyPages: rs.Lazy})
 	if err != nil {
 		return 0, nil, err
 	}

@@ -229,6 +229,12 @@ cmd_up() {
 	echo "$n" >"$DIR/size"
 	(umask 077 && head -c 32 /dev/urandom | base64 >"$DIR/token")
 
+	# Post-copy (migrate --post-copy) needs CRIU's 4 MiB pipes; the
+	# setting is the machine's, shared by every namespace host.
+	if [ "$(cat /proc/sys/fs/pipe-max-size)" -lt 4194304 ]; then
+		log "raising fs.pipe-max-size to 4194304 for post-copy"
+		sysctl -qw fs.pipe-max-size=4194304
+	fi
 	ip link add "$BRIDGE" type bridge forward_delay 0
 	sysctl -qw "net.ipv6.conf.$BRIDGE.disable_ipv6=1"
 	ip addr add "$NET.254/24" dev "$BRIDGE"

@@ -234,9 +234,9 @@ func dsmrunAll(args ...string) *exec.Cmd {
 func spare() int { return min(nHosts, 4) }
 
 // migrateRank moves a rank and checks where dsmrun ps then shows it.
-func (j *dsmJob) migrateRank(rank, to int) {
+func (j *dsmJob) migrateRank(rank, to int, extra ...string) string {
 	j.t.Helper()
-	out, err := dsmrunAll("migrate", j.id, fmt.Sprint(rank), "--to", addr(to)).CombinedOutput()
+	out, err := dsmrunAll(append([]string{"migrate", j.id, fmt.Sprint(rank), "--to", addr(to)}, extra...)...).CombinedOutput()
 	if err != nil {
 		j.t.Fatalf("dsmrun migrate %s %d --to %s: %v\n%s\njob stderr:\n%s", j.id, rank, addr(to), err, out, j.stderr())
 	}
@@ -248,6 +248,7 @@ func (j *dsmJob) migrateRank(rank, to int) {
 	if h := j.settledRank(rank); h != addr(to) {
 		j.t.Fatalf("after the move dsmrun ps shows rank %d on %q, want %s", rank, h, addr(to))
 	}
+	return string(out)
 }
 
 // jacobiArgs makes a Jacobi run long enough to migrate ranks during it
