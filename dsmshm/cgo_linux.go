@@ -193,6 +193,20 @@ func (s cseg) setVersionIf(page uint32, before, after uint64) {
 	C.dsm_set_version_if(s.p, C.uint32_t(page), C.uint64_t(before), C.uint64_t(after))
 }
 
+// dropped is what dropCached freed and kept.
+type dropped struct{ copies, twins, kept uint64 }
+
+// dropCached frees the clean copies of pages homed elsewhere and the twins
+// of pages that are not dirty, adding to d (dsm_seg_drop_cached).
+func (s cseg) dropCached(d *dropped) error {
+	var cd C.dsm_drop
+	err := errno(C.dsm_seg_drop_cached(s.p, &cd))
+	d.copies += uint64(cd.copies)
+	d.twins += uint64(cd.twins)
+	d.kept += uint64(cd.kept)
+	return err
+}
+
 // invalidate drops the copies of pages older than req; it returns the pages
 // it could not drop because they are dirty. dirty needs room for len(pages).
 func (s cseg) invalidate(pages []uint32, req []uint64, dirty []uint32) ([]uint32, error) {

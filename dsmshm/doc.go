@@ -340,7 +340,19 @@
 //     thread sleeps 1 ms and returns from the handler, so the access faults
 //     again: no thread waits inside connect or read); the rank's page
 //     channels are closed and its page server closes those it serves,
-//     between requests.
+//     between requests;
+//   - what the rank only caches is freed, so that its image holds only what
+//     only it has (its home pages, its dirty pages and their twins, its
+//     private memory): clean copies of pages homed elsewhere become invalid
+//     and their memory is punched out of the segment's memfd, and twins of
+//     pages that are not dirty are discarded (Stats.MigDropped, MigKept).
+//     Invalidating a clean copy is what a write notice does; it is always
+//     allowed, since the home has the page at least as new (the copy was
+//     fetched from it, or made valid by the rank's own diffs, which the home
+//     applied before acknowledging). A thread that touches such a page
+//     before the dump faults and waits with the fetches; after the move the
+//     page is fetched from its home like any invalid page, in runs (the used
+//     bits stay).
 //
 // Resume listens again, dials a new page channel to every peer and lets
 // each writer dial its peer with a handshake announcing the rank's address (info.Host and the

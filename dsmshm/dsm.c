@@ -862,6 +862,68 @@ long dsm_invalidate(dsm_seg *s, const uint32_t *pages, const uint64_t *req, size
 	return (long)nd;
 }
 
+// resident counts the pages of [p, p+len) that are in memory (mincore).
+static size_t resident(char *p, size_t len) {
+	size_t n = len / DSM_PAGE, r = 0;
+	unsigned char v[256];
+	for (size_t i = 0; i < n; i += sizeof v) {
+		size_t k = n - i < sizeof v ? n - i : sizeof v;
+		if (mincore(p + i * DSM_PAGE, k * DSM_PAGE, v) != 0)
+			return 0;
+		for (size_t j = 0; j < k; j++)
+			r += v[j] & 1;
+	}
+	return r;
+}
+
+// drop_run frees pages [a,b) of s, homed elsewhere, none of them dirty:
+// their memory (the memfd's pages: both views) and their twins.
+static void drop_run(dsm_seg *s, size_t a, size_t b, dsm_drop *d) {
+	if (a >= b)
+		return;
+	size_t off = a * DSM_PAGE, len = (b - a) * DSM_PAGE;
+	d->copies += resident(s->sys + off, len);
+	d->twins += resident(s->twin + off, len);
+	fallocate(s->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len);
+	madvise(s->twin + off, len, MADV_DONTNEED);
+}
+
+// dsm_seg_drop_cached frees what this rank only caches, before its dump for
+// a migration (see doc.go, "Migration"): the copies of pages homed
+// elsewhere that are not dirty (read-only ones become invalid, as a write
+// notice would make them; invalid ones hold stale bytes) and their twins.
+// Dirty pages and their twins stay: they hold writes not yet released.
+// Pages homed here are never touched. A thread that reads a dropped page
+// meanwhile faults and fetches it once the rank runs again.
+int dsm_seg_drop_cached(dsm_seg *s, dsm_drop *d) {
+	size_t a = 0;
+	while (a < s->npages) {
+		size_t b = kind_end(s, a, s->npages);
+		if (homed_here(s, a)) {
+			a = b;
+			continue;
+		}
+		lock_range(s, a, b);
+		size_t run = a;
+		for (size_t p = a; p < b; p++) {
+			if (s->state[p] == DSM_RW) {
+				drop_run(s, run, p, d);
+				run = p + 1;
+				d->kept++;
+				continue;
+			}
+			s->state[p] = DSM_INVALID;
+		}
+		drop_run(s, run, b, d);
+		int err = protect_range(s, a, b);
+		unlock_range(s, a, b);
+		if (err != 0)
+			return err;
+		a = b;
+	}
+	return 0;
+}
+
 // ---- nodes and the page server thread ----
 
 static void free_arrays(dsm_node *n) {

@@ -59,6 +59,14 @@ int dsm_flush_pages(dsm_seg *s, const uint32_t *pages, size_t n, uint8_t *buf, i
 int dsm_apply_diff(dsm_seg *s, uint32_t page, const uint8_t *d, size_t len, uint64_t *before, uint64_t *after);
 void dsm_set_version_if(dsm_seg *s, uint32_t page, uint64_t before, uint64_t after);
 long dsm_invalidate(dsm_seg *s, const uint32_t *pages, const uint64_t *req, size_t n, uint32_t *dirty);
+
+// What dsm_seg_drop_cached freed and kept, added to.
+typedef struct {
+	uint64_t copies; // resident pages homed elsewhere it freed
+	uint64_t twins;  // resident twins it freed
+	uint64_t kept;   // dirty pages homed elsewhere it kept (with their twins)
+} dsm_drop;
+int dsm_seg_drop_cached(dsm_seg *s, dsm_drop *d);
 int dsm_page_state(dsm_seg *s, uint32_t page, uint64_t *ver);
 
 #endif

@@ -43,7 +43,31 @@ func (n *Node) prepareMigration() error {
 		return err
 	}
 	gcOff()
-	return n.tcp.pause()
+	if err := n.tcp.pause(); err != nil {
+		return err
+	}
+	return n.dropCached()
+}
+
+// dropCached frees, before the dump, what this rank only caches: copies of
+// pages homed elsewhere that are not dirty, and twins of pages that are not
+// dirty. The image then holds only what only this rank has (its home pages,
+// its dirty pages and their twins, its private memory); what it dropped it
+// fetches again, from the homes, as it needs it on the target. Paused, it
+// fetches nothing meanwhile: a thread that touches a dropped page waits.
+func (n *Node) dropCached() error {
+	n.segMu.RLock()
+	segs := n.segs
+	n.segMu.RUnlock()
+	var d dropped
+	for _, s := range segs {
+		if err := s.c.dropCached(&d); err != nil {
+			return fmt.Errorf("dsmshm: freeing cached pages before the dump: %w", err)
+		}
+	}
+	n.st.migDropped.Add(d.copies + d.twins)
+	n.st.migKept.Store(d.kept)
+	return nil
 }
 
 // One rank of a job migrates at a time. Peers wait for an away rank's news

@@ -1,6 +1,7 @@
 package dsmshm
 
 import (
+	"encoding/binary"
 	"errors"
 
 	"os"
@@ -10,6 +11,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	mrt "dsmigrate/runtime"
 )
@@ -413,6 +417,76 @@ func TestSimultaneousMigrationsRefused(t *testing.T) {
 		if err := each(nodes, func(n *Node) error { return n.Barrier(100) }); err != nil {
 			t.Fatal(err)
 		}
+	}
+	finishJob(t, nodes)
+}
+
+// Before its dump a rank frees what it only caches: copies of pages homed
+// elsewhere that are clean, and their twins. A dirty page (and its twin)
+// stays. On resume the rank reads the dropped pages again, fetched from their
+// home, and its unreleased write reaches the home at the next barrier.
+func TestMigrationDropsCache(t *testing.T) {
+	nodes, _ := startTCPWith(t, 2, 500*time.Millisecond, time.Minute)
+	segs := allocAll(t, nodes, "cache", 40*pageSize) // pages 0-19 homed at rank 0, 20-39 at rank 1
+	home, mine := segs[0].Bytes(), segs[1].Bytes()
+	for p := range 20 {
+		binary.LittleEndian.PutUint64(home[p*pageSize:], uint64(1000+p))
+	}
+	if err := each(nodes, func(n *Node) error { return n.Barrier(0) }); err != nil {
+		t.Fatal(err)
+	}
+	for p := range 10 { // cached, clean
+		if got := binary.LittleEndian.Uint64(mine[p*pageSize:]); got != uint64(1000+p) {
+			t.Fatalf("page %d reads %d before the move", p, got)
+		}
+	}
+	binary.LittleEndian.PutUint64(mine[15*pageSize+8:], 4242) // dirty, twinned, not released
+	resident := func(p int) bool {
+		v := make([]byte, 1)
+		if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&mine[p*pageSize])), pageSize,
+			uintptr(unsafe.Pointer(&v[0]))); e != 0 {
+			t.Fatal(e)
+		}
+		return v[0]&1 == 1
+	}
+	if !resident(3) || !resident(15) {
+		t.Fatal("the cached pages are not in memory before the dump")
+	}
+	h := nodes[1].migrationHooks()
+	if err := h.Prepare(); err != nil {
+		t.Fatal(err)
+	}
+	st := nodes[1].Stats()
+	// At least the 10 clean copies went (none of them had a twin); page
+	// 15 is dirty and stays.
+	if st.MigDropped < 10 || st.MigKept != 1 {
+		t.Errorf("dropped %d, kept %d; want at least the 10 clean copies, and the dirty page kept", st.MigDropped, st.MigKept)
+	}
+	for p := range 10 {
+		if resident(p) {
+			t.Errorf("page %d, a clean copy of rank 0's page, is still in memory for the dump", p)
+		}
+	}
+	if !resident(15) {
+		t.Error("the dirty page was dropped")
+	}
+	if err := h.Resume(mrt.ResumeInfo{Moved: true, Host: "127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	f0 := nodes[1].Stats().PagesFetched
+	for p := range 10 {
+		if got := binary.LittleEndian.Uint64(mine[p*pageSize:]); got != uint64(1000+p) {
+			t.Errorf("page %d reads %d after the move, want %d", p, got, 1000+p)
+		}
+	}
+	if nodes[1].Stats().PagesFetched == f0 {
+		t.Error("the dropped pages were read without a fetch")
+	}
+	if err := each(nodes, func(n *Node) error { return n.Barrier(0) }); err != nil {
+		t.Fatal(err)
+	}
+	if got := binary.LittleEndian.Uint64(home[15*pageSize+8:]); got != 4242 {
+		t.Errorf("the home reads %d where rank 1 wrote 4242 before its move", got)
 	}
 	finishJob(t, nodes)
 }

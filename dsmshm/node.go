@@ -212,7 +212,11 @@ type Node struct {
 
 	st struct {
 		diffs, diffBytes, diffsApplied, lockAcquires, barriers atomic.Uint64
-		lockWait, barrierWait                                  atomic.Int64
+		// At this rank's migrations: resident pages of its own cache freed
+		// before the dumps, and dirty pages homed elsewhere the last dump
+		// had to keep (each with its twin).
+		migDropped, migKept   atomic.Uint64
+		lockWait, barrierWait atomic.Int64
 	}
 }
 

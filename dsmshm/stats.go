@@ -29,8 +29,14 @@ type Stats struct {
 	Rejected uint64
 	// BadTags counts page requests and replies whose tag did not match
 	// (forged or damaged on the way); each dropped its channel.
-	BadTags  uint64
-	WaitTime time.Duration // LockWait + BarrierWait + FetchTime
+	BadTags uint64
+	// MigDropped counts the pages (copies of pages homed elsewhere, and
+	// twins) this rank freed before its migrations' dumps: what only it
+	// cached, fetched again from the homes as it needs them. MigKept is
+	// what the last dump had to keep of it: dirty pages homed elsewhere,
+	// each with its twin (writes not yet released).
+	MigDropped, MigKept uint64
+	WaitTime            time.Duration // LockWait + BarrierWait + FetchTime
 }
 
 // Stats returns this rank's counters.
@@ -54,6 +60,8 @@ func (n *Node) Stats() Stats {
 		BarrierWait: time.Duration(n.st.barrierWait.Load()),
 		FetchTime:   time.Duration(c.fetchNS),
 		BadTags:     c.badTags,
+		MigDropped:  n.st.migDropped.Load(),
+		MigKept:     n.st.migKept.Load(),
 	}
 	if n.tcp != nil {
 		s.Rejected = n.tcp.rejected.Load()

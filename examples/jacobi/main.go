@@ -62,8 +62,9 @@ func run(n, iters int) (retErr error) {
 		}
 	}
 	st := node.Stats()
-	fmt.Printf("rank %d: rows %d-%d, faults %d read %d write, %d diffs, %d pages fetched, barrier wait %v\n",
-		rank, lo, hi-1, st.ReadFaults, st.WriteFaults, st.Diffs, st.PagesFetched, st.BarrierWait)
+	fmt.Printf("rank %d: rows %d-%d, faults %d read %d write, %d diffs, %d pages fetched, barrier wait %v, "+
+		"cache dropped at moves %d kept %d\n", rank, lo, hi-1, st.ReadFaults, st.WriteFaults, st.Diffs,
+		st.PagesFetched, st.BarrierWait, st.MigDropped, st.MigKept)
 	if rank != 0 {
 		return nil
 	}
