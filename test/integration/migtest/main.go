@@ -9,6 +9,8 @@
 //	migtest tree N               forks N children that each print "child K tick T"
 //	migtest tcp-server ADDR      echo server; prints "server conns N bytes B"
 //	migtest tcp-client LOCAL SRV sends numbered lines, checks the echoes: "client ok N"
+//	migtest sink ADDR            reads one TCP connection to its end: "sink BYTES cpu SECONDS" (make bench)
+//	migtest send ADDR MIB        writes MIB to ADDR: "send BYTES cpu SECONDS" (make bench)
 package main
 
 import (
@@ -25,6 +27,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -50,6 +53,10 @@ func main() {
 		tcpServer(arg(args, 0, ":7000"))
 	case "tcp-client":
 		tcpClient(arg(args, 0, ""), arg(args, 1, ""))
+	case "sink":
+		sink(arg(args, 0, ":7300"))
+	case "send":
+		send(arg(args, 0, ""), atoi(arg(args, 1, "1024")))
 	default:
 		fail("unknown workload " + os.Args[1])
 	}
@@ -249,4 +256,50 @@ func atoi(s string) int {
 func fail(msg string) {
 	fmt.Println("FAIL " + msg)
 	os.Exit(1)
+}
+
+// cpuSeconds is the CPU time this process has used (user and system).
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// sink accepts one connection on addr and reads it to its end: the
+// receiving half of a plain socket copy, the yardstick of the daemons'
+// relay in make bench.
+func sink(addr string) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		fail(err.Error())
+	}
+	fmt.Println("sink listening")
+	c, err := l.Accept()
+	if err != nil {
+		fail(err.Error())
+	}
+	n, err := io.CopyBuffer(io.Discard, c, make([]byte, 1<<20))
+	if err != nil {
+		fail(err.Error())
+	}
+	fmt.Printf("sink %d cpu %.3f\n", n, cpuSeconds())
+}
+
+// send writes mib MiB to addr: the sending half of a plain socket copy.
+func send(addr string, mib int) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		fail(err.Error())
+	}
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i * 7)
+	}
+	for i := 0; i < mib; i++ {
+		if _, err := c.Write(buf); err != nil {
+			fail(err.Error())
+		}
+	}
+	c.Close()
+	fmt.Printf("send %d cpu %.3f\n", int64(mib)<<20, cpuSeconds())
 }
