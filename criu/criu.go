@@ -312,6 +312,11 @@ func (c *Client) StartLazyPages(dir string, sock *os.File) (*LazyPages, error) {
 		return nil, fmt.Errorf("criu: starting lazy-pages: %v", err)
 	}
 	sw.Close()
+	// Once the restore is done lazy-pages polls without sleeping until the
+	// last page is in (uffd.c: a poll timeout of 0): at the lowest
+	// priority its spinning yields the CPU to whatever carries the pages
+	// and to the process it serves.
+	unix.Setpriority(unix.PRIO_PROCESS, cmd.Process.Pid, 19)
 	l := &LazyPages{cmd: cmd, dir: dir, done: make(chan struct{})}
 	go func() {
 		err := cmd.Wait()
