@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -126,8 +127,16 @@ func (k checkpointer) DumpLazy(ctx context.Context, c migration.Conn, pid int, d
 		return nil, nil, err
 	}
 	// CRIU serves for as long as the target needs pages: it is ended by
-	// its socket (Stop), not by the step's or the request's context.
-	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	// its socket (Stop), not by the step's or the request's context; the
+	// migration's deadline still bounds it (without one CRIU's default
+	// would, which is shorter than a large move).
+	var cctx context.Context
+	var cancel context.CancelFunc
+	if dl, ok := ctx.Deadline(); ok {
+		cctx, cancel = context.WithDeadline(context.WithoutCancel(ctx), dl)
+	} else {
+		cctx, cancel = context.WithCancel(context.WithoutCancel(ctx))
+	}
 	s := &lazySource{lazyStream: newLazyStream(pc, local), cancel: cancel, dumpDone: make(chan struct{})}
 	ready := make(chan struct{})
 	t := time.Now()
@@ -389,8 +398,10 @@ func (k checkpointer) StopLazy(pid int, dir string) error {
 	if err != nil {
 		return nil // gone
 	}
+	// CRIU may run through a loader (scripts/install-deps.sh's wrapper):
+	// its arguments are somewhere in the command line.
 	args := strings.Split(string(b), "\x00")
-	if len(args) < 4 || args[1] != "lazy-pages" || !strings.Contains(string(b), "\x00"+dir+"\x00") {
+	if !slices.Contains(args, "lazy-pages") || !slices.Contains(args, dir) {
 		return nil
 	}
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && err != syscall.ESRCH {
