@@ -72,11 +72,14 @@ by_hand() { # size -> "total downtime(=total) 0 cpu 0", dump/copy/restore ms in 
 	for _ in $(seq 600); do grep -q "mem ok" $img.log && break; sleep 0.1; done
 	o0=$(own $me)
 	t0=$(now)
-	$C exec h1 $CRIU dump -t "$pid" -D $img -o dump.log >/dev/null 2>&1
+	# As a real move must, the source stays (stopped) until the restore
+	# has succeeded, and goes only then.
+	$C exec h1 $CRIU dump -t "$pid" -D $img -o dump.log --leave-stopped >/dev/null 2>&1
 	t1=$(now)
 	cp -r $img $img.copy
 	t2=$(now)
 	$C exec h2 $CRIU restore -d -D $img.copy -o restore.log >/dev/null 2>&1
+	$C exec h1 kill -9 "$pid"
 	t3=$(now)
 	o1=$(own $me)
 	if ! $C exec h2 kill -9 "$pid"; then
@@ -143,7 +146,7 @@ for rep in $(seq "$REPS"); do
 	printf "%s\t%s\t%s\t%s\n" "$rep" "$(awk -v m="$moved" 'BEGIN{printf "%.0f", m*1048576}')" "$dropped" "$kept" >>$img
 done
 
-echo "Process migration, median of $REPS runs (ms, CPU seconds); by hand = criu dump to disk + cp -r + criu restore"
+echo "Process migration, median of $REPS runs (ms, CPU seconds); by hand = criu dump to disk (source left stopped) + cp -r + criu restore + kill the source"
 awk -F'\t' '
 FNR == 1 { file++; next }
 file == 1 { k = $1 SUBSEP $3; n[k]++; tot[k, n[k]] = $4; dn[k, n[k]] = $5; lp[k, n[k]] = $6; cpu[k, n[k]] = $7; self[k, n[k]] = $8 }
