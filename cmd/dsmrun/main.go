@@ -63,9 +63,9 @@ func main() {
 				ArgsUsage: "-- PROGRAM [ARG...]",
 				Flags: append([]cli.Flag{
 					&cli.IntFlag{Name: "n", Value: 1, Usage: "number of ranks"},
-					&cli.IntFlag{Name: "port", Usage: "first TCP port of the ranks (default: random)"},
+					&cli.IntFlag{Name: "port", Usage: "first TCP port of the ranks", DefaultText: "random"},
 					&cli.StringFlag{Name: "rank-ips", Usage: "IP/PREFIX: give rank r the address IP+r of its own, " +
-						"so that `dsmrun migrate --move-ip` carries its connections (TCP repair) instead of rebinding them"},
+						"so that 'dsmrun migrate --move-ip' carries its connections (TCP repair) instead of rebinding them"},
 					&cli.BoolFlag{Name: "encrypt", Usage: "encrypt the ranks' traffic too (integrity is always on)"},
 				}, hostFlags...),
 				Action: runJob,
@@ -83,17 +83,9 @@ func main() {
 						"arrived, the rank is LOST (and its job with it)"},
 				}, hostFlags...), Action: migrateRank},
 		},
-		HideHelpCommand: true,
 	}
-	if err := app.Run(cliutil.Permute(app, os.Args)); err != nil {
-		var ec cli.ExitCoder
-		if errors.As(err, &ec) {
-			fmt.Fprintf(os.Stderr, "dsmrun: %v\n", err)
-			os.Exit(ec.ExitCode())
-		}
-		fmt.Fprintf(os.Stderr, "dsmrun: %v\n", err)
-		os.Exit(1)
-	}
+	cliutil.Setup(app)
+	cliutil.Main(app, os.Args)
 }
 
 // cluster is the set of daemons a command talks to: directly with the
@@ -493,7 +485,7 @@ func psJobs(c *cli.Context) error {
 
 func migrateRank(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return errors.New("usage: dsmrun migrate JOB RANK --to ADDR:PORT")
+		return cliutil.Usage(c, "usage: dsmrun migrate JOB RANK --to ADDR:PORT [--move-ip CIDR] [--post-copy]")
 	}
 	cl, err := newCluster(c)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"dsmigrate/internal/api"
+	"dsmigrate/internal/cliutil"
 )
 
 func local(c *cli.Context) (*api.Client, error) { return api.DialLocal(c.String("socket")) }
@@ -81,7 +82,7 @@ func logsCommand() *cli.Command {
 		ArgsUsage: "ID",
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return errors.New("usage: migrated logs ID")
+				return cliutil.Usage(c, "usage: migrated logs ID")
 			}
 			cl, err := local(c)
 			if err != nil {
@@ -100,7 +101,7 @@ func killCommand() *cli.Command {
 		ArgsUsage: "ID",
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return errors.New("usage: migrated kill ID")
+				return cliutil.Usage(c, "usage: migrated kill ID")
 			}
 			_, err := roundTrip(c, api.Request{Op: "kill", ID: c.Args().First()})
 			return err
@@ -125,7 +126,7 @@ func migrateCommand() *cli.Command {
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return errors.New("usage: migrated migrate ID --to ADDR:PORT [--move-ip CIDR] [--post-copy]")
+				return cliutil.Usage(c, "usage: migrated migrate ID --to ADDR:PORT [--move-ip CIDR] [--post-copy]")
 			}
 			id := c.Args().First()
 			cl, err := local(c)

@@ -20,7 +20,6 @@
 package main
 
 import (
-	"fmt"
 	"os"
 
 	"github.com/urfave/cli/v2"
@@ -48,10 +47,7 @@ func main() {
 			quiesceCommand(),
 			shimCommand(),
 		},
-		HideHelpCommand: true,
 	}
-	if err := app.Run(cliutil.Permute(app, os.Args)); err != nil {
-		fmt.Fprintf(os.Stderr, "migrated: %v\n", err)
-		os.Exit(1)
-	}
+	cliutil.Setup(app)
+	cliutil.Main(app, os.Args)
 }

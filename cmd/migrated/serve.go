@@ -1,13 +1,13 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"strconv"
 
 	"github.com/urfave/cli/v2"
 
 	"dsmigrate/criu"
+	"dsmigrate/internal/cliutil"
 	"dsmigrate/internal/daemon"
 )
 
@@ -55,7 +55,7 @@ func quiesceCommand() *cli.Command {
 			}
 			pid, err := strconv.Atoi(c.Args().First())
 			if c.NArg() != 1 || err != nil || pid <= 0 {
-				return fmt.Errorf("usage: migrated quiesce PID")
+				return cliutil.Usage(c, "usage: migrated quiesce PID")
 			}
 			return criu.Quiesce(pid)
 		},

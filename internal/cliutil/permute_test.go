@@ -29,6 +29,10 @@ func TestPermute(t *testing.T) {
 		{[]string{"m", "run", "--", "prog", "--name", "y"}, []string{"m", "run", "--", "prog", "--name", "y"}},
 		// A boolean flag takes no value: the ID stays positional.
 		{[]string{"m", "ps", "--json", "extra"}, []string{"m", "ps", "--json", "extra"}},
+		// Global flags anywhere: moved before the command.
+		{[]string{"m", "ps", "--socket", "/s", "--json"}, []string{"m", "--socket", "/s", "ps", "--json"}},
+		{[]string{"m", "migrate", "ID", "--socket=/s", "--to", "h:1"}, []string{"m", "--socket=/s", "migrate", "--to", "h:1", "ID"}},
+		{[]string{"m", "run", "--", "prog", "--socket", "/s"}, []string{"m", "run", "--", "prog", "--socket", "/s"}},
 	} {
 		if got := Permute(app, tc.in); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("Permute(%q) = %q, want %q", tc.in, got, tc.want)
