@@ -34,6 +34,10 @@ const (
 	// each other. Its frames are TPages (source CRIU's replies), TPagesBack
 	// (the target lazy-pages's requests), TPagesEnd and TPagesDone.
 	TPageConn byte = 24 // source -> target, on a connection of its own: the page stream of a post-copy migration
+	// A source whose page stream broke asks the target, on a connection of
+	// its own, whether its copy had every page (OutcomeMsg both ways).
+	TPagesQuery  byte = 25 // source -> target: did migration Mig's copy get every page?
+	TPagesAnswer byte = 26 // target -> source: "complete", "lost", "pending" or "unknown"
 )
 
 // ReservedFrom is the first message type internal/wire reserves.

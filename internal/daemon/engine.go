@@ -430,7 +430,7 @@ func (e engineProcs) Lose(ctx context.Context, id, why string) error {
 	if p == nil {
 		return nil
 	}
-	e.d.log.Error("post-copy: the process is lost", "id", id, "why", why)
+	defer e.d.admit.release(id) // held for it since Reserve, unless Activate ran
 	if f, err := os.OpenFile(p.logPath, os.O_WRONLY|os.O_APPEND, 0); err == nil {
 		fmt.Fprintf(f, "\n[dsmigrate] the process was killed: %s (post-copy: it cannot run with pages missing)\n", why)
 		f.Close()

@@ -355,9 +355,8 @@ func (t *lazyTarget) fromSource() {
 				t.finish(fmt.Errorf("lazy-pages: %w", err))
 				return
 			}
-			// Every page is here, whether or not the answer reaches the
-			// source (which would then report the stream broken).
-			t.write(tPagesDone, nil, stallTimeout)
+			// Every page is here: the engine journals it, then says so
+			// (Confirm).
 			t.finish(nil)
 			return
 		case wire.TypeError:
@@ -369,6 +368,12 @@ func (t *lazyTarget) fromSource() {
 		}
 	}
 }
+
+// Confirm tells the source that every page is here.
+func (t *lazyTarget) Confirm() error { return t.write(tPagesDone, nil, stallTimeout) }
+
+// Confirm is the target's; the source has nothing to confirm.
+func (*lazySource) Confirm() error { return nil }
 
 // Stop kills lazy-pages: the tree it served must be gone.
 func (t *lazyTarget) Stop() {

@@ -133,6 +133,10 @@ type Lazy interface {
 	// Complete reports, without waiting, whether every page has reached
 	// the target.
 	Complete() bool
+	// Confirm, on the target once Wait has returned nil and that has been
+	// journaled, tells the source every page is here (it waits for that
+	// word before it lets go of the tree). A no-op on the source.
+	Confirm() error
 	// Stop ends the stream and returns once it has ended. On the source
 	// CRIU then lets go of the tree, stopped; on the target lazy-pages is
 	// killed, so the tree it served must be gone first.
@@ -272,24 +276,68 @@ type Engine struct {
 	t   Timeouts
 	log *slog.Logger
 
-	mu   sync.Mutex         // guards migs and pageConns
+	mu   sync.Mutex         // guards migs, pageConns and pages
 	migs map[string]*Record // every migration in the journal, by Mig
-	// pageConns are the incoming post-copy migrations waiting for their
-	// page connection, by Mig (HandlePeer hands it over).
-	pageConns map[string]chan pageConn
+	// pageConns are the incoming post-copy migrations that take a page
+	// connection, by Mig, until they are over with it.
+	pageConns map[string]*pageWait
+	// pages says how recent incoming post-copy migrations ended for their
+	// memory (PagesComplete or PagesLost), by Mig, for sources whose page
+	// stream broke before they heard (AskPages).
+	pages map[string]pagesEnd
 }
 
-// pageConn is a page connection handed to the incoming migration that
-// waits for it; HandlePeer keeps serving it until done is closed.
-type pageConn struct {
-	c    Conn
-	done chan struct{}
+// pageWait is where an incoming post-copy migration gets its page
+// connection (HandlePeer hands it over on ch, and keeps the connection
+// open until released is closed).
+type pageWait struct {
+	ch       chan Conn
+	released chan struct{}
+	once     sync.Once
+}
+
+// How an incoming post-copy migration's memory ended (PagesAnswer).
+const (
+	PagesComplete = "complete" // the copy got every page
+	PagesLost     = "lost"     // it did not, and was killed
+	PagesPending  = "pending"  // not yet known: the migration is under way
+)
+
+type pagesEnd struct {
+	outcome string
+	at      time.Time
+}
+
+// notePages records how migration mig's memory ended, for AskPages;
+// entries older than an hour go.
+func (e *Engine) notePages(mig, outcome string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for k, v := range e.pages {
+		if time.Since(v.at) > time.Hour {
+			delete(e.pages, k)
+		}
+	}
+	e.pages[mig] = pagesEnd{outcome, time.Now()}
+}
+
+// pagesAnswer says how migration mig's memory ended here.
+func (e *Engine) pagesAnswer(mig string) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if p, ok := e.pages[mig]; ok {
+		return p.outcome
+	}
+	if _, ok := e.migs[mig]; ok {
+		return PagesPending
+	}
+	return Unknown
 }
 
 // New returns an engine; call Recover before serving peers.
 func New(cfg Config) *Engine {
 	e := &Engine{cfg: cfg, t: cfg.Timeouts.withDefaults(), log: cfg.Log, migs: map[string]*Record{},
-		pageConns: map[string]chan pageConn{}}
+		pageConns: map[string]*pageWait{}, pages: map[string]pagesEnd{}}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
 	}
@@ -329,27 +377,28 @@ const (
 // which steps may have had effects and must be undone (or, past the commit,
 // finished).
 type Record struct {
-	Mig      string    `json:"mig"`
-	Side     string    `json:"side"`
-	ProcID   string    `json:"proc_id"`
-	Peer     string    `json:"peer"` // the other daemon: target (source side) or source (target side)
-	MoveIP   string    `json:"move_ip,omitempty"`
-	Iface    string    `json:"iface,omitempty"`
-	Step     string    `json:"step"`               // the last step begun
-	Undone   string    `json:"undone,omitempty"`   // after a failure: the earliest step whose undo is done (and all after it)
-	Decision string    `json:"decision,omitempty"` // source: "", Committed or Aborted
-	Images   string    `json:"images,omitempty"`   // the images directory
-	Lock     string    `json:"lock,omitempty"`     // CRIU's network lock table
-	PID      int       `json:"pid,omitempty"`      // source: the process's pid when it was claimed
-	Hooks    bool      `json:"hooks,omitempty"`    // source: its hooks run (prepare, then resume)
-	UID      uint32    `json:"uid,omitempty"`      // source: the process's owner, for its history record
-	Begin    *Begin    `json:"begin,omitempty"`    // target: what the source sent
-	Start    time.Time `json:"start"`
-	Frozen   time.Time `json:"frozen,omitzero"`      // source: when the process stopped for the dump (its downtime began)
-	Settled  time.Time `json:"settled,omitzero"`     // when its outcome was reached; kept until Keep has passed
-	Saved    string    `json:"saved_addr,omitempty"` // source: MoveIP as it was (NetMover.SaveAddr), for the undo
-	PostCopy bool      `json:"post_copy,omitempty"`  // the process resumes on the target before its memory arrives
-	LazyPID  int       `json:"lazy_pid,omitempty"`   // target, post-copy: its lazy-pages
+	Mig       string    `json:"mig"`
+	Side      string    `json:"side"`
+	ProcID    string    `json:"proc_id"`
+	Peer      string    `json:"peer"` // the other daemon: target (source side) or source (target side)
+	MoveIP    string    `json:"move_ip,omitempty"`
+	Iface     string    `json:"iface,omitempty"`
+	Step      string    `json:"step"`               // the last step begun
+	Undone    string    `json:"undone,omitempty"`   // after a failure: the earliest step whose undo is done (and all after it)
+	Decision  string    `json:"decision,omitempty"` // source: "", Committed or Aborted
+	Images    string    `json:"images,omitempty"`   // the images directory
+	Lock      string    `json:"lock,omitempty"`     // CRIU's network lock table
+	PID       int       `json:"pid,omitempty"`      // source: the process's pid when it was claimed
+	Hooks     bool      `json:"hooks,omitempty"`    // source: its hooks run (prepare, then resume)
+	UID       uint32    `json:"uid,omitempty"`      // source: the process's owner, for its history record
+	Begin     *Begin    `json:"begin,omitempty"`    // target: what the source sent
+	Start     time.Time `json:"start"`
+	Frozen    time.Time `json:"frozen,omitzero"`      // source: when the process stopped for the dump (its downtime began)
+	Settled   time.Time `json:"settled,omitzero"`     // when its outcome was reached; kept until Keep has passed
+	Saved     string    `json:"saved_addr,omitempty"` // source: MoveIP as it was (NetMover.SaveAddr), for the undo
+	PostCopy  bool      `json:"post_copy,omitempty"`  // the process resumes on the target before its memory arrives
+	LazyPID   int       `json:"lazy_pid,omitempty"`   // target, post-copy: its lazy-pages
+	PagesDone bool      `json:"pages_done,omitempty"` // target, post-copy: every page arrived
 }
 
 var idRE = regexp.MustCompile(`^[0-9a-f]{12}$`)
@@ -440,9 +489,9 @@ func (e *Engine) HandlePeer(ctx context.Context, c Conn, typ byte, payload []byt
 			return true, err
 		}
 		e.mu.Lock()
-		ch := e.pageConns[q.Mig]
+		w := e.pageConns[q.Mig]
 		e.mu.Unlock()
-		if ch == nil {
+		if w == nil {
 			err := fmt.Errorf("no post-copy migration %s waits for its page connection here", q.Mig)
 			sendError(c, err)
 			return true, err
@@ -453,16 +502,23 @@ func (e *Engine) HandlePeer(ctx context.Context, c Conn, typ byte, payload []byt
 			return true, err
 		}
 		c.SetDeadline(time.Time{})
-		pc := pageConn{c: c, done: make(chan struct{})}
 		select {
-		case ch <- pc:
+		case w.ch <- c:
 		default:
 			return true, fmt.Errorf("migration %s has its page connection already", q.Mig)
 		}
-		// The migration reads and writes it from here on; the caller
-		// closes it when this returns.
-		<-pc.done
+		// The migration reads and writes it from here on (or never, if it
+		// ends first); the caller closes it when this returns.
+		<-w.released
 		return true, nil
+	case tPagesQuery:
+		var q OutcomeMsg
+		if err := json.Unmarshal(payload, &q); err != nil || !ValidID(q.Mig) {
+			err = errors.New("malformed pages question")
+			sendError(c, err)
+			return true, err
+		}
+		return true, send(ctx, c, e.t.Ask, tPagesAnswer, &OutcomeMsg{Mig: q.Mig, Outcome: e.pagesAnswer(q.Mig)})
 	case tOutcome:
 		var q OutcomeMsg
 		if err := json.Unmarshal(payload, &q); err != nil || !ValidID(q.Mig) {

@@ -51,11 +51,20 @@ func (v variant) cfg() worldCfg { return worldCfg{moveIP: v.moveIP, hooks: v.hoo
 // their cases skip, saying so, unless DSM_MIGRATION_BUGS=1. A known bug that
 // no longer shows fails its case: delete it here.
 var knownBugs = map[string]string{
-	// None known. Three found by these tests were fixed: undump trusted
-	// the record, not CRIU's lock table, to tell whether the dump left the
-	// sockets in repair mode; undo progress was not journaled, so Recover
-	// undid a finished undo again; a record whose forward steps went on in
-	// the background was settled (source) or forgotten (target) at once.
+	// Three found by these tests were fixed: undump trusted the record,
+	// not CRIU's lock table, to tell whether the dump left the sockets in
+	// repair mode; undo progress was not journaled, so Recover undid a
+	// finished undo again; a record whose forward steps went on in the
+	// background was settled (source) or forgotten (target) at once.
+	//
+	// Post-copy, found by its model (postcopy_test.go, model_test.go) and
+	// fixed: a page connection a migration never took was never released;
+	// the target resumed a copy whose page stream it knew was dead; a
+	// failure before the source's pages step let kill end the tree CRIU
+	// still served; the source said LOST when only the target's last word
+	// was lost (it now asks, AskPages); a restarted target lost a copy that
+	// had every page (PagesDone is journaled); a target whose forward steps
+	// went on in the background killed the copy they were resuming.
 }
 
 // checkKnown fails t with problems, or skips it if it shows a known bug.
@@ -87,7 +96,14 @@ func run(t *testing.T, cfg worldCfg, hold func(w *world, g *gor) bool, setup fun
 	w.startOut()
 	w.s.run()
 	if !w.s.terminal {
-		t.Fatalf("the run did not end: %v", w.viol)
+		events := w.s.events
+		if len(events) > 120 {
+			events = events[len(events)-120:]
+		}
+		for _, e := range events {
+			t.Log(e)
+		}
+		t.Fatalf("the run did not end: %v (its last steps above)", w.viol)
 	}
 	return w
 }

@@ -130,4 +130,6 @@ const (
 	tOutcome      = api.TOutcome
 	tOutcomeReply = api.TOutcomeReply
 	tPageConn     = api.TPageConn
+	tPagesQuery   = api.TPagesQuery
+	tPagesAnswer  = api.TPagesAnswer
 )

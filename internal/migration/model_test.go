@@ -12,7 +12,13 @@ package migration
 // a broken connection in the same run). Plus, in every run: any
 // interleaving, any read timeout or end of a sleep when nothing else can
 // happen. One migration (A to B) per run; Faults never fail a step here
-// (engine_test.go does that).
+// (engine_test.go does that). The post-copy case (one page) has a bound of
+// its own, for it has about ten times the states: one fault per run, a
+// crash of either daemon or a break of the page connection (under -race or
+// -short: a crash of the source's daemon or a break of the page
+// connection; DSM_MODEL_FULL: a crash of either daemon or a break of any
+// connection); the page stream's relays time out only when nothing else
+// can, and Lazy.Wait never (its relay ends it).
 //
 // MEASURED (engine at dedc97c; 2 cores, wall clock, the three cases in
 // parallel; "states" are distinct global states, "runs" the paths explored,
@@ -31,6 +37,14 @@ package migration
 //	3 faults (FULL)       plain    172572   159722    97.4s
 //	                      move-ip  239015   222688    94.5s
 //	                      hooks    198103   185044   106.9s
+//
+// The post-copy case (engine at 1800d16; measured with the others in
+// parallel, its own bound as above):
+//
+//	-short                post-copy  5481     5287     2.1s
+//	-race                 post-copy  5481     5287    11.5s
+//	default               post-copy 29682    24547    12.8s
+//	FULL                  post-copy 67856    45332    28.6s
 //
 // What runs: the source's Out on A, the daemons' peer handlers (the
 // target's In, the source's Answer), a restarted daemon's Recover and the
@@ -92,7 +106,18 @@ package migration
 // (unless its daemon crashed under it) got an error iff the process runs on
 // the source, and the error says so; with Hooks, the source ran prepare and
 // (if the process stayed) resume moved=false after it, the target (if it
-// moved) resume moved=true. A violation is shrunk (choices set to the
+// moved) resume moved=true. Post-copy, also at every state: no copy runs
+// (or is continued later) after its lazy-pages ended with pages missing
+// (it would read zeros: the target must kill the copy first), the target
+// does not resume a copy whose page stream it knows has failed, the source
+// continues its tree neither after the commit nor while CRIU holds it, and
+// neither kills it while CRIU still serves a target copy that misses pages
+// nor ends a working page stream after the commit; at the end, after the
+// commit the process may instead be lost on both hosts (its target copy
+// killed by Procs.Lose), a copy that runs on the target has every page, no
+// CRIU session serves and no lazy-pages runs, no page connection is left
+// blocked in HandlePeer, and Out neither says LOST of a process that runs
+// nor ok of one that was lost. A violation is shrunk (choices set to the
 // first one wherever it still shows) and printed as a trace of the calls.
 
 import (
@@ -313,7 +338,20 @@ func modelCases() []modelCase {
 	plain, moveIP, hooks := b, b, b
 	moveIP.moveIP = true
 	hooks.hooks = true
-	return []modelCase{{"plain", plain}, {"move-ip", moveIP}, {"hooks", hooks}}
+	// Post-copy (one page), on a bound of its own: it has about ten times
+	// the states of the others (a relay on each side, every frame of the
+	// page stream interleaved with the commit and the resume). One fault
+	// per run: a crash of either daemon or a break of the page connection;
+	// under -race or -short only the source's daemon crashes;
+	// DSM_MODEL_FULL: any connection may break.
+	pc := worldCfg{postCopy: true, pages: 1, maxCrash: 1, maxBreak: 1, maxFaults: 1, breakPage: true}
+	switch {
+	case f < 2:
+		pc.crashOnly = "A"
+	case f > 2:
+		pc.breakPage = false
+	}
+	return []modelCase{{"plain", plain}, {"move-ip", moveIP}, {"hooks", hooks}, {"post-copy", pc}}
 }
 
 func TestModel(t *testing.T) {
@@ -323,8 +361,15 @@ func TestModel(t *testing.T) {
 			start := time.Now()
 			st := explore(t, mc.cfg)
 			_, why := modelBound()
-			t.Logf("%s: bound (%s): at most %d crash+restart per daemon, %d broken connection, %d faults in all per run: %d runs (%d to the end), %d distinct states, %v",
-				mc.name, why, mc.cfg.maxCrash, mc.cfg.maxBreak, mc.cfg.maxFaults, st.runs, st.terminal, st.states,
+			only := ""
+			if mc.cfg.crashOnly != "" {
+				only += ", only " + mc.cfg.crashOnly + "'s daemon crashes"
+			}
+			if mc.cfg.breakPage {
+				only += ", only the page connection breaks"
+			}
+			t.Logf("%s: bound (%s): at most %d crash+restart per daemon, %d broken connection, %d faults in all per run%s: %d runs (%d to the end), %d distinct states, %v",
+				mc.name, why, mc.cfg.maxCrash, mc.cfg.maxBreak, mc.cfg.maxFaults, only, st.runs, st.terminal, st.states,
 				time.Since(start).Round(time.Millisecond))
 			if mc.cfg.moveIP {
 				t.Logf("%s: %d runs had the address on both hosts for a while (a source resuming the process while the target, in doubt, holds it)", mc.name, st.dupAddr)

@@ -85,6 +85,9 @@ func (e *Engine) recoverSource(ctx context.Context, r *Record) {
 
 func (e *Engine) recoverTarget(ctx context.Context, r *Record) {
 	m := &inMig{e: e, r: r, b: r.Begin}
+	if r.PostCopy && r.PagesDone {
+		e.notePages(r.Mig, PagesComplete) // for a source that asks
+	}
 	steps, fwd := m.steps(), m.afterRestart()
 	switch {
 	case stepIndex(m.forwardSteps(), r.Step) >= 0 || stepIndex(fwd, r.Step) >= 0:

@@ -51,6 +51,7 @@ type outMig struct {
 	runningAt time.Time // the target said the process runs there
 	thawedAt  time.Time // after a failure: the process runs here again
 	lastPage  time.Time // post-copy: the last page reached the target
+	pagesErr  error     // post-copy: why the last page did not (surely) arrive
 	done      Done
 }
 
@@ -144,8 +145,8 @@ func (m *outMig) forwardSteps() []step {
 	if m.r.PostCopy {
 		return []step{
 			{name: "confirm", do: m.confirm, once: true},
-			{name: "pages", do: m.pagesDone, once: true},
-			{name: "kill", do: m.kill},
+			{name: "pages", do: m.pagesDone},
+			{name: "kill", do: m.killServed},
 			{name: "cleanup", do: m.cleanup},
 		}
 	}
@@ -424,6 +425,17 @@ func (m *outMig) commit(ctx context.Context) error {
 	return nil
 }
 
+// killServed is kill after a post-copy commit: only once CRIU no longer
+// serves the tree's memory (pages waits for that; should it not have run,
+// this does).
+func (m *outMig) killServed(ctx context.Context) error {
+	if m.lazy != nil {
+		m.lazy.Wait(ctx)
+		m.lazy.Stop()
+	}
+	return m.kill(ctx)
+}
+
 // kill ends the source copy (SIGKILL ends a stopped task without it running
 // again, so the target may resume at once) and forgets it here.
 func (m *outMig) kill(ctx context.Context) error {
@@ -475,24 +487,45 @@ func (m *outMig) resumed() {
 // then. A stream that breaks first loses the process: the target kills its
 // copy, which cannot run with pages missing, and the copy here cannot resume
 // either (the target's has run).
+//
+// A stream that ends without the target's word is no news of the process:
+// the target may have had every page (the word got lost), or it lost the
+// process. The source asks it (AskPages). Either way the outcome is noted
+// (pagesErr), not returned: an error here means only that the step did not
+// get to wait, and it is tried again.
 func (m *outMig) pagesDone(ctx context.Context) error {
-	if m.lazy != nil {
-		// On success CRIU has ended already; after a failure it must let
-		// go of the tree before the kill step.
-		defer m.lazy.Stop()
+	if m.pagesErr != nil || !m.lastPage.IsZero() {
+		return nil
 	}
 	if m.lazy == nil {
 		// A restart: the dead daemon's end of CRIU's page socket ended
-		// the stream, perhaps before its end.
-		return errors.New("the daemon restarted while the target was receiving the process's memory: the " +
-			"target has lost the process unless its last page had arrived")
+		// the stream, perhaps before its end. The target is not asked:
+		// this runs before the daemon answers its peers, and a target in
+		// doubt about the commit waits for that answer first.
+		m.pagesErr = errors.New("the daemon restarted while the target was receiving the process's memory: " +
+			"if its last page had not arrived, the target killed the process (its log says)")
+		return nil
 	}
 	t := time.Now()
 	err := m.lazy.Wait(ctx)
 	m.hist.Bytes += m.lazy.Bytes()
+	// On success CRIU has ended already; after a failure it must let go of
+	// the tree before the kill step.
+	m.lazy.Stop()
 	if err != nil {
-		return fmt.Errorf("the process was LOST: its memory could not all reach %s after it resumed there: %w",
-			m.r.Peer, err)
+		switch o := m.e.AskPages(m.r); o {
+		case PagesComplete:
+			m.e.log.Warn("post-copy: the page stream broke, but the target had every page", "mig", m.r.Mig,
+				"err", err)
+		case PagesLost:
+			m.pagesErr = fmt.Errorf("the process was LOST: its memory could not all reach %s after it resumed "+
+				"there (%v), and the target killed it", m.r.Peer, err)
+			return nil
+		default:
+			m.pagesErr = fmt.Errorf("the process is probably LOST: its page stream to %s broke after it resumed "+
+				"there (%v), and the target cannot say whether every page had arrived (%s)", m.r.Peer, err, o)
+			return nil
+		}
 	}
 	m.lastPage = time.Now()
 	m.phase("pages", m.lastPage.Sub(t), fmt.Sprintf("%.1f MiB on demand and in the background after the resume",
@@ -524,6 +557,9 @@ func (m *outMig) forward(ctx context.Context, steps []step) {
 	var notes []string
 	for _, err := range m.e.forwardSteps(ctx, m.r, steps, "", m.settle) {
 		notes = append(notes, err.Error())
+	}
+	if m.pagesErr != nil {
+		notes = append(notes, m.pagesErr.Error())
 	}
 	if m.hist == nil {
 		return

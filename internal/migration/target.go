@@ -15,9 +15,10 @@ type inMig struct {
 	b *Begin
 	c Conn // nil in recovery
 
-	pcs  chan pageConn // post-copy: where the page connection arrives
-	pc   pageConn      // post-copy: the page connection, once it has
-	lazy Lazy          // post-copy: lazy-pages, from the restore on (nil in recovery)
+	pw   *pageWait // post-copy: where the page connection arrives
+	pc   Conn      // post-copy: the page connection, once it has
+	lazy Lazy      // post-copy: lazy-pages, from the restore on (nil in recovery)
+	lost error     // post-copy: why the process was lost (lose ran)
 
 	logPath string
 	pages   int64
@@ -54,8 +55,8 @@ func (e *Engine) In(ctx context.Context, c Conn, b *Begin) error {
 	ctx, cancel := context.WithTimeout(ctx, e.t.Total)
 	defer cancel()
 	m := &inMig{e: e, r: r, b: b, c: c}
-	defer m.releasePageConn()
 	if err := e.runSteps(ctx, r, m.steps()); err != nil {
+		m.releasePageConn()
 		sendError(c, err)
 		e.forget(r)
 		e.log.Warn("incoming migration failed", "id", b.ID, "from", b.Source, "err", err)
@@ -91,7 +92,7 @@ func (m *inMig) forwardSteps() []step {
 		return []step{
 			{name: "resume", do: m.resume},
 			{name: "rebind", do: m.rebind},
-			{name: "pages", do: m.pagesDone, once: true},
+			{name: "pages", do: m.pagesDone},
 			{name: "cleanup", do: m.cleanup},
 		}
 	}
@@ -108,21 +109,26 @@ func (m *inMig) forwardSteps() []step {
 // rather than resumed; its faults wait for its pages meanwhile (the shim
 // holds lazy-pages's socket open).
 func (m *inMig) afterRestart() []step {
-	if !m.r.PostCopy {
+	if !m.r.PostCopy || m.r.PagesDone {
 		return m.forwardSteps()
 	}
 	return []step{
 		{name: "lose", do: func(ctx context.Context) error {
 			return m.lose(ctx, "the daemon restarted while its memory was arriving")
-		}, once: true},
+		}},
 		{name: "cleanup", do: m.cleanup},
 	}
 }
 
 // lose kills a post-copy arrival whose memory cannot all arrive: the tree
 // first, whose faults wait for pages, then lazy-pages (killed first, it
-// would leave the missing pages to be read as zeros).
+// would leave the missing pages to be read as zeros). It notes the loss
+// (m.lost, and for the source's question) and returns an error only if it
+// could not do it, so that a step calling it is tried again.
 func (m *inMig) lose(ctx context.Context, why string) error {
+	if m.lost != nil {
+		return nil
+	}
 	err := m.e.cfg.Procs.Lose(ctx, m.r.ProcID, why)
 	if err != nil {
 		return err
@@ -134,31 +140,54 @@ func (m *inMig) lose(ctx context.Context, why string) error {
 			return err
 		}
 	}
-	return errors.New("the process was LOST: " + why)
+	m.lost = errors.New("the process was LOST: " + why)
+	m.e.notePages(m.r.Mig, PagesLost)
+	m.e.log.Error("post-copy: the process was lost", "id", m.r.ProcID, "mig", m.r.Mig, "why", why)
+	return nil
 }
 
-// pagesDone waits until the last page of a post-copy arrival is here.
+// pagesDone waits until the last page of a post-copy arrival is here, and
+// journals it: a restart after that keeps the process.
 func (m *inMig) pagesDone(ctx context.Context) error {
 	if m.lazy == nil {
+		if m.r.PagesDone {
+			m.e.notePages(m.r.Mig, PagesComplete) // for a source that asks
+			return nil
+		}
 		return m.lose(ctx, "the daemon restarted while its memory was arriving")
+	}
+	if m.lost != nil {
+		return nil
 	}
 	if err := m.lazy.Wait(ctx); err != nil {
 		return m.lose(ctx, fmt.Sprintf("its memory could not all arrive from %s: %v", m.r.Peer, err))
 	}
+	// Journaled before the source hears it: a restart after the word
+	// went out must not lose the copy the source has let go of.
+	if err := m.e.save(m.r, func(r *Record) { r.PagesDone = true }); err != nil {
+		return err
+	}
+	m.e.notePages(m.r.Mig, PagesComplete)
+	if err := m.lazy.Confirm(); err != nil {
+		// Every page is here; the source, not hearing it, asks
+		// (AskPages) and learns it.
+		m.e.log.Warn("post-copy: telling the source the last page arrived", "mig", m.r.Mig, "err", err)
+	}
 	return nil
 }
 
-// releasePageConn lets HandlePeer close the page connection, once the
-// migration is over with it.
+// releasePageConn lets HandlePeer close the page connection once the
+// migration is over with it (taken or not).
 func (m *inMig) releasePageConn() {
-	if m.pcs != nil {
+	if m.pw == nil {
+		return
+	}
+	m.pw.once.Do(func() {
 		m.e.mu.Lock()
 		delete(m.e.pageConns, m.r.Mig)
 		m.e.mu.Unlock()
-	}
-	if m.pc.done != nil {
-		close(m.pc.done)
-	}
+		close(m.pw.released)
+	})
 }
 
 // accept reserves the process's ID here (so two migrations of one process
@@ -195,9 +224,9 @@ func (m *inMig) accept(ctx context.Context) error {
 		return err
 	}
 	if m.r.PostCopy {
-		m.pcs = make(chan pageConn, 1)
+		m.pw = &pageWait{ch: make(chan Conn, 1), released: make(chan struct{})}
 		m.e.mu.Lock()
-		m.e.pageConns[m.r.Mig] = m.pcs
+		m.e.pageConns[m.r.Mig] = m.pw
 		m.e.mu.Unlock()
 	}
 	return send(ctx, m.c, m.e.t.Dial, tAccept, struct{}{})
@@ -206,13 +235,13 @@ func (m *inMig) accept(ctx context.Context) error {
 // pageConn waits for the source's page connection (it opens it right after
 // the accept; HandlePeer accepts it).
 func (m *inMig) pageConn(ctx context.Context) error {
-	if m.pc.c != nil {
+	if m.pc != nil {
 		return nil
 	}
 	t := time.NewTimer(m.e.t.Dial)
 	defer t.Stop()
 	select {
-	case m.pc = <-m.pcs:
+	case m.pc = <-m.pw.ch:
 	case <-t.C:
 		return errors.New("the source's page connection never came")
 	case <-ctx.Done():
@@ -291,7 +320,7 @@ func (m *inMig) restore(ctx context.Context) error {
 		}
 		// Started on the migration's context: it serves the process
 		// after this step, until its last page is here.
-		lazy, err := m.e.cfg.CRIU.ServeLazy(ctx, m.pc.c, m.r.Images)
+		lazy, err := m.e.cfg.CRIU.ServeLazy(ctx, m.pc, m.r.Images)
 		if err != nil {
 			return err
 		}
@@ -377,7 +406,47 @@ func (e *Engine) ask(r *Record) string {
 	}
 }
 
+// AskPages asks the target of post-copy migration r whether its copy got
+// every page (PagesComplete) or was lost (PagesLost), until it knows or for
+// at most twice the stall bound (a target decides within one: its stream
+// stalls or ends). Anything else it returns says why it does not know.
+func (e *Engine) AskPages(r *Record) string {
+	var waited time.Duration // counted, not measured: Sleep may be a model's
+	pause := e.t.AskPause
+	for {
+		o, err := e.askOnceType(r, tPagesQuery, tPagesAnswer)
+		switch {
+		case err == nil && (o == PagesComplete || o == PagesLost):
+			return o
+		case err == nil && o == Unknown:
+			return "it no longer knows the migration"
+		case waited >= 2*e.t.Stall:
+			if err != nil {
+				return "unreachable: " + err.Error()
+			}
+			return "still " + o
+		}
+		e.cfg.Sleep(context.Background(), pause)
+		waited += pause
+		pause = min(2*pause, 5*time.Second)
+	}
+}
+
 func (e *Engine) askOnce(r *Record) (string, error) {
+	o, err := e.askOnceType(r, tOutcome, tOutcomeReply)
+	if err != nil {
+		return "", err
+	}
+	switch o {
+	case Committed, Aborted, Unknown:
+		return o, nil
+	}
+	return "", fmt.Errorf("bad outcome answer %q", o)
+}
+
+// askOnceType asks r's peer the question typ about r and returns its answer
+// (of type ans).
+func (e *Engine) askOnceType(r *Record, typ, ans byte) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), e.t.Ask)
 	defer cancel()
 	c, err := e.cfg.Peers.Dial(ctx, r.Peer)
@@ -385,22 +454,30 @@ func (e *Engine) askOnce(r *Record) (string, error) {
 		return "", err
 	}
 	defer c.Close()
-	if err := send(ctx, c, e.t.Ask, tOutcome, &OutcomeMsg{Mig: r.Mig}); err != nil {
+	if err := send(ctx, c, e.t.Ask, typ, &OutcomeMsg{Mig: r.Mig}); err != nil {
 		return "", err
 	}
 	var a OutcomeMsg
-	if err := recv(ctx, c, e.t.Ask, tOutcomeReply, &a); err != nil {
+	if err := recv(ctx, c, e.t.Ask, ans, &a); err != nil {
 		return "", err
 	}
-	switch a.Outcome {
-	case Committed, Aborted, Unknown:
-		return a.Outcome, nil
-	}
-	return "", fmt.Errorf("bad outcome answer %q", a.Outcome)
+	return a.Outcome, nil
 }
 
-// resume continues the restored copy and registers it here.
-func (m *inMig) resume(ctx context.Context) error { return m.e.cfg.Procs.Activate(ctx, m.b) }
+// resume continues the restored copy and registers it here; a post-copy
+// copy whose page stream is known to have broken is lost instead (it must
+// not run on missing memory).
+func (m *inMig) resume(ctx context.Context) error {
+	if m.lazy != nil && m.lost == nil {
+		if err := m.lazy.Failed(); err != nil {
+			m.lose(ctx, fmt.Sprintf("its page stream from %s broke before it resumed: %v", m.r.Peer, err))
+		}
+	}
+	if m.lost != nil {
+		return nil // the pages step reports it
+	}
+	return m.e.cfg.Procs.Activate(ctx, m.b)
+}
 
 // rebind runs a migration-aware process's resume hook (moved) and tells the
 // source the process runs here.
@@ -410,7 +487,7 @@ func (m *inMig) resume(ctx context.Context) error { return m.e.cfg.Procs.Activat
 // the next step's journal write runs it once more.
 func (m *inMig) rebind(ctx context.Context) error {
 	var err error
-	if m.b.Hooks && m.b.MoveIP == "" && !m.hooked {
+	if m.b.Hooks && m.b.MoveIP == "" && !m.hooked && m.lost == nil {
 		m.hooked = true
 		t := time.Now()
 		hctx, cancel := context.WithTimeout(ctx, m.e.t.Prepare)
@@ -434,15 +511,11 @@ func (m *inMig) cleanup(ctx context.Context) error { return m.e.cleanup(m.r) }
 // forward runs the steps after the commit and forgets the migration once
 // they are all done (perhaps later, in the background: forwardSteps).
 func (m *inMig) forward(ctx context.Context) {
-	m.e.forwardSteps(ctx, m.r, m.forwardSteps(), "", func() { m.e.forget(m.r) })
-	if m.lazy != nil && !m.lazy.Complete() {
-		// The pages step did not see the last page (it failed, or never
-		// ran): the page connection goes with this function, and the
-		// process must not wait for pages that cannot come, nor run on
-		// without them.
-		if err := m.lose(ctx, "its memory could not all arrive (the migration ended first)"); err != nil {
-			m.e.log.Error("post-copy", "id", m.r.ProcID, "err", err)
-		}
-	}
+	// The page connection stays until the steps are done, in the
+	// background if they go on there.
+	m.e.forwardSteps(ctx, m.r, m.forwardSteps(), "", func() {
+		m.releasePageConn()
+		m.e.forget(m.r)
+	})
 	m.e.log.Info("restored", "id", m.r.ProcID, "pid", m.pid, "from", m.r.Peer)
 }

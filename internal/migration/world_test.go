@@ -7,9 +7,17 @@ package migration
 // between daemons as message queues that can break; and a scheduler that
 // runs every goroutine of the engine one at a time, choosing at every call
 // into a fake what happens next (which goroutine proceeds, a connection
-// breaks, a daemon crashes or restarts). The unit tests (engine_test.go)
-// drive it with a fixed choice; the model check (model_test.go) explores
-// every choice.
+// breaks, a daemon crashes or restarts). The unit tests (engine_test.go,
+// postcopy_test.go) drive it with a fixed choice; the model check
+// (model_test.go) explores every choice.
+//
+// Post-copy (the section "Post-copy" below): the source's CRIU session that
+// holds the stopped tree and serves its memory after a lazy dump, the
+// target's lazy-pages (both processes of their own, outliving their
+// daemon), and on each daemon a relay goroutine that carries the page
+// stream over the page connection, as internal/daemon/lazy.go does. The
+// page connection's HandlePeer, which blocks on a channel until the
+// migration releases it, leaves the scheduler there (SetDeadline).
 
 import (
 	"context"
@@ -52,9 +60,25 @@ type gor struct {
 	hist     uint64 // its history: calls (with call stacks) and their results
 	spawned  int
 	dirty    bool // it changed a host or a connection since its last decision point
+	// timer: whether time passes for it where it waits (cond not nil):
+	// timerNormal, timerSlow (only when it can for no other goroutine: the
+	// page stream's relays, whose timeouts are longer than the engine's)
+	// or timerNone (never: a Lazy.Wait, which its relay ends). nextTimer is
+	// the timer of its next yield point.
+	timer, nextTimer int
+	// detached: a peer handler that HandlePeer keeps blocked on a channel
+	// (a page connection handed over, until the migration releases it):
+	// done for the scheduler, it runs on outside it and touches nothing.
+	detached bool
 }
 
 type choiceKind int
+
+const (
+	timerNormal = iota
+	timerSlow
+	timerNone
+)
 
 const (
 	cRun     choiceKind = iota // a goroutine proceeds
@@ -134,6 +158,9 @@ func (s *sched) spawn(h *host, name string, f func()) *gor {
 	s.gs = slices.Insert(s.gs, i, g)
 	go func() {
 		defer func() {
+			if g.detached {
+				return
+			}
 			if r := recover(); r != nil {
 				if _, ok := r.(crashPanic); !ok && s.panicMsg == "" {
 					s.panicMsg = fmt.Sprintf("goroutine %s panicked: %v\n%s", g.name, r, debug.Stack())
@@ -161,6 +188,7 @@ func (s *sched) yield(label string, cond func() bool) *gor {
 		panic(crashPanic{}) // unwinding: a dead daemon does nothing more
 	}
 	g.label, g.cond = label, cond
+	g.timer, g.nextTimer = g.nextTimer, timerNormal
 	if s.handoff(g) || g.crashed {
 		panic(crashPanic{})
 	}
@@ -215,8 +243,12 @@ func (s *sched) next() (*gor, bool) {
 		if s.over {
 			return nil, false
 		}
+		s.w.pollPageConns()
 		s.w.checkSafety()
 		opts := s.options()
+		if s.over {
+			continue
+		}
 		if len(opts) == 0 {
 			s.terminal, s.over = true, true
 			continue
@@ -266,8 +298,17 @@ func (s *sched) stop() {
 // strategy ends the run, and what is left unwinds).
 func (s *sched) run() {
 	s.finished = make(chan struct{}, 1)
+	// A goroutine that blocks outside the scheduler (on a channel or a
+	// real timer of the engine's, which no fake sees) stalls every run:
+	// fail loudly rather than hang.
+	stuck := time.AfterFunc(5*time.Minute, func() {
+		panic("the scheduler is stuck: a goroutine of the engine blocks outside it (a channel or a real timer " +
+			"no fake sees: HandlePeer's page connection, inMig.pageConn?)")
+	})
 	s.handoff(nil)
 	<-s.finished
+	stuck.Stop()
+	s.w.releasePageConns()
 }
 
 // note adds a call's result to the history of the calling goroutine.
@@ -341,7 +382,8 @@ func (s *sched) faults() int {
 }
 
 func (s *sched) canCrash(h *host) bool {
-	return h.crashes < s.maxCrash && (s.maxFaults == 0 || s.faults() < s.maxFaults)
+	return h.crashes < s.maxCrash && (s.maxFaults == 0 || s.faults() < s.maxFaults) &&
+		(s.w.cfg.crashOnly == "" || s.w.cfg.crashOnly == h.name)
 }
 
 func (s *sched) canBreak() bool {
@@ -359,14 +401,20 @@ func (s *sched) alive() []*gor {
 }
 
 func (s *sched) options() []choice {
-	var ready, timed []choice
+	var ready, timed, slow []choice
 	alive := s.alive()
 	for _, g := range alive {
-		if g.cond == nil || g.cond() {
+		switch {
+		case g.cond == nil || g.cond():
 			ready = append(ready, choice{kind: cRun, g: g})
-		} else {
+		case g.timer == timerNormal:
 			timed = append(timed, choice{kind: cTime, g: g})
+		case g.timer == timerSlow:
+			slow = append(slow, choice{kind: cTime, g: g})
 		}
+	}
+	if len(timed) == 0 {
+		timed = slow
 	}
 	down := false
 	for _, h := range s.w.hosts {
@@ -375,6 +423,15 @@ func (s *sched) options() []choice {
 		}
 	}
 	if len(alive) == 0 && !down {
+		return nil
+	}
+	if len(ready) == 0 && len(timed) == 0 && !down {
+		var names []string
+		for _, g := range alive {
+			names = append(names, g.name+" @ "+g.label)
+		}
+		s.w.violate("deadlock", fmt.Sprintf("every goroutine waits for ever: %v", names))
+		s.stop()
 		return nil
 	}
 	opts := ready
@@ -397,7 +454,7 @@ func (s *sched) options() []choice {
 		}
 		if s.canBreak() {
 			for _, c := range s.w.conns {
-				if !c.broken && !c.closed[0] && !c.closed[1] {
+				if !c.broken && !c.closed[0] && !c.closed[1] && (c.page || !s.w.cfg.breakPage) {
 					opts = append(opts, choice{kind: cBreak, c: c})
 				}
 			}
@@ -425,6 +482,20 @@ func (s *sched) crashHost(h *host) {
 				c.closed[i] = true
 				c.q[i] = nil
 			}
+		}
+	}
+	// Post-copy: the daemon's end of the source CRIU's page socket closes,
+	// which ends its session (it lets go of the tree, stopped, lock and
+	// repair mode as the dump left them). The target's lazy-pages sees the
+	// end of its socket too, unless a shim holds a copy of it (a restored
+	// tree): then it waits, and so do the tree's faults.
+	for _, x := range h.sessions {
+		x.serving = false
+	}
+	for _, lp := range h.lazyPages {
+		if lp.state == "running" && !lp.held {
+			lp.state = "eof"
+			s.w.lazyEnded(h, lp)
 		}
 	}
 }
@@ -472,7 +543,7 @@ func (s *sched) hash() uint64 {
 			p := h.procs[id]
 			fmt.Fprintf(&b, "p%s %s %s", id, p.state, p.logPath)
 			if c := p.copy; c != nil {
-				fmt.Fprintf(&b, " c%d %s %d %v", c.pid, c.state, c.ver, c.repair)
+				fmt.Fprintf(&b, " c%d %s %d %v %v", c.pid, c.state, c.ver, c.repair, c.zeros)
 			}
 			b.WriteByte(';')
 		}
@@ -489,9 +560,20 @@ func (s *sched) hash() uint64 {
 			b.WriteString("j" + h.jcanon[m] + ";")
 		}
 		fmt.Fprintf(&b, "k%v %d %d;", h.hooks, h.pidSeq, h.runSeq)
+		for _, x := range h.sessions {
+			fmt.Fprintf(&b, "s%s %v %v;", x.run, x.serving, x.complete)
+		}
+		for _, lp := range h.lazyPages {
+			fmt.Fprintf(&b, "z%d %s %d %v;", lp.pid, lp.state, lp.got, lp.held)
+		}
+		fmt.Fprintf(&b, "x%v;", h.lost)
+	}
+	for _, l := range w.lazies {
+		fmt.Fprintf(&b, "Z%s %v %v %v %d %v %v %d %v %v;", l.side, l.finished, l.err != nil, l.failure != nil, l.bytes,
+			l.endSent, l.finSent, l.asked, l.stopped, l.checkedOK)
 	}
 	for _, c := range w.conns {
-		fmt.Fprintf(&b, "C%s %v %v %v %v", c.id, c.broken, c.closed, c.host[0].name, c.host[1].name)
+		fmt.Fprintf(&b, "C%s %v %v %v %v %v", c.id, c.broken, c.closed, c.host[0].name, c.host[1].name, c.page)
 		for i := range 2 {
 			for _, m := range c.q[i] {
 				b.WriteString(" " + m.canon)
@@ -541,6 +623,15 @@ type worldCfg struct {
 	maxFaults int
 	maxSteps  int
 	faults    map[string]string // point -> "fail" or "crash"
+	// postCopy migrates with Request.PostCopy; pages is how many pages the
+	// target's lazy-pages fetches then, one request at a time (default 1).
+	postCopy bool
+	pages    int
+	// crashOnly, if set, is the one host whose daemon may crash;
+	// breakPage: only the page connection may break (smaller bounds for
+	// the model check).
+	crashOnly string
+	breakPage bool
 }
 
 type world struct {
@@ -559,10 +650,22 @@ type world struct {
 	viol       []string // "kind: detail"
 	dupAddr    bool     // the address was on two hosts at some point
 
+	// Post-copy: every Lazy the fakes made, in order; the target's page
+	// events, in order ("resume", "page", "lose", "stop"...), for the tests.
+	lazies  []*fakeLazy
+	pcEvent []string
+
 	// Unit tests' hooks (nil in the model).
 	afterWrite func(e *end, typ byte)
 	afterRead  func(e *end, typ byte)
 	beforePut  func(h *host, r *Record) bool // true: h's daemon crashes right before the write
+	// afterOp is called after a fake's operation on h took effect (op is
+	// its label: "Procs.Activate", "Procs.Restore", "CRIU.DumpLazy",
+	// "CRIU.ServeLazy", "page" when a page reached the target...).
+	afterOp func(h *host, op string)
+	// pagesWait: while it says so, the target's lazy-pages asks for no
+	// page (a slow page stream).
+	pagesWait func() bool
 }
 
 const (
@@ -594,6 +697,13 @@ type host struct {
 	restored []string
 	pidSeq   int
 	runSeq   int
+
+	// Post-copy: the source's CRIU sessions serving a stopped tree's
+	// memory, the target's lazy-pages processes; lost: Procs.Lose killed
+	// the process here.
+	sessions  []*criuSession
+	lazyPages []*lazyProc
+	lost      bool
 }
 
 // reg is a process registered in a host's table, with its copy there.
@@ -608,6 +718,12 @@ type pcopy struct {
 	state  string // running or stopped (a dead copy is nil)
 	ver    int    // the version of its memory; running makes a new one
 	repair bool   // its TCP sockets are in repair mode (after a TCP dump)
+	// Post-copy: lazy is the lazy-pages its memory comes from (nil: it has
+	// all of it); zeros: lazy-pages ended while pages were missing, which
+	// the kernel then fills with zeros; dead: killed.
+	lazy  *lazyProc
+	zeros bool
+	dead  bool
 }
 
 type imgDir struct {
@@ -617,11 +733,15 @@ type imgDir struct {
 	Run    string
 	Ver    int
 	TCP    bool
+	Lazy   bool // a lazy dump's images: the private memory is not in them
 }
 
 func newWorld(cfg worldCfg, strat strategy) *world {
 	if cfg.maxSteps == 0 {
 		cfg.maxSteps = 5000
+	}
+	if cfg.postCopy && cfg.pages == 0 {
+		cfg.pages = 1
 	}
 	w := &world{cfg: cfg, latest: 1}
 	w.s = &sched{w: w, strat: strat, maxSteps: cfg.maxSteps, maxCrash: cfg.maxCrash,
@@ -674,7 +794,7 @@ func (w *world) violate(kind, detail string) {
 // request to A does.
 func (w *world) startOut() {
 	a, b := w.A(), w.B()
-	req := Request{ID: testProcID, To: b.addr}
+	req := Request{ID: testProcID, To: b.addr, PostCopy: w.cfg.postCopy}
 	if w.cfg.moveIP {
 		req.MoveIP = testCIDR
 	}
@@ -734,6 +854,9 @@ func (w *world) runCopy(h *host, c *pcopy) {
 	}
 	if c.ver != w.latest {
 		w.violate("rollback", fmt.Sprintf("a copy on %s resumes from version %d of the process's memory, but version %d ran already", h.name, c.ver, w.latest))
+	}
+	if c.zeros {
+		w.violate("zeros", fmt.Sprintf("a copy on %s continues although its lazy-pages ended with pages missing: it reads zeros", h.name))
 	}
 	c.state = "running"
 	c.ver = max(c.ver, w.latest) + 1
@@ -821,6 +944,12 @@ func (h *host) Continue(id string) error {
 	if p == nil || p.copy == nil {
 		return h.ret(fmt.Errorf("no process %s here to continue", id))
 	}
+	if h == h.w.A() && h.w.decision() == Committed {
+		h.w.violate("thawed after the commit", "the source's copy continues after the commit")
+	}
+	if x := h.session(p.copy); x != nil && x.serving {
+		h.w.violate("thawed while served", "the source's copy continues while CRIU still holds it and serves its memory")
+	}
 	h.w.runCopy(h, p.copy)
 	return h.ret(nil)
 }
@@ -849,6 +978,16 @@ func (h *host) Gone(ctx context.Context, id, to string) error {
 	if p := h.procs[id]; p != nil && p.copy != nil && p.copy.state == "running" {
 		h.w.violate("killed", fmt.Sprintf("Gone on %s kills a running copy", h.name))
 	}
+	if p := h.procs[id]; p != nil && p.copy != nil {
+		if x := h.session(p.copy); x != nil && x.serving {
+			if h.w.targetNeedsPages() {
+				h.w.violate("early kill", fmt.Sprintf("Gone on %s kills the tree while CRIU still serves its memory, "+
+					"before the target's copy (alive, not lost) has every page", h.name))
+			}
+			x.serving = false // its memory has gone: CRIU can serve no more
+		}
+		p.copy.dead = true
+	}
 	delete(h.procs, id)
 	return h.ret(nil)
 }
@@ -871,7 +1010,21 @@ func (h *host) Restore(ctx context.Context, b *Begin, dir string, lazy Lazy) (in
 		return 0, h.ret(fmt.Errorf("process %s is not reserved here", b.ID))
 	}
 	d := h.dirs[dir]
-	if d == nil || !d.Pages || !d.Images {
+	var lp *lazyProc
+	switch {
+	case d == nil || !d.Images:
+		return 0, h.ret(fmt.Errorf("criu restore from %s: incomplete images", dir))
+	case d.Lazy && lazy == nil:
+		return 0, h.ret(fmt.Errorf("criu restore from %s: a lazy dump's images, but no lazy-pages", dir))
+	case d.Lazy:
+		fl, _ := lazy.(*fakeLazy)
+		if fl == nil || fl.lp == nil || fl.lp.dir != dir {
+			return 0, h.ret(fmt.Errorf("criu restore from %s: not its lazy-pages", dir))
+		}
+		if lp = fl.lp; lp.state != "running" {
+			return 0, h.ret(fmt.Errorf("criu restore from %s: lazy-pages has gone (%s)", dir, lp.state))
+		}
+	case !d.Pages:
 		return 0, h.ret(fmt.Errorf("criu restore from %s: incomplete images", dir))
 	}
 	if d.TCP && !h.addrs[b.MoveIP] {
@@ -879,14 +1032,23 @@ func (h *host) Restore(ctx context.Context, b *Begin, dir string, lazy Lazy) (in
 	}
 	p.copy = h.newCopy(d.Ver)
 	p.state = "incoming"
+	if lp != nil {
+		// The shim holds a copy of lazy-pages's socket from here on: the
+		// daemon's death leaves its faults waiting.
+		p.copy.lazy, lp.cp, lp.held = lp, p.copy, true
+	}
 	delete(h.locks, "CRIU-"+d.Run) // CRIU's restore deletes the target's copy of the lock
 	h.ret(nil)
+	h.w.event(h, "Procs.Restore")
 	return p.copy.pid, nil
 }
 
 func (h *host) Discard(ctx context.Context, id string) error {
 	h.op("Procs.Discard")
 	if p := h.procs[id]; p != nil && p.state == "incoming" {
+		if p.copy != nil {
+			p.copy.dead = true
+		}
 		delete(h.procs, id)
 	}
 	return h.ret(nil)
@@ -899,7 +1061,17 @@ func (h *host) Activate(ctx context.Context, b *Begin) error {
 		return h.ret(fmt.Errorf("the restored copy of %s is gone", b.ID))
 	}
 	p.state = "running"
+	if c := p.copy; c.lazy != nil && c.lazy.got < c.lazy.need && c.lazy.fl != nil && c.lazy.fl.failure != nil &&
+		!c.lazy.fl.checkedOK {
+		h.w.s.trace("    the page stream had failed: %v", c.lazy.fl.failure)
+		h.w.violate("resumed on a dead stream", fmt.Sprintf("the copy on %s resumes with pages missing although "+
+			"its page stream had failed already", h.name))
+	}
+	if p.copy.lazy != nil {
+		h.w.pcEvent = append(h.w.pcEvent, "resume")
+	}
 	h.w.runCopy(h, p.copy)
+	h.w.event(h, "Procs.Activate")
 	return h.ret(nil)
 }
 
@@ -937,9 +1109,10 @@ func (h *host) RemoveImages(dir string) error {
 }
 
 type imgMsg struct {
-	Run string `json:"run"`
-	Ver int    `json:"ver"`
-	TCP bool   `json:"tcp"`
+	Run  string `json:"run"`
+	Ver  int    `json:"ver"`
+	TCP  bool   `json:"tcp"`
+	Lazy bool   `json:"lazy,omitempty"`
 }
 
 // Dump: CRIU locks the network (its lock table appears) and puts the TCP
@@ -1017,19 +1190,450 @@ func recvFrame(c Conn, want byte) ([]byte, error) {
 	return p, nil
 }
 
-// Post-copy is not part of this model (post-copy's own tests: postcopy_test.go).
+// ---------------------------------------------------------------------------
+// Post-copy, as internal/daemon/lazy.go relays it over the page connection:
+// the target's lazy-pages asks (TPagesBack) once the tree is restored, one
+// page at a time, the source's CRIU answers (TPages); with every page there
+// lazy-pages closes the session (a last TPagesBack, fin) and exits, the
+// source's CRIU exits, leaving the tree stopped, the source sends TPagesEnd
+// and the target answers TPagesDone. Each side's relay is a goroutine of its
+// daemon (it dies with it); CRIU and lazy-pages are processes of their own.
 
+const pageBytes = 4096
+
+type pageReq struct {
+	Page int  `json:"page,omitempty"`
+	Fin  bool `json:"fin,omitempty"`
+}
+
+type pageMsg struct {
+	Page int `json:"page"`
+	Ver  int `json:"ver"`
+}
+
+// criuSession is the source's CRIU after a lazy dump: it holds the stopped
+// tree and serves its memory until lazy-pages closes the session, its page
+// socket ends (Lazy.Stop, or the daemon's death) or the tree dies. Then it
+// exits, leaving the tree stopped and the lock table and repair mode as the
+// dump left them (the end of its socket is a normal end to CRIU).
+type criuSession struct {
+	run      string
+	cp       *pcopy
+	serving  bool
+	complete bool // lazy-pages closed it: every page reached the target
+}
+
+// lazyProc is the target's lazy-pages: it survives its daemon.
+type lazyProc struct {
+	pid       int
+	dir       string
+	ver       int    // the memory's version, as the images say
+	need, got int    // pages
+	state     string // running; done (it had every page and exited); killed; eof (its socket ended)
+	held      bool   // a shim holds its socket (the tree is restored)
+	cp        *pcopy // the tree it serves, once restored
+	fl        *fakeLazy
+}
+
+// fakeLazy is one end of the page stream, a Lazy of the daemon that made it.
+type fakeLazy struct {
+	h    *host
+	side string
+	pc   *end
+	sess *criuSession // source
+	lp   *lazyProc    // target
+
+	finished     bool
+	err, failure error
+	bytes        int64
+	stopped      bool
+	endSent      bool // source: TPagesEnd
+	finSent      bool // target: lazy-pages closed the session
+	asked        int  // target: pages asked for
+	// checkedOK: the engine's last Failed() found the stream healthy. A
+	// stream that fails after that check and before the resume it guards
+	// takes effect is a race no check can close (the copy then waits at its
+	// first missing page, and the pages step loses it); one the check
+	// could have seen is a bug.
+	checkedOK bool
+}
+
+func (l *fakeLazy) finish(err error) {
+	if l.finished {
+		return
+	}
+	l.finished, l.err = true, err
+	if err != nil && l.failure == nil {
+		l.failure = err
+	}
+}
+
+func (l *fakeLazy) fail(err error) {
+	if l.failure == nil {
+		l.failure = err
+	}
+}
+
+func (l *fakeLazy) Wait(ctx context.Context) error {
+	s := l.h.w.s
+	s.cur.nextTimer = timerNone // its relay ends it (the relay's reads time out)
+	g := s.yield("Lazy.Wait", func() bool { return l.finished })
+	if g.h != l.h {
+		panic("Wait on another daemon's Lazy")
+	}
+	if g.timedOut {
+		g.timedOut = false
+		return s.noteErr(errors.New("the last page did not arrive in time"))
+	}
+	return s.noteErr(l.err)
+}
+
+func (l *fakeLazy) Failed() error {
+	l.h.w.s.note(fmt.Sprintf("failed %v", l.failure != nil))
+	l.checkedOK = l.failure == nil
+	return l.failure
+}
+
+func (l *fakeLazy) Complete() bool {
+	ok := l.finished && l.err == nil
+	l.h.w.s.note(fmt.Sprintf("complete %v", ok))
+	return ok
+}
+
+func (l *fakeLazy) Bytes() int64 { return l.bytes }
+
+func (l *fakeLazy) PID() int {
+	if l.lp != nil {
+		return l.lp.pid
+	}
+	return 0
+}
+
+// Stop ends the source's CRIU session (it lets go of the tree, stopped), or
+// kills the target's lazy-pages.
+// Confirm: the target's word that every page is here, on the page
+// connection.
+func (l *fakeLazy) Confirm() error {
+	h := l.h
+	h.op("Lazy.Confirm")
+	if l.side == SideSource {
+		return h.ret(nil)
+	}
+	return h.ret(l.pc.writeNow(api.TPagesDone, nil))
+}
+
+func (l *fakeLazy) Stop() {
+	if l.stopped {
+		return
+	}
+	h, w := l.h, l.h.w
+	h.op("Lazy.Stop")
+	l.stopped = true
+	if l.side == SideSource {
+		if l.sess.serving {
+			w.checkSourceStop(l)
+			l.sess.serving = false
+		}
+	} else {
+		w.pcEvent = append(w.pcEvent, "stop")
+		h.killLazy(l.lp)
+	}
+	l.finish(errors.New("the migration was called off"))
+	h.ret(nil)
+}
+
+// DumpLazy: CRIU dumps the stopped tree but its private memory, locks the
+// network (its lock table appears) and puts the TCP sockets in repair mode,
+// and goes on serving the memory (a relay goroutine of this daemon).
 func (h *host) DumpLazy(ctx context.Context, pc Conn, pid int, dir string, tcp bool) (Lazy, *DumpResult, error) {
-	return nil, nil, errors.New("post-copy is not modelled")
+	h.op("CRIU.DumpLazy")
+	var cp *pcopy
+	for _, p := range h.procs {
+		if p.copy != nil && p.copy.pid == pid {
+			cp = p.copy
+		}
+	}
+	if cp == nil || cp.state != "stopped" {
+		return nil, nil, h.ret(fmt.Errorf("criu dump: no stopped tree %d", pid))
+	}
+	d := h.dirs[dir]
+	if d == nil {
+		return nil, nil, h.ret(fmt.Errorf("criu dump: no directory %s", dir))
+	}
+	h.runSeq++
+	run := fmt.Sprintf("%s%d", h.name, h.runSeq)
+	table := "CRIU-" + run
+	h.locks[table] = lockRules(table, tcp)
+	cp.repair = tcp
+	*d = imgDir{Dumped: true, Run: run, Ver: cp.ver, TCP: tcp, Lazy: true}
+	x := &criuSession{run: run, cp: cp, serving: true}
+	h.sessions = append(h.sessions, x)
+	l := &fakeLazy{h: h, side: SideSource, pc: pc.(*end), sess: x}
+	h.w.lazies = append(h.w.lazies, l)
+	s := h.w.s
+	s.spawn(h, s.cur.name+"/lazy", l.sourceRelay)
+	h.ret(nil)
+	h.w.event(h, "CRIU.DumpLazy")
+	return l, &DumpResult{}, nil
 }
 
+// session is the CRIU session that holds copy c, if any.
+func (h *host) session(c *pcopy) *criuSession {
+	for _, x := range h.sessions {
+		if x.cp == c {
+			return x
+		}
+	}
+	return nil
+}
+
+func (l *fakeLazy) sourceRelay() {
+	h, x, e := l.h, l.sess, l.pc
+	s := h.w.s
+	for {
+		s.cur.nextTimer = timerSlow
+		g := s.yield("lazy relay (source)", func() bool { return e.readable() || !x.serving && !l.endSent })
+		if g.timedOut {
+			g.timedOut = false
+			s.note("timeout")
+			l.finish(errors.New("page connection: i/o timeout"))
+			return
+		}
+		if !x.serving && !l.endSent {
+			// CRIU has exited (whatever ended its session: the end of
+			// its socket is a normal end to it): the stream is over.
+			l.endSent = true
+			if err := e.writeNow(api.TPagesEnd, nil); err != nil {
+				l.finish(err)
+				return
+			}
+			continue
+		}
+		typ, p, err := e.readNow()
+		if err != nil {
+			l.finish(fmt.Errorf("page connection: %v", err))
+			return
+		}
+		switch typ {
+		case api.TPagesBack:
+			var rq pageReq
+			json.Unmarshal(p, &rq)
+			switch {
+			case !x.serving: // CRIU has gone: the request is dropped
+			case rq.Fin:
+				// CRIU exits: the stream is over.
+				x.serving, x.complete = false, true
+				l.endSent = true
+				if err := e.writeNow(api.TPagesEnd, nil); err != nil {
+					l.finish(err)
+					return
+				}
+			default:
+				m, _ := json.Marshal(pageMsg{Page: rq.Page, Ver: x.cp.ver})
+				if err := e.writeNow(api.TPages, m); err != nil {
+					l.fail(fmt.Errorf("sending pages: %v", err))
+				} else {
+					l.bytes += pageBytes
+				}
+			}
+		case api.TPagesDone:
+			l.finish(nil)
+			return
+		case wire.TypeError:
+			l.finish(&wire.RemoteError{Msg: string(p)})
+			return
+		default:
+			l.finish(fmt.Errorf("unexpected message %d on the page connection", typ))
+			return
+		}
+	}
+}
+
+// ServeLazy starts lazy-pages (a process of its own) for the images in dir,
+// and its relay (a goroutine of this daemon).
 func (h *host) ServeLazy(ctx context.Context, pc Conn, dir string) (Lazy, error) {
-	return nil, errors.New("post-copy is not modelled")
+	h.op("CRIU.ServeLazy")
+	d := h.dirs[dir]
+	if d == nil || !d.Images || !d.Lazy {
+		return nil, h.ret(fmt.Errorf("lazy-pages: no lazy dump's images in %s", dir))
+	}
+	h.pidSeq++
+	lp := &lazyProc{pid: h.pidSeq, dir: dir, ver: d.Ver, need: h.w.cfg.pages, state: "running"}
+	h.lazyPages = append(h.lazyPages, lp)
+	l := &fakeLazy{h: h, side: SideTarget, pc: pc.(*end), lp: lp}
+	lp.fl = l
+	h.w.lazies = append(h.w.lazies, l)
+	s := h.w.s
+	s.spawn(h, s.cur.name+"/lazy", l.targetRelay)
+	h.ret(nil)
+	h.w.event(h, "CRIU.ServeLazy")
+	return l, nil
 }
 
-func (h *host) StopLazy(pid int, dir string) error { return nil }
+func (l *fakeLazy) targetRelay() {
+	h, lp, e := l.h, l.lp, l.pc
+	w := h.w
+	s := w.s
+	canAsk := func() bool {
+		return lp.state == "running" && lp.cp != nil && !lp.cp.dead && l.asked == lp.got && lp.got < lp.need &&
+			(w.pagesWait == nil || !w.pagesWait())
+	}
+	for {
+		s.cur.nextTimer = timerSlow
+		g := s.yield("lazy relay (target)", func() bool {
+			return lp.state == "killed" || lp.state == "eof" || e.readable() || canAsk()
+		})
+		if g.timedOut {
+			g.timedOut = false
+			s.note("timeout")
+			l.finish(errors.New("page connection: i/o timeout"))
+			return
+		}
+		if lp.state == "killed" || lp.state == "eof" {
+			l.finish(errors.New("lazy-pages has gone"))
+			return
+		}
+		if canAsk() {
+			l.asked++
+			m, _ := json.Marshal(pageReq{Page: lp.got})
+			if err := e.writeNow(api.TPagesBack, m); err != nil {
+				l.finish(fmt.Errorf("asking the source for pages: %v", err))
+				return
+			}
+			continue
+		}
+		typ, p, err := e.readNow()
+		if err != nil {
+			l.finish(fmt.Errorf("page connection: %v", err))
+			return
+		}
+		switch typ {
+		case api.TPages:
+			if lp.state != "running" {
+				l.finish(errors.New("handing pages to lazy-pages: it has gone"))
+				return
+			}
+			var m pageMsg
+			json.Unmarshal(p, &m)
+			if m.Ver != lp.ver {
+				w.violate("memory", fmt.Sprintf("the target's copy gets a page of version %d of the memory, its images are of version %d", m.Ver, lp.ver))
+			}
+			lp.got++
+			l.bytes += pageBytes
+			w.pcEvent = append(w.pcEvent, "page")
+			w.event(h, "page")
+			if lp.got == lp.need && !l.finSent {
+				// Every page is here: lazy-pages closes the session and
+				// exits.
+				l.finSent, lp.state = true, "done"
+				m, _ := json.Marshal(pageReq{Fin: true})
+				if err := e.writeNow(api.TPagesBack, m); err != nil {
+					l.finish(fmt.Errorf("asking the source for pages: %v", err))
+					return
+				}
+			}
+		case api.TPagesEnd:
+			if lp.state != "done" {
+				l.finish(errors.New("lazy-pages did not finish after the source ended its stream"))
+				return
+			}
+			l.finish(nil) // the engine journals it, then says so (Confirm)
+			return
+		case wire.TypeError:
+			l.finish(&wire.RemoteError{Msg: string(p)})
+			return
+		default:
+			l.finish(fmt.Errorf("unexpected message %d on the page connection", typ))
+			return
+		}
+	}
+}
 
-func (h *host) Lose(ctx context.Context, id, why string) error { return nil }
+// killLazy kills lazy-pages; a tree it served that lives on with pages
+// missing reads zeros for them from then on.
+func (h *host) killLazy(lp *lazyProc) {
+	if lp.state != "running" {
+		return
+	}
+	lp.state = "killed"
+	h.w.lazyEnded(h, lp)
+}
+
+func (w *world) lazyEnded(h *host, lp *lazyProc) {
+	if c := lp.cp; c != nil && !c.dead && lp.got < lp.need {
+		c.zeros = true
+		if c.state == "running" {
+			w.violate("zeros", fmt.Sprintf("lazy-pages on %s ends while its copy runs with pages missing: they read as zeros", h.name))
+		}
+	}
+}
+
+func (h *host) StopLazy(pid int, dir string) error {
+	h.op("CRIU.StopLazy")
+	h.w.pcEvent = append(h.w.pcEvent, "stop")
+	for _, lp := range h.lazyPages {
+		if lp.pid == pid && lp.dir == dir {
+			h.killLazy(lp)
+		}
+	}
+	return h.ret(nil)
+}
+
+func (h *host) Lose(ctx context.Context, id, why string) error {
+	h.op("Procs.Lose")
+	h.w.pcEvent = append(h.w.pcEvent, "lose")
+	if p := h.procs[id]; p != nil {
+		if p.copy != nil {
+			p.copy.dead = true
+			h.lost = true
+		}
+		delete(h.procs, id)
+	}
+	return h.ret(nil)
+}
+
+// event tells a unit test's afterOp hook.
+func (w *world) event(h *host, op string) {
+	if w.afterOp != nil {
+		w.afterOp(h, op)
+	}
+}
+
+// pageConn is the migration's page connection, or nil.
+func (w *world) pageConn() *conn {
+	for _, c := range w.conns {
+		if c.page {
+			return c
+		}
+	}
+	return nil
+}
+
+// targetLazy is the target's lazy-pages (the last one started), or nil.
+func (w *world) targetLazy() *lazyProc {
+	if lps := w.B().lazyPages; len(lps) > 0 {
+		return lps[len(lps)-1]
+	}
+	return nil
+}
+
+// targetNeedsPages: the target's copy lives, not lost, and misses pages.
+func (w *world) targetNeedsPages() bool {
+	lp := w.targetLazy()
+	return lp != nil && lp.cp != nil && !lp.cp.dead && lp.got < lp.need
+}
+
+// checkSourceStop: after the commit, the source must not end a page stream
+// that could still bring the target's copy its pages.
+func (w *world) checkSourceStop(l *fakeLazy) {
+	lp := w.targetLazy()
+	c := l.pc.c
+	if w.decision() != Committed || !w.targetNeedsPages() || lp.state != "running" || lp.fl == nil ||
+		lp.fl.finished || l.finished || c.broken || c.closed[0] || c.closed[1] {
+		return
+	}
+	w.violate("early stop", "the source ends a healthy page stream after the commit, before the target's copy has every page")
+}
 
 func (h *host) ReceivePages(ctx context.Context, c Conn, dir string) (int64, error) {
 	p, err := recvFrame(c, api.TPages)
@@ -1060,7 +1664,7 @@ func (h *host) SendImages(ctx context.Context, c Conn, dir, logPath string) (int
 	if d == nil || !d.Dumped {
 		return 0, 0, fmt.Errorf("no images in %s", dir)
 	}
-	m, _ := json.Marshal(imgMsg{Run: d.Run, Ver: d.Ver, TCP: d.TCP})
+	m, _ := json.Marshal(imgMsg{Run: d.Run, Ver: d.Ver, TCP: d.TCP, Lazy: d.Lazy})
 	if err := c.WriteMsg(api.TFile, m); err != nil {
 		return 0, 0, err
 	}
@@ -1084,7 +1688,13 @@ func (h *host) ReceiveImages(ctx context.Context, c Conn, dir, logPath string, p
 	if d == nil {
 		return fmt.Errorf("no directory %s", dir)
 	}
-	if !d.Pages || d.Run != m.Run {
+	if m.Lazy {
+		// Post-copy: no pages came first; the memory follows on demand.
+		if d.Pages {
+			return errors.New("a lazy dump's images after a page stream")
+		}
+		d.Run, d.Ver, d.TCP, d.Lazy = m.Run, m.Ver, m.TCP, true
+	} else if !d.Pages || d.Run != m.Run {
 		return errors.New("images of another dump than the pages")
 	}
 	d.Images = true
@@ -1262,6 +1872,21 @@ func (h *host) Check(point string) error {
 	if strings.HasPrefix(point, "source-before-") && w.s.others() {
 		h.op("fault point " + point)
 	}
+	if point == Point(SideTarget, "before", "restore") && w.cfg.postCopy {
+		// The restore waits for the page connection on a channel (with a
+		// real timer): it must be there already, as the source dialed it
+		// before it asked for the restore.
+		if g := w.s.cur; g == nil || g.crashed {
+			panic(crashPanic{})
+		}
+		h.eng.mu.Lock()
+		pw := h.eng.pageConns[w.mig]
+		h.eng.mu.Unlock()
+		if pw == nil || len(pw.ch) == 0 {
+			w.violate("model", "the target's restore would wait for a page connection that is not there")
+			return errors.New("the source's page connection never came")
+		}
+	}
 	switch f := w.cfg.faults[point]; {
 	case f == "fail":
 		delete(w.cfg.faults, point)
@@ -1302,6 +1927,15 @@ type conn struct {
 	closed [2]bool
 	broken bool
 	host   [2]*host
+
+	// A post-copy page connection (its first message was TPageConn):
+	// the channel HandlePeer hands it over on, and once it has, the
+	// channel whose close releases it (HandlePeer then returns and the
+	// server end closes) and the incarnation of the target's daemon.
+	page   bool
+	pw     *pageWait
+	pcDone chan struct{}
+	pcInc  int
 }
 
 type end struct {
@@ -1332,6 +1966,15 @@ func (e *end) WriteMsg(typ byte, payload []byte) error {
 	if g.h != c.host[e.i] {
 		panic("wrong end")
 	}
+	return e.writeNow(typ, payload)
+}
+
+// writeNow writes without a yield point of its own: the relays answer what
+// they read at once (a crash or a break between the two is one before the
+// read, to the other side).
+func (e *end) writeNow(typ byte, payload []byte) error {
+	c := e.c
+	c.w.s.trace("    %s: write %s on %s", c.host[e.i].name, msgName(typ), c.id)
 	if c.broken {
 		return c.w.s.noteErr(errors.New("connection reset by peer"))
 	}
@@ -1361,6 +2004,12 @@ func (e *end) ReadMsg() (byte, []byte, error) {
 		g.timedOut = false
 		return 0, nil, c.w.s.noteErr(errors.New("i/o timeout"))
 	}
+	return e.readNow()
+}
+
+// readNow reads what is readable (a yield point came before).
+func (e *end) readNow() (byte, []byte, error) {
+	c := e.c
 	switch {
 	case c.broken:
 		return 0, nil, c.w.s.noteErr(errors.New("connection reset by peer"))
@@ -1380,7 +2029,76 @@ func (e *end) ReadMsg() (byte, []byte, error) {
 	}
 }
 
-func (e *end) SetDeadline(t time.Time) error { return nil }
+// SetDeadline: HandlePeer clears the deadline of a page connection right
+// before it hands it over and blocks until the migration releases it (a
+// channel, not a call into a fake). Its goroutine detaches there: a helper
+// waits until the connection is in the migration's channel, then passes the
+// scheduler's baton on for it; the scheduler closes the server end once the
+// migration has released it (pollPageConns).
+func (e *end) SetDeadline(t time.Time) error {
+	c := e.c
+	if !t.IsZero() || !c.page || e.i != 1 || c.pw == nil || len(c.pw.ch) > 0 {
+		return nil
+	}
+	s := c.w.s
+	g := s.cur
+	g.detached = true
+	pw := c.pw
+	go func() {
+		pc := <-pw.ch // HandlePeer's hand-over
+		pw.ch <- pc   // for the migration
+		c.pcDone, c.pcInc = pw.released, c.host[1].inc
+		s.trace("%s: page connection %s handed over", g.name, c.id)
+		g.done = true
+		s.handoff(g)
+	}()
+	return nil
+}
+
+// pollPageConns closes the server end of every page connection its
+// migration has released, as HandlePeer's caller does once it returns.
+func (w *world) pollPageConns() {
+	for _, c := range w.conns {
+		if c.pcDone == nil || c.closed[1] {
+			continue
+		}
+		select {
+		case <-c.pcDone:
+			w.s.trace("%s: close %s (released)", c.host[1].name, c.id)
+			c.closed[1] = true
+			c.q[1] = nil
+		default:
+		}
+	}
+}
+
+// releasePageConns ends a run: a page connection that the incarnation of
+// the target's daemon that accepted it (alive at the end of a run that
+// ended) never released keeps HandlePeer blocked for ever: the connection
+// and its goroutine leak. Every one is released here, so the goroutines end.
+func (w *world) releasePageConns() {
+	for _, c := range w.conns {
+		if c.pcDone == nil {
+			continue
+		}
+		select {
+		case <-c.pcDone:
+			continue
+		default:
+		}
+		t := c.host[1]
+		if w.s.terminal && t.inc == c.pcInc && t.status == hostUp {
+			w.s.trace("page connection %s left", c.id)
+			w.violate("page connection left", fmt.Sprintf("a page connection is never released: HandlePeer "+
+				"on %s blocks for ever, holding it open", t.name))
+		}
+		select {
+		case <-c.pw.ch: // never received by the migration
+		default:
+		}
+		c.pw.once.Do(func() { close(c.pw.released) })
+	}
+}
 
 // Close is not a yield point: the peer learns of it at its next read,
 // whenever that is, as it would a moment later.
@@ -1422,6 +2140,8 @@ func msgName(t byte) string {
 		return "Outcome"
 	case api.TOutcomeReply:
 		return "OutcomeReply"
+	case api.TPageConn:
+		return "PageConn"
 	case wire.TypeError:
 		return "Error"
 	}
@@ -1444,12 +2164,29 @@ func (h *host) Dial(ctx context.Context, addr string) (Conn, error) {
 	e := t.eng
 	srv := &end{c: c, i: 1}
 	s.spawn(t, fmt.Sprintf("%s%d.serve-%s", t.name, t.inc, c.id), func() {
-		defer srv.Close()
+		g := s.cur
+		defer func() {
+			if !g.detached {
+				srv.Close()
+			}
+		}()
 		typ, p, err := srv.ReadMsg()
 		if err != nil {
 			return
 		}
-		if ok, _ := e.HandlePeer(context.Background(), srv, typ, p); !ok {
+		if typ == api.TPageConn {
+			c.page = true
+			var q PageConnMsg
+			json.Unmarshal(p, &q)
+			e.mu.Lock()
+			c.pw = e.pageConns[q.Mig]
+			e.mu.Unlock()
+		}
+		ok, _ := e.HandlePeer(context.Background(), srv, typ, p)
+		if g.detached {
+			return // outside the scheduler: touch nothing
+		}
+		if !ok {
 			sendError(srv, fmt.Errorf("unexpected message type %d", typ))
 		}
 	})
@@ -1477,10 +2214,19 @@ func (w *world) where() *host {
 	return at
 }
 
+// lostOnBoth: a post-copy migration committed, and the process is gone from
+// both hosts, the target's copy killed by Procs.Lose.
+func (w *world) lostOnBoth() bool {
+	return w.cfg.postCopy && w.B().lost && w.decision() == Committed && w.A().procs[testProcID] == nil &&
+		w.B().procs[testProcID] == nil
+}
+
 // problems checks the end of a run: the process runs exactly once, on
 // want if want is not nil, nothing is left behind, the journals are
 // settled, the caller of Out was told the truth. Each problem is
-// "kind: detail".
+// "kind: detail". Post-copy, after the commit (want B or nil), the process
+// may be lost on both hosts instead; running on the target, it must have
+// every page.
 func (w *world) problems(want *host) []string {
 	var out []string
 	add := func(kind, format string, args ...any) {
@@ -1490,6 +2236,7 @@ func (w *world) problems(want *host) []string {
 	if w.s.panicMsg != "" {
 		add("panic", "%s", w.s.panicMsg)
 	}
+	lost := w.lostOnBoth()
 	at := w.where()
 	if at == nil {
 		n := 0
@@ -1498,9 +2245,14 @@ func (w *world) problems(want *host) []string {
 				n++
 			}
 		}
-		if n == 0 {
+		switch {
+		case n == 0 && lost && want != w.A():
+			// Post-copy's failure after the commit.
+		case n == 0 && lost:
+			add("lost", "the process was lost on both hosts, before the commit should have decided it")
+		case n == 0:
 			add("not running", "no copy of the process runs (%s)", w.describe())
-		} else {
+		default:
 			add("twice", "%d copies of the process run (%s)", n, w.describe())
 		}
 	} else if want != nil && at != want {
@@ -1545,8 +2297,39 @@ func (w *world) problems(want *host) []string {
 				holders = append(holders, h.name)
 			}
 		}
-		if len(holders) != 1 || at == nil || holders[0] != at.name {
+		switch {
+		case lost && (len(holders) == 0 || slices.Equal(holders, []string{"B"})):
+			// Where the process was lost, or nowhere.
+		case len(holders) != 1 || at == nil || holders[0] != at.name:
 			add("address", "%s is on %v", testCIDR, holders)
+		}
+	}
+	if w.cfg.postCopy {
+		for _, h := range w.hosts {
+			for _, x := range h.sessions {
+				if x.serving {
+					add("criu left", "CRIU still serves the memory of a tree on %s", h.name)
+				}
+			}
+			for _, lp := range h.lazyPages {
+				if lp.state == "running" {
+					add("lazy-pages left", "lazy-pages %d still runs on %s (%d of %d pages)", lp.pid, h.name, lp.got, lp.need)
+				}
+			}
+		}
+		if at != nil {
+			if c := at.procs[testProcID].copy; c.lazy != nil && c.lazy.got < c.lazy.need {
+				add("missing pages", "the process runs on %s with %d of %d pages", at.name, c.lazy.got, c.lazy.need)
+			}
+		}
+		if lost && w.outDone && w.outErr != nil {
+			add("out", "Out failed (%v) after the commit", w.outErr)
+		}
+		if lost && w.outRec != nil && w.outRec.Outcome == "ok" {
+			add("lost but ok", "the process was lost on both hosts, but Out's outcome is ok")
+		}
+		if at == w.B() && w.outRec != nil && strings.Contains(w.outRec.Outcome, "LOST") {
+			add("out lost", "Out's outcome says the process was LOST, but it runs on B")
 		}
 	}
 	if w.cfg.hooks && at != nil {
