@@ -37,7 +37,7 @@ func TestCommandLine(t *testing.T) {
 		{"migrated ps --bogus", 2, "", "migrated: flag provided but not defined: -bogus\nRun 'migrated ps --help' for usage.\n"},
 		{"migrated migrate abc", 2, "", "migrated: missing --to\nRun 'migrated migrate --help' for usage.\n"},
 		{"migrated migrate --to h:1", 2, "", "migrated: usage: migrated migrate ID --to ADDR:PORT"},
-		{"migrated logs", 2, "", "migrated: usage: migrated logs ID\nRun 'migrated logs --help' for usage.\n"},
+		{"migrated logs", 2, "", "migrated: usage: migrated logs [-f] ID\nRun 'migrated logs --help' for usage.\n"},
 		{"dsmrun migrate job", 2, "", "dsmrun: missing --to\nRun 'dsmrun migrate --help' for usage.\n"},
 		// The global --socket after the command: taken, and the daemon
 		// looked for there.

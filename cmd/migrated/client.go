@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -80,9 +81,14 @@ func logsCommand() *cli.Command {
 		Name:      "logs",
 		Usage:     "print a process's output since it started, across migrations",
 		ArgsUsage: "ID",
+		Flags: []cli.Flag{&cli.BoolFlag{Name: "follow", Aliases: []string{"f"},
+			Usage: "go on printing what it writes, wherever it moves, until it exits"}},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return cliutil.Usage(c, "usage: migrated logs ID")
+				return cliutil.Usage(c, "usage: migrated logs [-f] ID")
+			}
+			if c.Bool("follow") {
+				return followLog(c, c.Args().First())
 			}
 			cl, err := local(c)
 			if err != nil {
@@ -92,6 +98,50 @@ func logsCommand() *cli.Command {
 			return err
 		},
 	}
+}
+
+// followLog prints process id's output from its start and as it grows, and
+// follows the process when it moves (through this host's daemon, which
+// passes the request on to the process's new host), until it exits; it
+// then says how.
+func followLog(c *cli.Context, id string) error {
+	var off int64
+	host := "" // this host's daemon
+	for {
+		cl, err := api.DialVia(c.String("socket"), host)
+		if err != nil {
+			return err
+		}
+		w := &countWriter{w: os.Stdout}
+		rep, err := cl.Stream(api.Request{Op: "follow", ID: id, Offset: off}, w, nil)
+		off += w.n
+		if err != nil {
+			if host != "" {
+				return fmt.Errorf("following %s on %s: %w", id, host, err)
+			}
+			return err
+		}
+		if rep.State == "migrated" && rep.MovedTo != "" {
+			id, host = rep.ID, rep.MovedTo // the full ID: a name may be another's there
+			continue
+		}
+		if rep.State == "exited" {
+			fmt.Fprintf(os.Stderr, "migrated: process %s exited with status %d\n", rep.ID, rep.ExitCode)
+		}
+		return nil
+	}
+}
+
+// countWriter counts what it passes on.
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n += int64(n)
+	return n, err
 }
 
 func killCommand() *cli.Command {

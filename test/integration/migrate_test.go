@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -8,6 +9,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -343,4 +346,63 @@ func waitPort(t *testing.T, k int, hostport string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("nothing listens on %s in h%d", hostport, k)
+}
+
+// `migrated logs -f` prints a process's output as it grows and follows it to
+// the host it moves to, until it exits there: every count once, in order,
+// from before the move to after it, and the exit said.
+func TestLogsFollow(t *testing.T) {
+	needHosts(t, 2)
+	id := start(t, 1, "followed", "migtest", "counter")
+	waitLog(t, 1, id, `count \d+`, 5)
+	cmd := exec.Command(cluster, "exec", "h1", "migrated", "logs", "-f", id)
+	var mu sync.Mutex
+	var ob, eb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = lockedBuf{&mu, &ob}, lockedBuf{&mu, &eb}
+	// Its own process group: the cleanup kills the driver and the client
+	// it runs on the host, whose output pipes Wait waits for.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var waitErr error
+	exited := make(chan struct{})
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-exited
+	})
+	seen := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Count(ob.String(), "count ")
+	}
+	for end := within(10 * time.Second); seen() < 10; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("logs -f printed %d counts in 10 s", seen())
+		}
+	}
+	migrate(t, 1, 2, id)
+	before := seen()
+	for end := within(15 * time.Second); seen() < before+25; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("logs -f printed nothing from h2: %d counts before the move, %d now", before, seen())
+		}
+	}
+	mustOn(t, 2, "migrated", "kill", id)
+	select {
+	case <-exited:
+		if waitErr != nil {
+			t.Fatalf("logs -f: %v\n%s", waitErr, eb.String())
+		}
+	case <-time.After(scaled(15 * time.Second)):
+		t.Fatal("logs -f did not end when the process did")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	checkConsecutive(t, ob.String(), "count ", 1)
+	if !strings.Contains(eb.String(), "process "+id+" exited") {
+		t.Errorf("logs -f did not say how the process ended:\n%s", eb.String())
+	}
 }
