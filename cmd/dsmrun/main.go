@@ -22,7 +22,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/big"
 	"net"
 	"net/netip"
@@ -313,10 +312,10 @@ func follow(cl *cluster, rk *rank, out *sync.Mutex, stopping *atomic.Bool) int {
 		host, id := rk.where()
 		c, err := cl.dial(host)
 		if err == nil {
-			cw := &countWriter{w: pw}
+			cw := &cliutil.CountWriter{W: pw}
 			var rep *api.Reply
 			rep, err = c.Stream(api.Request{Op: "follow", ID: id, Offset: off}, cw, nil)
-			off += cw.n
+			off += cw.N
 			if err == nil {
 				lost = time.Time{}
 				if rep.State == "migrated" {
@@ -363,17 +362,6 @@ func (cl *cluster) locate(id string) string {
 		}
 	}
 	return ""
-}
-
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(b []byte) (int, error) {
-	n, err := c.w.Write(b)
-	c.n += int64(n)
-	return n, err
 }
 
 // prefixWriter writes whole lines, each behind a prefix.

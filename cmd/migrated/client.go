@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -112,9 +111,9 @@ func followLog(c *cli.Context, id string) error {
 		if err != nil {
 			return err
 		}
-		w := &countWriter{w: os.Stdout}
+		w := &cliutil.CountWriter{W: os.Stdout}
 		rep, err := cl.Stream(api.Request{Op: "follow", ID: id, Offset: off}, w, nil)
-		off += w.n
+		off += w.N
 		if err != nil {
 			if host != "" {
 				return fmt.Errorf("following %s on %s: %w", id, host, err)
@@ -130,18 +129,6 @@ func followLog(c *cli.Context, id string) error {
 		}
 		return nil
 	}
-}
-
-// countWriter counts what it passes on.
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(b []byte) (int, error) {
-	n, err := c.w.Write(b)
-	c.n += int64(n)
-	return n, err
 }
 
 func killCommand() *cli.Command {

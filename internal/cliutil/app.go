@@ -151,3 +151,16 @@ func Main(app *cli.App, args []string) {
 	}
 	os.Exit(code)
 }
+
+// CountWriter passes writes on to W and counts the bytes it took (a log
+// followed from an offset goes on from Offset+N).
+type CountWriter struct {
+	W io.Writer
+	N int64
+}
+
+func (c *CountWriter) Write(b []byte) (int, error) {
+	n, err := c.W.Write(b)
+	c.N += int64(n)
+	return n, err
+}
