@@ -178,8 +178,6 @@ func (k checkpointer) DumpLazy(ctx context.Context, c migration.Conn, pid int, d
 			s.finish(err)
 			return
 		}
-		// The target answers once its lazy-pages has exited well.
-		s.pc.SetReadDeadline(time.Now().Add(pagesWindDown))
 	}()
 	return s, res, nil
 }
@@ -207,16 +205,13 @@ func (s *lazySource) toTarget() {
 }
 
 // fromTarget hands lazy-pages's requests to CRIU until the target reports
-// every page there.
+// every page there. That word comes once the target has journaled it, which
+// is after the commit and the resume (a DSM rank's resume hook included)
+// when the last page came before them: the page connection may be quiet
+// that long, and longer before the restore.
 func (s *lazySource) fromTarget() {
 	for {
-		if s.Failed() == nil {
-			select {
-			case <-s.dumpDone:
-			default:
-				s.pc.SetReadDeadline(time.Now().Add(lazyIdle))
-			}
-		}
+		s.pc.SetReadDeadline(time.Now().Add(lazyIdle))
 		typ, p, err := s.pc.ReadMsg()
 		if err != nil {
 			s.finish(fmt.Errorf("page connection: %v", err))
