@@ -894,7 +894,10 @@ static void drop_run(dsm_seg *s, size_t a, size_t b, dsm_drop *d) {
 // notice would make them; invalid ones hold stale bytes) and their twins.
 // Dirty pages and their twins stay: they hold writes not yet released.
 // Pages homed here are never touched. A thread that reads a dropped page
-// meanwhile faults and fetches it once the rank runs again.
+// meanwhile faults and fetches it once the rank runs again: the pages are
+// made inaccessible (mprotect, which returns only once no thread can still
+// read them through a stale mapping) before their memory is punched out;
+// the other way round, a thread reading one would read zeros.
 int dsm_seg_drop_cached(dsm_seg *s, dsm_drop *d) {
 	size_t a = 0;
 	while (a < s->npages) {
@@ -904,18 +907,23 @@ int dsm_seg_drop_cached(dsm_seg *s, dsm_drop *d) {
 			continue;
 		}
 		lock_range(s, a, b);
-		size_t run = a;
 		for (size_t p = a; p < b; p++) {
-			if (s->state[p] == DSM_RW) {
-				drop_run(s, run, p, d);
-				run = p + 1;
+			if (s->state[p] == DSM_RW)
 				d->kept++;
-				continue;
-			}
-			s->state[p] = DSM_INVALID;
+			else
+				s->state[p] = DSM_INVALID;
 		}
-		drop_run(s, run, b, d);
 		int err = protect_range(s, a, b);
+		if (err == 0) {
+			size_t run = a;
+			for (size_t p = a; p < b; p++) {
+				if (s->state[p] == DSM_RW) {
+					drop_run(s, run, p, d);
+					run = p + 1;
+				}
+			}
+			drop_run(s, run, b, d);
+		}
 		unlock_range(s, a, b);
 		if (err != 0)
 			return err;

@@ -351,7 +351,8 @@ func (t *lazyTarget) fromSource() {
 				return
 			}
 			// Every page is here: the engine journals it, then says so
-			// (Confirm).
+			// (Confirm). lazy-pages has gone: its socket may go too.
+			t.local.Close()
 			t.finish(nil)
 			return
 		case wire.TypeError:

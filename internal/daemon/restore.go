@@ -42,6 +42,9 @@ func (d *Daemon) restoreCopy(ctx context.Context, from *Proc, key, dir string, t
 		// Post-copy: the memory comes from lazy-pages, whose socket the
 		// shim holds open (shim.RestoreSpec.Hold).
 		Lazy: lazy != nil, Hold: holdFile(lazy)}})
+	if h := holdFile(lazy); h != nil {
+		h.Close() // the shim has its own copy now (or, failed, needs none)
+	}
 	if err != nil {
 		// A conflict with this host is told in one sentence; CRIU's own
 		// report stays in this daemon's log.
