@@ -164,10 +164,7 @@ func (k checkpointer) Dump(ctx context.Context, c migration.Conn, pid int, dir s
 	early, relayErr := pages.wait(wc, err != nil)
 	res := &migration.DumpResult{Sent: pages.sent.Load(), Back: pages.back.Load()}
 	if err != nil {
-		// CRIU puts the tree back as it found it, stopped. Say so if the
-		// failed dump cost the process its life.
-		time.Sleep(50 * time.Millisecond)
-		res.Died = syscall.Kill(pid, 0) == syscall.ESRCH
+		res.Died = diedInDump(pid)
 		if relayErr != nil && early {
 			return res, fmt.Errorf("streaming pages: %v; %w", relayErr, err)
 		}
@@ -178,6 +175,14 @@ func (k checkpointer) Dump(ctx context.Context, c migration.Conn, pid int, dir s
 		return res, fmt.Errorf("streaming pages to the target failed: %v", relayErr)
 	}
 	return res, nil
+}
+
+// diedInDump reports whether the process at pid is gone after a failed
+// dump: CRIU puts the tree back as it found it, stopped, unless the dump
+// cost the process its life, which the error must then say.
+func diedInDump(pid int) bool {
+	time.Sleep(50 * time.Millisecond)
+	return syscall.Kill(pid, 0) == syscall.ESRCH
 }
 
 func (k checkpointer) ReceivePages(ctx context.Context, c migration.Conn, dir string) (int64, error) {

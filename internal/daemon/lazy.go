@@ -152,12 +152,8 @@ func (k checkpointer) DumpLazy(ctx context.Context, c migration.Conn, pid int, d
 	case <-s.dumpDone:
 		local.Close()
 		cancel()
-		res := &migration.DumpResult{}
-		time.Sleep(50 * time.Millisecond)
-		res.Died = syscall.Kill(pid, 0) == syscall.ESRCH
-		return nil, res, s.dumpErr
+		return nil, &migration.DumpResult{Died: diedInDump(pid)}, s.dumpErr
 	}
-	res := &migration.DumpResult{}
 	k.d.log.Info("lazy dump ready", "pid", pid, "took", time.Since(t))
 	relayed := make(chan struct{})
 	go func() { s.toTarget(); close(relayed) }()
@@ -179,7 +175,7 @@ func (k checkpointer) DumpLazy(ctx context.Context, c migration.Conn, pid int, d
 			return
 		}
 	}()
-	return s, res, nil
+	return s, &migration.DumpResult{}, nil
 }
 
 // toTarget sends CRIU's replies to the target until CRIU has gone. It reads

@@ -3,7 +3,6 @@ package migration
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"regexp"
@@ -482,17 +481,15 @@ func (e *Engine) HandlePeer(ctx context.Context, c Conn, typ byte, payload []byt
 		}
 		return true, e.In(ctx, c, &b)
 	case tPageConn:
-		var q PageConnMsg
-		if err := json.Unmarshal(payload, &q); err != nil || !ValidID(q.Mig) {
-			err = errors.New("malformed page connection")
-			sendError(c, err)
+		mig, err := migOf(c, payload, "page connection")
+		if err != nil {
 			return true, err
 		}
 		e.mu.Lock()
-		w := e.pageConns[q.Mig]
+		w := e.pageConns[mig]
 		e.mu.Unlock()
 		if w == nil {
-			err := fmt.Errorf("no post-copy migration %s waits for its page connection here", q.Mig)
+			err := fmt.Errorf("no post-copy migration %s waits for its page connection here", mig)
 			sendError(c, err)
 			return true, err
 		}
@@ -505,33 +502,42 @@ func (e *Engine) HandlePeer(ctx context.Context, c Conn, typ byte, payload []byt
 		select {
 		case w.ch <- c:
 		default:
-			return true, fmt.Errorf("migration %s has its page connection already", q.Mig)
+			return true, fmt.Errorf("migration %s has its page connection already", mig)
 		}
 		// The migration reads and writes it from here on (or never, if it
 		// ends first); the caller closes it when this returns.
 		<-w.released
 		return true, nil
 	case tPagesQuery:
-		var q OutcomeMsg
-		if err := json.Unmarshal(payload, &q); err != nil || !ValidID(q.Mig) {
-			err = errors.New("malformed pages question")
-			sendError(c, err)
+		mig, err := migOf(c, payload, "pages question")
+		if err != nil {
 			return true, err
 		}
-		return true, send(ctx, c, e.t.Ask, tPagesAnswer, &OutcomeMsg{Mig: q.Mig, Outcome: e.pagesAnswer(q.Mig)})
+		return true, send(ctx, c, e.t.Ask, tPagesAnswer, &OutcomeMsg{Mig: mig, Outcome: e.pagesAnswer(mig)})
 	case tOutcome:
-		var q OutcomeMsg
-		if err := json.Unmarshal(payload, &q); err != nil || !ValidID(q.Mig) {
-			err = errors.New("malformed outcome question")
-			sendError(c, err)
+		mig, err := migOf(c, payload, "outcome question")
+		if err != nil {
 			return true, err
 		}
-		o, err := e.Answer(q.Mig)
+		o, err := e.Answer(mig)
 		if err != nil {
 			sendError(c, err)
 			return true, err
 		}
-		return true, send(ctx, c, e.t.Ask, tOutcomeReply, &OutcomeMsg{Mig: q.Mig, Outcome: o})
+		return true, send(ctx, c, e.t.Ask, tOutcomeReply, &OutcomeMsg{Mig: mig, Outcome: o})
 	}
 	return false, nil
+}
+
+// migOf is the migration a peer's question or page connection names
+// (OutcomeMsg and PageConnMsg both carry it as "mig"); a malformed one is
+// answered with an error.
+func migOf(c Conn, payload []byte, what string) (string, error) {
+	var q OutcomeMsg
+	if err := json.Unmarshal(payload, &q); err != nil || !ValidID(q.Mig) {
+		err = fmt.Errorf("malformed %s", what)
+		sendError(c, err)
+		return "", err
+	}
+	return q.Mig, nil
 }

@@ -104,16 +104,15 @@ func (e *Engine) Out(ctx context.Context, req Request, event func(api.Event)) (*
 	if m.c != nil {
 		defer m.c.Close()
 	}
-	if m.pc != nil {
-		defer m.pc.Close()
-	}
 	if err != nil {
+		if m.pc != nil {
+			m.pc.Close()
+		}
 		return nil, m.failed(steps, err)
 	}
+	// The page connection and CRIU's session go with the steps that use
+	// them (pages, kill), which may go on in the background.
 	m.forward(ctx, m.forwardSteps())
-	if m.lazy != nil {
-		m.lazy.Stop() // CRIU has ended already, unless the stream broke
-	}
 	return m.hist, nil
 }
 
@@ -555,7 +554,13 @@ func (e *Engine) cleanup(r *Record) error {
 // background: forwardSteps).
 func (m *outMig) forward(ctx context.Context, steps []step) {
 	var notes []string
-	for _, err := range m.e.forwardSteps(ctx, m.r, steps, "", m.settle) {
+	finish := func() {
+		if m.pc != nil {
+			m.pc.Close()
+		}
+		m.settle()
+	}
+	for _, err := range m.e.forwardSteps(ctx, m.r, steps, "", finish) {
 		notes = append(notes, err.Error())
 	}
 	if m.pagesErr != nil {
