@@ -4,7 +4,9 @@ SHELL := /bin/bash
 # make test  - install what is missing, run unit and integration tests (root)
 # make bench - benchmarks (ratios measured side by side)
 
-GO      ?= go
+# scripts/go runs the first Go new enough for go.mod (PATH's, else $GO_PREFIX,
+# default /usr/local/go), installing one there if none is (make deps does).
+export GO ?= $(CURDIR)/scripts/go
 export GOFLAGS ?= -mod=mod
 BIN     := bin
 CMDS    := migrated dsmrun

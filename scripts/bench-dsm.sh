@@ -15,6 +15,6 @@ mkdir -p bin bench-out
 # goes into the C flags, and an edit to it rebuilds bench/dsm (and the other
 # cgo packages, once) instead of timing a stale copy from the build cache.
 aead_src=$(cat dsmshm/aead.c dsmshm/aead.h | sha256sum | cut -c1-16)
-CGO_CFLAGS="$(go env CGO_CFLAGS) -DDSMBENCH_AEAD_SRC=$aead_src" go build -o bin/dsmbench ./bench/dsm
+CGO_CFLAGS="$("${GO:-scripts/go}" env CGO_CFLAGS) -DDSMBENCH_AEAD_SRC=$aead_src" "${GO:-scripts/go}" build -o bin/dsmbench ./bench/dsm
 # shellcheck disable=SC2086 # DSM_BENCH_ARGS is a list of flags
 exec bin/dsmbench -out bench-out/dsm.md -port "${DSM_BENCH_PORT:-24100}" ${DSM_BENCH_ARGS:-}

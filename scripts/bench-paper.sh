@@ -49,7 +49,7 @@ ip_of() { awk -v b="${RANK_IPS%/*}" -v r="$1" -v p="${RANK_IPS#*/}" 'BEGIN { n =
 out=bench-out; mkdir -p $out docs
 tsv=$out/paper.tsv moves=$out/paper-moves.log
 tmp=$(mktemp -d /tmp/bench-paper.XXXXXX)
-go build -o bin/ ./cmd/... ./test/integration/migtest ./examples/jacobi
+"${GO:-scripts/go}" build -o bin/ ./cmd/... ./test/integration/migtest ./examples/jacobi
 # Every job's output is kept in bench-out/paper-jobs/.
 trap '$C down >/dev/null 2>&1 || true; rm -rf $out/paper-jobs; mv "$tmp" $out/paper-jobs 2>/dev/null || rm -rf "$tmp"' EXIT
 $C down >/dev/null 2>&1 || true

@@ -13,7 +13,7 @@ SIZES=${SIZES:-"16 256 1024"}
 REPS=${REPS:-3}
 CRIU=${CRIU:-/usr/local/sbin/migrate-criu}
 out=bench-out; mkdir -p $out
-go build -o bin/ ./cmd/... ./test/integration/migtest ./examples/jacobi
+"${GO:-scripts/go}" build -o bin/ ./cmd/... ./test/integration/migtest ./examples/jacobi
 trap '$C down >/dev/null 2>&1 || true' EXIT
 $C up 2 >/dev/null 2>&1
 now() { date +%s.%N; }

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 C=test/integration/cluster.sh
-go build -o bin/ ./cmd/... ./test/integration/migtest ./examples/...
+"${GO:-scripts/go}" build -o bin/ ./cmd/... ./test/integration/migtest ./examples/...
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 trap 'say "tearing down"; $C down' EXIT

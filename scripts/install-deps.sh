@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a Debian host: CRIU >= 4.2 (system one if it
 # works, otherwise Debian testing's criu in a private prefix with a wrapper), tini,
-# nftables, iptables, iproute2, arping, netcat. Idempotent and quiet when done.
+# nftables, iptables, iproute2, arping, netcat, procps, gcc, and a Go toolchain new enough
+# for go.mod (scripts/install-go.sh). Idempotent and quiet when done.
 # Usage: scripts/install-deps.sh [PREFIX]   (default PREFIX=/opt/migrate-criu)
 set -euo pipefail
 
@@ -22,12 +23,18 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v arping >/dev/null || need+=(iputils-arping)
 command -v nc >/dev/null || need+=(netcat-openbsd)
 command -v nsenter >/dev/null || need+=(util-linux)
+command -v sysctl >/dev/null && command -v pgrep >/dev/null || need+=(procps)
+command -v gcc >/dev/null || need+=(gcc) # cgo (dsmshm)
+[ -e /usr/include/stdio.h ] || need+=(libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then
 	log "installing ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq >/dev/null
 	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+# --- Go new enough for go.mod (PATH's or /usr/local/go; GO_PREFIX moves it) ---
+bash "$(dirname "${BASH_SOURCE[0]}")/install-go.sh"
 
 # --- sysctls CRIU needs (post-copy page pipes) -------------------------------
 cur=$(sysctl -n fs.pipe-max-size)
@@ -59,7 +66,14 @@ aptopts=(-o Dir::Etc::SourceList="$work/sources.list" -o Dir::Etc::SourceParts=/
 	-o Dir::Cache::Archives="$work/archives" -o Dir::Cache="$work" -o APT::Get::List-Cleanup=0
 	-o Debug::NoLocking=1 -o Acquire::Languages=none -o APT::Architecture=amd64
 	-o APT::Architectures=amd64)
-apt-get "${aptopts[@]}" update -qq >/dev/null 2>&1 || apt-get "${aptopts[@]}" update
+if ! out=$(apt-get "${aptopts[@]}" update -qq 2>&1); then
+	# A mirror may serve testing's Release file after its Valid-Until (seen on a
+	# fresh machine here: "is expired"): use it, its signature is still checked.
+	grep -q 'is expired' <<<"$out" || { echo "$out" >&2; exit 1; }
+	log "the mirror's forky Release file is past its Valid-Until date; using it (its signature is checked)"
+	aptopts+=(-o Acquire::Check-Valid-Until=false)
+	apt-get "${aptopts[@]}" update -qq >/dev/null 2>&1 || apt-get "${aptopts[@]}" update
+fi
 pkgs=$(apt-cache "${aptopts[@]}" depends --recurse --no-recommends --no-suggests --no-conflicts \
 	--no-breaks --no-replaces --no-enhances criu | { grep -v -e '^ ' -e '^<' || true; } | sort -u)
 (cd "$work/debs" && apt-get "${aptopts[@]}" download $pkgs >/dev/null 2>&1) || (cd "$work/debs" && apt-get "${aptopts[@]}" download $pkgs)

@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 C=test/integration/cluster.sh
 ROUNDS=${1:-30}
 PROCS=${2:-3}
-go build -o bin/ ./cmd/... ./test/integration/migtest
+"${GO:-scripts/go}" build -o bin/ ./cmd/... ./test/integration/migtest
 # KEEP_CLUSTER=1 leaves the cluster up when a round fails, to look into.
 trap 'if [ $? != 0 ] && [ -n "${KEEP_CLUSTER:-}" ]; then echo "soak: cluster left up" >&2; else $C down >/dev/null 2>&1 || true; fi' EXIT
 $C up 2 >/dev/null

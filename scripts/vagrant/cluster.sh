@@ -6,8 +6,9 @@
 #   cluster.sh down            vagrant destroy -f, and remove any libvirt network or domain left
 #   cluster.sh exec HOST CMD.. run CMD as root on HOST (nodeK or hK), in /work/main's bin on PATH;
 #                              exit status is CMD's
-#   cluster.sh env             print MIGRATED_HOSTS=... and MIGRATED_TOKEN_FILE=... for eval,
-#                              and CLUSTER_STATE_DIRS=... CLUSTER_TOKEN_FILE=... (paths in the VMs)
+#   cluster.sh env             print `export MIGRATED_HOSTS=...;` and MIGRATED_TOKEN_FILE for
+#                              eval, and CLUSTER_STATE_DIRS and CLUSTER_TOKEN_FILE (paths in
+#                              the VMs), one a line
 #   cluster.sh ip K            print node K's address on the private network
 #
 # Settings are the Vagrantfile's (MIGRATE_NET, MIGRATE_FIRST, MIGRATE_LIBVIRT_DRIVER...).
@@ -28,7 +29,7 @@ VIRSH=(virsh -q -c qemu:///system)
 log() { echo "vagrant-cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
 usage() {
-	sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+	sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
 	exit 2
 }
 
@@ -122,10 +123,9 @@ cmd_env() {
 		hosts+=${hosts:+,}$NET.$((FIRST + k - 1)):$PORT
 		dirs+=${dirs:+,}/var/lib/migrated
 	done
-	echo "MIGRATED_HOSTS=$hosts"
-	echo "MIGRATED_TOKEN_FILE=$REPO/.vagrant/token"
-	echo "CLUSTER_STATE_DIRS=$dirs"
-	echo "CLUSTER_TOKEN_FILE=/etc/migrated/token"
+	# Exported (eval must hand them to dsmrun), one command a line.
+	printf 'export %s=%s;\n' MIGRATED_HOSTS "$hosts" MIGRATED_TOKEN_FILE "$REPO/.vagrant/token" \
+		CLUSTER_STATE_DIRS "$dirs" CLUSTER_TOKEN_FILE /etc/migrated/token
 }
 
 [ $# -ge 1 ] || usage

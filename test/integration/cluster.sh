@@ -4,8 +4,9 @@
 #   cluster.sh up N            create hosts h1..hN (1 <= N <= 40), each running migrated
 #   cluster.sh down            remove everything up made (idempotent)
 #   cluster.sh exec HOST CMD.. run CMD inside HOST (exit status is CMD's)
-#   cluster.sh env             print MIGRATED_HOSTS=... and MIGRATED_TOKEN_FILE=... for eval,
-#                              and CLUSTER_STATE_DIRS=... CLUSTER_TOKEN_FILE=... (paths on the hosts)
+#   cluster.sh env             print `export MIGRATED_HOSTS=...;` and MIGRATED_TOKEN_FILE for
+#                              eval (dsmrun's settings), and CLUSTER_STATE_DIRS and
+#                              CLUSTER_TOKEN_FILE (paths on the hosts), one a line
 #
 # Host hK is a network namespace named hK whose eth0 (10.77.0.K/24) is one end of a
 # veth pair; the other end, mig0-hK, is a port of the bridge mig0 (10.77.0.254/24)
@@ -35,7 +36,7 @@ log() { echo "cluster: $*" >&2; }
 die() { log "$*"; exit 1; }
 
 usage() {
-	sed -n '2,8s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
+	sed -n '2,9s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2
 	exit 2
 }
 
@@ -92,11 +93,12 @@ ensure_binaries() {
 		log "installing dependencies (scripts/install-deps.sh)"
 		"$REPO/scripts/install-deps.sh"
 	fi
-	local go
-	go=$(command -v go || echo /usr/local/go/bin/go)
+	# scripts/go: PATH's go or the one scripts/install-go.sh installed, if
+	# new enough for go.mod.
+	local go=$REPO/scripts/go
 	# The go command needs a cache directory; sudo or env -i may drop HOME.
 	[ -n "${HOME:-}" ] || export HOME=/root
-	if [ -x "$go" ]; then
+	if DSMIGRATE_GO_INSTALL=0 "$go" version >/dev/null 2>&1; then
 		# Cheap when nothing changed: the build cache makes this a no-op.
 		(cd "$REPO" && "$go" build -o "$REPO/bin/" ./cmd/...) || die "build failed"
 	elif [ -x "$REPO/bin/migrated" ]; then
@@ -376,10 +378,10 @@ cmd_env() {
 		hosts+=${hosts:+,}$NET.$k:$PORT
 		dirs+=${dirs:+,}$DIR/h$k/state
 	done
-	echo "MIGRATED_HOSTS=$hosts"
-	echo "MIGRATED_TOKEN_FILE=$DIR/token"
-	echo "CLUSTER_STATE_DIRS=$dirs"
-	echo "CLUSTER_TOKEN_FILE=$DIR/token"
+	# Exported, so that what eval sets reaches dsmrun; each line ends its
+	# command, so that `eval $(cluster.sh env)` (newlines become spaces) works too.
+	printf 'export %s=%s;\n' MIGRATED_HOSTS "$hosts" MIGRATED_TOKEN_FILE "$DIR/token" \
+		CLUSTER_STATE_DIRS "$dirs" CLUSTER_TOKEN_FILE "$DIR/token"
 }
 
 [ $# -ge 1 ] || usage

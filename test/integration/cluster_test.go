@@ -11,7 +11,8 @@
 //	DRIVER exec hK CMD..  run CMD as root on hK (stdin, stdout and stderr passed
 //	                      through, exit status CMD's), with the repository's bin/
 //	                      on PATH: the repository is at the same path on every host
-//	DRIVER env            describe the hosts, one NAME=VALUE a line:
+//	DRIVER env            describe the hosts, one NAME=VALUE a line (or
+//	                      `export NAME=VALUE;`, for eval):
 //	    MIGRATED_HOSTS=ADDR:PORT,...  each host's daemon address, h1 first; their
 //	                                  number is the number of hosts
 //	    MIGRATED_TOKEN_FILE=PATH      the cluster's token, on this machine (dsmrun)
@@ -47,6 +48,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -157,6 +159,8 @@ func loadHosts() error {
 	}
 	env := map[string]string{}
 	for _, l := range strings.Split(string(out), "\n") {
+		// `export NAME=VALUE;` (for eval), or NAME=VALUE.
+		l = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(l), "export "), ";")
 		if k, v, ok := strings.Cut(l, "="); ok {
 			os.Setenv(k, v) // MIGRATED_HOSTS and MIGRATED_TOKEN_FILE for dsmrun
 			env[k] = v
@@ -408,9 +412,22 @@ func onIn(k int, stdin string, args ...string) (string, error) {
 	}
 	err := cmd.Run()
 	if err != nil {
-		return out.String(), fmt.Errorf("%s on h%d: %v: %s%s", strings.Join(args, " "), k, err, errb.String(), out.String())
+		return out.String(), fmt.Errorf("%s on h%d: %w: %s%s", strings.Join(args, " "), k, err, errb.String(), out.String())
 	}
 	return out.String(), nil
+}
+
+// exitStatus is the exit status of the command whose error (from on, or
+// exec) err is: 0 for nil, -1 if it did not exit.
+func exitStatus(err error) int {
+	if err == nil {
+		return 0
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	return -1
 }
 
 // hostDir makes a new directory at the same path on every host (a fresh
