@@ -2,7 +2,10 @@
 // daemons, and lists and migrates their ranks.
 //
 //	dsmrun run --hosts ADDR:PORT[,ADDR:PORT...] -n N [--token-file FILE | --socket PATH] [--encrypt] -- PROGRAM [ARG...]
+//	dsmrun run --hostfile FILE [-n N] [--oversubscribe] ... -- PROGRAM [ARG...]
 //	dsmrun ps [--json]
+//	dsmrun kill JOB
+//	dsmrun logs [-f] JOB [RANK]
 //	dsmrun migrate JOB RANK --to ADDR:PORT
 //	dsmrun history [--json] [JOB]
 //
@@ -19,7 +22,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
@@ -57,11 +59,17 @@ func main() {
 		Usage: "run and migrate DSM programs across hosts",
 		Commands: []*cli.Command{
 			{
-				Name:      "run",
-				Usage:     "start N ranks of PROGRAM over the hosts, round-robin, and stream their output",
-				ArgsUsage: "-- PROGRAM [ARG...]",
+				Name: "run",
+				Usage: "start N ranks of PROGRAM over the hosts (round-robin, or by slot with --hostfile) and stream " +
+					"their output",
+				ArgsUsage:   "-- PROGRAM [ARG...]",
+				Description: hostfileHelp,
 				Flags: append([]cli.Flag{
-					&cli.IntFlag{Name: "n", Value: 1, Usage: "number of ranks"},
+					&cli.IntFlag{Name: "n", Value: 1, Usage: "number of ranks", DefaultText: "1, or the hostfile's slots"},
+					&cli.StringFlag{Name: "hostfile", Usage: "FILE of hosts and their slots, one 'ADDR:PORT slots=N' " +
+						"a line (format above); instead of --hosts"},
+					&cli.BoolFlag{Name: "oversubscribe", Usage: "with --hostfile: allow more ranks than slots " +
+						"(those beyond go round-robin over the hosts again)"},
 					&cli.IntFlag{Name: "port", Usage: "first TCP port of the ranks", DefaultText: "random"},
 					&cli.StringFlag{Name: "rank-ips", Usage: "IP/PREFIX: give rank r the address IP+r of its own, " +
 						"so that 'dsmrun migrate --move-ip' carries its connections (TCP repair) instead of rebinding them"},
@@ -80,7 +88,12 @@ func main() {
 					&cli.BoolFlag{Name: "post-copy", Usage: "resume the rank on the target before its memory has arrived " +
 						"(CRIU's lazy pages); if the source host, its daemon or the link fails before the last page " +
 						"arrived, the rank is LOST (and its job with it)"},
+					&cli.DurationFlag{Name: "timeout", Usage: "give the move up if it has not committed within this " +
+						"long (30s, 5m): the rank then runs on where it was", DefaultText: "15m, the daemon's bound"},
+					&cli.BoolFlag{Name: "json", Usage: "print the phases, progress and result as JSON lines " +
+						"(docs/json/migrated-migrate.md)"},
 				}, hostFlags...), Action: migrateRank},
+			killJobCommand(hostFlags), logsCommand(hostFlags),
 		},
 	}
 	cliutil.Setup(app)
@@ -101,15 +114,20 @@ func newCluster(c *cli.Context) (*cluster, error) {
 	if hs == "" {
 		return nil, errors.New("no hosts: pass --hosts ADDR:PORT[,...] or set MIGRATED_HOSTS")
 	}
-	cl := &cluster{}
+	var hosts []string
 	for _, h := range strings.Split(hs, ",") {
 		h = strings.TrimSpace(h)
 		if _, _, err := net.SplitHostPort(h); err != nil {
 			return nil, fmt.Errorf("bad host %q in --hosts: want ADDR:PORT", h)
 		}
-		cl.hosts = append(cl.hosts, h)
+		hosts = append(hosts, h)
 	}
-	cl.socket = c.String("socket")
+	return clusterOf(c, hosts)
+}
+
+// clusterOf is the cluster of hosts, reached as c's flags say.
+func clusterOf(c *cli.Context, hosts []string) (*cluster, error) {
+	cl := &cluster{hosts: hosts, socket: c.String("socket")}
 	tf := c.String("token-file")
 	if tf == "" {
 		return cl, nil
@@ -162,13 +180,39 @@ func (r *rank) where() (string, string) {
 }
 
 func runJob(c *cli.Context) error {
-	cl, err := newCluster(c)
+	var cl *cluster
+	var slots []hostSlots // --hostfile's
+	var err error
+	if f := c.String("hostfile"); f != "" {
+		if hostsOnCommandLine(os.Args[1:]) {
+			return cliutil.Usage(c, "--hosts and --hostfile together: give the hosts one way")
+		}
+		if slots, err = readHostfile(f); err != nil {
+			return cliutil.Usage(c, "--hostfile: %v", err)
+		}
+		hosts := make([]string, len(slots))
+		for i, h := range slots {
+			hosts[i] = h.host
+		}
+		cl, err = clusterOf(c, hosts)
+	} else {
+		cl, err = newCluster(c)
+	}
 	if err != nil {
 		return err
 	}
 	n := c.Int("n")
+	if slots != nil && !c.IsSet("n") {
+		n = slotCount(slots)
+	}
 	if n < 1 || n > 1024 {
 		return fmt.Errorf("-n %d: want 1..1024 ranks", n)
+	}
+	place := roundRobin(cl.hosts, n) // rank r runs on place[r]
+	if slots != nil {
+		if place, err = placeBySlot(slots, n, c.Bool("oversubscribe")); err != nil {
+			return cliutil.Usage(c, "%s: %v", c.String("hostfile"), err)
+		}
 	}
 	if c.NArg() == 0 {
 		return errors.New("no program: dsmrun run --hosts ... -n N -- PROGRAM [ARG...]")
@@ -201,7 +245,7 @@ func runJob(c *cli.Context) error {
 	}
 	peers := make([]string, n)
 	for r := range n {
-		h, _, _ := net.SplitHostPort(cl.hosts[r%len(cl.hosts)])
+		h, _, _ := net.SplitHostPort(place[r])
 		if ips != nil {
 			h = ips[r].Addr().String()
 		}
@@ -231,7 +275,7 @@ func runJob(c *cli.Context) error {
 	// address nobody holds yet waits for ARP to give up instead of failing
 	// at once, which would slow the job's start by seconds.
 	for r := range ips {
-		host := cl.hosts[r%len(cl.hosts)]
+		host := place[r]
 		if _, err := cl.do(host, api.Request{Op: "addip", MoveIP: ips[r].String()}); err != nil {
 			killAll()
 			return fmt.Errorf("giving rank %d the address %s on %s: %v", r, ips[r], host, err)
@@ -244,7 +288,7 @@ func runJob(c *cli.Context) error {
 		return strings.HasPrefix(kv, mrt.EnvEncrypt+"=") || strings.HasPrefix(kv, mrt.EnvSecretFD+"=")
 	})
 	for r := range n {
-		host := cl.hosts[r%len(cl.hosts)]
+		host := place[r]
 		env := append(slices.Clip(base), "DSM_JOB="+job, fmt.Sprintf("DSM_RANK=%d", r), fmt.Sprintf("DSM_SIZE=%d", n),
 			"DSM_PEERS="+strings.Join(peers, ","), "GODEBUG=multipathtcp=0")
 		if ips != nil {
@@ -277,7 +321,14 @@ func runJob(c *cli.Context) error {
 	var stopping atomic.Bool
 	codes := make(chan [2]int, n)
 	for _, rk := range ranks {
-		go func() { codes <- [2]int{rk.n, follow(cl, rk, &out, &stopping)} }()
+		go func() {
+			code, err := follow(cl, rk, fmt.Sprintf("[%d] ", rk.n), &out, &stopping)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "dsmrun: %v\n", err)
+				code = 255
+			}
+			codes <- [2]int{rk.n, code}
+		}()
 	}
 	status := 0
 	for range n {
@@ -300,12 +351,13 @@ func runJob(c *cli.Context) error {
 // daemon died or restarts (the rank itself runs on under its shim).
 const followRetry = 2 * time.Minute
 
-// follow streams a rank's output, prefixed with its rank, wherever it moves,
-// and returns its exit code. A daemon that dies or restarts does not end
+// follow streams a rank's output, each line behind prefix, wherever it
+// moves, and returns its exit code (255 when stopping), or an error when it
+// lost the rank for followRetry. A daemon that dies or restarts does not end
 // the rank: follow finds it again, on its host or wherever a migration took
 // it meanwhile, and goes on from the same offset (the log moves with it).
-func follow(cl *cluster, rk *rank, out *sync.Mutex, stopping *atomic.Bool) int {
-	pw := &prefixWriter{prefix: fmt.Sprintf("[%d] ", rk.n), mu: out}
+func follow(cl *cluster, rk *rank, prefix string, out *sync.Mutex, stopping *atomic.Bool) (int, error) {
+	pw := &prefixWriter{prefix: prefix, mu: out}
 	var off int64
 	var lost time.Time
 	for {
@@ -325,18 +377,18 @@ func follow(cl *cluster, rk *rank, out *sync.Mutex, stopping *atomic.Bool) int {
 					continue
 				}
 				pw.flush()
-				return rep.ExitCode
+				return rep.ExitCode, nil
 			}
 		}
 		if stopping.Load() {
-			return 255
+			return 255, nil
 		}
 		if lost.IsZero() {
 			lost = time.Now()
 			fmt.Fprintf(os.Stderr, "dsmrun: rank %d on %s: %v; looking for it again\n", rk.n, host, err)
 		} else if time.Since(lost) > followRetry {
-			fmt.Fprintf(os.Stderr, "dsmrun: rank %d: lost for %v: %v\n", rk.n, followRetry, err)
-			return 255
+			pw.flush()
+			return 255, api.WithKind(api.KindUnreachable, fmt.Errorf("rank %d: lost for %v: %w", rk.n, followRetry, err))
 		}
 		time.Sleep(300 * time.Millisecond)
 		if h := cl.locate(id); h != "" {
@@ -421,7 +473,7 @@ func (cl *cluster) jobs() ([]Job, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
-				errs = append(errs, err)
+				errs = append(errs, &hostError{h, err})
 				return
 			}
 			for _, p := range rep.Procs {
@@ -447,19 +499,24 @@ func (cl *cluster) jobs() ([]Job, error) {
 	return out, errors.Join(errs...)
 }
 
-func psJobs(c *cli.Context) error {
+func psJobs(c *cli.Context) (err error) {
 	cl, err := newCluster(c)
 	if err != nil {
 		return err
 	}
-	jobs, err := cl.jobs()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "dsmrun: warning: %v\n", err)
-	}
+	jobs, down := cl.jobs()
+	// Reachability: the hosts that did not answer are named on stderr and
+	// the command exits 6 after printing what the others said.
+	defer func() {
+		if err == nil {
+			err = unreachable(cl, down, "the list lacks their ranks")
+		}
+	}()
 	if c.Bool("json") {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(jobs)
+		if jobs == nil {
+			jobs = []Job{}
+		}
+		return cliutil.PrintJSON(jobs)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "JOB\tRANK\tHOST\tPID\tSTATE\tPROC")
@@ -473,7 +530,10 @@ func psJobs(c *cli.Context) error {
 
 func migrateRank(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return cliutil.Usage(c, "usage: dsmrun migrate JOB RANK --to ADDR:PORT [--move-ip CIDR] [--post-copy]")
+		return cliutil.Usage(c, "usage: dsmrun migrate JOB RANK --to ADDR:PORT [--move-ip CIDR] [--post-copy] [--timeout D]")
+	}
+	if c.Duration("timeout") < 0 {
+		return cliutil.Usage(c, "--timeout %v: want a positive duration such as 30s or 5m", c.Duration("timeout"))
 	}
 	cl, err := newCluster(c)
 	if err != nil {
@@ -481,8 +541,8 @@ func migrateRank(c *cli.Context) error {
 	}
 	job := c.Args().Get(0)
 	var rankN int
-	if _, err := fmt.Sscan(c.Args().Get(1), &rankN); err != nil {
-		return fmt.Errorf("bad rank %q", c.Args().Get(1))
+	if _, err := fmt.Sscan(c.Args().Get(1), &rankN); err != nil || rankN < 0 {
+		return cliutil.Usage(c, "bad rank %q: want a rank number (0, 1, ...)", c.Args().Get(1))
 	}
 	jobs, _ := cl.jobs()
 	for _, j := range jobs {
@@ -494,8 +554,8 @@ func migrateRank(c *cli.Context) error {
 		// move (the rank also refuses to prepare while a peer is away).
 		for _, r := range j.Ranks {
 			if r.Rank != rankN && r.State != "running" {
-				return fmt.Errorf("rank %d of job %s is %s: move one rank of a job at a time (try again when it runs)",
-					r.Rank, job, r.State)
+				return api.Errorf(api.KindRefused, "rank %d of job %s is %s: move one rank of a job at a time "+
+					"(try again when it runs)", r.Rank, job, r.State)
 			}
 		}
 		for _, r := range j.Ranks {
@@ -506,24 +566,20 @@ func migrateRank(c *cli.Context) error {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(os.Stderr, "migrating job %s rank %d: %s -> %s\n", job, rankN, r.Host, c.String("to"))
-			rep, err := cli.Stream(api.Request{Op: "migrate", ID: r.ProcID, To: c.String("to"), MoveIP: c.String("move-ip"),
-				PostCopy: c.Bool("post-copy")}, nil,
-				func(e api.Event) { api.PrintEvent(os.Stderr, e) })
-			if err != nil {
-				return err
+			if !c.Bool("json") {
+				fmt.Fprintf(os.Stderr, "migrating job %s rank %d: %s -> %s\n", job, rankN, r.Host, c.String("to"))
 			}
-			api.PrintDone(os.Stderr, rep.Record)
-			return nil
+			return cliutil.Migrate(cli, api.Request{Op: "migrate", ID: r.ProcID, To: c.String("to"),
+				MoveIP: c.String("move-ip"), PostCopy: c.Bool("post-copy"), Timeout: c.Duration("timeout")}, c.Bool("json"))
 		}
-		return fmt.Errorf("job %s has no rank %d", job, rankN)
+		return api.Errorf(api.KindNotFound, "job %s has no rank %d", job, rankN)
 	}
-	return fmt.Errorf("no running job %q: `dsmrun ps` lists them", job)
+	return api.Errorf(api.KindNotFound, "no running job %q: `dsmrun ps` lists them", job)
 }
 
 // history gathers the migration records of DSM ranks from every daemon (each
 // keeps those it sent), oldest first, optionally for one job.
-func history(c *cli.Context) error {
+func history(c *cli.Context) (err error) {
 	cl, err := newCluster(c)
 	if err != nil {
 		return err
@@ -541,7 +597,7 @@ func history(c *cli.Context) error {
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
-				errs = append(errs, err)
+				errs = append(errs, &hostError{h, err})
 				return
 			}
 			for _, r := range rep.Records {
@@ -552,17 +608,16 @@ func history(c *cli.Context) error {
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		fmt.Fprintf(os.Stderr, "dsmrun: warning: %v\n", err)
-	}
+	// Reachability: the hosts that did not answer are named on stderr and
+	// the command exits 6 after printing what the others said.
+	defer func() {
+		if err == nil {
+			err = unreachable(cl, errors.Join(errs...), "the history lacks their records")
+		}
+	}()
 	sort.Slice(recs, func(a, b int) bool { return recs[a].Start.Before(recs[b].Start) })
 	if c.Bool("json") {
-		if recs == nil {
-			recs = []api.MigrationRec{}
-		}
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(recs)
+		return cliutil.PrintJSON(cliutil.Migrations(recs))
 	}
 	api.PrintRecords(os.Stdout, recs)
 	return nil

@@ -41,8 +41,8 @@ func TestCommandLine(t *testing.T) {
 		{"dsmrun migrate job", 2, "", "dsmrun: missing --to\nRun 'dsmrun migrate --help' for usage.\n"},
 		// The global --socket after the command: taken, and the daemon
 		// looked for there.
-		{"migrated ps --socket /nonexistent/sock", 1, "", "migrated: cannot reach the daemon at /nonexistent/sock"},
-		{"migrated ps --json --socket=/nonexistent/sock", 1, "", "migrated: cannot reach the daemon at /nonexistent/sock"},
+		{"migrated ps --socket /nonexistent/sock", 6, "", "migrated: cannot reach the daemon at /nonexistent/sock"},
+		{"migrated ps --json --socket=/nonexistent/sock", 6, "", "migrated: cannot reach the daemon at /nonexistent/sock"},
 	} {
 		f := strings.Fields(tc.args)
 		cmd := exec.Command(filepath.Join(dir, f[0]), f[1:]...)

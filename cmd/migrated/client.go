@@ -1,8 +1,6 @@
 package main
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -29,15 +27,19 @@ func runCommand() *cli.Command {
 		Name:      "run",
 		Usage:     "start a migratable process on this host; prints its ID",
 		ArgsUsage: "-- CMD [ARG...]",
-		Flags:     []cli.Flag{&cli.StringFlag{Name: "name", Usage: "a name to find it by"}},
+		Flags: []cli.Flag{&cli.StringFlag{Name: "name", Usage: "a name to find it by (unique among your processes here)"},
+			jsonFlag},
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
-				return errors.New("no command: migrated run [--name NAME] -- CMD [ARG...]")
+				return cliutil.Usage(c, "no command: migrated run [--name NAME] -- CMD [ARG...]")
 			}
 			dir, _ := os.Getwd()
 			r, err := roundTrip(c, api.Request{Op: "run", Name: c.String("name"), Argv: c.Args().Slice(), Env: os.Environ(), Dir: dir})
 			if err != nil {
 				return err
+			}
+			if c.Bool("json") {
+				return cliutil.PrintJSON(map[string]string{"id": r.ID})
 			}
 			fmt.Println(r.ID)
 			return nil
@@ -49,17 +51,14 @@ func psCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "ps",
 		Usage: "list the processes on this host",
-		Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+		Flags: []cli.Flag{jsonFlag},
 		Action: func(c *cli.Context) error {
 			r, err := roundTrip(c, api.Request{Op: "ps"})
 			if err != nil {
 				return err
 			}
 			if c.Bool("json") {
-				if r.Procs == nil {
-					r.Procs = []api.ProcInfo{}
-				}
-				return printJSON(r.Procs)
+				return cliutil.PrintJSON(cliutil.Procs(r.Procs))
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tNAME\tPID\tSTATE\tCOMMAND")
@@ -160,25 +159,27 @@ func migrateCommand() *cli.Command {
 				"(CRIU's lazy pages): the downtime no longer grows with its memory, but if the source host, its daemon " +
 				"or the link fails before the last page arrived, the process is LOST (killed on the target, " +
 				"not resumed here)"},
+			timeoutFlag,
+			&cli.BoolFlag{Name: "json", Usage: "print the phases, progress and result as JSON lines " +
+				"(docs/json/migrated-migrate.md)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return cliutil.Usage(c, "usage: migrated migrate ID --to ADDR:PORT [--move-ip CIDR] [--post-copy]")
+				return cliutil.Usage(c, "usage: migrated migrate ID --to ADDR:PORT [--move-ip CIDR] [--post-copy] [--timeout D]")
+			}
+			if c.Duration("timeout") < 0 {
+				return cliutil.Usage(c, "--timeout %v: want a positive duration such as 30s or 5m", c.Duration("timeout"))
 			}
 			id := c.Args().First()
 			cl, err := local(c)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(os.Stderr, "migrating %s to %s\n", id, c.String("to"))
-			r, err := cl.Stream(api.Request{Op: "migrate", ID: id, To: c.String("to"), MoveIP: c.String("move-ip"),
-				PostCopy: c.Bool("post-copy")}, nil,
-				func(e api.Event) { api.PrintEvent(os.Stderr, e) })
-			if err != nil {
-				return err
+			if !c.Bool("json") {
+				fmt.Fprintf(os.Stderr, "migrating %s to %s\n", id, c.String("to"))
 			}
-			api.PrintDone(os.Stderr, r.Record)
-			return nil
+			return cliutil.Migrate(cl, api.Request{Op: "migrate", ID: id, To: c.String("to"), MoveIP: c.String("move-ip"),
+				PostCopy: c.Bool("post-copy"), Timeout: c.Duration("timeout")}, c.Bool("json"))
 		},
 	}
 }
@@ -187,17 +188,14 @@ func historyCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "history",
 		Usage: "show the migrations this host's daemon sent",
-		Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
+		Flags: []cli.Flag{jsonFlag},
 		Action: func(c *cli.Context) error {
 			r, err := roundTrip(c, api.Request{Op: "history"})
 			if err != nil {
 				return err
 			}
 			if c.Bool("json") {
-				if r.Records == nil {
-					r.Records = []api.MigrationRec{}
-				}
-				return printJSON(r.Records)
+				return cliutil.PrintJSON(cliutil.Migrations(r.Records))
 			}
 			api.PrintRecords(os.Stdout, r.Records)
 			return nil
@@ -205,8 +203,8 @@ func historyCommand() *cli.Command {
 	}
 }
 
-func printJSON(v any) error {
-	enc := json.NewEncoder(os.Stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
+var (
+	jsonFlag    = &cli.BoolFlag{Name: "json", Usage: "print JSON (docs/json/ has the schema)"}
+	timeoutFlag = &cli.DurationFlag{Name: "timeout", Usage: "give the migration up if it has not committed " +
+		"within this long (30s, 5m): the process then runs on here as before", DefaultText: "15m, the daemon's bound"}
+)

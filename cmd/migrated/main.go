@@ -43,6 +43,7 @@ func main() {
 			logsCommand(),
 			migrateCommand(),
 			historyCommand(),
+			checkCommand(),
 			killCommand(),
 			quiesceCommand(),
 			shimCommand(),

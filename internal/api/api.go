@@ -4,7 +4,10 @@
 // cluster's token.
 package api
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // Request is what a client asks of a daemon.
 type Request struct {
@@ -17,11 +20,16 @@ type Request struct {
 	MoveIP string   `json:"move_ip,omitempty"`
 	// PostCopy, for migrate: resume the process on the target before its
 	// memory has arrived (migrated migrate --post-copy).
-	PostCopy bool   `json:"post_copy,omitempty"`
-	Dir      string `json:"dir,omitempty"`
-	Job      string `json:"job,omitempty"`  // run: the DSM job this process is a rank of
-	Rank     int    `json:"rank,omitempty"` // run: its rank in Job
-	Offset   int64  `json:"offset,omitempty"`
+	PostCopy bool `json:"post_copy,omitempty"`
+	// Timeout, for migrate: give the migration up (and resume the
+	// process on its source) if it has not committed within this long.
+	// A client that half-closes its connection (api.Client.Cancel) asks
+	// the same at once.
+	Timeout time.Duration `json:"timeout,omitempty"`
+	Dir     string        `json:"dir,omitempty"`
+	Job     string        `json:"job,omitempty"`  // run: the DSM job this process is a rank of
+	Rank    int           `json:"rank,omitempty"` // run: its rank in Job
+	Offset  int64         `json:"offset,omitempty"`
 	// Secret is, for run, the DSM job's secret (runtime.SecretLen bytes,
 	// made by dsmrun run for each job), which the rank gets on an inherited
 	// pipe. Never logged or stored: it travels only inside wire's
@@ -65,6 +73,8 @@ type Reply struct {
 	State    string `json:"state,omitempty"`     // "exited" or "migrated"
 	ExitCode int    `json:"exit_code,omitempty"` // when exited
 	MovedTo  string `json:"moved_to,omitempty"`  // when migrated: the daemon it went to
+	// Check answers check and identity (migrated check).
+	Check *CheckReport `json:"check,omitempty"`
 }
 
 // ProcInfo is a process as `migrated ps` shows it.
@@ -82,12 +92,24 @@ type ProcInfo struct {
 	UID      uint32    `json:"uid"` // the owner's
 }
 
-// Event is a step of a migration, shown by the client as it happens.
+// Event is a step of a migration, shown by the client as it happens: a
+// phase that ended (Phase, Dur, Info), or, with Phase "progress", how far
+// the migration has come while a step runs (Info: the step; Bytes sent so
+// far, of about Of; Rate: bytes per second lately).
 type Event struct {
 	Phase string        `json:"phase"`
 	Dur   time.Duration `json:"dur"`
 	Info  string        `json:"info,omitempty"`
+	Bytes int64         `json:"bytes,omitempty"`
+	Of    int64         `json:"of,omitempty"`
+	Rate  float64       `json:"rate,omitempty"`
 }
+
+// PhaseProgress is the Phase of a progress Event.
+const PhaseProgress = "progress"
+
+// EventEvery is how often a migration reports its progress.
+const EventEvery = 500 * time.Millisecond
 
 // MigrationRec is the record every migration leaves on its source daemon.
 type MigrationRec struct {
@@ -110,4 +132,32 @@ type MigrationRec struct {
 	// arrived there (0 if it never did).
 	PostCopy bool          `json:"post_copy,omitempty"`
 	LastPage time.Duration `json:"last_page,omitempty"`
+	// Result is what became of the process: ResultOK, ResultWarning,
+	// ResultRefused, ResultLost or ResultFailed ("" in records of older
+	// daemons: see RecResult).
+	Result string `json:"result,omitempty"`
+}
+
+// A migration's Result.
+const (
+	ResultOK      = "ok"      // the process runs on the target
+	ResultWarning = "warning" // it runs on the target, but a step after the commit failed (Outcome)
+	ResultRefused = "refused" // it did not move and runs on its source as before
+	ResultLost    = "lost"    // it is gone (post-copy: its memory could not all reach the target)
+	ResultFailed  = "failed"  // it did not move, and resuming it on its source failed too (Outcome)
+)
+
+// RecResult is r's Result, also for a record that has none.
+func RecResult(r MigrationRec) string {
+	switch {
+	case r.Result != "":
+		return r.Result
+	case r.Outcome == "ok":
+		return ResultOK
+	case strings.Contains(r.Outcome, "LOST"):
+		return ResultLost
+	case strings.HasSuffix(r.Outcome, "keeps running here") || strings.HasSuffix(r.Outcome, "resumed on the source"):
+		return ResultRefused
+	}
+	return ResultWarning
 }

@@ -31,7 +31,7 @@ func DialLocal(path string) (*Client, error) {
 			return nil, fmt.Errorf("cannot reach the daemon at %s: permission denied (a daemon older than "+
 				"this client serves root only: run as root, or upgrade the daemon)", path)
 		}
-		return nil, fmt.Errorf("cannot reach the daemon at %s (%v): is `migrated serve` running on this host?", path, err)
+		return nil, Errorf(KindUnreachable, "cannot reach the daemon at %s (%v): is `migrated serve` running on this host?", path, err)
 	}
 	return &Client{c: wire.Plain(conn)}, nil
 }
@@ -53,13 +53,13 @@ func DialVia(path, host string) (*Client, error) {
 func DialRemote(addr string, token []byte) (*Client, error) {
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
-		return nil, fmt.Errorf("daemon %s unreachable: %v", addr, err)
+		return nil, Errorf(KindUnreachable, "daemon %s unreachable: %v", addr, err)
 	}
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
 	wc, err := wire.Client(conn, token)
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("daemon %s: %w", addr, err)
+		return nil, WithKind(KindUnreachable, fmt.Errorf("daemon %s: %w", addr, err))
 	}
 	conn.SetDeadline(time.Time{})
 	return &Client{c: wc}, nil
@@ -68,18 +68,16 @@ func DialRemote(addr string, token []byte) (*Client, error) {
 // Close ends the connection.
 func (c *Client) Close() error { return c.c.Close() }
 
+// Cancel calls off the request in flight (a migration, up to its commit)
+// while Stream goes on reading the answer: it half-closes the connection,
+// which the daemon takes as its client's cancel. It may be called from any
+// goroutine.
+func (c *Client) Cancel() error { return c.c.CloseWrite() }
+
 // Do sends req and waits for its reply; the connection is closed after.
+// A failure comes back as an *Error, with its kind.
 func (c *Client) Do(req Request) (*Reply, error) {
-	defer c.Close()
-	req.Host = c.via
-	if err := c.c.WriteJSON(TRequest, &req); err != nil {
-		return nil, err
-	}
-	var r Reply
-	if err := c.c.ReadJSON(TReply, &r); err != nil {
-		return nil, Unwrap(err)
-	}
-	return &r, nil
+	return c.Stream(req, nil, nil)
 }
 
 // Stream sends req and passes log data to out and events to ev until the
@@ -93,6 +91,10 @@ func (c *Client) Stream(req Request, out io.Writer, ev func(Event)) (*Reply, err
 	for {
 		typ, b, err := c.c.ReadMsg()
 		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return nil, Errorf(KindUnreachable, "the daemon closed the connection before it answered: "+
+					"see its log (journalctl -u migrated)")
+			}
 			return nil, err
 		}
 		switch typ {
@@ -113,6 +115,12 @@ func (c *Client) Stream(req Request, out io.Writer, ev func(Event)) (*Reply, err
 				return nil, fmt.Errorf("malformed reply: %v", err)
 			}
 			return &r, nil
+		case TFail:
+			var e Error
+			if err := json.Unmarshal(b, &e); err != nil {
+				return nil, fmt.Errorf("malformed failure: %v", err)
+			}
+			return nil, &e
 		case wire.TypeError:
 			return nil, Unwrap(c.c.DecodeError(b))
 		default:

@@ -12,6 +12,7 @@ const (
 	TEvent   byte = 3 // daemon -> client: progress of a migration
 	TLogData byte = 4 // daemon -> client: a chunk of a log
 	TEnd     byte = 5 // daemon -> client: end of a log
+	TFail    byte = 6 // daemon -> client: the request failed (Error: its words and its kind)
 
 	// Migration protocol: source daemon and target daemon
 	// (internal/migration/doc.go says what each step means).

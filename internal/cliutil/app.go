@@ -8,13 +8,34 @@ import (
 	"runtime/debug"
 
 	"github.com/urfave/cli/v2"
+
+	"dsmigrate/internal/api"
 )
 
-// Exit statuses the project's commands share.
+// Exit statuses the project's commands share (docs/cli.md lists them).
 const (
-	ExitFailure = 1 // the command failed
-	ExitUsage   = 2 // the command line is wrong: nothing was done
+	ExitFailure     = 1 // the command failed
+	ExitUsage       = 2 // the command line is wrong: nothing was done
+	ExitNotFound    = 3 // no such process, job or rank
+	ExitRefused     = 4 // the migration did not happen: the process runs on its source as before
+	ExitLost        = 5 // the process is lost
+	ExitUnreachable = 6 // a daemon could not be reached or did not answer
 )
+
+// ExitCode is the exit status that err's kind (api.KindOf) calls for.
+func ExitCode(err error) int {
+	switch api.KindOf(err) {
+	case api.KindNotFound:
+		return ExitNotFound
+	case api.KindRefused:
+		return ExitRefused
+	case api.KindLost:
+		return ExitLost
+	case api.KindUnreachable:
+		return ExitUnreachable
+	}
+	return ExitFailure
+}
 
 // Version is the version of the running binary: the commit it was built
 // from (with "-dirty" if the tree had changes), as Go's build information
@@ -141,7 +162,7 @@ func Main(app *cli.App, args []string) {
 	if err == nil {
 		os.Exit(0)
 	}
-	code := ExitFailure
+	code := ExitCode(err)
 	var ec cli.ExitCoder
 	if errors.As(err, &ec) {
 		code = ec.ExitCode()

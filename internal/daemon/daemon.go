@@ -50,6 +50,7 @@ import (
 type Daemon struct {
 	listen    string
 	advertise string       // the address peers are told to call back (Config.Advertise, else listen)
+	id        string       // this daemon's identity (daemonID), set with the engine
 	own       []netip.Addr // the daemon's own addresses: never moved or removed
 	stateDir  string
 	imagesDir string
@@ -421,7 +422,7 @@ func (d *Daemon) handlePeer(c net.Conn, authed func()) {
 func (d *Daemon) handleRequest(c *wire.Conn, req Request, caller api.Owner) {
 	reply, err := d.do(c, req, caller)
 	if err != nil {
-		c.WriteError(err)
+		c.WriteJSON(tFail, api.AsError(err))
 		return
 	}
 	if reply != nil {
@@ -436,6 +437,9 @@ func (d *Daemon) do(c *wire.Conn, req Request, caller api.Owner) (*Reply, error)
 	case "run":
 		if req.Name != "" && !nameRE.MatchString(req.Name) {
 			return nil, fmt.Errorf("bad name %q: use letters, digits and ._:@+- (at most 64)", req.Name)
+		}
+		if err := d.nameFree(req.Name, caller); err != nil {
+			return nil, err
 		}
 		id := newID()
 		name := req.Name
@@ -537,19 +541,48 @@ func (d *Daemon) do(c *wire.Conn, req Request, caller api.Owner) (*Reply, error)
 			return nil, err
 		}
 		return &Reply{}, nil
+	case "check", "identity": // migrated check (check.go)
+		return d.check(req, caller)
 	case "migrate":
 		if req.MoveIP != "" {
 			if err := rootOnly(caller, "moving an address (--move-ip)", "migrate without --move-ip"); err != nil {
 				return nil, err
 			}
 		}
-		rec, err := d.migrateOut(context.Background(), req, caller, func(e Event) { c.WriteJSON(tEvent, e) })
+		ctx, cancel := clientContext(c, req.Timeout)
+		defer cancel()
+		rec, err := d.migrateOut(ctx, req, caller, func(e Event) { c.WriteJSON(tEvent, e) })
 		if err != nil {
 			return nil, err
 		}
 		return &Reply{ID: req.ID, Record: rec}, nil
 	}
 	return nil, fmt.Errorf("unknown request %q", req.Op)
+}
+
+// clientContext is the context of a request that c's client may call off
+// (a migration, before its commit): by half-closing its connection (or
+// hanging up), or by a timeout it gave (0: none). The client sends
+// nothing after its request, so c's reader is free for this.
+func clientContext(c *wire.Conn, timeout time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	go func() {
+		for {
+			if _, _, err := c.ReadMsg(); err != nil {
+				cancel(api.Errorf(api.KindRefused, "cancelled by its client"))
+				return
+			}
+		}
+	}()
+	if timeout <= 0 {
+		return ctx, func() { cancel(nil) }
+	}
+	tctx, tcancel := context.WithTimeoutCause(ctx, timeout,
+		api.Errorf(api.KindRefused, "timed out: not committed within --timeout %v", timeout))
+	return tctx, func() {
+		tcancel()
+		cancel(nil)
+	}
 }
 
 func firstOr(s []string, def string) string {

@@ -28,8 +28,14 @@ func (d *Daemon) newEngine() (*migration.Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	id, err := daemonID(d.stateDir)
+	if err != nil {
+		return nil, err
+	}
+	d.id = id
 	return migration.New(migration.Config{
 		Self:     d.advertise, // what peers call back, never a wildcard
+		SelfID:   id,
 		Procs:    engineProcs{d},
 		CRIU:     checkpointer{d},
 		Net:      netMover{},
@@ -77,6 +83,23 @@ func (f faults) Check(point string) error {
 		return nil
 	}
 	os.Remove(path)
+	if strings.HasPrefix(strings.TrimSpace(string(b)), "wait") {
+		// The step waits here until POINT.reached, which says so, is
+		// removed (for at most two minutes): a test acts at a known step
+		// (a client's cancel, a timeout) without racing it.
+		reached := path + ".reached"
+		if err := os.WriteFile(reached, nil, 0o600); err != nil {
+			return err
+		}
+		f.d.log.Warn("fault point: waiting", "point", point, "until_removed", reached)
+		for end := time.Now().Add(2 * time.Minute); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			if _, err := os.Stat(reached); os.IsNotExist(err) {
+				return nil
+			}
+		}
+		os.Remove(reached)
+		return nil
+	}
 	if strings.HasPrefix(strings.TrimSpace(string(b)), "crash") {
 		f.d.log.Warn("fault point: crashing", "point", point)
 		syscall.Sync()
@@ -336,6 +359,10 @@ func (e engineProcs) Gone(ctx context.Context, id, to string) error {
 }
 
 func (e engineProcs) Reserve(b *migration.Begin) (string, error) {
+	if b.SourceID != "" && b.SourceID == e.d.id {
+		return "", fmt.Errorf("%s is the host the process runs on: a process cannot migrate to its own host; "+
+			"give another host's daemon with --to", e.d.advertise)
+	}
 	e.d.mu.Lock()
 	defer e.d.mu.Unlock()
 	if _, ok := e.d.procs[b.ID]; ok {

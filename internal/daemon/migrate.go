@@ -38,15 +38,20 @@ func (d *Daemon) migrateOut(ctx context.Context, req Request, caller api.Owner, 
 	}
 	if !p.Owner.IsRoot() {
 		if err := canDumpOthers(); err != nil {
-			return nil, fmt.Errorf("process %s (uid %d) cannot move from this host, and stays here: %w", p.ID, p.Owner.UID, err)
+			return nil, api.Errorf(api.KindRefused, "process %s (uid %d) cannot move from this host, and stays here: %v",
+				p.ID, p.Owner.UID, err)
 		}
 	}
+	if req.To == d.advertise || req.To == d.listen {
+		return nil, api.Errorf(api.KindRefused, "%s is this host: a process cannot migrate to the host it runs on; "+
+			"give another host's daemon with --to (the process runs on here, untouched)", req.To)
+	}
 	if err := d.checkOut(ctx, req.To, req.MoveIP); err != nil {
-		return nil, err
+		return nil, api.WithKind(api.KindRefused, err)
 	}
 	if req.PostCopy {
 		if err := checkPostCopy(); err != nil {
-			return nil, fmt.Errorf("--post-copy refused, nothing was touched: %w", err)
+			return nil, api.WithKind(api.KindRefused, fmt.Errorf("--post-copy refused, nothing was touched: %w", err))
 		}
 	}
 	return d.engine.Out(ctx, migration.Request{ID: p.ID, To: req.To, MoveIP: req.MoveIP, PostCopy: req.PostCopy}, event)

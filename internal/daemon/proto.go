@@ -13,6 +13,7 @@ const (
 	tReply     = api.TReply
 	tEvent     = api.TEvent
 	tLogData   = api.TLogData
+	tFail      = api.TFail
 	tFile      = api.TFile
 	tFilesDone = api.TFilesDone
 	tPages     = api.TPages

@@ -134,9 +134,35 @@ func (d *Daemon) getFor(id string, caller api.Owner) (*Proc, error) {
 		}
 	}
 	if found == nil {
-		return nil, fmt.Errorf("no process %q on this host: `migrated ps` lists them", id)
+		return nil, api.Errorf(api.KindNotFound, "no process %q on this host: `migrated ps` lists them", id)
 	}
 	return found, nil
+}
+
+// nameFree refuses a --name that one of caller's processes here has
+// already: `logs NAME`, `migrate NAME` and the rest would not know which
+// one is meant. (Names are per user; a name given to no process, the
+// command's, may repeat.)
+func (d *Daemon) nameFree(name string, caller api.Owner) error {
+	if name == "" {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, p := range d.procs {
+		if p.Name != name || p.Owner.UID != caller.UID {
+			continue
+		}
+		p.mu.Lock()
+		st := p.state
+		p.mu.Unlock()
+		if st == "exited" || st == "lost" {
+			return fmt.Errorf("the name %q is taken here by process %s, which has %s: `migrated kill %s` "+
+				"forgets it, or pick another --name", name, p.ID, st, p.ID)
+		}
+		return fmt.Errorf("the name %q is taken here by process %s (%s): pick another --name", name, p.ID, st)
+	}
+	return nil
 }
 
 // rootOnly refuses op to a caller other than root.
@@ -161,13 +187,13 @@ func (d *Daemon) relay(c net.Conn, local *wire.Conn, req Request, caller api.Own
 	remote, err := d.dialPeer(ctx, host)
 	cancel()
 	if err != nil {
-		local.WriteError(fmt.Errorf("daemon %s unreachable from this host's daemon: %v", host, err))
+		local.WriteJSON(tFail, api.Errorf(api.KindUnreachable, "daemon %s unreachable from this host's daemon: %v", host, err))
 		return
 	}
 	defer remote.Close()
 	req.Host, req.Owner = "", &caller
 	if err := remote.WriteJSON(tRequest, &req); err != nil {
-		local.WriteError(fmt.Errorf("daemon %s: %v", host, err))
+		local.WriteJSON(tFail, api.Errorf(api.KindUnreachable, "daemon %s: %v", host, err))
 		return
 	}
 	hungUp := make(chan struct{})
@@ -180,6 +206,13 @@ func (d *Daemon) relay(c net.Conn, local *wire.Conn, req Request, caller api.Own
 		select {
 		case <-hungUp:
 		default:
+			if req.Op == "migrate" {
+				// The caller calls the migration off (or has gone): the
+				// other daemon hears a half-close and rolls it back if it
+				// can; its answer still comes, for the caller to hear.
+				remote.CloseWrite()
+				return
+			}
 			remote.Close()
 		}
 	}()
@@ -189,13 +222,13 @@ func (d *Daemon) relay(c net.Conn, local *wire.Conn, req Request, caller api.Own
 			if errors.Is(err, io.EOF) {
 				err = errors.New("closed the connection before it answered")
 			}
-			local.WriteError(fmt.Errorf("daemon %s: %v", host, err))
+			local.WriteJSON(tFail, api.Errorf(api.KindUnreachable, "daemon %s: %v", host, err))
 			return
 		}
 		if err := local.WriteMsg(typ, b); err != nil {
 			return
 		}
-		if typ == tReply || typ == wire.TypeError {
+		if typ == tReply || typ == tFail || typ == wire.TypeError {
 			return
 		}
 	}

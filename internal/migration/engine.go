@@ -205,6 +205,7 @@ type Faults interface {
 // Config is what an Engine works with.
 type Config struct {
 	Self     string // this daemon's ADDR:PORT, as peers reach it
+	SelfID   string // this daemon's identity, whatever address it is reached at
 	Procs    Procs
 	CRIU     Checkpointer
 	Net      NetMover
@@ -237,6 +238,7 @@ type Timeouts struct {
 	AskPause time.Duration // between outcome questions (doubling up to 30 s)
 	Total    time.Duration // one migration, start to end (a post-copy one until its last page arrived)
 	Keep     time.Duration // how long a source keeps a settled migration's outcome
+	Progress time.Duration // between a migration's progress events
 }
 
 // DefaultTimeouts are used for zero fields.
@@ -251,6 +253,7 @@ var DefaultTimeouts = Timeouts{
 	AskPause: 500 * time.Millisecond,
 	Total:    15 * time.Minute,
 	Keep:     24 * time.Hour,
+	Progress: api.EventEvery,
 }
 
 func (t Timeouts) withDefaults() Timeouts {
@@ -258,7 +261,7 @@ func (t Timeouts) withDefaults() Timeouts {
 	for _, f := range []struct{ v, def *time.Duration }{
 		{&t.Dial, &d.Dial}, {&t.Prepare, &d.Prepare}, {&t.Dump, &d.Dump}, {&t.Stall, &d.Stall},
 		{&t.Restore, &d.Restore}, {&t.Commit, &d.Commit}, {&t.Ask, &d.Ask}, {&t.AskPause, &d.AskPause},
-		{&t.Total, &d.Total}, {&t.Keep, &d.Keep},
+		{&t.Total, &d.Total}, {&t.Keep, &d.Keep}, {&t.Progress, &d.Progress},
 	} {
 		if *f.v == 0 {
 			*f.v = *f.def

@@ -514,3 +514,43 @@ func TestTargetHoldsAddr(t *testing.T) {
 		t.Errorf("the process on A: %+v; want running", p)
 	}
 }
+
+var errClientCancel = api.Errorf(api.KindRefused, "cancelled by its client")
+
+// TestCancel calls the migration off (its caller's context, as a client's
+// Ctrl-C or --timeout does) at every fault point of the source: before the
+// commit the migration rolls back, the process runs on the source and the
+// error has the refused kind and the cause; from the commit on it goes on
+// and the process runs on the target.
+func TestCancel(t *testing.T) {
+	for _, v := range variants {
+		source, _ := points(t, v)
+		commit := slices.Index(source, Point(SideSource, "before", "commit"))
+		for i, p := range source {
+			t.Run(v.name+"/"+p, func(t *testing.T) {
+				cfg := v.cfg()
+				cfg.faults = map[string]string{p: "cancel"}
+				w := run(t, cfg, nil, nil)
+				defer dumpTrace(t, w)
+				want := w.B()
+				if i <= commit {
+					want = w.A()
+				}
+				probs := w.problems(want)
+				switch {
+				case want == w.B() && (w.outErr != nil || w.outRec == nil || w.outRec.Result != api.ResultOK):
+					probs = append(probs, fmt.Sprintf("Out after a late cancel: %+v, %v", w.outRec, w.outErr))
+				case want == w.A() && (api.KindOf(w.outErr) != api.KindRefused ||
+					!strings.Contains(fmt.Sprint(w.outErr), "cancelled by its client")):
+					probs = append(probs, fmt.Sprintf("Out after a cancel before the commit: %v (kind %q)", w.outErr,
+						api.KindOf(w.outErr)))
+				case want == w.A() && (len(w.A().records) != 1 || w.A().records[0].Result != api.ResultRefused):
+					probs = append(probs, fmt.Sprintf("history: %+v", w.A().records))
+				}
+				if len(probs) > 0 {
+					t.Fatalf("%s", strings.Join(probs, "\n"))
+				}
+			})
+		}
+	}
+}

@@ -21,10 +21,13 @@ type Begin struct {
 	Started time.Time `json:"started"`
 	Moves   int       `json:"moves"`
 	Source  string    `json:"source"` // the source daemon, as the target calls it back
-	Job     string    `json:"job,omitempty"`
-	Rank    int       `json:"rank,omitempty"`
-	Hooks   bool      `json:"hooks,omitempty"`  // migration-aware: run its prepare/resume hooks
-	Memory  int64     `json:"memory,omitempty"` // bytes its dump is expected to hold: what the target must have room for
+	// SourceID is the source daemon's identity (Config.SelfID): a target
+	// whose own it is refuses a move to the host the process is on.
+	SourceID string `json:"source_id,omitempty"`
+	Job      string `json:"job,omitempty"`
+	Rank     int    `json:"rank,omitempty"`
+	Hooks    bool   `json:"hooks,omitempty"`  // migration-aware: run its prepare/resume hooks
+	Memory   int64  `json:"memory,omitempty"` // bytes its dump is expected to hold: what the target must have room for
 	// Owner is who the process runs as; the target gives it the same
 	// rights (its credentials are in the images, restored by CRIU).
 	Owner api.Owner `json:"owner"`

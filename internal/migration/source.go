@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"dsmigrate/internal/api"
@@ -53,6 +54,9 @@ type outMig struct {
 	lastPage  time.Time // post-copy: the last page reached the target
 	pagesErr  error     // post-copy: why the last page did not (surely) arrive
 	done      Done
+
+	meter meter      // what the progress reports say
+	evMu  sync.Mutex // one event at a time
 }
 
 func (m *outMig) phase(name string, d time.Duration, info string) {
@@ -60,9 +64,18 @@ func (m *outMig) phase(name string, d time.Duration, info string) {
 	if m.hist != nil {
 		m.hist.Phases = append(m.hist.Phases, ev)
 	}
-	if m.event != nil {
-		m.event(ev)
+	m.emit(ev)
+}
+
+// emit passes ev to the client's event function, one event at a time (the
+// steps and the progress reports both send).
+func (m *outMig) emit(ev api.Event) {
+	if m.event == nil {
+		return
 	}
+	m.evMu.Lock()
+	defer m.evMu.Unlock()
+	m.event(ev)
 }
 
 // Out moves process req.ID to the daemon at req.To and returns the record
@@ -95,12 +108,19 @@ func (e *Engine) Out(ctx context.Context, req Request, event func(api.Event)) (*
 		}
 		r.Iface, r.Saved = iface, saved
 	}
-	ctx, cancel := context.WithTimeout(ctx, e.t.Total)
+	// The steps run on a context the caller cannot cancel; its cancel is
+	// heeded between them, up to the commit (stopped).
+	caller := ctx
+	ctx, cancel := context.WithTimeoutCause(withStop(context.WithoutCancel(ctx), caller), e.t.Total,
+		fmt.Errorf("the migration took longer than %v", e.t.Total))
 	defer cancel()
 	m := &outMig{e: e, r: r, event: event,
 		hist: &api.MigrationRec{From: e.cfg.Self, To: req.To, MoveIP: req.MoveIP, PostCopy: req.PostCopy, Start: r.Start}}
+	if event != nil {
+		defer report(&m.meter, e.t.Progress, m.emit)()
+	}
 	steps := m.steps()
-	err := e.runSteps(ctx, r, steps)
+	err := e.runSteps(ctx, r, metered(&m.meter, steps))
 	if m.c != nil {
 		defer m.c.Close()
 	}
@@ -112,7 +132,7 @@ func (e *Engine) Out(ctx context.Context, req Request, event func(api.Event)) (*
 	}
 	// The page connection and CRIU's session go with the steps that use
 	// them (pages, kill), which may go on in the background.
-	m.forward(ctx, m.forwardSteps())
+	m.forward(ctx, metered(&m.meter, m.forwardSteps()))
 	return m.hist, nil
 }
 
@@ -162,6 +182,7 @@ func (m *outMig) claim(ctx context.Context) error {
 		return err
 	}
 	m.p = p
+	m.meter.expect(p.Memory)
 	m.hist.ID, m.hist.Name, m.hist.Job, m.hist.Rank, m.hist.UID = p.ID, p.Name, p.Job, p.Rank, p.Owner.UID
 	return m.e.save(m.r, func(r *Record) { r.PID, r.Hooks, r.UID = p.PID, p.Hooks && r.MoveIP == "", p.Owner.UID })
 }
@@ -178,9 +199,10 @@ func (m *outMig) connect(ctx context.Context) error {
 		return fmt.Errorf("target %s unreachable: %w", m.r.Peer, err)
 	}
 	m.c = c
+	m.meter.add(c)
 	p := m.p
 	b := &Begin{Mig: m.r.Mig, ID: p.ID, Name: p.Name, Argv: p.Argv, PipeKey: p.PipeKey, MoveIP: m.r.MoveIP,
-		Started: p.Started, Moves: p.Moves + 1, Source: m.e.cfg.Self, Job: p.Job, Rank: p.Rank, Hooks: p.Hooks,
+		Started: p.Started, Moves: p.Moves + 1, Source: m.e.cfg.Self, SourceID: m.e.cfg.SelfID, Job: p.Job, Rank: p.Rank, Hooks: p.Hooks,
 		Memory: p.Memory, Owner: p.Owner, PostCopy: m.r.PostCopy}
 	if err := send(ctx, c, m.e.t.Dial, tBegin, b); err != nil {
 		return fmt.Errorf("target %s: %w", m.r.Peer, err)
@@ -196,6 +218,7 @@ func (m *outMig) connect(ctx context.Context) error {
 		return fmt.Errorf("target %s: opening the page connection: %w", m.r.Peer, err)
 	}
 	m.pc = pc
+	m.meter.add(pc)
 	if err := send(ctx, pc, m.e.t.Dial, tPageConn, &PageConnMsg{Mig: m.r.Mig}); err != nil {
 		return fmt.Errorf("target %s: page connection: %w", m.r.Peer, err)
 	}
@@ -574,11 +597,15 @@ func (m *outMig) forward(ctx context.Context, steps []step) {
 	if !m.lastPage.IsZero() {
 		m.hist.LastPage = m.lastPage.Sub(m.dumpAt)
 	}
-	m.hist.Outcome = "ok"
+	m.hist.Outcome, m.hist.Result = "ok", api.ResultOK
 	if len(notes) > 0 {
-		m.hist.Outcome = strings.Join(notes, "; ")
+		m.hist.Outcome, m.hist.Result = strings.Join(notes, "; "), api.ResultWarning
 	} else if m.done.RebindErr != "" {
 		m.hist.Outcome = "running on the target, but its resume hook failed: " + m.done.RebindErr
+		m.hist.Result = api.ResultWarning
+	}
+	if m.pagesErr != nil {
+		m.hist.Result = api.ResultLost
 	}
 	m.e.record(*m.hist)
 	m.e.log.Info("migrated", "id", m.r.ProcID, "to", m.r.Peer, "total", m.hist.Total, "downtime", m.hist.Downtime)
@@ -609,8 +636,15 @@ func (m *outMig) failed(steps []step, err error) error {
 		where = "the process resumed on the source"
 	}
 	err = fmt.Errorf("%w; %s", err, where)
+	if ue == nil {
+		// The process runs on the source as before.
+		err = api.WithKind(api.KindRefused, err)
+	}
 	if m.hist != nil {
-		m.hist.Outcome = err.Error()
+		m.hist.Outcome, m.hist.Result = err.Error(), api.ResultRefused
+		if ue != nil {
+			m.hist.Result = api.ResultFailed
+		}
 		m.hist.Total = time.Since(m.hist.Start)
 		m.hist.Downtime = m.failedDowntime()
 		m.e.record(*m.hist)

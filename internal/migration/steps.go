@@ -41,6 +41,9 @@ func (e *Engine) runSteps(ctx context.Context, r *Record, steps []step) error {
 			err = e.fault(r.Side, "before", s.name)
 		}
 		if err == nil {
+			err = stopped(ctx)
+		}
+		if err == nil {
 			err = s.do(ctx)
 			if err == nil && s.pivot {
 				if ferr := e.fault(r.Side, "after", s.name); ferr != nil {

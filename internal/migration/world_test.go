@@ -645,6 +645,9 @@ type world struct {
 	outDone bool
 	outRec  *api.MigrationRec
 	outErr  error
+	// cancelOut calls Out's caller's context off (fault mode "cancel":
+	// a client's Ctrl-C at that point).
+	cancelOut context.CancelCauseFunc
 
 	faultsSeen []string
 	viol       []string // "kind: detail"
@@ -799,8 +802,10 @@ func (w *world) startOut() {
 		req.MoveIP = testCIDR
 	}
 	e := a.eng
+	ctx, cancel := context.WithCancelCause(context.Background())
+	w.cancelOut = cancel
 	w.s.spawn(a, "A0.out", func() {
-		rec, err := e.Out(context.Background(), req, nil)
+		rec, err := e.Out(ctx, req, nil)
 		w.outDone, w.outRec, w.outErr = true, rec, err
 	})
 }
@@ -1899,6 +1904,11 @@ func (h *host) Check(point string) error {
 			w.cfg.faults[point] = fmt.Sprintf("fail*%d", n-1)
 		}
 		return errors.New("injected failure")
+	case f == "cancel":
+		delete(w.cfg.faults, point)
+		w.s.trace("CANCEL the client's context at %s", point)
+		w.cancelOut(errClientCancel)
+		return nil
 	case f == "crash":
 		delete(w.cfg.faults, point)
 		w.s.trace("CRASH %s at %s", h.name, point)

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -49,12 +50,16 @@ type Conn struct {
 	wbuf  []byte // header and ciphertext of the frame being written
 	werr  error  // sticky, like rerr
 	wnonc [12]byte
+
+	written atomic.Int64 // payload bytes sent (Written)
 }
 
-// RemoteError is an error reported by the peer with WriteError.
+// RemoteError is an error reported by the peer with WriteError. Its
+// message is the peer's own words: the caller says whose (a user reads
+// "target h2 refused the process: no room for it", not the transport).
 type RemoteError struct{ Msg string }
 
-func (e *RemoteError) Error() string { return "wire: peer reported: " + e.Msg }
+func (e *RemoteError) Error() string { return e.Msg }
 
 // WriteMsg sends one frame. payload may be reused as soon as it returns.
 func (c *Conn) WriteMsg(typ byte, payload []byte) error {
@@ -91,7 +96,22 @@ func (c *Conn) WriteMsg(typ byte, payload []byte) error {
 		c.werr = fmt.Errorf("wire: writing frame: %w", err)
 		return c.werr
 	}
+	c.written.Add(int64(len(payload)))
 	return nil
+}
+
+// Written is how many payload bytes c has sent so far; it may be read at
+// any time, from any goroutine (a migration's progress).
+func (c *Conn) Written() int64 { return c.written.Load() }
+
+// CloseWrite shuts the sending side down (the peer reads io.EOF after the
+// last frame) where the connection can (TCP, unix sockets), and closes it
+// where it cannot.
+func (c *Conn) CloseWrite() error {
+	if cw, ok := c.conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.conn.Close()
 }
 
 // ReadMsg reads one frame. payload is valid until the next ReadMsg. A clean

@@ -234,6 +234,16 @@ func faultAt(t *testing.T, mode, side, when, step, point string) {
 	if mode == "fail" && want == 1 && err == nil {
 		t.Fatalf("migrate succeeded although %s failed:\n%s", point, out)
 	}
+	// The exit status says what became of the process (docs/cli.md):
+	// refused (4) when it runs on the source as before, unreachable (6)
+	// when the source's daemon died under the client.
+	code := exitStatus(err)
+	switch {
+	case mode == "crash" && side == "source" && code != 6:
+		t.Errorf("migrate exited %d after its daemon crashed at %s, want 6:\n%s", code, point, out)
+	case mode == "fail" && want == 1 && code != 4:
+		t.Errorf("migrate exited %d after %s failed and the process stayed on h1, want 4:\n%s", code, point, out)
+	}
 }
 
 // faultMigrate arms the fault point side-when-step (as a failure or a crash)

@@ -163,8 +163,9 @@ func TestMoveIPRollback(t *testing.T) {
 	}
 	var recs []struct {
 		ID       string
-		Downtime time.Duration
+		Downtime float64 `json:"downtime_ms"`
 		Outcome  string
+		Result   string
 	}
 	if err := json.Unmarshal([]byte(mustOn(t, 1, "migrated", "history", "--json")), &recs); err != nil {
 		t.Fatal(err)
@@ -175,8 +176,8 @@ func TestMoveIPRollback(t *testing.T) {
 			continue
 		}
 		found = true
-		t.Logf("the failed migration's record: downtime %v, outcome %q", r.Downtime, r.Outcome)
-		if r.Downtime <= 0 || r.Outcome == "ok" {
+		t.Logf("the failed migration's record: downtime %v ms, outcome %q", r.Downtime, r.Outcome)
+		if r.Downtime <= 0 || r.Outcome == "ok" || r.Result != "refused" {
 			t.Errorf("the failed migration's record: downtime %v, outcome %q; want its real downtime", r.Downtime,
 				r.Outcome)
 		}

@@ -75,9 +75,9 @@ func TestPostCopy(t *testing.T) {
 			}
 		}
 		r := lastRecord(t, hop[0])
-		down, _ := r["downtime"].(float64)
-		last, _ := r["last_page"].(float64)
-		if r["post_copy"] != true || r["outcome"] != "ok" || down <= 0 || last <= down {
+		down, _ := r["downtime_ms"].(float64)
+		last, _ := r["last_page_ms"].(float64)
+		if r["post_copy"] != true || r["outcome"] != "ok" || r["result"] != "ok" || down <= 0 || last <= down {
 			t.Fatalf("h%d's record of the post-copy move: %v", hop[0], r)
 		}
 		waitLog(t, hop[1], id, `mem ok `+digest, 2)
@@ -178,8 +178,11 @@ func TestPostCopyFaults(t *testing.T) {
 					if !lost {
 						t.Fatal("the process runs on after its target's daemon restarted while its pages arrived")
 					}
-					if r := lastRecord(t, 1); !strings.Contains(fmt.Sprint(r["outcome"]), "LOST") {
+					if r := lastRecord(t, 1); !strings.Contains(fmt.Sprint(r["outcome"]), "LOST") || r["result"] != "lost" {
 						t.Fatalf("h1's record of a lost process: %v", r)
+					}
+					if code := exitStatus(err); code != 5 {
+						t.Errorf("migrate exited %d for a lost process, want 5:\n%s", code, out)
 					}
 				}
 			}
