@@ -11,7 +11,7 @@ export GOFLAGS ?= -mod=mod
 BIN     := bin
 CMDS    := migrated dsmrun
 
-.PHONY: all build deps demo test unit integration bench clean vet
+.PHONY: all build deps demo test unit integration bench clean vet install uninstall
 
 all: build
 
@@ -44,6 +44,39 @@ bench: deps build
 
 clean:
 	rm -rf $(BIN)
+
+# make install: the binaries, their man pages and shell completion (both
+# written by the binaries themselves: `migrated man`, `migrated completion
+# bash`) and the systemd unit, under PREFIX, staged under DESTDIR if set.
+PREFIX      ?= /usr/local
+BINDIR      ?= $(PREFIX)/bin
+MANDIR      ?= $(PREFIX)/share/man
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+
+install: build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+	set -e; for c in $(CMDS); do \
+		install -m 0755 $(BIN)/$$c $(DESTDIR)$(BINDIR)/$$c; \
+		$(BIN)/$$c man >$(DESTDIR)$(MANDIR)/man1/$$c.1; \
+		$(BIN)/$$c completion bash >$(DESTDIR)$(BASHCOMPDIR)/$$c; \
+		$(BIN)/$$c completion zsh >$(DESTDIR)$(ZSHCOMPDIR)/_$$c; \
+		$(BIN)/$$c completion fish >$(DESTDIR)$(FISHCOMPDIR)/$$c.fish; \
+		chmod 0644 $(DESTDIR)$(MANDIR)/man1/$$c.1 $(DESTDIR)$(BASHCOMPDIR)/$$c \
+			$(DESTDIR)$(ZSHCOMPDIR)/_$$c $(DESTDIR)$(FISHCOMPDIR)/$$c.fish; \
+	done
+	sed 's|/usr/local/bin/|$(BINDIR)/|g' scripts/systemd/migrated.service >$(DESTDIR)$(UNITDIR)/migrated.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/migrated.service
+
+uninstall:
+	for c in $(CMDS); do \
+		rm -f $(DESTDIR)$(BINDIR)/$$c $(DESTDIR)$(MANDIR)/man1/$$c.1 $(DESTDIR)$(BASHCOMPDIR)/$$c \
+			$(DESTDIR)$(ZSHCOMPDIR)/_$$c $(DESTDIR)$(FISHCOMPDIR)/$$c.fish; \
+	done
+	rm -f $(DESTDIR)$(UNITDIR)/migrated.service
 
 .PHONY: test-vagrant vagrant-validate
 

@@ -94,6 +94,7 @@ func main() {
 						"(docs/json/migrated-migrate.md)"},
 				}, hostFlags...), Action: migrateRank},
 			killJobCommand(hostFlags), logsCommand(hostFlags),
+			cliutil.CompletionCommand(), cliutil.ManCommand(),
 		},
 	}
 	cliutil.Setup(app)

@@ -1,11 +1,16 @@
 // Command migrated is the per-host migration daemon and its client.
 //
-//	migrated serve --listen ADDR:PORT --state-dir DIR [--criu PATH] [--token-file FILE]
-//	migrated run [--name NAME] -- CMD [ARG...]
+//	migrated serve --listen ADDR:PORT --state-dir DIR [--criu PATH] [--token-file FILE] [--config FILE]
+//	migrated run [--name NAME] [--json] -- CMD [ARG...]
 //	migrated ps [--json]
-//	migrated logs ID
-//	migrated migrate ID --to ADDR:PORT [--move-ip CIDR]
+//	migrated logs [-f] ID
+//	migrated migrate ID --to ADDR:PORT [--move-ip CIDR] [--post-copy] [--timeout D] [--json]
 //	migrated history [--json]
+//	migrated kill ID
+//	migrated check [--to ADDR:PORT] [--json]
+//	migrated completion bash|zsh|fish | man
+//
+// Exit statuses and the --json schemas are in docs/cli.md.
 //
 // The daemon (package internal/daemon) owns the processes of its host: it
 // starts them, dumps them with CRIU and restores the ones other daemons send
@@ -45,6 +50,7 @@ func main() {
 			historyCommand(),
 			checkCommand(),
 			killCommand(),
+			cliutil.CompletionCommand(), cliutil.ManCommand(),
 			quiesceCommand(),
 			shimCommand(),
 		},

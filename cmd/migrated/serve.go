@@ -1,8 +1,13 @@
 package main
 
 import (
+	"cmp"
+	"errors"
+	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -15,29 +20,106 @@ func serveCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "serve",
 		Usage: "run the daemon of this host",
+		Description: "Settings come from the command line, then the MIGRATED_* environment variables, then the " +
+			"config file (--config; docs/config.md), then the defaults.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "listen", Required: true, Usage: "ADDR:PORT for other daemons and remote clients " +
-				"(a wildcard such as :7077 or 0.0.0.0:7077 needs --advertise)"},
+			&cli.StringFlag{Name: "config", EnvVars: []string{"MIGRATED_CONFIG"}, TakesFile: true,
+				DefaultText: defaultConfig + ", read if present",
+				Usage:       "file of serve's settings, one KEY = VALUE a line (docs/config.md); '' reads none"},
+			&cli.StringFlag{Name: "listen", Usage: "ADDR:PORT for other daemons and remote clients " +
+				"(a wildcard such as :7077 or 0.0.0.0:7077 needs --advertise); required, here or in the config file"},
 			&cli.StringFlag{Name: "advertise", EnvVars: []string{"MIGRATED_ADVERTISE"},
 				Usage: "ADDR:PORT the other daemons reach this one at, which it tells them to call back " +
 					"(default: --listen, which must then name an address)"},
-			&cli.StringFlag{Name: "state-dir", Required: true, Usage: "where processes, logs, images and the journal live"},
+			&cli.StringFlag{Name: "state-dir", TakesFile: true,
+				Usage: "where processes, logs, images and the journal live; required, here or in the config file"},
 			&cli.StringFlag{Name: "criu", Value: "/usr/local/sbin/migrate-criu", EnvVars: []string{"MIGRATED_CRIU"},
-				Usage: "the CRIU binary (>= 4.2; scripts/install-deps.sh installs one)"},
-			&cli.StringFlag{Name: "token-file", EnvVars: []string{"MIGRATED_TOKEN_FILE"},
+				TakesFile: true, Usage: "the CRIU binary (>= 4.2; scripts/install-deps.sh installs one)"},
+			&cli.StringFlag{Name: "token-file", EnvVars: []string{"MIGRATED_TOKEN_FILE"}, TakesFile: true,
 				Usage: "shared secret of the cluster's daemons; without it no migration is accepted"},
 			&cli.StringFlag{Name: "images-size", Value: "50%",
 				Usage: "bound of the tmpfs that arriving images pass through: a size (4G) or a share of the RAM (50%)"},
 			&cli.StringFlag{Name: "keep-free", Value: "256M",
 				Usage: "memory never given to arriving processes; a migration that would leave less is refused"},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "least severe messages logged: debug, info, warn or error"},
+			&cli.StringFlag{Name: "log-format", Value: "text",
+				Usage: "text (key=value) or json (one object a line), on standard error"},
 		},
-		Action: func(c *cli.Context) error {
-			return daemon.New(daemon.Config{Listen: c.String("listen"), Advertise: c.String("advertise"),
-				StateDir: c.String("state-dir"), CRIU: c.String("criu"), Socket: c.String("socket"),
-				TokenFile: c.String("token-file"), ImagesSize: c.String("images-size"),
-				KeepFree: c.String("keep-free")}).Serve(c.Context)
-		},
+		Action: serve,
 	}
+}
+
+// serve runs the daemon with its settings from the command line, the
+// environment and the config file, and its log as --log-level and
+// --log-format say.
+func serve(c *cli.Context) error {
+	path, err := applyConfig(c)
+	if err != nil {
+		return err
+	}
+	for _, name := range []string{"listen", "state-dir"} {
+		if c.String(name) == "" {
+			return cliutil.Usage(c, "missing --%s", name)
+		}
+	}
+	level, err := logLevel(c.String("log-level"))
+	if err != nil {
+		return cliutil.Usage(c, "--log-level: %v", err)
+	}
+	json, err := logJSON(c.String("log-format"))
+	if err != nil {
+		return cliutil.Usage(c, "--log-format: %v", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var log *slog.Logger
+	if json {
+		log = slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	} else {
+		log = slog.New(slog.NewTextHandler(os.Stderr, opts))
+	}
+	log.Info("starting", "version", cliutil.Version(), "config", cmp.Or(path, "none"))
+	err = daemon.New(daemon.Config{Listen: c.String("listen"), Advertise: c.String("advertise"),
+		StateDir: c.String("state-dir"), CRIU: c.String("criu"), Socket: c.String("socket"),
+		TokenFile: c.String("token-file"), ImagesSize: c.String("images-size"),
+		KeepFree: c.String("keep-free"), Log: log}).Serve(c.Context)
+	if err != nil && json {
+		// A log read by machines gets the reason the daemon stopped as
+		// one more object, not as a line of text among them.
+		log.Error("stopped", "err", err.Error())
+		code := cliutil.ExitCode(err)
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) {
+			code = ec.ExitCode()
+		}
+		return cli.Exit("", code)
+	}
+	return err
+}
+
+// logLevel parses --log-level.
+func logLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info":
+		return slog.LevelInfo, nil
+	case "warn", "warning":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("%q is not a level: want debug, info, warn or error", s)
+}
+
+// logJSON parses --log-format: whether it is json.
+func logJSON(s string) (bool, error) {
+	switch strings.ToLower(s) {
+	case "text":
+		return false, nil
+	case "json":
+		return true, nil
+	}
+	return false, fmt.Errorf("%q is not a format: want text or json", s)
 }
 
 func quiesceCommand() *cli.Command {

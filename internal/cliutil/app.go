@@ -84,6 +84,7 @@ func helpHint(name string) string { return fmt.Sprintf("Run '%s --help' for usag
 func Setup(app *cli.App) {
 	app.Version = Version()
 	app.HideHelpCommand = false
+	enableCompletion(app)
 	app.CommandNotFound = func(c *cli.Context, name string) {
 		fmt.Fprintf(errWriter(app), "%s: unknown command %q\n%s\n", app.Name, name, helpHint(app.Name))
 		cli.OsExiter(ExitUsage)

@@ -14,6 +14,9 @@ import (
 // as readily as `migrated logs --json ID`, and `migrated ps --socket S` as
 // `migrated --socket S ps`. Everything after "--" is left alone.
 func Permute(app *cli.App, args []string) []string {
+	if out, ok := completionLast(app, args); ok {
+		return out
+	}
 	if len(args) < 2 {
 		return args
 	}

@@ -152,7 +152,7 @@ while :; do
 	[ $quick -lt 5 ] || exit 1
 	sleep 0.2
 done'"'"' supervise "$repo/bin/migrated" serve --listen "$net.$k:$port" \
-	--state-dir "$dir/h$k/state" --token-file "$dir/token"
+	--state-dir "$dir/h$k/state" --token-file "$dir/token" --config ""
 '
 
 start_host() {
