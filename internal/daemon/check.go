@@ -31,10 +31,7 @@ import (
 // on, nftables, tini, its token file, its address) and, with Request.To, the
 // daemon there as a migration from here would find it: reachable,
 // authenticated with this daemon's token, accepting migrations (its own host
-// checks), not this daemon, and with memory free for arriving processes. An
-// "identity" request returns only who the daemon is (api.DaemonInfo), which
-// isSelf compares with its own: a migration to this host is refused before
-// anything happens.
+// checks), not this daemon, and with memory free for arriving processes.
 //
 // Every check says, when not ok, what is wrong and how to fix it; checks that
 // depend on one that failed (the version of a CRIU that is not there) are
@@ -48,7 +45,7 @@ const (
 	genToken = "install -d -m 700 %[1]s && head -c 32 /dev/urandom | base64 > %[2]s && chmod 600 %[2]s"
 )
 
-// check serves "check" and "identity" for caller.
+// check serves "check" for caller.
 func (d *Daemon) check(req Request, caller api.Owner) (*Reply, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), checkTimeout)
 	defer cancel()
@@ -57,9 +54,6 @@ func (d *Daemon) check(req Request, caller api.Owner) (*Reply, error) {
 		return nil, err
 	}
 	rep := &api.CheckReport{Daemon: self, Checks: []api.Check{}}
-	if req.Op == "identity" {
-		return &Reply{Check: rep}, nil
-	}
 	rep.Checks = append(rep.Checks, d.addressCheck())
 	rep.Checks = append(rep.Checks, HostChecks(ctx, d.criu.Path, d.tokenFile)...)
 	d.tokenLoadedCheck(rep.Checks)
@@ -69,53 +63,6 @@ func (d *Daemon) check(req Request, caller api.Owner) (*Reply, error) {
 		rep.Checks = append(rep.Checks, checks...)
 	}
 	return &Reply{Check: rep}, nil
-}
-
-// isSelf reports whether the daemon at addr (ADDR:PORT) is this one, by
-// whatever address it is reached: addr is this daemon's advertised or
-// listen address, or the daemon there answers an "identity" request with
-// this daemon's identity (sameDaemon). Daemons of other namespace hosts or
-// containers on this machine are not this one. An error says that the
-// daemon at addr could not be asked (unreachable, another token, a migrated
-// too old to answer).
-func (d *Daemon) isSelf(ctx context.Context, addr string) (bool, error) {
-	if addr == d.advertise || addr == d.listen {
-		return true, nil
-	}
-	self, err := d.info()
-	if err != nil {
-		return false, err
-	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, 2*dialTimeout)
-		defer cancel()
-	}
-	c, err := d.dialPeer(ctx, addr)
-	if err != nil {
-		return false, err
-	}
-	defer c.Close()
-	rep, err := ask(ctx, c, Request{Op: "identity"})
-	if err != nil {
-		return false, err
-	}
-	if rep.Check == nil {
-		return false, fmt.Errorf("the daemon at %s did not say who it is (a migrated older than this one)", addr)
-	}
-	return sameDaemon(self, rep.Check.Daemon), nil
-}
-
-// refuseSelf is the migrate path's guard: an error (api.KindRefused) if
-// the daemon at addr is this one, said in the user's words; nil otherwise,
-// also when that daemon cannot be asked (the migration then fails, or not,
-// as it would have).
-func (d *Daemon) refuseSelf(ctx context.Context, addr string) error {
-	if self, _ := d.isSelf(ctx, addr); self {
-		return api.Errorf(api.KindRefused, "%s is this host (its daemon is this one): a process cannot migrate to "+
-			"the host it runs on; give another host's daemon with --to (the process runs on here, untouched)", addr)
-	}
-	return nil
 }
 
 // sameDaemon reports whether a and b describe the same daemon: the same

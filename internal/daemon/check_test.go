@@ -202,18 +202,6 @@ func TestCheckTarget(t *testing.T) {
 			!strings.Contains(c.Message, addr+" is this host") {
 			t.Errorf("%s: %+v", addr, c)
 		}
-		if is, err := src.isSelf(ctx, addr); !is || err != nil {
-			t.Errorf("isSelf(%s) = %v, %v", addr, is, err)
-		}
-		if err := src.refuseSelf(ctx, addr); api.KindOf(err) != api.KindRefused || !strings.Contains(fmtErr(err), "is this host") {
-			t.Errorf("refuseSelf(%s) = %v", addr, err)
-		}
-	}
-	if is, err := src.isSelf(ctx, dst.advertise); is || err != nil {
-		t.Errorf("isSelf(other) = %v, %v", is, err)
-	}
-	if err := src.refuseSelf(ctx, dst.advertise); err != nil {
-		t.Errorf("refuseSelf(other) = %v", err)
 	}
 
 	// Nothing listens.
@@ -227,12 +215,6 @@ func TestCheckTarget(t *testing.T) {
 	if c := findCheck(t, checks, "target reachable"); c.Status != api.CheckFailed || !strings.Contains(c.Message, "unreachable") ||
 		!strings.Contains(c.Fix, "migrated serve --listen "+nothing) || len(checks) != 1 {
 		t.Errorf("nothing there: %+v", checks)
-	}
-	if _, err := src.isSelf(ctx, nothing); err == nil {
-		t.Error("isSelf of nothing: no error")
-	}
-	if err := src.refuseSelf(ctx, nothing); err != nil {
-		t.Errorf("refuseSelf(nothing) = %v", err)
 	}
 
 	// Another token there, none there, none here.
@@ -294,16 +276,4 @@ func TestCheckRequest(t *testing.T) {
 	if !api.Failed(r.Checks) {
 		t.Error("api.Failed: false")
 	}
-	c, _ = api.DialLocal(sock)
-	rep, err = c.Do(api.Request{Op: "identity"})
-	if err != nil || rep.Check == nil || rep.Check.Daemon.ID != r.Daemon.ID || len(rep.Check.Checks) != 0 {
-		t.Fatalf("identity: %+v, %v", rep, err)
-	}
-}
-
-func fmtErr(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
 }

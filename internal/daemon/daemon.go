@@ -541,7 +541,7 @@ func (d *Daemon) do(c *wire.Conn, req Request, caller api.Owner) (*Reply, error)
 			return nil, err
 		}
 		return &Reply{}, nil
-	case "check", "identity": // migrated check (check.go)
+	case "check": // migrated check (check.go)
 		return d.check(req, caller)
 	case "migrate":
 		if req.MoveIP != "" {

@@ -32,10 +32,12 @@ func (d *Daemon) newEngine() (*migration.Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.id = id
+	// With the boot: a state directory cloned to another machine (a VM
+	// image) does not make its daemon this one.
+	d.id = id + "@" + readTrim("/proc/sys/kernel/random/boot_id")
 	return migration.New(migration.Config{
 		Self:     d.advertise, // what peers call back, never a wildcard
-		SelfID:   id,
+		SelfID:   d.id,
 		Procs:    engineProcs{d},
 		CRIU:     checkpointer{d},
 		Net:      netMover{},
