@@ -1,7 +1,10 @@
 package daemon
 
 import (
+	"fmt"
+	"os"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 )
@@ -28,6 +31,17 @@ func TestStopLazy(t *testing.T) {
 		p := proc{cmd, make(chan struct{})}
 		go func() { cmd.Wait(); close(p.done) }()
 		t.Cleanup(func() { cmd.Process.Kill(); <-p.done })
+		// Until the child has exec'd, its command line is this test's: wait
+		// for sh's (a loaded machine showed the gap).
+		path := fmt.Sprintf("/proc/%d/cmdline", cmd.Process.Pid)
+		for end := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			if b, _ := os.ReadFile(path); strings.Contains(string(b), "read x") {
+				break
+			}
+			if time.Now().After(end) {
+				t.Fatalf("%v did not start", cmd.Args)
+			}
+		}
 		return p
 	}
 	exited := func(p proc) bool {

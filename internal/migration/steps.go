@@ -33,6 +33,7 @@ type step struct {
 // failed and, if an undo failed too, that.
 func (e *Engine) runSteps(ctx context.Context, r *Record, steps []step) error {
 	for i, s := range steps {
+		t0 := time.Now()
 		err := e.save(r, func(r *Record) { r.Step = s.name })
 		if err == nil && r.Side == SideSource && e.decision(r) == Aborted {
 			err = fmt.Errorf("the target %s gave up waiting and asked how the migration ended", r.Peer)
@@ -44,7 +45,10 @@ func (e *Engine) runSteps(ctx context.Context, r *Record, steps []step) error {
 			err = stopped(ctx)
 		}
 		if err == nil {
+			t1 := time.Now()
 			err = s.do(ctx)
+			e.log.Debug("step", "mig", r.Mig, "side", r.Side, "step", s.name, "journal_ms", ms(t1.Sub(t0)),
+				"ms", ms(time.Since(t1)), "err", err)
 			if err == nil && s.pivot {
 				if ferr := e.fault(r.Side, "after", s.name); ferr != nil {
 					e.log.Error("after the commit point", "mig", r.Mig, "step", s.name, "err", ferr)
@@ -141,12 +145,16 @@ func (e *Engine) forwardLater(r *Record, steps []step) {
 }
 
 func (e *Engine) forwardStep(ctx context.Context, r *Record, s step) error {
+	t0 := time.Now()
 	err := e.save(r, func(r *Record) { r.Step = s.name })
 	if err == nil {
 		err = e.fault(r.Side, "before", s.name)
 	}
 	if err == nil {
+		t1 := time.Now()
 		err = s.do(ctx)
+		e.log.Debug("step", "mig", r.Mig, "side", r.Side, "step", s.name, "journal_ms", ms(t1.Sub(t0)),
+			"ms", ms(time.Since(t1)), "err", err)
 	}
 	if err == nil {
 		err = e.fault(r.Side, "after", s.name)
@@ -200,3 +208,5 @@ func (e *UndoError) Unwrap() error { return e.Cause }
 func stepIndex(steps []step, name string) int {
 	return slices.IndexFunc(steps, func(s step) bool { return s.name == name })
 }
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
