@@ -166,13 +166,13 @@ func (m *outMig) forwardSteps() []step {
 			{name: "confirm", do: m.confirm, once: true},
 			{name: "pages", do: m.pagesDone},
 			{name: "kill", do: m.killServed},
-			{name: "cleanup", do: m.cleanup},
+			{name: "cleanup", do: m.cleanup, later: true},
 		}
 	}
 	return []step{
 		{name: "kill", do: m.kill},
 		{name: "confirm", do: m.confirm, once: true},
-		{name: "cleanup", do: m.cleanup},
+		{name: "cleanup", do: m.cleanup, later: true},
 	}
 }
 

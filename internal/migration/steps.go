@@ -24,6 +24,10 @@ type step struct {
 	// once marks a step after the commit that is not tried again when it
 	// fails (the source's confirm: the target asks instead).
 	once bool
+	// later marks housekeeping after the commit that whoever waits for the
+	// migration need not wait for (the source's cleanup of its lock and
+	// images): it and the steps after it run in the background.
+	later bool
 }
 
 // runSteps runs steps in order on behalf of r. Before each step it journals
@@ -84,7 +88,8 @@ func (e *Engine) runSteps(ctx context.Context, r *Record, steps []step) error {
 // exactly where the commit said, whatever failed on the way. A step that
 // still fails after forwardTries goes on being tried in the background,
 // with the steps after it, and finish is called there once they are done
-// (until then the record stays in the journal, for a restart to finish).
+// (until then the record stays in the journal, for a restart to finish);
+// so do the steps from the first later one on.
 // It returns the errors seen.
 func (e *Engine) forwardSteps(ctx context.Context, r *Record, steps []step, from string, finish func()) []error {
 	if i := stepIndex(steps, from); i > 0 {
@@ -92,6 +97,14 @@ func (e *Engine) forwardSteps(ctx context.Context, r *Record, steps []step, from
 	}
 	var errs []error
 	for i, s := range steps {
+		if s.later {
+			rest := steps[i:]
+			e.cfg.Go(func() {
+				e.forwardLater(r, rest)
+				finish()
+			})
+			return errs
+		}
 		pause := e.t.AskPause
 		for try := 1; ; try++ {
 			err := e.forwardStep(ctx, r, s)
