@@ -403,6 +403,19 @@
 // preempted while it re-faults, and a stop-the-world would wait for it
 // while the goroutine that runs Resume is stopped.
 //
+// # Counters for the daemon's metrics
+//
+// Besides Prepare and Resume, a rank launched by migrated answers its
+// daemon's "stats" command (runtime's Hooks.Stats) with its counters (faults,
+// fetches, diffs, barriers and waits: a subset of Stats), which `migrated
+// serve --metrics` exports per job and rank (docs/metrics.md). The daemon
+// asks when it is scraped, over the same control channel as the hooks and
+// never while the rank is migrating; the answer is made of atomic loads (the
+// C counters and the Go ones), takes no lock a fault, fetch or release
+// holds, and costs the fault path nothing. The counters are in the rank's
+// memory: after a migration the new host's daemon shows them, going on from
+// where they were.
+//
 // # Lifecycle and locks
 //
 // Start and Alloc are collective and end with a barrier, so no rank can

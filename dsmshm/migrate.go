@@ -26,7 +26,7 @@ func (n *Node) register() error {
 // migrationHooks are the rank's part in a migration (see doc.go,
 // "Migration"). Tests call them directly.
 func (n *Node) migrationHooks() mrt.Hooks {
-	return mrt.Hooks{Prepare: n.prepareMigration, Resume: n.resumeMigration}
+	return mrt.Hooks{Prepare: n.prepareMigration, Resume: n.resumeMigration, Stats: n.controlStats}
 }
 
 // prepareMigration returns when the rank may be dumped: no connection of it

@@ -1,6 +1,10 @@
 package dsmshm
 
-import "time"
+import (
+	"time"
+
+	mrt "dsmigrate/runtime"
+)
 
 // Stats are counters of one rank since Start, in the spirit of TreadMarks'
 // Tmk_stat.
@@ -68,4 +72,24 @@ func (n *Node) Stats() Stats {
 	}
 	s.WaitTime = s.LockWait + s.BarrierWait + s.FetchTime
 	return s
+}
+
+// controlStats are the rank's counters for its daemon's metrics (runtime's
+// Hooks.Stats, asked for when `migrated serve --metrics` is scraped): atomic
+// reads only. Unlike Stats it takes no lock a synchronization holds
+// (syncMu), so it answers at once whatever the rank's threads are doing;
+// freeMu is only ever held exclusively by Close, briefly.
+func (n *Node) controlStats() mrt.Stats {
+	n.freeMu.RLock()
+	c := n.final
+	if !n.freed {
+		c = n.c.stats()
+	}
+	n.freeMu.RUnlock()
+	return mrt.Stats{
+		ReadFaults: c.readFaults, WriteFaults: c.writeFaults, PagesFetched: c.fetches, FetchRequests: c.fetchReqs,
+		PagesServed: c.served, Diffs: n.st.diffs.Load(), DiffsApplied: n.st.diffsApplied.Load(),
+		Barriers: n.st.barriers.Load(), LockAcquires: n.st.lockAcquires.Load(),
+		BarrierWaitNS: n.st.barrierWait.Load(), LockWaitNS: n.st.lockWait.Load(), FetchTimeNS: int64(c.fetchNS),
+	}
 }

@@ -18,7 +18,9 @@
 // registered, so the signal's default action never kills anyone). The
 // process then connects, says who it is, gets the command, runs the hook and
 // answers, and closes the connection, so that nothing connects it to the
-// daemon while CRIU dumps it.
+// daemon while CRIU dumps it. The same way, between migrations, a daemon
+// serving metrics asks a DSM rank for its counters (Hooks.Stats, the
+// command "stats") when its metrics are scraped.
 //
 // # The job secret
 //
@@ -258,17 +260,42 @@ type Hooks struct {
 	// Resume runs after the restore, or after a migration that was called
 	// off once Prepare had run.
 	Resume func(ResumeInfo) error
+	// Stats, if set, returns the process's counters when its daemon asks
+	// for them (the "stats" command: migrated serve --metrics). It runs on
+	// the control channel's goroutine between hooks, never during one, and
+	// must return at once: read counters atomically, take no lock that
+	// the process's own work may hold.
+	Stats func() Stats
+}
+
+// Stats are a DSM rank's counters since it started, for its daemon's
+// metrics (docs/metrics.md). They live in the rank's memory, so they go on
+// counting across its migrations. Times are in nanoseconds.
+type Stats struct {
+	ReadFaults    uint64 `json:"read_faults"`
+	WriteFaults   uint64 `json:"write_faults"`
+	PagesFetched  uint64 `json:"pages_fetched"`
+	FetchRequests uint64 `json:"fetch_requests"`
+	PagesServed   uint64 `json:"pages_served"`
+	Diffs         uint64 `json:"diffs"`
+	DiffsApplied  uint64 `json:"diffs_applied"`
+	Barriers      uint64 `json:"barriers"`
+	LockAcquires  uint64 `json:"lock_acquires"`
+	BarrierWaitNS int64  `json:"barrier_wait_ns"`
+	LockWaitNS    int64  `json:"lock_wait_ns"`
+	FetchTimeNS   int64  `json:"fetch_time_ns"`
 }
 
 // Command is what the daemon sends; Answer what the process returns.
 type Command struct {
-	Op     string     `json:"op"` // "prepare" or "resume"
+	Op     string     `json:"op"` // "prepare", "resume" or "stats"
 	Resume ResumeInfo `json:"resume"`
 }
 
 // Answer is a process's reply to a Command.
 type Answer struct {
-	Err string `json:"err,omitempty"`
+	Err   string `json:"err,omitempty"`
+	Stats *Stats `json:"stats,omitempty"` // the answer to "stats"
 }
 
 // Hello opens every control connection.
@@ -354,7 +381,15 @@ func serve(id, path string) {
 	h := hooks
 	mu.Unlock()
 	var herr error
+	var a Answer
 	switch {
+	case cmd.Op == "stats":
+		if h == nil || h.Stats == nil {
+			herr = errors.New("no stats")
+			break
+		}
+		st := h.Stats()
+		a.Stats = &st
 	case h == nil:
 	case cmd.Op == "prepare" && h.Prepare != nil:
 		herr = h.Prepare()
@@ -363,7 +398,6 @@ func serve(id, path string) {
 	case cmd.Op != "prepare" && cmd.Op != "resume":
 		herr = fmt.Errorf("unknown command %q", cmd.Op)
 	}
-	var a Answer
 	if herr != nil {
 		a.Err = herr.Error()
 	}

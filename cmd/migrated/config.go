@@ -34,6 +34,7 @@ var configKeys = []struct {
 	{"token-file", checkPath},
 	{"images-size", checkImagesSize},
 	{"keep-free", checkKeepFree},
+	{"metrics", checkHostPort},
 	{"log-level", func(s string) error { _, err := logLevel(s); return err }},
 	{"log-format", func(s string) error { _, err := logJSON(s); return err }},
 }

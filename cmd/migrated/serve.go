@@ -41,8 +41,11 @@ func serveCommand() *cli.Command {
 				Usage: "bound of the tmpfs that arriving images pass through: a size (4G) or a share of the RAM (50%)"},
 			&cli.StringFlag{Name: "keep-free", Value: "256M",
 				Usage: "memory never given to arriving processes; a migration that would leave less is refused"},
-			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "least severe messages logged: debug, info, warn or error"},
-			&cli.StringFlag{Name: "log-format", Value: "text",
+			&cli.StringFlag{Name: "metrics", Usage: "ADDR:PORT to serve Prometheus metrics on, at /metrics, " +
+				"unauthenticated: an address only the monitoring reaches (docs/metrics.md); none without it"},
+			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"MIGRATED_LOG_LEVEL"},
+				Usage: "least severe messages logged: debug (each migration step's time too), info, warn or error"},
+			&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: []string{"MIGRATED_LOG_FORMAT"},
 				Usage: "text (key=value) or json (one object a line), on standard error"},
 		},
 		Action: serve,
@@ -60,6 +63,11 @@ func serve(c *cli.Context) error {
 	for _, name := range []string{"listen", "state-dir"} {
 		if c.String(name) == "" {
 			return cliutil.Usage(c, "missing --%s", name)
+		}
+	}
+	if m := c.String("metrics"); m != "" {
+		if err := checkHostPort(m); err != nil {
+			return cliutil.Usage(c, "--metrics: %v", err)
 		}
 	}
 	level, err := logLevel(c.String("log-level"))
@@ -81,7 +89,8 @@ func serve(c *cli.Context) error {
 	err = daemon.New(daemon.Config{Listen: c.String("listen"), Advertise: c.String("advertise"),
 		StateDir: c.String("state-dir"), CRIU: c.String("criu"), Socket: c.String("socket"),
 		TokenFile: c.String("token-file"), ImagesSize: c.String("images-size"),
-		KeepFree: c.String("keep-free"), Log: log}).Serve(c.Context)
+		KeepFree: c.String("keep-free"), Log: log,
+		Metrics: c.String("metrics")}).Serve(c.Context)
 	if err != nil && json {
 		// A log read by machines gets the reason the daemon stopped as
 		// one more object, not as a line of text among them.

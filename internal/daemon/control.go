@@ -86,7 +86,10 @@ func (d *Daemon) handleControl(c net.Conn) {
 	p.pending = nil
 	p.mu.Unlock()
 	if pending == nil {
-		return // nothing asked: a stray signal
+		// No hook command: a rank's counters asked for by a scrape
+		// (metrics.go), or nothing asked, a stray signal.
+		d.metrics.serveStats(p.ID, c, dec, enc)
+		return
 	}
 	err := enc.Encode(pending.cmd)
 	var a mrt.Answer

@@ -68,6 +68,9 @@ type Daemon struct {
 	imagesSize string // Config.ImagesSize
 	keepFree   string // Config.KeepFree
 
+	metricsAddr string   // Config.Metrics
+	metrics     *metrics // nil without --metrics (metrics.go)
+
 	// Log lines anyone who reaches the TCP port can cause, at most one a
 	// limiter's interval each.
 	handshakeLog, capLog, acceptLog logLimiter
@@ -100,6 +103,9 @@ type Config struct {
 	// KeepFree is memory never given to incoming migrations (admit.go):
 	// a size (256M, or 0 for none); "" is DefaultKeepFree.
 	KeepFree string
+	// Metrics is the ADDR:PORT Prometheus metrics are served on, at
+	// /metrics (metrics.go, docs/metrics.md); "": none.
+	Metrics string
 }
 
 // New returns the daemon cfg describes; Serve runs it.
@@ -111,7 +117,8 @@ func New(cfg Config) *Daemon {
 	return &Daemon{listen: cfg.Listen, advertise: cfg.Advertise, stateDir: cfg.StateDir, criu: criu.New(cfg.CRIU),
 		procs: map[string]*Proc{}, launching: map[string]chan struct{}{}, log: log, sockPath: cfg.Socket, tokenFile: cfg.TokenFile,
 		handshakeLog: logLimiter{every: logEvery}, capLog: logLimiter{every: logEvery},
-		acceptLog: logLimiter{every: logEvery}, imagesSize: cfg.ImagesSize, keepFree: cfg.KeepFree}
+		acceptLog: logLimiter{every: logEvery}, imagesSize: cfg.ImagesSize, keepFree: cfg.KeepFree,
+		metricsAddr: cfg.Metrics}
 }
 
 // Bounds on what a connection that has not proved the token can cost: it
@@ -196,6 +203,12 @@ func (d *Daemon) serve(ctx context.Context, sockPath, tokenFile string) error {
 	if err := d.reattach(); err != nil {
 		return err
 	}
+	// Metrics count from before the recovery, which may end migrations.
+	stopMetrics, err := d.serveMetrics()
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	if d.engine, err = d.newEngine(); err != nil {
 		return err
 	}
@@ -628,6 +641,7 @@ func (d *Daemon) list(caller api.Owner) []ProcInfo {
 
 // addRecord keeps a migration record in memory and in STATE/migrations.jsonl.
 func (d *Daemon) addRecord(r MigrationRec) {
+	d.metrics.record(r) // metrics.go
 	d.mu.Lock()
 	d.records = append(d.records, r)
 	d.mu.Unlock()

@@ -47,6 +47,8 @@ func (d *Daemon) newEngine() (*migration.Engine, error) {
 		Faults:   faults{d},
 		Log:      d.log,
 		OnRecord: d.addRecord,
+		// Metrics (metrics.go): the target's count.
+		OnArrival: d.addArrival,
 	}), nil
 }
 
@@ -257,6 +259,10 @@ func (e engineProcs) Claim(id string) (migration.Proc, error) {
 	}
 	p.state = "migrating"
 	p.mu.Unlock()
+	// A scrape's request for a rank's counters, if one is under way, ends
+	// first: nothing may connect the process to this daemon when it freezes
+	// (metrics.go).
+	e.d.metrics.statsQuiet(p.ID)
 	if err := e.d.saveProc(p); err != nil {
 		e.Unclaim(p.ID)
 		return migration.Proc{}, err

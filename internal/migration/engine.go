@@ -218,6 +218,11 @@ type Config struct {
 	// OnRecord is given the record of every migration this daemon sent,
 	// when it ends (the daemon's history).
 	OnRecord func(api.MigrationRec)
+	// OnArrival is given, when a migration this daemon received is over
+	// here, a record of it as this side knows it (arrival.go): its Result
+	// is ok or warning (the process runs here), refused (it did not arrive
+	// and runs on its source) or lost (post-copy). nil: none.
+	OnArrival func(api.MigrationRec)
 	// Go starts a goroutine (nil: the go statement). A model check runs
 	// the engine under its own scheduler and passes its own.
 	Go func(f func())

@@ -60,6 +60,7 @@ func (e *Engine) In(ctx context.Context, c Conn, b *Begin) error {
 		sendError(c, err)
 		e.forget(r)
 		e.log.Warn("incoming migration failed", "id", b.ID, "from", b.Source, "err", err)
+		e.refusedArrival(r) // metrics (arrival.go)
 		return err
 	}
 	m.forward(ctx)
@@ -513,9 +514,10 @@ func (m *inMig) cleanup(ctx context.Context) error { return m.e.cleanup(m.r) }
 func (m *inMig) forward(ctx context.Context) {
 	// The page connection stays until the steps are done, in the
 	// background if they go on there.
-	m.e.forwardSteps(ctx, m.r, m.forwardSteps(), "", func() {
+	errs := m.e.forwardSteps(ctx, m.r, m.forwardSteps(), "", func() {
 		m.releasePageConn()
 		m.e.forget(m.r)
 	})
 	m.e.log.Info("restored", "id", m.r.ProcID, "pid", m.pid, "from", m.r.Peer)
+	m.arrived(errs) // metrics (arrival.go)
 }

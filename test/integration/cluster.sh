@@ -15,7 +15,8 @@
 # same range, as real hosts do: migrated's own pid namespace per process keeps
 # them from colliding), mount
 # namespace (a private tmpfs on /run) and UTS namespace (hostname hK). Inside runs
-#   migrated serve --listen 10.77.0.K:7077 --state-dir $DIR/hK/state --token-file $DIR/token
+#   migrated serve --listen 10.77.0.K:7077 --state-dir $DIR/hK/state --token-file $DIR/token \
+#                  --metrics 10.77.0.K:9477
 # with stdout and stderr in $DIR/hK/daemon.log. All hosts share one token.
 #
 # State lives in $DIR = $CLUSTER_DIR (default /run/dsmigrate-cluster): size (N),
@@ -28,6 +29,7 @@ DIR=$(realpath -m "${CLUSTER_DIR:-/run/dsmigrate-cluster}")
 BRIDGE=mig0
 NET=10.77.0          # host K is $NET.K, the bridge $NET.254
 PORT=7077
+METRICS_PORT=9477    # each daemon's --metrics, on its host's address (docs/metrics.md)
 MAX_HOSTS=40
 CRIU=/usr/local/sbin/migrate-criu
 READY_TIMEOUT=20     # seconds for every daemon to accept TCP
@@ -114,7 +116,7 @@ ensure_binaries() {
 # shellcheck disable=SC2016 # expanded by the inner bash
 HOST_INIT='
 set -eu
-k=$1 dir=$2 repo=$3 net=$4 port=$5
+k=$1 dir=$2 repo=$3 net=$4 port=$5 mport=$6
 hostname "h$k"
 # A private /run. The cluster directory may live under /run: keep it visible
 # by bind-mounting it, through a descriptor opened before the tmpfs hides it.
@@ -152,7 +154,7 @@ while :; do
 	[ $quick -lt 5 ] || exit 1
 	sleep 0.2
 done'"'"' supervise "$repo/bin/migrated" serve --listen "$net.$k:$port" \
-	--state-dir "$dir/h$k/state" --token-file "$dir/token" --config ""
+	--state-dir "$dir/h$k/state" --token-file "$dir/token" --config "" --metrics "$net.$k:$mport"
 '
 
 start_host() {
@@ -174,7 +176,7 @@ start_host() {
 	# Detached: own session, stdin from /dev/null, output to the log, so
 	# nothing holds the caller's terminal or descriptors.
 	setsid ip netns exec "$h" unshare --pid --fork --mount-proc --mount --uts --propagation private \
-		bash -c "$HOST_INIT" "host-init-$h" "$k" "$DIR" "$REPO" "$NET" "$PORT" \
+		bash -c "$HOST_INIT" "host-init-$h" "$k" "$DIR" "$REPO" "$NET" "$PORT" "$METRICS_PORT" \
 		</dev/null >>"$DIR/$h/daemon.log" 2>&1 &
 	pid=$!
 	for _ in $(seq 100); do
