@@ -15,8 +15,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // migrated serve --metrics (docs/metrics.md), through the real binary: a
@@ -91,18 +89,7 @@ func serveDaemon(t *testing.T, migrated, listen string, args ...string) (int, fu
 	if _, err := os.Stat(criu); err != nil {
 		t.Skipf("no CRIU at %s: a daemon does not serve", criu)
 	}
-	dir := t.TempDir()
-	cmd := exec.Command(migrated, append([]string{"--socket", filepath.Join(dir, "sock"), "serve", "--config", "",
-		"--listen", listen, "--state-dir", filepath.Join(dir, "state"), "--criu", criu}, args...)...)
-	cmd.Env = pkgEnv()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, stderr := startServe(t, migrated, listen, args...)
 	stopped := false
 	stop := func() {
 		if stopped {
@@ -118,7 +105,6 @@ func serveDaemon(t *testing.T, migrated, listen string, args ...string) (int, fu
 			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			<-done
 		}
-		unix.Unmount(filepath.Join(dir, "state", "images"), unix.MNT_DETACH)
 	}
 	t.Cleanup(stop)
 	var log []string

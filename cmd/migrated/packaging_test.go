@@ -374,7 +374,6 @@ type pkgLogRecord struct {
 // exit status.
 func pkgServeLog(t *testing.T, migrated, listen string, args ...string) ([]pkgLogRecord, int) {
 	t.Helper()
-	dir := t.TempDir()
 	if listen == "" {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -383,28 +382,7 @@ func pkgServeLog(t *testing.T, migrated, listen string, args ...string) ([]pkgLo
 		listen = l.Addr().String()
 		l.Close()
 	}
-	criu := cmp.Or(os.Getenv("MIGRATED_CRIU"), "/usr/local/sbin/migrate-criu")
-	cmd := exec.Command(migrated, append([]string{"--socket", filepath.Join(dir, "sock"), "serve", "--config", "",
-		"--listen", listen, "--state-dir", filepath.Join(dir, "state"), "--criu", criu},
-		args...)...)
-	cmd.Env = pkgEnv()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := false
-	t.Cleanup(func() {
-		if !done {
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			cmd.Wait()
-		}
-		// A killed daemon leaves its images tmpfs mounted.
-		unix.Unmount(filepath.Join(dir, "state", "images"), unix.MNT_DETACH)
-	})
+	cmd, stderr := startServe(t, migrated, listen, args...)
 	var recs []pkgLogRecord
 	sc := bufio.NewScanner(stderr)
 	for sc.Scan() {
@@ -416,8 +394,7 @@ func pkgServeLog(t *testing.T, migrated, listen string, args ...string) ([]pkgLo
 		}
 	}
 	io.Copy(io.Discard, stderr)
-	err = cmd.Wait()
-	done = true
+	err := cmd.Wait()
 	code := 0
 	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
 		code = ee.ExitCode()
@@ -461,4 +438,33 @@ func pkgEnv() []string {
 		}
 	}
 	return env
+}
+
+// startServe starts `migrated serve` with args on a state directory and
+// socket of its own, listening on listen, and returns it with its standard
+// error to read. When the test ends it is killed if it still runs, and its
+// images tmpfs (which a killed daemon leaves mounted) goes.
+func startServe(t *testing.T, migrated, listen string, args ...string) (*exec.Cmd, io.ReadCloser) {
+	t.Helper()
+	dir := t.TempDir()
+	criu := cmp.Or(os.Getenv("MIGRATED_CRIU"), "/usr/local/sbin/migrate-criu")
+	cmd := exec.Command(migrated, append([]string{"--socket", filepath.Join(dir, "sock"), "serve", "--config", "",
+		"--listen", listen, "--state-dir", filepath.Join(dir, "state"), "--criu", criu}, args...)...)
+	cmd.Env = pkgEnv()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			cmd.Wait()
+		}
+		unix.Unmount(filepath.Join(dir, "state", "images"), unix.MNT_DETACH)
+	})
+	return cmd, stderr
 }
