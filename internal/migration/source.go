@@ -313,7 +313,7 @@ func (m *outMig) dumpStep(ctx context.Context) error {
 	}
 	if err != nil {
 		if res != nil && res.Died {
-			return fmt.Errorf("dump failed and the process DIED during it: %w", err)
+			return api.WithKind(api.KindLost, fmt.Errorf("dump failed and the process DIED during it: %w", err))
 		}
 		return fmt.Errorf("dump failed: %w", err)
 	}
@@ -637,12 +637,16 @@ func (m *outMig) failed(steps []step, err error) error {
 	}
 	err = fmt.Errorf("%w; %s", err, where)
 	if ue == nil {
-		// The process runs on the source as before.
+		// The process runs on the source as before (unless the dump
+		// killed it: then the error is of the lost kind already).
 		err = api.WithKind(api.KindRefused, err)
 	}
 	if m.hist != nil {
 		m.hist.Outcome, m.hist.Result = err.Error(), api.ResultRefused
-		if ue != nil {
+		switch {
+		case api.KindOf(err) == api.KindLost:
+			m.hist.Result = api.ResultLost
+		case ue != nil:
 			m.hist.Result = api.ResultFailed
 		}
 		m.hist.Total = time.Since(m.hist.Start)
