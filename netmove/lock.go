@@ -90,11 +90,9 @@ func DeleteLock(table string) error {
 	if err := checkTableName(table); err != nil {
 		return err
 	}
-	if ok, err := hasLockTable(table); err != nil || !ok {
-		return err
-	}
+	// One nft run when the table is there, as it mostly is; a table that is
+	// not (gone already, or deleted meanwhile by a restore) is no error.
 	if _, err := nft(nil, "delete", "table", "inet", table); err != nil {
-		// Someone (a restore) may have deleted it meanwhile.
 		if ok, err2 := hasLockTable(table); err2 == nil && !ok {
 			return nil
 		}

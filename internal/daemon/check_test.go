@@ -132,7 +132,7 @@ func peerDaemon(t *testing.T, tok []byte) *Daemon {
 	t.Helper()
 	dir := t.TempDir()
 	d := &Daemon{stateDir: dir, imagesDir: filepath.Join(dir, "images"), procs: map[string]*Proc{},
-		launching: map[string]chan struct{}{}, criu: criu.New(filepath.Join(dir, "no-criu")),
+		launching: map[string]chan struct{}{}, naming: map[string]nameOf{}, criu: criu.New(filepath.Join(dir, "no-criu")),
 		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if tok != nil {
 		d.token.Store(&tok)

@@ -78,6 +78,7 @@ type Daemon struct {
 	mu        sync.Mutex
 	procs     map[string]*Proc
 	launching map[string]chan struct{} // IDs being launched (run): closed once in procs, or failed
+	naming    map[string]nameOf        // the --name of each ID being launched (nameFree)
 	records   []MigrationRec
 }
 
@@ -115,7 +116,7 @@ func New(cfg Config) *Daemon {
 		log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
 	return &Daemon{listen: cfg.Listen, advertise: cfg.Advertise, stateDir: cfg.StateDir, criu: criu.New(cfg.CRIU),
-		procs: map[string]*Proc{}, launching: map[string]chan struct{}{}, log: log, sockPath: cfg.Socket, tokenFile: cfg.TokenFile,
+		procs: map[string]*Proc{}, launching: map[string]chan struct{}{}, naming: map[string]nameOf{}, log: log, sockPath: cfg.Socket, tokenFile: cfg.TokenFile,
 		handshakeLog: logLimiter{every: logEvery}, capLog: logLimiter{every: logEvery},
 		acceptLog: logLimiter{every: logEvery}, imagesSize: cfg.ImagesSize, keepFree: cfg.KeepFree,
 		metricsAddr: cfg.Metrics}
@@ -451,9 +452,6 @@ func (d *Daemon) do(c *wire.Conn, req Request, caller api.Owner) (*Reply, error)
 		if req.Name != "" && !nameRE.MatchString(req.Name) {
 			return nil, fmt.Errorf("bad name %q: use letters, digits and ._:@+- (at most 64)", req.Name)
 		}
-		if err := d.nameFree(req.Name, caller); err != nil {
-			return nil, err
-		}
 		id := newID()
 		name := req.Name
 		if name == "" {
@@ -461,13 +459,22 @@ func (d *Daemon) do(c *wire.Conn, req Request, caller api.Owner) (*Reply, error)
 		}
 		// The process may register its hooks (package runtime) before
 		// launchRun returns: the control socket waits for it (launched).
+		// Its --name is taken from here on (nameFree).
 		launched := make(chan struct{})
 		d.mu.Lock()
+		if err := d.nameFree(req.Name, caller); err != nil {
+			d.mu.Unlock()
+			return nil, err
+		}
 		d.launching[id] = launched
+		if req.Name != "" {
+			d.naming[id] = nameOf{req.Name, caller.UID}
+		}
 		d.mu.Unlock()
 		defer func() {
 			d.mu.Lock()
 			delete(d.launching, id)
+			delete(d.naming, id)
 			d.mu.Unlock()
 			close(launched)
 		}()

@@ -30,7 +30,7 @@ func metricsDaemon(t *testing.T) *Daemon {
 	t.Helper()
 	dir := t.TempDir()
 	d := &Daemon{stateDir: dir, imagesDir: filepath.Join(dir, "images"), procs: map[string]*Proc{},
-		launching: map[string]chan struct{}{}, criu: criu.New(filepath.Join(dir, "no-criu")),
+		launching: map[string]chan struct{}{}, naming: map[string]nameOf{}, criu: criu.New(filepath.Join(dir, "no-criu")),
 		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if err := os.MkdirAll(d.imagesDir, 0o700); err != nil {
 		t.Fatal(err)

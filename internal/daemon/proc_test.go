@@ -39,8 +39,8 @@ func testDaemon(t *testing.T, stateDir string) *Daemon {
 		t.Fatal(err)
 	}
 	return &Daemon{stateDir: stateDir, imagesDir: filepath.Join(stateDir, "images"), procs: map[string]*Proc{},
-		launching: map[string]chan struct{}{},
-		criu:      criu.New(testCRIU), log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+		launching: map[string]chan struct{}{}, naming: map[string]nameOf{},
+		criu: criu.New(testCRIU), log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 }
 
 // counterArgv counts until the file stop exists, then says "last N" and exits 7.

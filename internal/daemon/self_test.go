@@ -60,3 +60,25 @@ func TestMigrateToSelfRefused(t *testing.T) {
 		t.Fatalf("the target's answer to its own Begin: %d %q %v", typ, msg, err)
 	}
 }
+
+// A --name is the user's on a host: one of the user's processes that has it,
+// or is being started with it, keeps another from taking it; another
+// user's does not.
+func TestNameFree(t *testing.T) {
+	d := &Daemon{procs: map[string]*Proc{}, naming: map[string]nameOf{}}
+	alice, bob := api.Owner{UID: 1000}, api.Owner{UID: 1001}
+	p := newProc("0123456789ab", "web", []string{"srv"}, time.Now())
+	p.state, p.Owner = "running", alice
+	d.procs[p.ID] = p
+	d.naming["0123456789cd"] = nameOf{"db", alice.UID}
+	for _, tc := range []struct {
+		name  string
+		who   api.Owner
+		taken bool
+	}{{"web", alice, true}, {"db", alice, true}, {"web", bob, false}, {"db", bob, false}, {"cache", alice, false}, {"", alice, false}} {
+		err := d.nameFree(tc.name, tc.who)
+		if (err != nil) != tc.taken || (err != nil && !strings.Contains(err.Error(), "is taken here")) {
+			t.Errorf("name %q for uid %d: %v, want taken=%v", tc.name, tc.who.UID, err, tc.taken)
+		}
+	}
+}

@@ -139,16 +139,25 @@ func (d *Daemon) getFor(id string, caller api.Owner) (*Proc, error) {
 	return found, nil
 }
 
+// nameOf is a --name and the uid whose it is.
+type nameOf struct {
+	name string
+	uid  uint32
+}
+
 // nameFree refuses a --name that one of caller's processes here has
-// already: `logs NAME`, `migrate NAME` and the rest would not know which
-// one is meant. (Names are per user; a name given to no process, the
-// command's, may repeat.)
+// already, or is being started with: `logs NAME`, `migrate NAME` and the
+// rest would not know which one is meant. (Names are per user; a name given
+// to no process, the command's, may repeat.) d.mu is held.
 func (d *Daemon) nameFree(name string, caller api.Owner) error {
 	if name == "" {
 		return nil
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	for id, n := range d.naming {
+		if n == (nameOf{name, caller.UID}) {
+			return fmt.Errorf("the name %q is taken here by process %s (starting): pick another --name", name, id)
+		}
+	}
 	for _, p := range d.procs {
 		if p.Name != name || p.Owner.UID != caller.UID {
 			continue
