@@ -98,11 +98,13 @@ func (e *Engine) forwardSteps(ctx context.Context, r *Record, steps []step, from
 	var errs []error
 	for i, s := range steps {
 		if s.later {
-			rest := steps[i:]
-			e.cfg.Go(func() {
-				e.forwardLater(r, rest)
-				finish()
-			})
+			// The same tries, on a context the caller's end does not end.
+			rest := slices.Clone(steps[i:])
+			for j := range rest {
+				rest[j].later = false
+			}
+			bg := context.WithoutCancel(ctx)
+			e.cfg.Go(func() { e.forwardSteps(bg, r, rest, "", finish) })
 			return errs
 		}
 		pause := e.t.AskPause

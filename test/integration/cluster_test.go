@@ -357,6 +357,23 @@ func removeLeftovers(t *testing.T) (found, stayed []leftover) {
 	}
 }
 
+// settleLocks waits (10 s at most) until the hosts hold no CRIU lock table:
+// a source removes its migration's after answering the client (the cleanup
+// step runs in the background), so a test that ends right after a
+// migration may see it for a moment. One that stays is a leftover.
+func settleLocks(t *testing.T) {
+	t.Helper()
+	for end := within(10 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		locked := false
+		for _, x := range leftovers(t) {
+			locked = locked || strings.Contains(x.what, "CRIU lock table")
+		}
+		if !locked {
+			return
+		}
+	}
+}
+
 // guardHosts keeps one test's failure from becoming the next one's: what an
 // earlier test left on the hosts is removed before this one starts (and
 // logged), and what this one leaves behind when it ends, failed or not, is
@@ -372,6 +389,7 @@ func guardHosts(t *testing.T) {
 		t.Logf("removed what an earlier test left on the hosts:\n  %s", describe(found))
 	}
 	t.Cleanup(func() {
+		settleLocks(t)
 		found, stayed := removeLeftovers(t)
 		var live []leftover
 		for _, x := range found {
