@@ -7,6 +7,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"dsmigrate/internal/cliutil"
 )
 
 // hostfileHelp is the format of `dsmrun run --hostfile`, as its help and
@@ -114,7 +116,7 @@ func placeBySlot(hs []hostSlots, n int, oversubscribe bool) ([]string, error) {
 	total := slotCount(hs)
 	if n > total && !oversubscribe {
 		return nil, fmt.Errorf("%d ranks but the hostfile has %s on %s: ask for at most -n %d, "+
-			"add slots, or pass --oversubscribe", n, plural(total, "slot"), plural(len(hs), "host"), total)
+			"add slots, or pass --oversubscribe", n, cliutil.Plural(total, "slot"), cliutil.Plural(len(hs), "host"), total)
 	}
 	out := make([]string, 0, n)
 	for _, h := range hs {
@@ -153,12 +155,4 @@ func hostsOnCommandLine(args []string) bool {
 		}
 	}
 	return false
-}
-
-// plural is "N thing" or "N things".
-func plural(n int, thing string) string {
-	if n == 1 {
-		return "1 " + thing
-	}
-	return fmt.Sprintf("%d %ss", n, thing)
 }

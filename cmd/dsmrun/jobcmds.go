@@ -74,7 +74,7 @@ func unreachable(cl *cluster, err error, so string) error {
 		names = append(names, he.host)
 	}
 	return api.Errorf(api.KindUnreachable, "%s of %d did not answer (%s): %s; `migrated check --to ADDR:PORT` "+
-		"tells what is wrong with one", plural(len(hes), "host"), len(cl.hosts), strings.Join(names, ", "), so)
+		"tells what is wrong with one", cliutil.Plural(len(hes), "host"), len(cl.hosts), strings.Join(names, ", "), so)
 }
 
 // jobRanks is the ranks of job the hosts list, one entry per rank (where it

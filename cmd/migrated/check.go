@@ -156,19 +156,12 @@ func printChecks(checks []api.Check) {
 	switch {
 	case failed > 0:
 		fmt.Printf("%d of %d checks FAILED, %s: migrations fail until that is fixed\n", failed, len(checks),
-			plural(warned, "warning"))
+			cliutil.Plural(warned, "warning"))
 	case warned > 0:
-		fmt.Printf("ok: %s, %s\n", plural(len(checks), "check"), plural(warned, "warning"))
+		fmt.Printf("ok: %s, %s\n", cliutil.Plural(len(checks), "check"), cliutil.Plural(warned, "warning"))
 	default:
-		fmt.Printf("ok: %s\n", plural(len(checks), "check"))
+		fmt.Printf("ok: %s\n", cliutil.Plural(len(checks), "check"))
 	}
-}
-
-func plural(n int, what string) string {
-	if n == 1 {
-		return "1 " + what
-	}
-	return fmt.Sprintf("%d %ss", n, what)
 }
 
 func short(id string) string { return id[:min(12, len(id))] }

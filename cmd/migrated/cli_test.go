@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -45,28 +46,19 @@ func TestCommandLine(t *testing.T) {
 		{"migrated ps --json --socket=/nonexistent/sock", 6, "", "migrated: cannot reach the daemon at /nonexistent/sock"},
 	} {
 		f := strings.Fields(tc.args)
-		cmd := exec.Command(filepath.Join(dir, f[0]), f[1:]...)
-		var stdout, stderr strings.Builder
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		code := 0
-		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
+		stdout, stderr, code := runBin(t, filepath.Join(dir, f[0]), f[1:]...)
 		if code != tc.code {
-			t.Errorf("%s: exit status %d, want %d\nstdout:\n%s\nstderr:\n%s", tc.args, code, tc.code, stdout.String(),
-				stderr.String())
+			t.Errorf("%s: exit status %d, want %d\nstdout:\n%s\nstderr:\n%s", tc.args, code, tc.code, stdout,
+				stderr)
 		}
-		if !strings.Contains(stdout.String(), tc.stdout) {
-			t.Errorf("%s: stdout lacks %q:\n%s", tc.args, tc.stdout, stdout.String())
+		if !strings.Contains(stdout, tc.stdout) {
+			t.Errorf("%s: stdout lacks %q:\n%s", tc.args, tc.stdout, stdout)
 		}
-		if tc.stderr == "" && stderr.Len() > 0 || !strings.Contains(stderr.String(), tc.stderr) {
-			t.Errorf("%s: stderr is\n%s\nwant it to hold\n%s", tc.args, stderr.String(), tc.stderr)
+		if tc.stderr == "" && stderr != "" || !strings.Contains(stderr, tc.stderr) {
+			t.Errorf("%s: stderr is\n%s\nwant it to hold\n%s", tc.args, stderr, tc.stderr)
 		}
-		if tc.code == 2 && (stdout.Len() > 0 || strings.Contains(stderr.String(), "USAGE:")) {
-			t.Errorf("%s: a usage error printed the help:\n%s%s", tc.args, stdout.String(), stderr.String())
+		if tc.code == 2 && (stdout != "" || strings.Contains(stderr, "USAGE:")) {
+			t.Errorf("%s: a usage error printed the help:\n%s%s", tc.args, stdout, stderr)
 		}
 	}
 	// dsmrun run --help: no placeholder mangled out of --rank-ips, one
@@ -83,4 +75,33 @@ func TestCommandLine(t *testing.T) {
 			t.Errorf("dsmrun run --help: %q", l)
 		}
 	}
+}
+
+// runBin runs prog with args in testEnv and returns what it printed and its
+// exit status.
+func runBin(t *testing.T, prog string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(prog, args...)
+	cmd.Env = testEnv()
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return o.String(), e.String(), code
+}
+
+// testEnv is this test's environment without MIGRATED_* (a caller's
+// settings must not change what the commands do).
+func testEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "MIGRATED_") {
+			env = append(env, kv)
+		}
+	}
+	return env
 }

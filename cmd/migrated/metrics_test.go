@@ -30,14 +30,14 @@ func TestServeMetricsFlag(t *testing.T) {
 	migrated := filepath.Join(bin, "migrated")
 	dir := t.TempDir()
 
-	_, stderr, code := pkgRun(t, migrated, "serve", "--config", "", "--listen", "10.0.0.5:7077", "--state-dir", dir,
+	_, stderr, code := runBin(t, migrated, "serve", "--config", "", "--listen", "10.0.0.5:7077", "--state-dir", dir,
 		"--metrics", "9477")
 	if code != 2 || !strings.HasPrefix(stderr, `migrated: --metrics: "9477" is not ADDR:PORT`) {
 		t.Errorf("--metrics 9477: exit status %d, %q; want 2 and what is wrong", code, stderr)
 	}
 	conf := filepath.Join(dir, "migrated.conf")
 	os.WriteFile(conf, []byte("metrics = localhost\n"), 0o644)
-	_, stderr, code = pkgRun(t, migrated, "serve", "--config", conf, "--listen", "10.0.0.5:7077", "--state-dir", dir)
+	_, stderr, code = runBin(t, migrated, "serve", "--config", conf, "--listen", "10.0.0.5:7077", "--state-dir", dir)
 	if want := "migrated: " + conf + `:1: metrics: "localhost" is not ADDR:PORT`; code != 2 || !strings.HasPrefix(stderr, want) {
 		t.Errorf("metrics = localhost: exit status %d, %q; want 2 and %q", code, stderr, want)
 	}

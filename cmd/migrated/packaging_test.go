@@ -39,7 +39,7 @@ func TestPackaging(t *testing.T) {
 		for prog, cmds := range commands {
 			name := filepath.Base(prog)
 			for _, shell := range []string{"bash", "zsh", "fish"} {
-				out, stderr, code := pkgRun(t, prog, "completion", shell)
+				out, stderr, code := runBin(t, prog, "completion", shell)
 				if code != 0 || stderr != "" {
 					t.Fatalf("%s completion %s: exit status %d\n%s", name, shell, code, stderr)
 				}
@@ -70,7 +70,7 @@ func TestPackaging(t *testing.T) {
 				}
 			}
 		}
-		_, stderr, code := pkgRun(t, migrated, "completion", "powershell")
+		_, stderr, code := runBin(t, migrated, "completion", "powershell")
 		if code != 2 || !strings.Contains(stderr, `no completion for shell "powershell"`) {
 			t.Errorf("migrated completion powershell: exit status %d, %q; want 2 and the shells it knows", code, stderr)
 		}
@@ -99,7 +99,7 @@ func TestPackaging(t *testing.T) {
 			{migrated, "--socket /nonexistent/sock kill abc", nil, nil},
 		} {
 			args := append(strings.Fields(tc.args), "--generate-bash-completion")
-			out, stderr, code := pkgRun(t, tc.prog, args...)
+			out, stderr, code := runBin(t, tc.prog, args...)
 			if code != 0 || stderr != "" {
 				t.Errorf("%s %s: exit status %d, stderr %q", filepath.Base(tc.prog), strings.Join(args, " "), code, stderr)
 			}
@@ -153,7 +153,7 @@ echo "${COMPREPLY[*]}"`
 	t.Run("man", func(t *testing.T) {
 		for prog, cmds := range commands {
 			name := filepath.Base(prog)
-			out, stderr, code := pkgRun(t, prog, "man")
+			out, stderr, code := runBin(t, prog, "man")
 			if code != 0 || stderr != "" {
 				t.Fatalf("%s man: exit status %d\n%s", name, code, stderr)
 			}
@@ -166,7 +166,7 @@ echo "${COMPREPLY[*]}"`
 				}
 			}
 		}
-		out, _, _ := pkgRun(t, migrated, "man")
+		out, _, _ := runBin(t, migrated, "man")
 		for _, f := range []string{"--listen", "--config", "--log-format", "--post-copy"} {
 			if !strings.Contains(out, strings.ReplaceAll(f, "-", `\-`)) && !strings.Contains(out, f) {
 				t.Errorf("migrated man does not mention %s", f)
@@ -273,7 +273,7 @@ echo "${COMPREPLY[*]}"`
 				t.Fatal(err)
 			}
 			// The flags on the command line do not hide a wrong file.
-			_, stderr, code := pkgRun(t, migrated, "serve", "--config", conf, "--listen", "10.0.0.5:7077",
+			_, stderr, code := runBin(t, migrated, "serve", "--config", conf, "--listen", "10.0.0.5:7077",
 				"--state-dir", dir)
 			if code != 2 || !strings.HasPrefix(stderr, "migrated: "+conf+":"+tc.want) ||
 				strings.Count(stderr, "\n") != 1 {
@@ -281,7 +281,7 @@ echo "${COMPREPLY[*]}"`
 					stderr, "migrated: "+conf+":"+tc.want)
 			}
 		}
-		_, stderr, code := pkgRun(t, migrated, "serve", "--config", filepath.Join(dir, "none.conf"))
+		_, stderr, code := runBin(t, migrated, "serve", "--config", filepath.Join(dir, "none.conf"))
 		if code != 2 || !strings.Contains(stderr, "none.conf: no such file") {
 			t.Errorf("a missing --config file: exit status %d, %q", code, stderr)
 		}
@@ -289,20 +289,20 @@ echo "${COMPREPLY[*]}"`
 		// --listen without --advertise is refused first thing, in words
 		// that show which value the daemon got.
 		os.WriteFile(conf, []byte("listen = 0.0.0.0:7077\nstate-dir = \""+dir+"\"\n"), 0o644)
-		_, stderr, code = pkgRun(t, migrated, "serve", "--config", conf)
+		_, stderr, code = runBin(t, migrated, "serve", "--config", conf)
 		if code != 1 || !strings.Contains(stderr, "--listen 0.0.0.0:7077 accepts peers on every address") {
 			t.Errorf("listen and state-dir from the file: exit status %d, %q", code, stderr)
 		}
-		_, stderr, code = pkgRun(t, migrated, "serve", "--config", conf, "--listen", "0.0.0.0:7078")
+		_, stderr, code = runBin(t, migrated, "serve", "--config", conf, "--listen", "0.0.0.0:7078")
 		if code != 1 || !strings.Contains(stderr, "--listen 0.0.0.0:7078 accepts peers on every address") {
 			t.Errorf("--listen over the file's: exit status %d, %q", code, stderr)
 		}
-		_, stderr, code = pkgRun(t, migrated, "serve", "--config", "", "--listen", "0.0.0.0:7077")
+		_, stderr, code = runBin(t, migrated, "serve", "--config", "", "--listen", "0.0.0.0:7077")
 		if code != 2 || !strings.Contains(stderr, "migrated: missing --state-dir\n") {
 			t.Errorf("no config file and no --state-dir: exit status %d, %q", code, stderr)
 		}
 		// Bad values on the command line: usage errors too.
-		_, stderr, code = pkgRun(t, migrated, "serve", "--config", "", "--listen", "10.0.0.5:7077", "--state-dir",
+		_, stderr, code = runBin(t, migrated, "serve", "--config", "", "--listen", "10.0.0.5:7077", "--state-dir",
 			dir, "--log-level", "loud")
 		if code != 2 || !strings.HasPrefix(stderr, `migrated: --log-level: "loud" is not a level`) {
 			t.Errorf("--log-level loud: exit status %d, %q", code, stderr)
@@ -404,21 +404,6 @@ func pkgServeLog(t *testing.T, migrated, listen string, args ...string) ([]pkgLo
 	return recs, code
 }
 
-func pkgRun(t *testing.T, prog string, args ...string) (stdout, stderr string, code int) {
-	t.Helper()
-	cmd := exec.Command(prog, args...)
-	cmd.Env = pkgEnv()
-	var o, e strings.Builder
-	cmd.Stdout, cmd.Stderr = &o, &e
-	err := cmd.Run()
-	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return o.String(), e.String(), code
-}
-
 func pkgHasLine(s, line string) bool {
 	for _, l := range strings.Split(s, "\n") {
 		if strings.TrimSpace(l) == line {
@@ -426,18 +411,6 @@ func pkgHasLine(s, line string) bool {
 		}
 	}
 	return false
-}
-
-// pkgEnv is the environment without the MIGRATED_ variables, which would
-// change what the commands do.
-func pkgEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "MIGRATED_") {
-			env = append(env, kv)
-		}
-	}
-	return env
 }
 
 // startServe starts `migrated serve` with args on a state directory and
@@ -450,7 +423,7 @@ func startServe(t *testing.T, migrated, listen string, args ...string) (*exec.Cm
 	criu := cmp.Or(os.Getenv("MIGRATED_CRIU"), "/usr/local/sbin/migrate-criu")
 	cmd := exec.Command(migrated, append([]string{"--socket", filepath.Join(dir, "sock"), "serve", "--config", "",
 		"--listen", listen, "--state-dir", filepath.Join(dir, "state"), "--criu", criu}, args...)...)
-	cmd.Env = pkgEnv()
+	cmd.Env = testEnv()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -2,6 +2,7 @@ package cliutil
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"time"
@@ -152,3 +153,11 @@ func WriteJSON(w io.Writer, v any, indent bool) error {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// Plural is n things, in words: "1 host", "2 hosts".
+func Plural(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
+}
