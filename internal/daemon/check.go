@@ -82,20 +82,30 @@ func (d *Daemon) info() (api.DaemonInfo, error) {
 	host, _ := os.Hostname()
 	in := api.DaemonInfo{ID: id, MachineID: readTrim("/etc/machine-id"), BootID: readTrim("/proc/sys/kernel/random/boot_id"),
 		Hostname: host, Advertise: d.advertise}
-	in.MemAvailableBytes, _ = memAvailable()
+	in.MemAvailableBytes, in.KeepFreeBytes, in.HeldBytes, in.ImagesFreeBytes = d.room()
+	in.ImagesFreeBytes = max(in.ImagesFreeBytes, 0)
+	return in, nil
+}
+
+// room is this host's room for arriving processes, in bytes: the kernel's
+// MemAvailable, --keep-free, what arriving migrations hold, and the free
+// space of the images tmpfs (-1 if it cannot be read; 0 for MemAvailable).
+func (d *Daemon) room() (avail, keepFree, held, imagesFree int64) {
+	avail, _ = memAvailable()
 	if a := d.admit; a != nil {
-		in.KeepFreeBytes = a.keepFree
+		keepFree = a.keepFree
 		a.mu.Lock()
 		for _, h := range a.held {
-			in.HeldBytes += h.mem
+			held += h.mem
 		}
 		a.mu.Unlock()
 	}
+	imagesFree = -1
 	var fs unix.Statfs_t
 	if d.imagesDir != "" && unix.Statfs(d.imagesDir, &fs) == nil {
-		in.ImagesFreeBytes = int64(fs.Bavail) * fs.Bsize
+		imagesFree = int64(fs.Bavail) * fs.Bsize
 	}
-	return in, nil
+	return avail, keepFree, held, imagesFree
 }
 
 // daemonID is the identity of the daemon whose state directory is dir:

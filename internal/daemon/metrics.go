@@ -18,7 +18,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/sys/unix"
 
 	"dsmigrate/internal/api"
 	mrt "dsmigrate/runtime"
@@ -311,25 +310,19 @@ func (c daemonCollector) Collect(ch chan<- prometheus.Metric) {
 			strconv.FormatUint(uint64(o.uid), 10))
 	}
 
-	if avail, err := memAvailable(); err == nil {
+	avail, keepFree, held, imagesFree := d.room()
+	if avail > 0 {
 		ch <- prometheus.MustNewConstMetric(descMemAvail, prometheus.GaugeValue, float64(avail))
 	}
 	if l, err := metricsLoad1(); err == nil {
 		ch <- prometheus.MustNewConstMetric(descLoad1, prometheus.GaugeValue, l)
 	}
-	if a := d.admit; a != nil {
-		var held int64
-		a.mu.Lock()
-		for _, h := range a.held {
-			held += h.mem
-		}
-		a.mu.Unlock()
-		ch <- prometheus.MustNewConstMetric(descKeepFree, prometheus.GaugeValue, float64(a.keepFree))
+	if d.admit != nil {
+		ch <- prometheus.MustNewConstMetric(descKeepFree, prometheus.GaugeValue, float64(keepFree))
 		ch <- prometheus.MustNewConstMetric(descHeld, prometheus.GaugeValue, float64(held))
 	}
-	var fs unix.Statfs_t
-	if d.imagesDir != "" && unix.Statfs(d.imagesDir, &fs) == nil {
-		ch <- prometheus.MustNewConstMetric(descImagesFree, prometheus.GaugeValue, float64(int64(fs.Bavail)*fs.Bsize))
+	if imagesFree >= 0 {
+		ch <- prometheus.MustNewConstMetric(descImagesFree, prometheus.GaugeValue, float64(imagesFree))
 	}
 
 	// The ranks here: running ones with their latest counters, migrating
