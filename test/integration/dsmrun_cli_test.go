@@ -3,7 +3,6 @@ package integration
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -32,11 +31,7 @@ func runCLI(t *testing.T, cmd *exec.Cmd) (stdout, stderr string, code int) {
 	timer := time.AfterFunc(scaled(2*time.Minute), func() { cmd.Process.Kill() })
 	err := cmd.Wait()
 	timer.Stop()
-	var ee *exec.ExitError
-	switch {
-	case errors.As(err, &ee):
-		code = ee.ExitCode()
-	case err != nil:
+	if code = exitStatus(err); code < 0 {
 		t.Fatalf("%s: %v", strings.Join(cmd.Args, " "), err)
 	}
 	return o.String(), e.String(), code
