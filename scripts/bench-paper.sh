@@ -86,7 +86,7 @@ start_job() {
 	JT0=$(now)
 	(
 		rc=0
-		timeout -k 10 "$JOB_TIMEOUT" bin/dsmrun run "${extra[@]}" -n "$1" -- "$PWD/bin/jacobi" -n "$JN" -iters "$3" \
+		timeout -k 10 "$JOB_TIMEOUT" bin/dsmrun run "${extra[@]}" -n "$1" --policy round-robin -- "$PWD/bin/jacobi" -n "$JN" -iters "$3" \
 			>"$tmp/$2.out" 2>"$tmp/$2.err" || rc=$?
 		echo "$rc $(now)" >"$tmp/$2.end"
 	) &

@@ -132,7 +132,7 @@ export MIGRATED_HOSTS MIGRATED_TOKEN_FILE
 img=$out/rank-image.tsv
 printf "rep\tmoved_bytes\tdropped_pages\tkept_pages\n" >$img
 for rep in $(seq "$REPS"); do
-	bin/dsmrun run -n 4 -- "$PWD/bin/jacobi" -n 1024 -iters 600 >$out/jacobi.out 2>$out/jacobi.err &
+	bin/dsmrun run -n 4 --policy round-robin -- "$PWD/bin/jacobi" -n 1024 -iters 600 >$out/jacobi.out 2>$out/jacobi.err &
 	jp=$!
 	job=
 	for _ in $(seq 300); do job=$(sed -n 's/^job: //p' $out/jacobi.err); [ -n "$job" ] && break; sleep 0.05; done

@@ -60,7 +60,7 @@ say "a DSM job: Jacobi 1024x1024 on 3 ranks (h1 h2 h3); rank 1 moves to h4 and b
 eval "$($C env)"
 export MIGRATED_HOSTS MIGRATED_TOKEN_FILE
 out=$(mktemp -d)
-MIGRATED_HOSTS=10.77.0.1:7077,10.77.0.2:7077,10.77.0.3:7077 bin/dsmrun run -n 3 -- "$PWD/bin/jacobi" -n 1024 -iters 800 >"$out/job.out" 2>"$out/job.err" &
+MIGRATED_HOSTS=10.77.0.1:7077,10.77.0.2:7077,10.77.0.3:7077 bin/dsmrun run -n 3 --policy round-robin -- "$PWD/bin/jacobi" -n 1024 -iters 800 >"$out/job.out" 2>"$out/job.err" &
 jobpid=$!
 job=
 for _ in $(seq 100); do

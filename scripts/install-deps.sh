@@ -25,6 +25,7 @@ command -v nc >/dev/null || need+=(netcat-openbsd)
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v sysctl >/dev/null && command -v pgrep >/dev/null || need+=(procps)
 command -v gcc >/dev/null || need+=(gcc) # cgo (dsmshm)
+command -v chromium >/dev/null || need+=(chromium) # the live view's test (TestLiveView)
 [ -e /usr/include/stdio.h ] || need+=(libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then
 	log "installing ${need[*]}"

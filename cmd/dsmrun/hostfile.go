@@ -2,11 +2,17 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
+
+	"dsmigrate/internal/api"
+	"dsmigrate/internal/placement"
 
 	"dsmigrate/internal/cliutil"
 )
@@ -155,4 +161,57 @@ func hostsOnCommandLine(args []string) bool {
 		}
 	}
 	return false
+}
+
+// placeRanks places n ranks on cl's hosts as policy says (docs/placement.md,
+// or round-robin): each host says what it has, and each rank counts against
+// its host before the next is placed. A host that does not answer is left
+// out, and said on standard error; with --rank-ips, so is a host whose
+// networks do not hold the ranks' addresses.
+func placeRanks(cl *cluster, n int, policy string, ips []netip.Prefix) ([]string, error) {
+	if policy == "round-robin" {
+		return roundRobin(cl.hosts, n), nil
+	}
+	pol, err := placement.ParsePolicy(policy)
+	if err != nil {
+		return nil, fmt.Errorf("--policy: %v, or round-robin", err)
+	}
+	hosts := make([]placement.Host, len(cl.hosts))
+	var wg sync.WaitGroup
+	for i, h := range cl.hosts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			hosts[i].Addr = h
+			rep, err := cl.do(h, api.Request{Op: "identity"})
+			switch {
+			case err != nil:
+				hosts[i].Err = err
+			case rep.Check == nil:
+				hosts[i].Err = errors.New("a migrated too old to say what it has: upgrade it")
+			default:
+				hosts[i].Info = rep.Check.Daemon
+			}
+		}()
+	}
+	wg.Wait()
+	down := 0
+	for _, h := range hosts {
+		if h.Err != nil {
+			down++
+			fmt.Fprintf(os.Stderr, "dsmrun: %s did not answer (%v): no rank goes there\n", h.Addr, h.Err)
+		}
+	}
+	if down == len(hosts) {
+		return nil, api.Errorf(api.KindUnreachable, "no host answered: is `migrated serve` running on them?")
+	}
+	need := placement.Need{}
+	if ips != nil {
+		need.OwnIP = ips[0]
+	}
+	place, err := placement.Spread(hosts, n, need, pol)
+	if err != nil {
+		return nil, api.WithKind(api.KindRefused, err)
+	}
+	return place, nil
 }

@@ -20,6 +20,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -60,8 +61,8 @@ func main() {
 		Commands: []*cli.Command{
 			{
 				Name: "run",
-				Usage: "start N ranks of PROGRAM over the hosts (round-robin, or by slot with --hostfile) and stream " +
-					"their output",
+				Usage: "start N ranks of PROGRAM over the hosts (where placement finds room and the least load, or " +
+					"by slot with --hostfile) and stream their output",
 				ArgsUsage:   "-- PROGRAM [ARG...]",
 				Description: hostfileHelp,
 				Flags: append([]cli.Flag{
@@ -74,6 +75,9 @@ func main() {
 					&cli.StringFlag{Name: "rank-ips", Usage: "IP/PREFIX: give rank r the address IP+r of its own, " +
 						"so that 'dsmrun migrate --move-ip' carries its connections (TCP repair) instead of rebinding them"},
 					&cli.BoolFlag{Name: "encrypt", Usage: "encrypt the ranks' traffic too (integrity is always on)"},
+					&cli.StringFlag{Name: "policy", Value: "balanced", Usage: "without --hostfile, how the ranks are " +
+						"placed on the hosts: balanced (memory, load and processes), memory, cpu (docs/placement.md), " +
+						"or round-robin (rank r on host r mod N, whatever their load)"},
 				}, hostFlags...),
 				Action: runJob,
 			},
@@ -83,7 +87,10 @@ func main() {
 				Flags: append([]cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}}, hostFlags...), Action: history},
 			{Name: "migrate", Usage: "move one rank of a running job to another daemon", ArgsUsage: "JOB RANK",
 				Flags: append([]cli.Flag{
-					&cli.StringFlag{Name: "to", Required: true, Usage: "ADDR:PORT of the target daemon"},
+					&cli.StringFlag{Name: "to", Usage: "ADDR:PORT of the target daemon; without it the rank's daemon " +
+						"picks one among its --peers (docs/placement.md)"},
+					&cli.StringFlag{Name: "policy", Value: "balanced", Usage: "without --to: how placement weighs " +
+						"the hosts: balanced, memory or cpu"},
 					&cli.StringFlag{Name: "move-ip", Usage: "CIDR: an address of the rank's own that moves with it"},
 					&cli.BoolFlag{Name: "post-copy", Usage: "resume the rank on the target before its memory has arrived " +
 						"(CRIU's lazy pages); if the source host, its daemon or the link fails before the last page " +
@@ -209,14 +216,20 @@ func runJob(c *cli.Context) error {
 	if n < 1 || n > 1024 {
 		return fmt.Errorf("-n %d: want 1..1024 ranks", n)
 	}
-	place := roundRobin(cl.hosts, n) // rank r runs on place[r]
+	if c.NArg() == 0 {
+		return errors.New("no program: dsmrun run --hosts ... -n N -- PROGRAM [ARG...]")
+	}
+	ips, err := rankIPs(c.String("rank-ips"), n)
+	if err != nil {
+		return err
+	}
+	var place []string // rank r runs on place[r]
 	if slots != nil {
 		if place, err = placeBySlot(slots, n, c.Bool("oversubscribe")); err != nil {
 			return cliutil.Usage(c, "%s: %v", c.String("hostfile"), err)
 		}
-	}
-	if c.NArg() == 0 {
-		return errors.New("no program: dsmrun run --hosts ... -n N -- PROGRAM [ARG...]")
+	} else if place, err = placeRanks(cl, n, c.String("policy"), ips); err != nil {
+		return err
 	}
 	port := c.Int("port")
 	if port == 0 {
@@ -240,10 +253,6 @@ func runJob(c *cli.Context) error {
 		return fmt.Errorf("making the job's secret: %w", err)
 	}
 	defer clear(secret)
-	ips, err := rankIPs(c.String("rank-ips"), n)
-	if err != nil {
-		return err
-	}
 	peers := make([]string, n)
 	for r := range n {
 		h, _, _ := net.SplitHostPort(place[r])
@@ -298,8 +307,12 @@ func runJob(c *cli.Context) error {
 		if c.Bool("encrypt") {
 			env = append(env, mrt.EnvEncrypt+"=1")
 		}
+		own := ""
+		if ips != nil {
+			own = ips[r].String()
+		}
 		rep, err := cl.do(host, api.Request{Op: "run", Name: fmt.Sprintf("%s.r%d", job, r), Argv: c.Args().Slice(),
-			Env: env, Dir: dir, Job: job, Rank: r, Secret: secret})
+			Env: env, Dir: dir, Job: job, Rank: r, Secret: secret, OwnIP: own})
 		if err != nil {
 			killAll()
 			return fmt.Errorf("starting rank %d on %s: %v", r, host, err)
@@ -531,7 +544,7 @@ func psJobs(c *cli.Context) (err error) {
 
 func migrateRank(c *cli.Context) error {
 	if c.NArg() != 2 {
-		return cliutil.Usage(c, "usage: dsmrun migrate JOB RANK --to ADDR:PORT [--move-ip CIDR] [--post-copy] [--timeout D]")
+		return cliutil.Usage(c, "usage: dsmrun migrate JOB RANK [--to ADDR:PORT] [--move-ip CIDR] [--post-copy] [--timeout D]")
 	}
 	if c.Duration("timeout") < 0 {
 		return cliutil.Usage(c, "--timeout %v: want a positive duration such as 30s or 5m", c.Duration("timeout"))
@@ -568,10 +581,12 @@ func migrateRank(c *cli.Context) error {
 				return err
 			}
 			if !c.Bool("json") {
-				fmt.Fprintf(os.Stderr, "migrating job %s rank %d: %s -> %s\n", job, rankN, r.Host, c.String("to"))
+				fmt.Fprintf(os.Stderr, "migrating job %s rank %d: %s -> %s\n", job, rankN, r.Host,
+					cmp.Or(c.String("to"), "the host placement picks"))
 			}
 			return cliutil.Migrate(cli, api.Request{Op: "migrate", ID: r.ProcID, To: c.String("to"),
-				MoveIP: c.String("move-ip"), PostCopy: c.Bool("post-copy"), Timeout: c.Duration("timeout")}, c.Bool("json"))
+				MoveIP: c.String("move-ip"), PostCopy: c.Bool("post-copy"), Timeout: c.Duration("timeout"),
+				Policy: c.String("policy")}, c.Bool("json"))
 		}
 		return api.Errorf(api.KindNotFound, "job %s has no rank %d", job, rankN)
 	}

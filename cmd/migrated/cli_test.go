@@ -36,10 +36,12 @@ func TestCommandLine(t *testing.T) {
 		{"migrated bogus", 2, "", `migrated: unknown command "bogus"` + "\nRun 'migrated --help' for usage.\n"},
 		{"dsmrun bogus", 2, "", `dsmrun: unknown command "bogus"` + "\nRun 'dsmrun --help' for usage.\n"},
 		{"migrated ps --bogus", 2, "", "migrated: flag provided but not defined: -bogus\nRun 'migrated ps --help' for usage.\n"},
-		{"migrated migrate abc", 2, "", "migrated: missing --to\nRun 'migrated migrate --help' for usage.\n"},
-		{"migrated migrate --to h:1", 2, "", "migrated: usage: migrated migrate ID --to ADDR:PORT"},
+		{"migrated migrate abc --policy fastest", 2, "", "migrated: --policy: unknown placement policy \"fastest\": want balanced, memory, cpu\n"},
+		{"migrated migrate --to h:1", 2, "", "migrated: usage: migrated migrate ID [--to ADDR:PORT]"},
+		{"migrated drain now", 2, "", "migrated: usage: migrated drain [--host ADDR:PORT]"},
+		{"migrated drain --host nohost", 2, "", "migrated: --host: "},
 		{"migrated logs", 2, "", "migrated: usage: migrated logs [-f] ID\nRun 'migrated logs --help' for usage.\n"},
-		{"dsmrun migrate job", 2, "", "dsmrun: missing --to\nRun 'dsmrun migrate --help' for usage.\n"},
+		{"dsmrun migrate job", 2, "", "dsmrun: usage: dsmrun migrate JOB RANK [--to ADDR:PORT]"},
 		// The global --socket after the command: taken, and the daemon
 		// looked for there.
 		{"migrated ps --socket /nonexistent/sock", 6, "", "migrated: cannot reach the daemon at /nonexistent/sock"},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"dsmigrate/internal/api"
 	"dsmigrate/internal/cliutil"
+	"dsmigrate/internal/placement"
 )
 
 func local(c *cli.Context) (*api.Client, error) { return api.DialLocal(c.String("socket")) }
@@ -28,15 +30,38 @@ func runCommand() *cli.Command {
 		Usage:     "start a migratable process on this host; prints its ID",
 		ArgsUsage: "-- CMD [ARG...]",
 		Flags: []cli.Flag{&cli.StringFlag{Name: "name", Usage: "a name to find it by (unique among your processes here)"},
-			jsonFlag},
+			&cli.BoolFlag{Name: "anywhere", Usage: "start it on the host placement picks among the daemon's --peers " +
+				"(this one included), not necessarily this one; prints the host too"},
+			policyFlag, jsonFlag},
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
-				return cliutil.Usage(c, "no command: migrated run [--name NAME] -- CMD [ARG...]")
+				return cliutil.Usage(c, "no command: migrated run [--name NAME] [--anywhere] -- CMD [ARG...]")
 			}
-			dir, _ := os.Getwd()
-			r, err := roundTrip(c, api.Request{Op: "run", Name: c.String("name"), Argv: c.Args().Slice(), Env: os.Environ(), Dir: dir})
+			if err := checkPolicy(c); err != nil {
+				return err
+			}
+			host := ""
+			if c.Bool("anywhere") {
+				var err error
+				if host, err = placeNew(c); err != nil {
+					return err
+				}
+			}
+			cl, err := api.DialVia(c.String("socket"), host)
 			if err != nil {
 				return err
+			}
+			dir, _ := os.Getwd()
+			r, err := cl.Do(api.Request{Op: "run", Name: c.String("name"), Argv: c.Args().Slice(), Env: os.Environ(), Dir: dir})
+			if err != nil {
+				return err
+			}
+			if c.Bool("anywhere") {
+				if c.Bool("json") {
+					return cliutil.PrintJSON(map[string]string{"id": r.ID, "host": cmp.Or(host, "local")})
+				}
+				fmt.Println(r.ID, cmp.Or(host, "local"))
+				return nil
 			}
 			if c.Bool("json") {
 				return cliutil.PrintJSON(map[string]string{"id": r.ID})
@@ -151,7 +176,9 @@ func migrateCommand() *cli.Command {
 		Usage:     "move a running process to another host's daemon",
 		ArgsUsage: "ID",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "to", Required: true, Usage: "ADDR:PORT of the target daemon"},
+			&cli.StringFlag{Name: "to", Usage: "ADDR:PORT of the target daemon; without it placement picks one " +
+				"among the daemon's --peers (docs/placement.md)"},
+			policyFlag,
 			&cli.StringFlag{Name: "move-ip", Usage: "CIDR: move this address with the process (its TCP connections " +
 				"survive); an address of the process's own: loopback, the daemon's own address, the one this host " +
 				"reaches the target from and an interface's last address are refused"},
@@ -165,10 +192,13 @@ func migrateCommand() *cli.Command {
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
-				return cliutil.Usage(c, "usage: migrated migrate ID --to ADDR:PORT [--move-ip CIDR] [--post-copy] [--timeout D]")
+				return cliutil.Usage(c, "usage: migrated migrate ID [--to ADDR:PORT] [--move-ip CIDR] [--post-copy] [--timeout D]")
 			}
 			if c.Duration("timeout") < 0 {
 				return cliutil.Usage(c, "--timeout %v: want a positive duration such as 30s or 5m", c.Duration("timeout"))
+			}
+			if err := checkPolicy(c); err != nil {
+				return err
 			}
 			id := c.Args().First()
 			cl, err := local(c)
@@ -176,10 +206,10 @@ func migrateCommand() *cli.Command {
 				return err
 			}
 			if !c.Bool("json") {
-				fmt.Fprintf(os.Stderr, "migrating %s to %s\n", id, c.String("to"))
+				fmt.Fprintf(os.Stderr, "migrating %s to %s\n", id, cmp.Or(c.String("to"), "the host placement picks"))
 			}
 			return cliutil.Migrate(cl, api.Request{Op: "migrate", ID: id, To: c.String("to"), MoveIP: c.String("move-ip"),
-				PostCopy: c.Bool("post-copy"), Timeout: c.Duration("timeout")}, c.Bool("json"))
+				PostCopy: c.Bool("post-copy"), Timeout: c.Duration("timeout"), Policy: c.String("policy")}, c.Bool("json"))
 		},
 	}
 }
@@ -208,3 +238,23 @@ var (
 	timeoutFlag = &cli.DurationFlag{Name: "timeout", Usage: "give the migration up if it has not committed " +
 		"within this long (30s, 5m): the process then runs on here as before", DefaultText: "15m, the daemon's bound"}
 )
+
+// placeNew asks this host's daemon where a new process should start: the
+// address of the best host ("" if it is this one).
+func placeNew(c *cli.Context) (string, error) {
+	r, err := roundTrip(c, api.Request{Op: "place", Policy: c.String("policy")})
+	if err != nil {
+		return "", err
+	}
+	var skips []placement.Skip
+	for _, h := range r.Hosts {
+		if h.Skip == "" && h.Daemon != nil {
+			if h.Self {
+				return "", nil
+			}
+			return h.Addr, nil
+		}
+		skips = append(skips, placement.Skip{Addr: h.Addr, Why: h.Skip})
+	}
+	return "", api.WithKind(api.KindRefused, placement.NoHost(skips, "a new process"))
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"dsmigrate/internal/cliutil"
+	"dsmigrate/internal/daemon"
 )
 
 // defaultConfig is the config file `migrated serve` reads when there is one
@@ -35,6 +36,8 @@ var configKeys = []struct {
 	{"images-size", checkImagesSize},
 	{"keep-free", checkKeepFree},
 	{"metrics", checkHostPort},
+	{"http", daemon.CheckHTTPAddr},
+	{"peers", func(s string) error { _, err := peerList(s); return err }},
 	{"log-level", func(s string) error { _, err := logLevel(s); return err }},
 	{"log-format", func(s string) error { _, err := logJSON(s); return err }},
 }
@@ -180,4 +183,19 @@ func sizeOK(s string) bool {
 	}
 	v, err := strconv.ParseInt(s, 10, 64)
 	return err == nil && v > 0
+}
+
+// peerList parses --peers: ADDR:PORT daemons, separated by commas.
+func peerList(s string) ([]string, error) {
+	var out []string
+	for _, h := range strings.Split(s, ",") {
+		if h = strings.TrimSpace(h); h == "" {
+			continue
+		}
+		if err := checkHostPort(h); err != nil {
+			return nil, fmt.Errorf("%q: %v", h, err)
+		}
+		out = append(out, h)
+	}
+	return out, nil
 }

@@ -128,7 +128,7 @@ func TestPackaging(t *testing.T) {
 		}
 		for _, tc := range []struct{ line, want string }{
 			{"migrated mig", "migrate"},
-			{"migrated h", "history help h"},
+			{"migrated h", "history hosts help h"},
 			{"migrated migrate ID --mo", "--move-ip"},
 			{"migrated --socket /x p", "ps"},
 			{"migrated completion f", "fish"},

@@ -43,6 +43,12 @@ func serveCommand() *cli.Command {
 				Usage: "memory never given to arriving processes; a migration that would leave less is refused"},
 			&cli.StringFlag{Name: "metrics", Usage: "ADDR:PORT to serve Prometheus metrics on, at /metrics, " +
 				"unauthenticated: an address only the monitoring reaches (docs/metrics.md); none without it"},
+			&cli.StringFlag{Name: "http", Usage: "loopback ADDR:PORT (127.0.0.1:8077) to serve the live view of the " +
+				"cluster on: its hosts, processes, DSM ranks and migrations; elsewhere through ssh -L (it has no " +
+				"authentication of its own); none without it"},
+			&cli.StringFlag{Name: "peers", EnvVars: []string{"MIGRATED_PEERS"}, Usage: "ADDR:PORT,... of the " +
+				"cluster's daemons (this one's may be among them): placement picks among them for migrate without " +
+				"--to, run --anywhere and drain (docs/placement.md)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"MIGRATED_LOG_LEVEL"},
 				Usage: "least severe messages logged: debug (each migration step's time too), info, warn or error"},
 			&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: []string{"MIGRATED_LOG_FORMAT"},
@@ -70,6 +76,15 @@ func serve(c *cli.Context) error {
 			return cliutil.Usage(c, "--metrics: %v", err)
 		}
 	}
+	if h := c.String("http"); h != "" {
+		if err := daemon.CheckHTTPAddr(h); err != nil {
+			return cliutil.Usage(c, "%v", err)
+		}
+	}
+	peers, err := peerList(c.String("peers"))
+	if err != nil {
+		return cliutil.Usage(c, "--peers: %v", err)
+	}
 	level, err := logLevel(c.String("log-level"))
 	if err != nil {
 		return cliutil.Usage(c, "--log-level: %v", err)
@@ -90,7 +105,7 @@ func serve(c *cli.Context) error {
 		StateDir: c.String("state-dir"), CRIU: c.String("criu"), Socket: c.String("socket"),
 		TokenFile: c.String("token-file"), ImagesSize: c.String("images-size"),
 		KeepFree: c.String("keep-free"), Log: log,
-		Metrics: c.String("metrics")}).Serve(c.Context)
+		Metrics: c.String("metrics"), Peers: peers, HTTP: c.String("http")}).Serve(c.Context)
 	if err != nil && json {
 		// A log read by machines gets the reason the daemon stopped as
 		// one more object, not as a line of text among them.

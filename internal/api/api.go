@@ -18,6 +18,10 @@ type Request struct {
 	Env    []string `json:"env,omitempty"`
 	To     string   `json:"to,omitempty"`
 	MoveIP string   `json:"move_ip,omitempty"`
+	// OwnIP, for run: the process's own address (IP/PREFIX, dsmrun run
+	// --rank-ips, added with addip before), which drain and placement move
+	// with it.
+	OwnIP string `json:"own_ip,omitempty"`
 	// PostCopy, for migrate: resume the process on the target before its
 	// memory has arrived (migrated migrate --post-copy).
 	PostCopy bool `json:"post_copy,omitempty"`
@@ -30,6 +34,11 @@ type Request struct {
 	Job     string        `json:"job,omitempty"`  // run: the DSM job this process is a rank of
 	Rank    int           `json:"rank,omitempty"` // run: its rank in Job
 	Offset  int64         `json:"offset,omitempty"`
+	// Policy, for migrate without To, place, drain and dsmrun's placement:
+	// how to weigh the hosts (internal/placement; "" is balanced).
+	Policy string `json:"policy,omitempty"`
+	// DryRun, for drain: say where each process would go, move nothing.
+	DryRun bool `json:"dry_run,omitempty"`
 	// Secret is, for run, the DSM job's secret (runtime.SecretLen bytes,
 	// made by dsmrun run for each job), which the rank gets on an inherited
 	// pipe. Never logged or stored: it travels only inside wire's
@@ -75,6 +84,45 @@ type Reply struct {
 	MovedTo  string `json:"moved_to,omitempty"`  // when migrated: the daemon it went to
 	// Check answers check and identity (migrated check).
 	Check *CheckReport `json:"check,omitempty"`
+	// Hosts answers hosts and place: the cluster's daemons as this one's
+	// --peers name them, for place best first.
+	Hosts []HostInfo `json:"hosts,omitempty"`
+	// Drain answers drain: what moved and what stayed.
+	Drain *DrainReport `json:"drain,omitempty"`
+}
+
+// HostInfo is a daemon of the cluster as another daemon found it: what it
+// said of itself, or why it did not answer (Error), and for place whether
+// and why it was left out (Skip) or how it weighs (Cost: lower is better).
+type HostInfo struct {
+	Addr   string      `json:"addr"`
+	Daemon *DaemonInfo `json:"daemon,omitempty"`
+	Error  string      `json:"error,omitempty"`
+	Self   bool        `json:"self,omitempty"` // the daemon that answered
+	Cost   float64     `json:"cost,omitempty"`
+	Skip   string      `json:"skip,omitempty"`
+}
+
+// DrainReport is what a drain did (or, DryRun, would do) with each process
+// of the host.
+type DrainReport struct {
+	Host   string      `json:"host"` // the drained daemon
+	DryRun bool        `json:"dry_run"`
+	Items  []DrainItem `json:"items"`
+}
+
+// DrainItem is one process of a drain: where it went (or would go), or why
+// it stays.
+type DrainItem struct {
+	ID     string        `json:"id"`
+	Name   string        `json:"name"`
+	Job    string        `json:"job,omitempty"`
+	Rank   int           `json:"rank"`
+	To     string        `json:"to,omitempty"`      // the target chosen
+	MoveIP string        `json:"move_ip,omitempty"` // its own address, moved with it
+	Moved  bool          `json:"moved"`
+	Stayed string        `json:"stayed,omitempty"` // why it stays (not moved), or what went wrong
+	Record *MigrationRec `json:"record,omitempty"`
 }
 
 // ProcInfo is a process as `migrated ps` shows it.
@@ -105,8 +153,12 @@ type Event struct {
 	Rate  float64       `json:"rate,omitempty"`
 }
 
-// PhaseProgress is the Phase of a progress Event.
-const PhaseProgress = "progress"
+// Phases of Events that are not a migration's step.
+const (
+	PhaseProgress = "progress" // how far a step has come
+	PhaseDrain    = "drain"    // a drain's news (Info): which process goes where, moved or stays
+	PhasePlaced   = "placed"   // placement chose the target (Info), before a migration without one
+)
 
 // EventEvery is how often a migration reports its progress.
 const EventEvery = 500 * time.Millisecond

@@ -51,6 +51,17 @@ type DaemonInfo struct {
 	KeepFreeBytes     int64 `json:"keep_free_bytes"`
 	HeldBytes         int64 `json:"held_bytes"`
 	ImagesFreeBytes   int64 `json:"images_free_bytes"`
+	// What placement (internal/placement) weighs: the host's memory and
+	// CPUs, its 1-minute load average, the processes this daemon runs,
+	// whether it is drained (migrated drain: it takes no processes), and
+	// its networks (the prefixes of its interfaces' addresses, which a
+	// process's own address must lie in to move there).
+	MemTotalBytes int64    `json:"mem_total_bytes"`
+	CPUs          int      `json:"cpus"`
+	Load1         float64  `json:"load1"`
+	Procs         int      `json:"procs"`
+	Drained       bool     `json:"drained"`
+	Subnets       []string `json:"subnets,omitempty"`
 }
 
 // Failed reports whether any of checks failed.

@@ -28,6 +28,9 @@ func PrintRecords(w io.Writer, recs []MigrationRec) {
 	tw.Flush()
 }
 
+// MiB is n bytes in whole MiB, for people.
+func MiB(n int64) string { return fmt.Sprintf("%d MiB", n>>20) }
+
 // Millis is d in milliseconds.
 func Millis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 

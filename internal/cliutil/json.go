@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"dsmigrate/internal/api"
@@ -111,7 +112,7 @@ func Migrations(rs []api.MigrationRec) []MigrationJSON {
 // EventJSON is one line of migrate --json (docs/json/migrated-migrate.md):
 // a phase that ended, progress, the result, or the error.
 type EventJSON struct {
-	Type string `json:"type"` // "phase", "progress", "cancelling", "result", "error"
+	Type string `json:"type"` // "phase", "progress", "cancelling", "result", "error"; drain: "drain", "drained"
 	// phase
 	Phase string   `json:"phase,omitempty"`
 	MS    *float64 `json:"ms,omitempty"`
@@ -124,6 +125,8 @@ type EventJSON struct {
 	BytesPerS     *float64 `json:"bytes_per_s,omitempty"`
 	// result
 	Migration *MigrationJSON `json:"migration,omitempty"`
+	// drained (migrated drain's last line)
+	Drain *DrainJSON `json:"drain,omitempty"`
 	// error
 	Error    string `json:"error,omitempty"`
 	Kind     string `json:"kind,omitempty"`
@@ -133,6 +136,9 @@ type EventJSON struct {
 // Event is e as a line of migrate --json.
 func Event(e api.Event) EventJSON {
 	d := ms(e.Dur)
+	if e.Phase == api.PhaseDrain {
+		return EventJSON{Type: "drain", Info: e.Info}
+	}
 	if e.Phase != api.PhaseProgress {
 		return EventJSON{Type: "phase", Phase: e.Phase, MS: &d, Info: e.Info}
 	}
@@ -158,6 +164,9 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 func Plural(n int, thing string) string {
 	if n == 1 {
 		return "1 " + thing
+	}
+	if strings.HasSuffix(thing, "s") {
+		return fmt.Sprintf("%d %ses", n, thing)
 	}
 	return fmt.Sprintf("%d %ss", n, thing)
 }

@@ -24,34 +24,9 @@ import (
 // calls for (refused, lost...), which Main turns into the exit status.
 func Migrate(cl *api.Client, req api.Request, asJSON bool) error {
 	v := &view{json: asJSON, w: os.Stderr, tty: isTerminal(os.Stderr)}
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(sigs)
-	over := make(chan struct{})
-	defer close(over)
-	go func() {
-		select {
-		case <-sigs:
-		case <-over:
-			return
-		}
-		v.note("cancelling: the migration rolls back unless it has committed (interrupt again to stop waiting)",
-			EventJSON{Type: "cancelling"})
-		cl.Cancel()
-		select {
-		case <-sigs:
-			v.note("not waiting for the outcome: `migrated history` on the source host will show it", EventJSON{})
-			os.Exit(130)
-		case <-over:
-		}
-	}()
-	rep, err := cl.Stream(req, nil, v.event)
-	v.clear()
+	rep, err := v.stream(cl, req, "cancelling: the migration rolls back unless it has committed (interrupt again "+
+		"to stop waiting)", "not waiting for the outcome: `migrated history` on the source host will show it")
 	if err != nil {
-		if asJSON {
-			e := api.AsError(err)
-			v.line(EventJSON{Type: "error", Error: e.Msg, Kind: string(e.Kind), ExitCode: ExitCode(err)})
-		}
 		return err
 	}
 	rec := rep.Record
@@ -70,6 +45,40 @@ func Migrate(cl *api.Client, req api.Request, asJSON bool) error {
 		return api.Errorf(api.KindLost, "")
 	}
 	return nil
+}
+
+// stream sends req on cl, showing its events with v. The first SIGINT or
+// SIGTERM half-closes the connection, which calls the request off, and says
+// cancelling; a second one says leaving and exits 130 without waiting for
+// the answer. An error is also a JSON line with --json.
+func (v *view) stream(cl *api.Client, req api.Request, cancelling, leaving string) (*api.Reply, error) {
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	over := make(chan struct{})
+	defer close(over)
+	go func() {
+		select {
+		case <-sigs:
+		case <-over:
+			return
+		}
+		v.note(cancelling, EventJSON{Type: "cancelling"})
+		cl.Cancel()
+		select {
+		case <-sigs:
+			v.note(leaving, EventJSON{})
+			os.Exit(130)
+		case <-over:
+		}
+	}()
+	rep, err := cl.Stream(req, nil, v.event)
+	v.clear()
+	if err != nil && v.json {
+		e := api.AsError(err)
+		v.line(EventJSON{Type: "error", Error: e.Msg, Kind: string(e.Kind), ExitCode: ExitCode(err)})
+	}
+	return rep, err
 }
 
 // progressLines: without a terminal, one progress line every this many
@@ -94,7 +103,13 @@ func (v *view) event(e api.Event) {
 		WriteJSON(os.Stdout, Event(e), false)
 		return
 	}
-	if e.Phase != api.PhaseProgress {
+	switch e.Phase {
+	case api.PhaseDrain:
+		v.clearLocked()
+		fmt.Fprintln(v.w, e.Info)
+		return
+	case api.PhaseProgress:
+	default:
 		v.clearLocked()
 		api.PrintEvent(v.w, e)
 		return

@@ -14,6 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"dsmigrate/criu"
+	"dsmigrate/internal/api"
+	"dsmigrate/internal/placement"
 )
 
 // Admission of incoming migrations. A process's pages arrive in the images
@@ -24,9 +26,9 @@ import (
 // running here or discarded, so that concurrent arrivals are admitted
 // against what the others left free.
 const (
-	admitSlackDiv = 8        // memory slack: 1/8 of the process's memory ...
-	admitSlackMin = 16 << 20 // ... and at least 16 MiB (page tables, CRIU itself, the images but pages)
-	imagesSlack   = 4 << 20  // the images but pages, in the tmpfs
+	admitSlackDiv = placement.SlackDiv    // memory slack: 1/8 of the process's memory ...
+	admitSlackMin = placement.SlackMin    // ... and at least 16 MiB (page tables, CRIU itself, the images but pages)
+	imagesSlack   = placement.ImagesSlack // the images but pages, in the tmpfs
 )
 
 // DefaultKeepFree is the memory a daemon never gives to incoming migrations
@@ -50,9 +52,7 @@ func newAdmission(imagesDir string, keepFree int64) *admission {
 }
 
 // need is what a process of mem bytes holds here while it arrives.
-func need(mem int64) int64 {
-	return mem + max(mem/admitSlackDiv, admitSlackMin)
-}
+func need(mem int64) int64 { return placement.Held(mem) }
 
 // admit holds need(mem) for process id if the host's available memory and
 // the images tmpfs's free space both have it beside what the others hold,
@@ -68,7 +68,7 @@ func (a *admission) admit(id string, mem int64, self string) error {
 		return fmt.Errorf("reading the images tmpfs's free space: %v", err)
 	}
 	room := int64(fs.Bavail) * fs.Bsize
-	h := hold{mem: need(mem), images: mem + imagesSlack}
+	h := hold{mem: need(mem), images: placement.ImagesHeld(mem)}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var others hold
@@ -79,12 +79,12 @@ func (a *admission) admit(id string, mem int64, self string) error {
 	if free := avail - a.keepFree - others.mem; h.mem > free {
 		return fmt.Errorf("%s does not have the memory for this process: it needs about %s and %s is free there for incoming "+
 			"processes (%s available, %s kept for the host, %s held by other arrivals); choose another target or free memory there",
-			self, mib(h.mem), mib(max(free, 0)), mib(avail), mib(a.keepFree), mib(others.mem))
+			self, api.MiB(h.mem), api.MiB(max(free, 0)), api.MiB(avail), api.MiB(a.keepFree), api.MiB(others.mem))
 	}
 	if free := room - others.images; h.images > free {
 		return fmt.Errorf("%s has no room for this process's images: they need about %s and its images tmpfs has %s free "+
 			"(%s held by other arrivals); choose another target, or start that daemon with a larger --images-size",
-			self, mib(h.images), mib(max(free, 0)), mib(others.images))
+			self, api.MiB(h.images), api.MiB(max(free, 0)), api.MiB(others.images))
 	}
 	a.held[id] = h
 	return nil
@@ -96,8 +96,6 @@ func (a *admission) release(id string) {
 	delete(a.held, id)
 	a.mu.Unlock()
 }
-
-func mib(n int64) string { return fmt.Sprintf("%d MiB", n>>20) }
 
 // memAvailable is the kernel's estimate of the memory available for new
 // work without swapping (MemAvailable in /proc/meminfo), in bytes.

@@ -84,6 +84,9 @@ func (d *Daemon) info() (api.DaemonInfo, error) {
 		Hostname: host, Advertise: d.advertise}
 	in.MemAvailableBytes, in.KeepFreeBytes, in.HeldBytes, in.ImagesFreeBytes = d.room()
 	in.ImagesFreeBytes = max(in.ImagesFreeBytes, 0)
+	in.MemTotalBytes, _ = memTotal()
+	in.CPUs, in.Load1 = cpuLoad()
+	in.Procs, in.Drained, in.Subnets = d.liveProcs(), d.drained.Load(), subnets()
 	return in, nil
 }
 
@@ -587,8 +590,8 @@ func memoryCheck(addr string, t api.DaemonInfo) api.Check {
 		fit = room
 	}
 	msg := fmt.Sprintf("%s free for arriving processes (%s available, %s kept free by --keep-free, %s held by arriving "+
-		"migrations), %s free in its images tmpfs: room for a process of up to about %s", mib(max(free, 0)),
-		mib(t.MemAvailableBytes), mib(t.KeepFreeBytes), mib(t.HeldBytes), mib(t.ImagesFreeBytes), mib(max(fit, 0)))
+		"migrations), %s free in its images tmpfs: room for a process of up to about %s", api.MiB(max(free, 0)),
+		api.MiB(t.MemAvailableBytes), api.MiB(t.KeepFreeBytes), api.MiB(t.HeldBytes), api.MiB(t.ImagesFreeBytes), api.MiB(max(fit, 0)))
 	if fit < 1<<20 {
 		fix := fmt.Sprintf("free memory on %s's host, or restart its daemon with a smaller --keep-free", addr)
 		if t.ImagesFreeBytes-imagesSlack < maxFit(free) {

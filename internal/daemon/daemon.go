@@ -68,6 +68,10 @@ type Daemon struct {
 	imagesSize string // Config.ImagesSize
 	keepFree   string // Config.KeepFree
 
+	peers    []string    // Config.Peers
+	httpAddr string      // Config.HTTP: the live view (web.go)
+	drained  atomic.Bool // migrated drain: no new processes, no arrivals (drain.go)
+
 	metricsAddr string   // Config.Metrics
 	metrics     *metrics // nil without --metrics (metrics.go)
 
@@ -107,6 +111,12 @@ type Config struct {
 	// Metrics is the ADDR:PORT Prometheus metrics are served on, at
 	// /metrics (metrics.go, docs/metrics.md); "": none.
 	Metrics string
+	// Peers are the cluster's daemons (ADDR:PORT), this one's among them
+	// or not: placement picks among them (place.go, internal/placement).
+	Peers []string
+	// HTTP is the loopback ADDR:PORT the live view is served on (web.go);
+	// "": none.
+	HTTP string
 }
 
 // New returns the daemon cfg describes; Serve runs it.
@@ -119,7 +129,7 @@ func New(cfg Config) *Daemon {
 		procs: map[string]*Proc{}, launching: map[string]chan struct{}{}, naming: map[string]nameOf{}, log: log, sockPath: cfg.Socket, tokenFile: cfg.TokenFile,
 		handshakeLog: logLimiter{every: logEvery}, capLog: logLimiter{every: logEvery},
 		acceptLog: logLimiter{every: logEvery}, imagesSize: cfg.ImagesSize, keepFree: cfg.KeepFree,
-		metricsAddr: cfg.Metrics}
+		metricsAddr: cfg.Metrics, peers: cfg.Peers, httpAddr: cfg.HTTP}
 }
 
 // Bounds on what a connection that has not proved the token can cost: it
@@ -145,6 +155,11 @@ func (d *Daemon) serve(ctx context.Context, sockPath, tokenFile string) error {
 		return err
 	}
 	d.advertise, d.own = adv, own
+	if d.httpAddr != "" {
+		if err := CheckHTTPAddr(d.httpAddr); err != nil {
+			return err
+		}
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("the daemon must run as root (it drives CRIU)")
 	}
@@ -170,6 +185,7 @@ func (d *Daemon) serve(ctx context.Context, sockPath, tokenFile string) error {
 			return err
 		}
 	}
+	d.loadDrained()
 	// One daemon to a state directory, and one to a socket: a second
 	// would act on the same processes and journal.
 	for _, lock := range []string{filepath.Join(d.stateDir, "lock"), sockPath + ".lock"} {
@@ -249,6 +265,11 @@ func (d *Daemon) serve(ctx context.Context, sockPath, tokenFile string) error {
 	}
 	defer cl.Close()
 	go d.serveControl(cl)
+	stopHTTP, err := d.serveHTTP()
+	if err != nil {
+		return err
+	}
+	defer stopHTTP()
 	d.log.Info("serving", "listen", d.listen, "advertise", d.advertise, "socket", sockPath, "state", d.stateDir)
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
@@ -452,6 +473,14 @@ func (d *Daemon) do(c *wire.Conn, req Request, caller api.Owner) (*Reply, error)
 		if req.Name != "" && !nameRE.MatchString(req.Name) {
 			return nil, fmt.Errorf("bad name %q: use letters, digits and ._:@+- (at most 64)", req.Name)
 		}
+		if err := d.refuseDrained("new processes"); err != nil {
+			return nil, err
+		}
+		if req.OwnIP != "" {
+			if _, err := netip.ParsePrefix(req.OwnIP); err != nil {
+				return nil, fmt.Errorf("bad address %q: want IP/PREFIX", req.OwnIP)
+			}
+		}
 		id := newID()
 		name := req.Name
 		if name == "" {
@@ -483,7 +512,7 @@ func (d *Daemon) do(c *wire.Conn, req Request, caller api.Owner) (*Reply, error)
 			return nil, err
 		}
 		p.mu.Lock()
-		p.Job, p.Rank = req.Job, req.Rank
+		p.Job, p.Rank, p.ownIP = req.Job, req.Rank, req.OwnIP
 		p.mu.Unlock()
 		d.mu.Lock()
 		d.procs[id] = p
@@ -495,6 +524,40 @@ func (d *Daemon) do(c *wire.Conn, req Request, caller api.Owner) (*Reply, error)
 		return &Reply{ID: id}, nil
 	case "ps":
 		return &Reply{Procs: d.list(caller)}, nil
+	case "identity": // who this daemon is and what it has (place.go)
+		in, err := d.info()
+		if err != nil {
+			return nil, err
+		}
+		return &Reply{Check: &api.CheckReport{Daemon: in, Checks: []api.Check{}}}, nil
+	case "view": // the live view's part of this host (web.go)
+		if err := rootOnly(caller, "the live view's request", "open the live view (migrated serve --http)"); err != nil {
+			return nil, err
+		}
+		return d.viewReply(), nil
+	case "hosts", "place": // the cluster, as placement sees it (place.go)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*surveyTimeout)
+		defer cancel()
+		if req.Op == "place" {
+			return d.place(ctx, req)
+		}
+		hosts, err := d.survey(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return &Reply{Hosts: hostInfos(hosts, d.advertise)}, nil
+	case "drain": // drain.go
+		ctx, cancel := clientContext(c, 0)
+		defer cancel()
+		return d.drain(ctx, req, caller, func(e Event) { c.WriteJSON(tEvent, e) })
+	case "undrain":
+		if err := rootOnly(caller, "undraining a host", "ask root to undrain it"); err != nil {
+			return nil, err
+		}
+		if err := d.setDrained(false); err != nil {
+			return nil, err
+		}
+		return &Reply{}, nil
 	case "history":
 		d.mu.Lock()
 		defer d.mu.Unlock()

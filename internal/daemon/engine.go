@@ -376,12 +376,16 @@ func (e engineProcs) Reserve(b *migration.Begin) (string, error) {
 	if _, ok := e.d.procs[b.ID]; ok {
 		return "", fmt.Errorf("process %s already exists on %s", b.ID, e.d.advertise)
 	}
+	if err := e.d.refuseDrained("arriving migrations"); err != nil {
+		return "", err
+	}
 	// Held until it runs here (Activate) or is discarded.
 	if err := e.d.admit.admit(b.ID, b.Memory, e.d.advertise); err != nil {
 		return "", err
 	}
 	p := newProc(b.ID, b.Name, b.Argv, b.Started)
 	p.state, p.Job, p.Rank, p.Moves, p.hooks, p.Owner = "incoming", b.Job, b.Rank, b.Moves, b.Hooks, b.Owner
+	p.ownIP = b.MoveIP // an own address left behind is the process's no more
 	if err := e.d.prepareProcDir(p); err != nil {
 		e.d.admit.release(b.ID)
 		return "", err

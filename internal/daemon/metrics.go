@@ -193,6 +193,8 @@ var (
 		"Memory held for the migrations arriving here now.", nil, nil)
 	descImagesFree = prometheus.NewDesc("migrated_admission_images_free_bytes",
 		"Free space of the images tmpfs arriving migrations pass through (--images-size).", nil, nil)
+	descDrained = prometheus.NewDesc("migrated_drained",
+		"1 while this daemon is drained (migrated drain: no new processes or migrations), else 0.", nil, nil)
 )
 
 // dsmCounter is one of a rank's counters as a metric.
@@ -238,7 +240,7 @@ var dsmCounters = []dsmCounter{
 }
 
 func (c daemonCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descProcs, descProcsOwner, descMemAvail, descLoad1, descKeepFree, descHeld,
+	for _, d := range []*prometheus.Desc{descProcs, descProcsOwner, descMemAvail, descLoad1, descKeepFree, descHeld, descDrained,
 		descImagesFree} {
 		ch <- d
 	}
@@ -314,7 +316,7 @@ func (c daemonCollector) Collect(ch chan<- prometheus.Metric) {
 	if avail > 0 {
 		ch <- prometheus.MustNewConstMetric(descMemAvail, prometheus.GaugeValue, float64(avail))
 	}
-	if l, err := metricsLoad1(); err == nil {
+	if l, err := load1(); err == nil {
 		ch <- prometheus.MustNewConstMetric(descLoad1, prometheus.GaugeValue, l)
 	}
 	if d.admit != nil {
@@ -324,6 +326,11 @@ func (c daemonCollector) Collect(ch chan<- prometheus.Metric) {
 	if imagesFree >= 0 {
 		ch <- prometheus.MustNewConstMetric(descImagesFree, prometheus.GaugeValue, float64(imagesFree))
 	}
+	drained := 0.0
+	if d.drained.Load() {
+		drained = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descDrained, prometheus.GaugeValue, drained)
 
 	// The ranks here: running ones with their latest counters, migrating
 	// ones with their last (until they are gone; then their new host shows
@@ -478,8 +485,8 @@ func (m *metrics) statsQuiet(id string) {
 	}
 }
 
-// metricsLoad1 is the host's load average over one minute.
-func metricsLoad1() (float64, error) {
+// load1 is the host's load average over one minute.
+func load1() (float64, error) {
 	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
 		return 0, err

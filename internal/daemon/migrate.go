@@ -11,6 +11,7 @@ import (
 	"dsmigrate/criu"
 	"dsmigrate/internal/api"
 	"dsmigrate/internal/migration"
+	"dsmigrate/internal/placement"
 	"dsmigrate/internal/wire"
 	mrt "dsmigrate/runtime"
 )
@@ -41,6 +42,18 @@ func (d *Daemon) migrateOut(ctx context.Context, req Request, caller api.Owner, 
 			return nil, api.Errorf(api.KindRefused, "process %s (uid %d) cannot move from this host, and stays here: %v",
 				p.ID, p.Owner.UID, err)
 		}
+	}
+	if req.To == "" { // placement picks (place.go)
+		pol, err := placement.ParsePolicy(req.Policy)
+		if err != nil {
+			return nil, err
+		}
+		to, cost, err := d.target(ctx, p, pol, req.PostCopy, req.MoveIP)
+		if err != nil {
+			return nil, err
+		}
+		event(Event{Phase: api.PhasePlaced, Info: describeHost(to, cost, pol)})
+		req.To = to
 	}
 	if req.To == d.advertise || req.To == d.listen {
 		return nil, api.Errorf(api.KindRefused, "%s is this host: a process cannot migrate to the host it runs on; "+

@@ -43,6 +43,7 @@ type Proc struct {
 	pipeKey string        // "pipe:[ino]" of the process's stdout/stderr, for --inherit-fd
 	gone    chan struct{} // closed when the shim has reported the exit (the log is complete then)
 	movedTo string        // the daemon it migrated to
+	ownIP   string        // its own address (IP/PREFIX), which moves with it (Request.OwnIP)
 	shim    *shim.Client  // nil for a placeholder (incoming) and for a process found dead at start
 	shimPID int
 

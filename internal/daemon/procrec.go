@@ -37,13 +37,14 @@ type ProcRec struct {
 	State   string    `json:"state"`
 	Exit    *int      `json:"exit,omitempty"`
 	MovedTo string    `json:"moved_to,omitempty"`
-	Owner   api.Owner `json:"owner"` // a record without one is root's (older daemons ran everything as root)
+	OwnIP   string    `json:"own_ip,omitempty"` // its own address, which moves with it
+	Owner   api.Owner `json:"owner"`            // a record without one is root's (older daemons ran everything as root)
 }
 
 func (p *Proc) recordLocked() ProcRec {
 	return ProcRec{ID: p.ID, Name: p.Name, Argv: p.Argv, Started: p.Started, Moves: p.Moves, Job: p.Job, Rank: p.Rank,
 		PID: p.pid, ShimPID: p.shimPID, PipeKey: p.pipeKey, Hooks: p.hooks, State: p.state, Exit: p.exit,
-		MovedTo: p.movedTo, Owner: p.Owner}
+		MovedTo: p.movedTo, Owner: p.Owner, OwnIP: p.ownIP}
 }
 
 // dir is the process's directory (its log's).
@@ -161,6 +162,7 @@ func (d *Daemon) procFromRecord(rec ProcRec) *Proc {
 	p.Moves, p.Job, p.Rank, p.Owner, p.logPath = rec.Moves, rec.Job, rec.Rank, rec.Owner, filepath.Join(d.procDir(rec.ID), shim.LogFile)
 	p.pid, p.shimPID, p.pipeKey, p.hooks, p.state, p.exit, p.movedTo = rec.PID, rec.ShimPID, rec.PipeKey, rec.Hooks,
 		rec.State, rec.Exit, rec.MovedTo
+	p.ownIP = rec.OwnIP
 	return p
 }
 

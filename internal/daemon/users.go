@@ -215,10 +215,11 @@ func (d *Daemon) relay(c net.Conn, local *wire.Conn, req Request, caller api.Own
 		select {
 		case <-hungUp:
 		default:
-			if req.Op == "migrate" {
-				// The caller calls the migration off (or has gone): the
-				// other daemon hears a half-close and rolls it back if it
-				// can; its answer still comes, for the caller to hear.
+			if req.Op == "migrate" || req.Op == "drain" {
+				// The caller calls the migration (or drain) off, or has
+				// gone: the other daemon hears a half-close and rolls it
+				// back if it can; its answer still comes, for the caller
+				// to hear.
 				remote.CloseWrite()
 				return
 			}

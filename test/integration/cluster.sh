@@ -16,7 +16,8 @@
 # them from colliding), mount
 # namespace (a private tmpfs on /run) and UTS namespace (hostname hK). Inside runs
 #   migrated serve --listen 10.77.0.K:7077 --state-dir $DIR/hK/state --token-file $DIR/token \
-#                  --metrics 10.77.0.K:9477
+#                  --metrics 10.77.0.K:9477 --peers 10.77.0.1:7077,...,10.77.0.N:7077 \
+#                  --http 127.0.0.1:8077 (the live view, on each host's own loopback)
 # with stdout and stderr in $DIR/hK/daemon.log. All hosts share one token.
 #
 # State lives in $DIR = $CLUSTER_DIR (default /run/dsmigrate-cluster): size (N),
@@ -112,11 +113,11 @@ ensure_binaries() {
 }
 
 # host_init runs as PID 1 of host K's new PID namespace, inside its new mount
-# and UTS namespaces, and becomes tini. Arguments: K DIR REPO NET PORT.
+# and UTS namespaces, and becomes tini. Arguments: K DIR REPO NET PORT MPORT PEERS.
 # shellcheck disable=SC2016 # expanded by the inner bash
 HOST_INIT='
 set -eu
-k=$1 dir=$2 repo=$3 net=$4 port=$5 mport=$6
+k=$1 dir=$2 repo=$3 net=$4 port=$5 mport=$6 peers=$7
 hostname "h$k"
 # A private /run. The cluster directory may live under /run: keep it visible
 # by bind-mounting it, through a descriptor opened before the tmpfs hides it.
@@ -154,7 +155,8 @@ while :; do
 	[ $quick -lt 5 ] || exit 1
 	sleep 0.2
 done'"'"' supervise "$repo/bin/migrated" serve --listen "$net.$k:$port" \
-	--state-dir "$dir/h$k/state" --token-file "$dir/token" --config "" --metrics "$net.$k:$mport"
+	--state-dir "$dir/h$k/state" --token-file "$dir/token" --config "" --metrics "$net.$k:$mport" \
+	--peers "$peers" --http 127.0.0.1:8077
 '
 
 start_host() {
@@ -176,7 +178,7 @@ start_host() {
 	# Detached: own session, stdin from /dev/null, output to the log, so
 	# nothing holds the caller's terminal or descriptors.
 	setsid ip netns exec "$h" unshare --pid --fork --mount-proc --mount --uts --propagation private \
-		bash -c "$HOST_INIT" "host-init-$h" "$k" "$DIR" "$REPO" "$NET" "$PORT" "$METRICS_PORT" \
+		bash -c "$HOST_INIT" "host-init-$h" "$k" "$DIR" "$REPO" "$NET" "$PORT" "$METRICS_PORT" "$PEERS" \
 		</dev/null >>"$DIR/$h/daemon.log" 2>&1 &
 	pid=$!
 	for _ in $(seq 100); do
@@ -243,6 +245,9 @@ cmd_up() {
 	sysctl -qw "net.ipv6.conf.$BRIDGE.disable_ipv6=1"
 	ip addr add "$NET.254/24" dev "$BRIDGE"
 	ip link set "$BRIDGE" up
+	# Every daemon knows them all (--peers), for placement.
+	PEERS=$(for k in $(seq "$n"); do printf '%s:%s,' "$NET.$k" "$PORT"; done)
+	PEERS=${PEERS%,}
 	for k in $(seq "$n"); do
 		start_host "$k"
 	done

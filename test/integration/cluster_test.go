@@ -283,8 +283,9 @@ type leftover struct {
 
 // leftovers lists what is on the hosts besides the daemons: processes the
 // daemons list (finished ones too), addresses beyond each host's own on its
-// interface, CRIU network-lock tables, and armed fault points. A host whose
-// daemon does not answer (restarting after a crash fault) is waited for.
+// interface, CRIU network-lock tables, armed fault points and a drained
+// mark. A host whose daemon does not answer (restarting after a crash
+// fault) is waited for.
 func leftovers(t *testing.T) []leftover {
 	t.Helper()
 	var out []leftover
@@ -293,7 +294,8 @@ func leftovers(t *testing.T) []leftover {
 		var err error
 		for end := within(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 			snap, err = on(k, "sh", "-c", `migrated ps --json && echo '#addrs' && ip -4 -o addr show dev "$1" &&
-				echo '#nft' && nft list tables && echo '#faults' && { ls -A "$2/faults" 2>/dev/null || true; }`,
+				echo '#nft' && nft list tables && echo '#faults' && { ls -A "$2/faults" 2>/dev/null || true; } &&
+				echo '#drained' && { ls "$2/drained" 2>/dev/null || true; }`,
 				"leftovers", ifc(k), stateDir(k))
 			if err == nil || time.Now().After(end) {
 				break
@@ -304,7 +306,8 @@ func leftovers(t *testing.T) []leftover {
 		}
 		psOut, rest, _ := strings.Cut(snap, "#addrs\n")
 		addrs, rest, _ := strings.Cut(rest, "#nft\n")
-		tables, faults, _ := strings.Cut(rest, "#faults\n")
+		tables, rest, _ := strings.Cut(rest, "#faults\n")
+		faults, drained, _ := strings.Cut(rest, "#drained\n")
 		var procs []procInfo
 		if err := json.Unmarshal([]byte(psOut), &procs); err != nil {
 			t.Fatalf("ps --json on h%d: %v: %s", k, err, psOut)
@@ -333,6 +336,10 @@ func leftovers(t *testing.T) []leftover {
 			path := filepath.Join(stateDir(k), "faults", name)
 			out = append(out, leftover{fmt.Sprintf("h%d: armed fault point %s", k, name), true,
 				func() { on(k, "rm", "-f", path) }})
+		}
+		if strings.TrimSpace(drained) != "" {
+			out = append(out, leftover{fmt.Sprintf("h%d: drained (migrated drain)", k), true,
+				func() { on(k, "migrated", "undrain") }})
 		}
 	}
 	return out

@@ -106,8 +106,9 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 
-	// A DSM job: ranks 0-2 on h1-h3.
-	// Long enough to scrape every rank and move one while it runs.
+	// A DSM job of 3 ranks over h1-h3, where placement puts them (h2 runs
+	// the process moved above). Long enough to scrape every rank and move
+	// one while it runs.
 	j := startJob(t, 3, filepath.Join(repo, "bin", "jacobi"), "-n", "256", "-iters", fmt.Sprint(int(16000/slow)))
 	j.ready()
 	series := func(name string, rank int) string {
@@ -140,10 +141,11 @@ func TestMetrics(t *testing.T) {
 	}
 	var seen map[string]float64
 	for rank := range 3 {
-		m := counters(rank+1, rank, nil)
+		k := hostOf(j.rankHost(rank))
+		m := counters(k, rank, nil)
 		for _, name := range []string{"diffs_total", "barriers_total", "barrier_wait_seconds_total"} {
 			if _, ok := m[series(name, rank)]; !ok {
-				t.Errorf("h%d: no %s", rank+1, series(name, rank))
+				t.Errorf("h%d: no %s", k, series(name, rank))
 			}
 		}
 		if rank == 1 {
@@ -151,11 +153,12 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 	// Rank 1 moves to h4: its counters, which live in its memory, go on
-	// from where they were, on h4, and h2 no longer shows them.
+	// from where they were, on h4, and its old host no longer shows them.
+	from := hostOf(j.rankHost(1))
 	j.migrateRank(1, 4)
 	counters(4, 1, seen)
-	if _, ok := scrape(t, 2)[series("page_faults_total", 1)]; ok {
-		t.Errorf("h2 still shows rank 1's counters after it left")
+	if _, ok := scrape(t, from)[series("page_faults_total", 1)]; ok {
+		t.Errorf("h%d still shows rank 1's counters after it left", from)
 	}
 	for end := within(30 * time.Second); scrape(t, 4)[okDst] < 1; time.Sleep(200 * time.Millisecond) {
 		if time.Now().After(end) {

@@ -205,7 +205,7 @@ func TestUsers(t *testing.T) {
 	var jobOut bytes.Buffer
 	cmd := exec.Command(cluster, "exec", "h1", "setpriv", "--reuid="+testUser, "--regid="+testUser, "--init-groups", "--",
 		"sh", "-c", `cd "$0" && exec "$@" 2>&1`, dir, "env", "MIGRATED_TOKEN_FILE="+tokenOn, bin("dsmrun"), "run",
-		"--hosts", hosts, "-n", "3", "--", bin("jacobi"), "-n", "256", "-iters", fmt.Sprint(int(2000/slow)))
+		"--hosts", hosts, "-n", "3", "--policy", "round-robin", "--", bin("jacobi"), "-n", "256", "-iters", fmt.Sprint(int(2000/slow)))
 	cmd.Stdout = lockedBuf{&mu, &jobOut}
 	output := func() string { mu.Lock(); defer mu.Unlock(); return jobOut.String() }
 	if err := cmd.Start(); err != nil {
