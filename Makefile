@@ -35,7 +35,7 @@ unit: build
 	$(GO) test -count=1 -timeout 30m ./dsmshm/...
 
 integration: deps build
-	$(GO) test -count=1 -timeout 40m -v ./test/integration/ 2>&1 | tee /tmp/dsmigrate-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; exit $${PIPESTATUS[0]}
+	$(GO) test -count=1 -timeout 50m -v ./test/integration/ 2>&1 | tee /tmp/dsmigrate-integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go'; exit $${PIPESTATUS[0]}
 
 test: deps build vagrant-validate unit integration
 

@@ -58,6 +58,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -288,19 +289,29 @@ type leftover struct {
 // fault) is waited for.
 func leftovers(t *testing.T) []leftover {
 	t.Helper()
+	// Every host at once: a look takes a few processes on each, and every
+	// test looks before and after.
+	snaps, errs := make([]string, nHosts+1), make([]error, nHosts+1)
+	var wg sync.WaitGroup
+	for k := 1; k <= nHosts; k++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for end := within(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+				snaps[k], errs[k] = on(k, "sh", "-c", `migrated ps --json && echo '#addrs' && ip -4 -o addr show dev "$1" &&
+					echo '#nft' && nft list tables && echo '#faults' && { ls -A "$2/faults" 2>/dev/null || true; } &&
+					echo '#drained' && { ls "$2/drained" 2>/dev/null || true; }`,
+					"leftovers", ifc(k), stateDir(k))
+				if errs[k] == nil || time.Now().After(end) {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 	var out []leftover
 	for k := 1; k <= nHosts; k++ {
-		var snap string
-		var err error
-		for end := within(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-			snap, err = on(k, "sh", "-c", `migrated ps --json && echo '#addrs' && ip -4 -o addr show dev "$1" &&
-				echo '#nft' && nft list tables && echo '#faults' && { ls -A "$2/faults" 2>/dev/null || true; } &&
-				echo '#drained' && { ls "$2/drained" 2>/dev/null || true; }`,
-				"leftovers", ifc(k), stateDir(k))
-			if err == nil || time.Now().After(end) {
-				break
-			}
-		}
+		snap, err := snaps[k], errs[k]
 		if err != nil {
 			t.Fatalf("cannot see what is on h%d: %v", k, err)
 		}
