@@ -5,8 +5,10 @@
 #     connection carries traffic, and the connection lives on; then h2's
 #     daemon is killed with SIGKILL and the client runs on, found again by
 #     the restarted daemon;
-#  2. a DSM job (Jacobi, 3 ranks on h1-h3) runs while its rank 1 moves to h4
-#     and back to h2; the job verifies its result as an unmigrated run does.
+#  2. a DSM job (Jacobi, 3 ranks on h1-h3) runs while its rank 1 moves to h4,
+#     and then h4 is drained: placement moves the rank on to the host with
+#     the fewest processes; the job verifies its result as an unmigrated run
+#     does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 C=test/integration/cluster.sh
@@ -56,7 +58,7 @@ if [ -z "$after" ] || [ "$before" != "$after" ] || $C exec h2 migrated logs "$cl
 fi
 say "same pid ($after), still counting, every echo checked: nothing was lost with the daemon"
 
-say "a DSM job: Jacobi 1024x1024 on 3 ranks (h1 h2 h3); rank 1 moves to h4 and back to h2 while it runs"
+say "a DSM job: Jacobi 1024x1024 on 3 ranks (h1 h2 h3); rank 1 moves to h4, then h4 is drained while it runs"
 eval "$($C env)"
 export MIGRATED_HOSTS MIGRATED_TOKEN_FILE
 out=$(mktemp -d)
@@ -72,10 +74,14 @@ bin/dsmrun ps
 bin/dsmrun migrate "$job" 1 --to 10.77.0.4:7077
 bin/dsmrun ps
 sleep 0.5
-bin/dsmrun migrate "$job" 1 --to 10.77.0.2:7077
+say "draining h4: its processes go where placement finds the fewest processes and the most room"
+$C exec h4 migrated hosts
+$C exec h4 migrated drain
+$C exec h4 migrated undrain
+bin/dsmrun ps
 wait $jobpid || { say "the DSM job failed"; cat "$out/job.err"; tail "$out/job.out"; exit 1; }
 grep -E '^\[[0-9]+\] (rank|result)' "$out/job.out"
 say "every migration of the job, as the daemons recorded it"
 bin/dsmrun history "$job"
 grep -q '^\[0\] result: .* verified$' "$out/job.out" || { say "no verified result"; exit 1; }
-say "the job verified its result with its rank moved twice"
+say "the job verified its result with its rank moved twice, the second time by a drain"

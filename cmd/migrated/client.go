@@ -40,14 +40,14 @@ func runCommand() *cli.Command {
 			if err := checkPolicy(c); err != nil {
 				return err
 			}
-			host := ""
+			via, where := "", "" // via: the daemon to ask ("": this host's); where: its address
 			if c.Bool("anywhere") {
 				var err error
-				if host, err = placeNew(c); err != nil {
+				if via, where, err = placeNew(c); err != nil {
 					return err
 				}
 			}
-			cl, err := api.DialVia(c.String("socket"), host)
+			cl, err := api.DialVia(c.String("socket"), via)
 			if err != nil {
 				return err
 			}
@@ -58,9 +58,9 @@ func runCommand() *cli.Command {
 			}
 			if c.Bool("anywhere") {
 				if c.Bool("json") {
-					return cliutil.PrintJSON(map[string]string{"id": r.ID, "host": cmp.Or(host, "local")})
+					return cliutil.PrintJSON(map[string]string{"id": r.ID, "host": where})
 				}
-				fmt.Println(r.ID, cmp.Or(host, "local"))
+				fmt.Println(r.ID, where)
 				return nil
 			}
 			if c.Bool("json") {
@@ -240,21 +240,21 @@ var (
 )
 
 // placeNew asks this host's daemon where a new process should start: the
-// address of the best host ("" if it is this one).
-func placeNew(c *cli.Context) (string, error) {
+// daemon to pass the run to ("" if it is this host's) and its address.
+func placeNew(c *cli.Context) (via, addr string, err error) {
 	r, err := roundTrip(c, api.Request{Op: "place", Policy: c.String("policy")})
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	var skips []placement.Skip
 	for _, h := range r.Hosts {
 		if h.Skip == "" && h.Daemon != nil {
 			if h.Self {
-				return "", nil
+				return "", h.Addr, nil
 			}
-			return h.Addr, nil
+			return h.Addr, h.Addr, nil
 		}
 		skips = append(skips, placement.Skip{Addr: h.Addr, Why: h.Skip})
 	}
-	return "", api.WithKind(api.KindRefused, placement.NoHost(skips, "a new process"))
+	return "", "", api.WithKind(api.KindRefused, placement.NoHost(skips, "a new process"))
 }

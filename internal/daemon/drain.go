@@ -160,22 +160,37 @@ func (d *Daemon) drainOrder() []*Proc {
 		ps = append(ps, p)
 	}
 	d.mu.Unlock()
-	out := ps[:0]
+	// What the order needs, read under each process's lock (an arrival
+	// sets its job and rank as it activates).
+	type key struct {
+		p       *Proc
+		job     string
+		rank    int
+		started time.Time
+	}
+	var ks []key
 	for _, p := range ps {
-		if st := p.stateNow(); st != "exited" && st != "migrated" && st != "lost" {
-			out = append(out, p)
+		p.mu.Lock()
+		k, st := key{p, p.Job, p.Rank, p.Started}, p.state
+		p.mu.Unlock()
+		if st != "exited" && st != "migrated" && st != "lost" {
+			ks = append(ks, k)
 		}
 	}
-	sort.SliceStable(out, func(a, b int) bool {
-		pa, pb := out[a], out[b]
-		if pa.Job != pb.Job {
-			return pa.Job < pb.Job // "" first
+	sort.Slice(ks, func(a, b int) bool {
+		ka, kb := ks[a], ks[b]
+		if ka.job != kb.job {
+			return ka.job < kb.job // "" first
 		}
-		if pa.Rank != pb.Rank {
-			return pa.Rank < pb.Rank
+		if ka.rank != kb.rank {
+			return ka.rank < kb.rank
 		}
-		return pa.Started.Before(pb.Started)
+		return ka.started.Before(kb.started)
 	})
+	out := make([]*Proc, len(ks))
+	for i, k := range ks {
+		out[i] = k.p
+	}
 	return out
 }
 

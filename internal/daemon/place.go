@@ -82,9 +82,9 @@ func hostInfos(hosts []placement.Host, self string) []api.HostInfo {
 	return out
 }
 
-// place answers "place": the hosts best first for a new process of about
-// req's memory (none given: the smallest), those left out after them with
-// why.
+// place answers "place": the hosts best first for a new process (whose
+// memory is not known yet: the admission's slack alone counts), those left
+// out after them with why.
 func (d *Daemon) place(ctx context.Context, req Request) (*Reply, error) {
 	pol, err := placement.ParsePolicy(req.Policy)
 	if err != nil {

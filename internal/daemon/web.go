@@ -86,14 +86,15 @@ func (d *Daemon) view(ctx context.Context) (*ClusterView, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var rep *Reply
-			if h.Self {
-				rep = d.viewReply()
-			} else if rep, err = d.askPeer(ctx, h.Addr, Request{Op: "view"}); err != nil {
-				mu.Lock()
-				v.Hosts[i].Error = err.Error()
-				mu.Unlock()
-				return
+			rep := d.viewReply()
+			if !h.Self {
+				var err error
+				if rep, err = d.askPeer(ctx, h.Addr, Request{Op: "view"}); err != nil {
+					mu.Lock()
+					v.Hosts[i].Error = err.Error()
+					mu.Unlock()
+					return
+				}
 			}
 			mu.Lock()
 			defer mu.Unlock()
