@@ -76,6 +76,10 @@ func TestLiveView(t *testing.T) {
 			t.Fatalf("the page never showed the cluster with the job:\n%s", tail(dom, 40))
 		}
 	}
+	// It polls: in Chromium's 4 s of virtual time the page asked again.
+	if m := regexp.MustCompile(`data-refreshes="(\d+)"`).FindStringSubmatch(dom); m == nil || m[1] == "1" {
+		t.Errorf("the page did not update itself (refreshes: %v)", m)
+	}
 	// Every host, in a card of its own, h3 drained; the cards in order.
 	cards := regexp.MustCompile(`<div class="host" data-addr="([^"]+)" data-state="([^"]+)">`).FindAllStringSubmatchIndex(dom, -1)
 	if len(cards) != nHosts {
