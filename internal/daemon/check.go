@@ -55,6 +55,9 @@ func (d *Daemon) check(req Request, caller api.Owner) (*Reply, error) {
 	}
 	rep := &api.CheckReport{Daemon: self, Checks: []api.Check{}}
 	rep.Checks = append(rep.Checks, d.addressCheck())
+	if c := d.drainedCheck(); c != nil {
+		rep.Checks = append(rep.Checks, *c)
+	}
 	rep.Checks = append(rep.Checks, HostChecks(ctx, d.criu.Path, d.tokenFile)...)
 	d.tokenLoadedCheck(rep.Checks)
 	if req.To != "" {
@@ -437,6 +440,16 @@ func (d *Daemon) addressCheck() api.Check {
 	return okCheck(name, fmt.Sprintf("peers reach it at %s", d.advertise))
 }
 
+// drainedCheck warns of a drained daemon (nil if it is not).
+func (d *Daemon) drainedCheck() *api.Check {
+	if !d.drained.Load() {
+		return nil
+	}
+	c := mkCheck("daemon drained", api.CheckWarning, "this daemon is drained (migrated drain): it takes no new "+
+		"processes and no arriving migrations, and placement leaves it out", "migrated undrain")
+	return &c
+}
+
 // checkTarget checks the daemon at addr as a migration from this daemon
 // (self) would find it, and returns who it is (nil if it did not say).
 func (d *Daemon) checkTarget(ctx context.Context, addr string, self api.DaemonInfo, caller api.Owner) (*api.DaemonInfo, []api.Check) {
@@ -492,6 +505,10 @@ func (d *Daemon) checkTarget(ctx context.Context, addr string, self api.DaemonIn
 		also = ", on this machine (another namespace host or container)"
 	}
 	cs = append(cs, okCheck("target not this host", fmt.Sprintf("%s is another daemon: %s%s", addr, describeDaemon(t), also)))
+	if t.Drained {
+		cs = append(cs, mkCheck("target not drained", api.CheckFailed, fmt.Sprintf("%s is drained (migrated drain): it "+
+			"refuses arriving migrations", addr), "migrated undrain --host "+addr+", or give another host with --to"))
+	}
 	cs = append(cs, acceptingCheck(addr, rep.Check.Checks), memoryCheck(addr, t))
 	return &t, cs
 }

@@ -31,6 +31,9 @@ func TestDrainedMark(t *testing.T) {
 	if err := d.refuseDrained("new processes"); err != nil {
 		t.Fatalf("not drained, yet: %v", err)
 	}
+	if c := d.drainedCheck(); c != nil {
+		t.Errorf("migrated check on a daemon not drained: %+v", c)
+	}
 	wantMetric(t, gathered(t, d), "migrated_drained{}", 0)
 
 	if err := d.setDrained(true); err != nil {
@@ -45,6 +48,9 @@ func TestDrainedMark(t *testing.T) {
 	}
 	if in, _ := d.info(); !in.Drained {
 		t.Error("info does not say drained")
+	}
+	if c := d.drainedCheck(); c == nil || c.Status != api.CheckWarning || c.Fix != "migrated undrain" {
+		t.Errorf("migrated check on a drained daemon: %+v", c)
 	}
 	wantMetric(t, gathered(t, d), "migrated_drained{}", 1)
 	// A drained daemon refuses a run before anything starts.

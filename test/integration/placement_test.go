@@ -212,6 +212,14 @@ func TestDrain(t *testing.T) {
 	if !strings.Contains(errOut, "drained") {
 		t.Errorf("a migration to the drained host: %s", errOut)
 	}
+	// migrated check says so, on the host and of it as a target.
+	out, _ = wantExit(t, onHost(4, "migrated", "check", "--to", addr(2)), 1)
+	if !strings.Contains(out, "target not drained") {
+		t.Errorf("migrated check --to a drained host:\n%s", out)
+	}
+	if out := mustOn(t, 2, "migrated", "check"); !strings.Contains(out, "daemon drained") {
+		t.Errorf("migrated check on a drained host:\n%s", out)
+	}
 	// A drain of an empty host says so and succeeds.
 	out, _ = wantExit(t, onHost(2, "migrated", "drain"), 0)
 	if !strings.Contains(out, "0 processes moved, 0 processes stayed") {
