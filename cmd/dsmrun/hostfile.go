@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -184,14 +183,10 @@ func placeRanks(cl *cluster, n int, policy string, ips []netip.Prefix) ([]string
 			defer wg.Done()
 			hosts[i].Addr = h
 			rep, err := cl.do(h, api.Request{Op: "identity"})
-			switch {
-			case err != nil:
-				hosts[i].Err = err
-			case rep.Check == nil:
-				hosts[i].Err = errors.New("a migrated too old to say what it has: upgrade it")
-			default:
-				hosts[i].Info = rep.Check.Daemon
+			if err == nil {
+				hosts[i].Info, err = api.Identity(rep)
 			}
+			hosts[i].Err = err
 		}()
 	}
 	wg.Wait()

@@ -91,7 +91,7 @@ func printHosts(hosts []api.HostInfo) {
 		if d.Drained {
 			st = "drained"
 		}
-		free := max(d.MemAvailableBytes-d.KeepFreeBytes-d.HeldBytes, 0)
+		free := max(d.FreeForArrivals(), 0)
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.2f\t%d\t%d\t%s\n", addr, st, api.MiB(free), api.MiB(d.MemTotalBytes),
 			d.Load1, d.CPUs, d.Procs, d.Hostname)
 	}

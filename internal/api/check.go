@@ -1,5 +1,7 @@
 package api
 
+import "errors"
+
 // A preflight (migrated check): a daemon checks its host, and with a
 // target, that target as a migration would find it. The JSON schema is
 // docs/json/migrated-check.md.
@@ -62,6 +64,35 @@ type DaemonInfo struct {
 	Procs         int      `json:"procs"`
 	Drained       bool     `json:"drained"`
 	Subnets       []string `json:"subnets,omitempty"`
+}
+
+// SameDaemon reports whether d and o describe the same daemon: the same
+// identity in its state directory, on the same machine, in the same boot
+// (a state directory copied to another machine, or a clone of one, is not
+// the same daemon).
+func (d DaemonInfo) SameDaemon(o DaemonInfo) bool {
+	return d.ID != "" && d.ID == o.ID && d.MachineID == o.MachineID && d.BootID == o.BootID
+}
+
+// SameMachine reports whether d and o run on one machine in one boot
+// (namespace hosts, containers), as far as they say.
+func (d DaemonInfo) SameMachine(o DaemonInfo) bool {
+	return d.MachineID != "" && d.MachineID == o.MachineID && d.BootID == o.BootID
+}
+
+// FreeForArrivals is the memory the daemon's admission has for arriving
+// processes: MemAvailable less --keep-free and what arrivals hold now
+// (negative when it has none).
+func (d DaemonInfo) FreeForArrivals() int64 {
+	return d.MemAvailableBytes - d.KeepFreeBytes - d.HeldBytes
+}
+
+// Identity is the daemon an "identity" request's answer describes.
+func Identity(rep *Reply) (DaemonInfo, error) {
+	if rep.Check == nil {
+		return DaemonInfo{}, errors.New("a migrated too old to say what it has: upgrade it")
+	}
+	return rep.Check.Daemon, nil
 }
 
 // Failed reports whether any of checks failed.

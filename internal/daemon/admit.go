@@ -52,9 +52,8 @@ func newAdmission(imagesDir string, keepFree int64) *admission {
 }
 
 // need is what a process of mem bytes holds here while it arrives.
-func need(mem int64) int64 { return placement.Held(mem) }
 
-// admit holds need(mem) for process id if the host's available memory and
+// admit holds placement.Held(mem) for process id if the host's available memory and
 // the images tmpfs's free space both have it beside what the others hold,
 // and says why not otherwise, in a sentence for the user whose process stays
 // on its source.
@@ -68,7 +67,7 @@ func (a *admission) admit(id string, mem int64, self string) error {
 		return fmt.Errorf("reading the images tmpfs's free space: %v", err)
 	}
 	room := int64(fs.Bavail) * fs.Bsize
-	h := hold{mem: need(mem), images: placement.ImagesHeld(mem)}
+	h := hold{mem: placement.Held(mem), images: placement.ImagesHeld(mem)}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var others hold

@@ -68,14 +68,6 @@ func (d *Daemon) check(req Request, caller api.Owner) (*Reply, error) {
 	return &Reply{Check: rep}, nil
 }
 
-// sameDaemon reports whether a and b describe the same daemon: the same
-// identity in its state directory, on the same machine, in the same boot
-// (a state directory copied to another machine, or a clone of one, is not
-// the same daemon).
-func sameDaemon(a, b api.DaemonInfo) bool {
-	return a.ID != "" && a.ID == b.ID && a.MachineID == b.MachineID && a.BootID == b.BootID
-}
-
 // info is who this daemon is, and its room for arriving processes.
 func (d *Daemon) info() (api.DaemonInfo, error) {
 	id, err := daemonID(d.stateDir)
@@ -495,13 +487,13 @@ func (d *Daemon) checkTarget(ctx context.Context, addr string, self api.DaemonIn
 			"(journalctl -u migrated)"))
 	}
 	t := rep.Check.Daemon
-	if sameDaemon(self, t) {
+	if self.SameDaemon(t) {
 		return &t, append(cs, mkCheck("target not this host", api.CheckFailed, fmt.Sprintf("%s is this host: the daemon "+
 			"there is this one (%s), and a process cannot migrate to the host it runs on", addr, describeDaemon(t)),
 			"give another host's daemon ADDR:PORT with --to"))
 	}
 	also := ""
-	if t.MachineID != "" && t.MachineID == self.MachineID && t.BootID == self.BootID {
+	if t.SameMachine(self) {
 		also = ", on this machine (another namespace host or container)"
 	}
 	cs = append(cs, okCheck("target not this host", fmt.Sprintf("%s is another daemon: %s%s", addr, describeDaemon(t), also)))
@@ -601,7 +593,7 @@ func acceptingCheck(addr string, checks []api.Check) api.Check {
 // admission (admit.go) will count it.
 func memoryCheck(addr string, t api.DaemonInfo) api.Check {
 	const name = "target memory"
-	free := t.MemAvailableBytes - t.KeepFreeBytes - t.HeldBytes
+	free := t.FreeForArrivals()
 	fit := maxFit(free)
 	if room := t.ImagesFreeBytes - imagesSlack; room < fit {
 		fit = room

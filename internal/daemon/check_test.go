@@ -12,6 +12,7 @@ import (
 
 	"dsmigrate/criu"
 	"dsmigrate/internal/api"
+	"dsmigrate/internal/placement"
 )
 
 // A token file is checked as the daemon loads it, and each failure names
@@ -71,8 +72,8 @@ func TestMaxFit(t *testing.T) {
 			}
 			continue
 		}
-		if need(m) > free || need(m+9) <= free {
-			t.Errorf("maxFit(%d) = %d: need(%d) = %d, need(+9) = %d", free, m, m, need(m), need(m+9))
+		if placement.Held(m) > free || placement.Held(m+9) <= free {
+			t.Errorf("maxFit(%d) = %d: Held(%d) = %d, Held(+9) = %d", free, m, m, placement.Held(m), placement.Held(m+9))
 		}
 	}
 }
@@ -116,11 +117,11 @@ func TestDaemonID(t *testing.T) {
 	x := api.DaemonInfo{ID: ida, MachineID: "m", BootID: "b"}
 	for _, y := range []api.DaemonInfo{{ID: "other", MachineID: "m", BootID: "b"}, {ID: ida, MachineID: "m", BootID: "c"},
 		{ID: ida, MachineID: "n", BootID: "b"}} {
-		if sameDaemon(x, y) {
-			t.Errorf("sameDaemon(%+v, %+v)", x, y)
+		if x.SameDaemon(y) {
+			t.Errorf("SameDaemon(%+v, %+v)", x, y)
 		}
 	}
-	if !sameDaemon(x, x) || sameDaemon(api.DaemonInfo{}, api.DaemonInfo{}) {
+	if !x.SameDaemon(x) || (api.DaemonInfo{}).SameDaemon(api.DaemonInfo{}) {
 		t.Error("sameDaemon")
 	}
 }

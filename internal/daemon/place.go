@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -47,7 +46,7 @@ func (d *Daemon) survey(ctx context.Context) ([]placement.Host, error) {
 	wg.Wait()
 	out := []placement.Host{{Addr: d.advertise, Info: self}}
 	for _, h := range hosts {
-		if h.Err == nil && sameDaemon(h.Info, self) {
+		if h.Err == nil && h.Info.SameDaemon(self) {
 			continue
 		}
 		out = append(out, h)
@@ -61,10 +60,7 @@ func (d *Daemon) identity(ctx context.Context, addr string) (api.DaemonInfo, err
 	if err != nil {
 		return api.DaemonInfo{}, err
 	}
-	if rep.Check == nil {
-		return api.DaemonInfo{}, errors.New("a migrated too old to say what it has: upgrade it")
-	}
-	return rep.Check.Daemon, nil
+	return api.Identity(rep)
 }
 
 // hostInfos is hosts as clients see them, with self marked, in order.

@@ -140,10 +140,8 @@ func (d *Daemon) serveHTTP() (stop func(), err error) {
 	if d.httpAddr == "" {
 		return func() {}, nil
 	}
-	if err := CheckHTTPAddr(d.httpAddr); err != nil {
-		return nil, err
-	}
-	lc := net.ListenConfig{}
+	lc := net.ListenConfig{} // serve checked the address (CheckHTTPAddr) before anything else
+
 	lc.SetMultipathTCP(false)
 	l, err := lc.Listen(context.Background(), "tcp", d.httpAddr)
 	if err != nil {

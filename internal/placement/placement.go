@@ -170,39 +170,27 @@ func Count(hosts []Host, addr string, need Need) {
 		return
 	}
 	at.Info.Procs++
-	m := machine(at.Info)
+	mine := at.Info
 	for i := range hosts {
-		if h := &hosts[i]; h == at || m != "" && h.Err == nil && machine(h.Info) == m {
+		if h := &hosts[i]; h == at || h.Err == nil && h.Info.SameMachine(mine) {
 			h.Info.MemAvailableBytes -= Held(need.Memory)
 		}
 	}
-}
-
-// machine names the machine and boot of a daemon ("" if it does not say).
-func machine(in api.DaemonInfo) string {
-	if in.MachineID == "" || in.BootID == "" {
-		return ""
-	}
-	return in.MachineID + "/" + in.BootID
 }
 
 // sameReadings is hosts with the memory and load of the first daemon of
 // each machine given to the others of the machine.
 func sameReadings(hosts []Host) []Host {
 	out := append([]Host(nil), hosts...)
-	first := map[string]api.DaemonInfo{}
 	for i := range out {
 		in := &out[i].Info
-		m := machine(*in)
-		if out[i].Err != nil || m == "" {
-			continue
+		for _, f := range out[:i] {
+			if out[i].Err == nil && f.Err == nil && f.Info.SameMachine(*in) {
+				in.MemAvailableBytes, in.MemTotalBytes, in.Load1, in.CPUs = f.Info.MemAvailableBytes,
+					f.Info.MemTotalBytes, f.Info.Load1, f.Info.CPUs
+				break
+			}
 		}
-		f, ok := first[m]
-		if !ok {
-			first[m] = *in
-			continue
-		}
-		in.MemAvailableBytes, in.MemTotalBytes, in.Load1, in.CPUs = f.MemAvailableBytes, f.MemTotalBytes, f.Load1, f.CPUs
 	}
 	return out
 }
@@ -235,8 +223,7 @@ func leftOut(h Host, need Need) string {
 		return fmt.Sprintf("did not answer (%v)", h.Err)
 	case in.Drained:
 		return "is drained (migrated undrain lets it take processes again)"
-	case need.From.ID != "" && in.ID == need.From.ID && in.MachineID == need.From.MachineID &&
-		in.BootID == need.From.BootID:
+	case in.SameDaemon(need.From):
 		return ownHost
 	}
 	if free := freeAfter(in, need); free < 0 {
@@ -256,7 +243,7 @@ func leftOut(h Host, need Need) string {
 // freeAfter is the memory free for arrivals on the host of in once a
 // process of need has arrived.
 func freeAfter(in api.DaemonInfo, need Need) int64 {
-	return in.MemAvailableBytes - in.KeepFreeBytes - in.HeldBytes - Held(need.Memory)
+	return in.FreeForArrivals() - Held(need.Memory)
 }
 
 // holds reports whether one of subnets (prefixes) contains ip.
@@ -298,8 +285,7 @@ func better(a, b Choice) bool {
 	if a.Info.Procs != b.Info.Procs {
 		return a.Info.Procs < b.Info.Procs
 	}
-	fa := a.Info.MemAvailableBytes - a.Info.KeepFreeBytes - a.Info.HeldBytes
-	fb := b.Info.MemAvailableBytes - b.Info.KeepFreeBytes - b.Info.HeldBytes
+	fa, fb := a.Info.FreeForArrivals(), b.Info.FreeForArrivals()
 	// Free memory moves by a few pages from one reading to the next: only
 	// a difference of more than 1% of the smaller counts.
 	if diff := fa - fb; diff > min(fa, fb)/100 || -diff > min(fa, fb)/100 {
