@@ -110,6 +110,9 @@ func TestDrainOrderAndPlan(t *testing.T) {
 	if d.drained.Load() {
 		t.Error("a dry run drained the daemon")
 	}
+	if len(rep.Drain.Items) != 5 {
+		t.Fatalf("dry run: %d items, want the 5 not finished: %+v", len(rep.Drain.Items), rep.Drain.Items)
+	}
 	for _, it := range rep.Drain.Items {
 		want := "--peers"
 		if it.ID == "away" {
