@@ -60,6 +60,14 @@ by_migrated() { # size [--post-copy] -> "total downtime last_page cpu daemons_se
 	shim=$(ticks h2 "[m]igrated-shim" all)
 	$C exec h2 migrated kill "$id"
 	local down last
+	if [ -n "${2:-}" ]; then
+		# What the target's daemon says of its post-copy pages: how many of
+		# lazy-pages's requests it answered from pages it had prefetched
+		# and how many went to the source (internal/daemon/prefetch.go).
+		grep 'msg="post-copy pages"' "${CLUSTER_DIR:-/run/dsmigrate-cluster}/h2/daemon.log" | tail -1 |
+			sed -n 's/.*answered_from_prefetch=\([0-9]*\) relayed=\([0-9]*\).*faults=\([0-9]*\) faults_answered_from_prefetch=\([0-9]*\).*/\1\t\2\t\3\t\4/p' |
+			sed "s/^/$1\t/" >>$out/prefetch.tsv
+	fi
 	down=$(sed -n 's/.*downtime \([0-9.]*\) ms.*/\1/p' $out/last-migrate.txt)
 	last=$(sed -n 's/.*last page arrived \([0-9.]*\) ms.*/\1/p' $out/last-migrate.txt)
 	echo "$(ms "$t0" "$t1") ${down:-0} ${last:-0} $(secs $((b1 - a1 + b2 - a2 + shim + o1 - o0))) $(secs $((z1 - s1 + z2 - s2)))"
@@ -97,6 +105,7 @@ run_method() { # method size
 	esac
 }
 printf "size_mib\tdump_ms\tcopy_ms\trestore_ms\n" >$out/hand.tsv
+printf "size_mib\tanswered_from_prefetch\trelayed\tfaults\tfaults_answered_from_prefetch\n" >$out/prefetch.tsv
 methods=(migrated post-copy hand)
 for size in $SIZES; do
 	for m in "${methods[@]}"; do run_method "$m" "$size" >/dev/null; done
@@ -176,6 +185,13 @@ END {
 	for (i = 1; i <= ni; i++) for (j = i + 1; j <= ni; j++) { if (im[j] < im[i]) { t = im[i]; im[i] = im[j]; im[j] = t }; if (imb[j] < imb[i]) { t = imb[i]; imb[i] = imb[j]; imb[j] = t } }
 	goal(sprintf("DSM rank image / (home pages + private memory) (%.2f without dropping its cache)", imb[int((ni + 1) / 2)]), im[int((ni + 1) / 2)], 1.1)
 }' sizes="$SIZES" $results $sock $img | tee $out/migrate.md
+awk -F'\t' 'NR > 1 { n[$1]++; a[$1] += $2; r[$1] += $3; f[$1] += $4; fh[$1] += $5 }
+END {
+	print "\nPost-copy round trips (all post-copy moves of this run, warm-ups too; sums): lazy-pages'"'"'s requests the"
+	print "target answered from prefetched pages, and those that went to the source\n"
+	print "| size | moves | answered here | went to the source | of them faults: answered here / all |\n|---|---|---|---|---|"
+	for (s in n) printf "| %s MiB | %d | %d | %d | %d / %d |\n", s, n[s], a[s], r[s], fh[s], f[s]
+}' $out/prefetch.tsv | tee -a $out/migrate.md
 [ -n "${MIGRATE_ONLY:-}" ] && exit 0 # MIGRATE_ONLY=1: this first part alone
 if [ -x scripts/bench-dsm.sh ]; then bash scripts/bench-dsm.sh; fi
 bash scripts/bench-paper.sh

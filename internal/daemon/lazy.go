@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"slices"
@@ -254,6 +255,14 @@ type lazyTarget struct {
 	hold  *os.File    // a copy of local for the shim (Restore), closed once it has it
 	asked atomic.Bool // lazy-pages has asked for a page
 	stop  sync.Once
+
+	// smu orders the requests to the source as pf recorded them: held
+	// from pf's answer through its write. pmu guards pf.
+	smu  sync.Mutex
+	pmu  sync.Mutex
+	pf   *prefetch     // between lazy-pages and the source (prefetch.go)
+	wake chan struct{} // replies for lazy-pages may be ready
+	log  *slog.Logger
 }
 
 func (t *lazyTarget) PID() int { return t.lp.PID() }
@@ -280,9 +289,26 @@ func (k checkpointer) ServeLazy(ctx context.Context, c migration.Conn, dir strin
 		hold.Close()
 		return nil, err
 	}
-	t := &lazyTarget{lazyStream: newLazyStream(pc, local), lp: lp, hold: hold}
+	t := &lazyTarget{lazyStream: newLazyStream(pc, local), lp: lp, hold: hold,
+		pf: newPrefetch(), wake: make(chan struct{}, 1), log: k.d.log}
 	go t.fromSource()
 	go t.toSource()
+	go t.toLazyPages()
+	go func() {
+		// The runs to prefetch; until they are read lazy-pages's requests
+		// are only relayed, and if they cannot be, that is all.
+		plan, err := criu.LazyRanges(dir)
+		if err != nil {
+			k.d.log.Warn("post-copy without prefetching", "images", dir, "err", err)
+			plan = nil
+		}
+		t.smu.Lock()
+		defer t.smu.Unlock()
+		t.pmu.Lock()
+		req := t.pf.setPlan(plan)
+		t.pmu.Unlock()
+		t.ask(req)
+	}()
 	go func() {
 		<-lp.Done()
 		if err := lp.Err(); err != nil {
@@ -292,21 +318,70 @@ func (k checkpointer) ServeLazy(ctx context.Context, c migration.Conn, dir strin
 	return t, nil
 }
 
-// toSource sends lazy-pages's requests to the source until lazy-pages has
-// gone.
+// toSource sends lazy-pages's requests that prefetched pages do not answer
+// to the source, with prefetches, until lazy-pages has gone.
 func (t *lazyTarget) toSource() {
 	buf := make([]byte, 64<<10)
 	for {
 		n, rerr := t.local.Read(buf)
 		if n > 0 {
 			t.asked.Store(true)
-			if err := t.write(tPagesBack, buf[:n], stallTimeout); err != nil {
-				t.finish(fmt.Errorf("asking the source for pages: %v", err))
+			t.smu.Lock()
+			t.pmu.Lock()
+			req := t.pf.fromLazy(buf[:n])
+			t.pmu.Unlock()
+			t.kick()
+			ok := t.ask(req)
+			t.smu.Unlock()
+			if !ok {
 				return
 			}
 		}
 		if rerr != nil {
 			return
+		}
+	}
+}
+
+// ask sends requests to the source's CRIU.
+func (t *lazyTarget) ask(req []byte) bool {
+	if len(req) == 0 {
+		return true
+	}
+	if err := t.write(tPagesBack, req, stallTimeout); err != nil {
+		t.finish(fmt.Errorf("asking the source for pages: %v", err))
+		return false
+	}
+	return true
+}
+
+func (t *lazyTarget) kick() {
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+// toLazyPages hands lazy-pages its replies, in the order it asked, as they
+// are complete. Never shut or closed here: lazy-pages must not see an end.
+func (t *lazyTarget) toLazyPages() {
+	for {
+		select {
+		case <-t.wake:
+		case <-t.done:
+			return
+		}
+		for {
+			t.pmu.Lock()
+			b := t.pf.pop()
+			t.pmu.Unlock()
+			if b == nil {
+				break
+			}
+			if _, err := b.WriteTo(t.local); err != nil {
+				t.finish(fmt.Errorf("handing pages to lazy-pages: %v", err))
+				return
+			}
 		}
 	}
 }
@@ -328,9 +403,19 @@ func (t *lazyTarget) fromSource() {
 		switch typ {
 		case tPages:
 			t.bytes.Add(int64(len(p)))
-			// Never shut or closed here: lazy-pages must not see an end.
-			if _, err := t.local.Write(p); err != nil {
-				t.finish(fmt.Errorf("handing pages to lazy-pages: %v", err))
+			t.smu.Lock()
+			t.pmu.Lock()
+			req, err := t.pf.fromSource(p)
+			t.pmu.Unlock()
+			if err != nil {
+				t.smu.Unlock()
+				t.finish(err)
+				return
+			}
+			t.kick()
+			ok := t.ask(req)
+			t.smu.Unlock()
+			if !ok {
 				return
 			}
 		case tPagesEnd:
@@ -349,6 +434,12 @@ func (t *lazyTarget) fromSource() {
 			// Every page is here: the engine journals it, then says so
 			// (Confirm). lazy-pages has gone: its socket may go too.
 			t.local.Close()
+			t.pmu.Lock()
+			st := t.pf.stats
+			t.pmu.Unlock()
+			t.log.Info("post-copy pages", "lazy_pages", t.lp.PID(), "answered_from_prefetch", st.Hits,
+				"relayed", st.Forwarded, "prefetches", st.Prefetched, "dropped", st.Dropped,
+				"faults", st.Faults, "faults_answered_from_prefetch", st.FaultHits)
 			t.finish(nil)
 			return
 		case wire.TypeError:

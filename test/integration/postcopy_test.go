@@ -3,6 +3,7 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -83,6 +84,30 @@ func TestPostCopy(t *testing.T) {
 		waitLog(t, hop[1], id, `mem ok `+digest, 2)
 		exactlyOnce(t, hop[1], id, marker, digest)
 		noPostCopyLeft(t, hop[0], hop[1])
+		prefetched(t, hop[1])
+	}
+}
+
+// prefetched checks that host k's daemon answered lazy-pages from pages it
+// had asked for ahead (internal/daemon/prefetch.go) in its last post-copy
+// move in: without that the move still works, only slower.
+func prefetched(t *testing.T, k int) {
+	t.Helper()
+	b, _ := on(k, "cat", filepath.Join(filepath.Dir(stateDir(k)), "daemon.log"))
+	var last string
+	for _, l := range strings.Split(b, "\n") {
+		if strings.Contains(l, "post-copy pages") {
+			last = l
+		}
+	}
+	m := regexp.MustCompile(`answered_from_prefetch=(\d+) relayed=(\d+)`).FindStringSubmatch(last)
+	if m == nil {
+		t.Fatalf("h%d's daemon log has no post-copy pages line (%q)", k, last)
+	}
+	hits, _ := strconv.Atoi(m[1])
+	relayed, _ := strconv.Atoi(m[2])
+	if hits == 0 || hits < relayed {
+		t.Errorf("h%d answered %d of lazy-pages's requests from prefetched pages and relayed %d: %s", k, hits, relayed, last)
 	}
 }
 
