@@ -88,6 +88,32 @@ func TestPostCopy(t *testing.T) {
 	}
 }
 
+// A tree of three processes, each with 48 MiB of its own checked memory,
+// moves post-copy: every process's pages come right (the target prefetches
+// for each of them, by its id in the dump), and each goes on.
+func TestPostCopyTree(t *testing.T) {
+	needHosts(t, 2)
+	id := start(t, 1, "pc-tree", "migtest", "memtree", "3", "48")
+	digests := map[int]string{}
+	for k := 0; k < 3; k++ {
+		l := waitLog(t, 1, id, fmt.Sprintf(`child %d mem ok`, k), 1)
+		m := regexp.MustCompile(fmt.Sprintf(`child %d mem ready ([0-9a-f]+)`, k)).FindStringSubmatch(l)
+		if m == nil {
+			t.Fatalf("no digest of child %d in the log:\n%s", k, tail(l, 5))
+		}
+		digests[k] = m[1]
+	}
+	migrate(t, 1, 2, id, "--post-copy")
+	for k := 0; k < 3; k++ {
+		waitLog(t, 2, id, fmt.Sprintf(`child %d mem ok %s`, k, digests[k]), 3)
+	}
+	if l := logs(t, 2, id); strings.Contains(l, "BAD") {
+		t.Fatalf("a child's memory changed in the move:\n%s", tail(l, 10))
+	}
+	noPostCopyLeft(t, 1, 2)
+	prefetched(t, 2)
+}
+
 // prefetched checks that host k's daemon answered lazy-pages from pages it
 // had asked for ahead (internal/daemon/prefetch.go) in its last post-copy
 // move in: without that the move still works, only slower.

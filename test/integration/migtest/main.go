@@ -47,6 +47,10 @@ func main() {
 		threads(atoi(arg(args, 0, "4")))
 	case "tree":
 		tree(atoi(arg(args, 0, "3")))
+	case "memtree":
+		memtree(atoi(arg(args, 0, "3")), atoi(arg(args, 1, "16")))
+	case "memchild":
+		memchild(atoi(arg(args, 0, "0")), atoi(arg(args, 1, "16")))
 	case "child":
 		child(atoi(arg(args, 0, "0")))
 	case "tcp-server":
@@ -154,6 +158,39 @@ func tree(n int) {
 	}
 	for t := 0; ; t++ {
 		fmt.Printf("parent tick %d\n", t)
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// memtree starts N children that each keep MIB of their own pattern in
+// memory and check it every 100 ms: a tree whose every process has memory
+// that must survive its migrations.
+func memtree(n, mib int) {
+	self, _ := os.Executable()
+	for i := 0; i < n; i++ {
+		cmd := exec.Command(self, "memchild", strconv.Itoa(i), strconv.Itoa(mib))
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if err := cmd.Start(); err != nil {
+			fail(err.Error())
+		}
+		go cmd.Wait()
+	}
+	select {}
+}
+
+func memchild(k, mib int) {
+	buf := fill(mib)
+	for i := range buf { // a pattern of its own
+		buf[i] ^= byte(k + 1)
+	}
+	want := sha256.Sum256(buf)
+	fmt.Printf("child %d mem ready %x\n", k, want[:8])
+	for t := 0; ; t++ {
+		if got := sha256.Sum256(buf); got != want {
+			fmt.Printf("child %d mem BAD %x\n", k, got[:8])
+			os.Exit(1)
+		}
+		fmt.Printf("child %d mem ok %x tick %d\n", k, want[:8], t)
 		time.Sleep(100 * time.Millisecond)
 	}
 }
