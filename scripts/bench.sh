@@ -64,7 +64,7 @@ by_migrated() { # size [--post-copy] -> "total downtime last_page cpu daemons_se
 		# What the target's daemon says of its post-copy pages: how many of
 		# lazy-pages's requests it answered from pages it had prefetched
 		# and how many went to the source (internal/daemon/prefetch.go).
-		grep 'msg="post-copy pages"' "${CLUSTER_DIR:-/run/dsmigrate-cluster}/h2/daemon.log" | tail -1 |
+		{ grep 'msg="post-copy pages"' "${CLUSTER_DIR:-/run/dsmigrate-cluster}/h2/daemon.log" || true; } | tail -1 |
 			sed -n 's/.*answered_from_prefetch=\([0-9]*\) relayed=\([0-9]*\).*faults=\([0-9]*\) faults_answered_from_prefetch=\([0-9]*\).*/\1\t\2\t\3\t\4/p' |
 			sed "s/^/$1\t/" >>$out/prefetch.tsv
 	fi

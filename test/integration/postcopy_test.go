@@ -116,7 +116,9 @@ func TestPostCopyTree(t *testing.T) {
 
 // prefetched checks that host k's daemon answered lazy-pages from pages it
 // had asked for ahead (internal/daemon/prefetch.go) in its last post-copy
-// move in: without that the move still works, only slower.
+// move in: without that the move still works, only slower. How many it
+// answered depends on timing (make bench counts them); that it answered
+// any is behaviour.
 func prefetched(t *testing.T, k int) {
 	t.Helper()
 	b, _ := on(k, "cat", filepath.Join(filepath.Dir(stateDir(k)), "daemon.log"))
@@ -130,10 +132,8 @@ func prefetched(t *testing.T, k int) {
 	if m == nil {
 		t.Fatalf("h%d's daemon log has no post-copy pages line (%q)", k, last)
 	}
-	hits, _ := strconv.Atoi(m[1])
-	relayed, _ := strconv.Atoi(m[2])
-	if hits == 0 || hits < relayed {
-		t.Errorf("h%d answered %d of lazy-pages's requests from prefetched pages and relayed %d: %s", k, hits, relayed, last)
+	if hits, _ := strconv.Atoi(m[1]); hits == 0 {
+		t.Errorf("h%d answered none of lazy-pages's requests from prefetched pages (relayed %s): %s", k, m[2], last)
 	}
 }
 
