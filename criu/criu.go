@@ -404,6 +404,9 @@ type RestoreOpts struct {
 	// LazyPages restores a post-copy dump: its private anonymous memory
 	// comes from the lazy-pages running in ImagesDir (StartLazyPages).
 	LazyPages bool
+	// Worker, if set, is a CRIU started ahead (StartWorker) with every
+	// file of InheritFds; nil starts one now. Restore uses it up.
+	Worker *Worker
 }
 
 // RestoreStats are CRIU's own figures for a restore.
@@ -430,11 +433,19 @@ func (c *Client) Restore(ctx context.Context, o RestoreOpts) (int, *RestoreStats
 	var files []*os.File
 	for key, f := range o.InheritFds {
 		// ExtraFiles[i] becomes fd 3+i in CRIU; fd 3 is the RPC socket.
-		files = append(files, f)
-		opts.InheritFd = append(opts.InheritFd, &rpc.InheritFd{Key: ptr(key), Fd: ptr(int32(3 + len(files)))})
+		fd := int32(4 + len(files))
+		if o.Worker != nil {
+			if fd = o.Worker.fd(f); fd < 0 {
+				o.Worker.Close()
+				return 0, nil, &Error{Op: "restore", Msg: fmt.Sprintf("criu: the worker was started without the file for %s", key)}
+			}
+		} else {
+			files = append(files, f)
+		}
+		opts.InheritFd = append(opts.InheritFd, &rpc.InheritFd{Key: ptr(key), Fd: ptr(fd)})
 	}
 	req := &rpc.CriuReq{Type: rpc.CriuReqType_RESTORE.Enum(), Opts: opts}
-	resp, err := c.call(ctx, "restore", req, files, o.Notify, o.ImagesDir)
+	resp, err := c.callOn(ctx, o.Worker, "restore", req, files, o.Notify, o.ImagesDir)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -465,35 +476,62 @@ func baseOpts(dir string) *rpc.CriuOpts {
 	}
 }
 
-// call runs one request in a fresh `criu swrk`, answering notifications, and
-// kills CRIU when ctx ends.
-func (c *Client) call(ctx context.Context, op string, req *rpc.CriuReq, files []*os.File, nfy Notify, logDir string) (*rpc.CriuResp, error) {
-	ctx, cancel := withDefaultTimeout(ctx)
-	defer cancel()
-	fail := func(errno int, msg string) *Error {
-		e := &Error{Op: op, Errno: errno, Msg: msg}
-		if logDir != "" {
-			e.Log = logErrors(filepath.Join(logDir, LogName))
-		}
-		return e
-	}
-	// killed is the failure once ctx has ended: exec.CommandContext kills
-	// CRIU, and the deferred Wait reaps it before call returns.
-	killed := func() *Error {
-		e := fail(int(syscall.ETIMEDOUT), fmt.Sprintf("CRIU killed: %v", context.Cause(ctx)))
-		e.Err = context.Cause(ctx)
-		return e
-	}
+// Worker is a `criu swrk` started before its request is known. Starting CRIU
+// (its exec, its libraries, its kernel probe) costs 10-20 ms on a loaded
+// host; a caller that knows early which files CRIU will need starts it then,
+// off its critical path, and hands it to Restore later (RestoreOpts.Worker).
+// A Worker serves one request. It dies with the thread that started it
+// (parent-death signal) and when Close is called before it served.
+type Worker struct {
+	cmd   *exec.Cmd
+	cln   *os.File   // our end of the RPC socket (fd 3 in CRIU)
+	files []*os.File // files[i] is fd 4+i in CRIU
+	used  bool
+}
 
+// StartWorker starts a `criu swrk` that holds files (files[i] becomes its
+// fd 4+i) and waits for a restore request. The caller keeps its copies of
+// the files.
+func (c *Client) StartWorker(files []*os.File) (*Worker, error) {
+	w, err := c.start("restore", files)
+	if err != nil {
+		return nil, &Error{Op: "restore", Msg: err.Error()}
+	}
+	return w, nil
+}
+
+// Close kills and reaps a Worker that has not served a request. It is a
+// no-op on one that has.
+func (w *Worker) Close() {
+	if w == nil || w.used {
+		return
+	}
+	w.used = true
+	w.cmd.Process.Kill()
+	w.cln.Close()
+	w.cmd.Wait()
+}
+
+// fd is the descriptor CRIU knows f by, or -1.
+func (w *Worker) fd(f *os.File) int32 {
+	for i, g := range w.files {
+		if g == f {
+			return int32(4 + i)
+		}
+	}
+	return -1
+}
+
+// start starts `criu swrk` with the RPC socket as fd 3 and files after it.
+func (c *Client) start(op string, files []*os.File) (*Worker, error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fail(0, err.Error())
+		return nil, err
 	}
 	cln := os.NewFile(uintptr(fds[0]), "criu-rpc")
 	srv := os.NewFile(uintptr(fds[1]), "criu-rpc-srv")
-	defer cln.Close()
-
-	cmd := exec.CommandContext(ctx, c.Path, "swrk", "3")
+	defer srv.Close()
+	cmd := exec.Command(c.Path, "swrk", "3")
 	cmd.ExtraFiles = append([]*os.File{srv}, files...)
 	cmd.Stderr = nil // CRIU logs to LogFile; swrk's stderr carries nothing useful
 	if op != "dump" {
@@ -505,22 +543,61 @@ func (c *Client) call(ctx context.Context, op string, req *rpc.CriuReq, files []
 	// RPC socket, a page-server socket) and puts the tree back as it was.
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
-		srv.Close()
-		if ctx.Err() != nil {
-			e := fail(int(syscall.ETIMEDOUT), fmt.Sprintf("CRIU not started: %v", context.Cause(ctx)))
-			e.Err = context.Cause(ctx)
-			return nil, e
-		}
-		return nil, fail(0, fmt.Sprintf("cannot start %s: %v", c.Path, err))
+		cln.Close()
+		return nil, fmt.Errorf("cannot start %s: %v", c.Path, err)
 	}
-	srv.Close()
+	return &Worker{cmd: cmd, cln: cln, files: files}, nil
+}
+
+// call runs one request in a fresh `criu swrk` (or in w, started ahead),
+// answering notifications, and kills CRIU when ctx ends.
+func (c *Client) call(ctx context.Context, op string, req *rpc.CriuReq, files []*os.File, nfy Notify, logDir string) (*rpc.CriuResp, error) {
+	return c.callOn(ctx, nil, op, req, files, nfy, logDir)
+}
+
+func (c *Client) callOn(ctx context.Context, w *Worker, op string, req *rpc.CriuReq, files []*os.File, nfy Notify, logDir string) (*rpc.CriuResp, error) {
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	fail := func(errno int, msg string) *Error {
+		e := &Error{Op: op, Errno: errno, Msg: msg}
+		if logDir != "" {
+			e.Log = logErrors(filepath.Join(logDir, LogName))
+		}
+		return e
+	}
+	// killed is the failure once ctx has ended: CRIU is killed, and the
+	// deferred Wait reaps it before call returns.
+	killed := func() *Error {
+		e := fail(int(syscall.ETIMEDOUT), fmt.Sprintf("CRIU killed: %v", context.Cause(ctx)))
+		e.Err = context.Cause(ctx)
+		return e
+	}
+	if ctx.Err() != nil {
+		w.Close()
+		e := fail(int(syscall.ETIMEDOUT), fmt.Sprintf("CRIU not started: %v", context.Cause(ctx)))
+		e.Err = context.Cause(ctx)
+		return nil, e
+	}
+	if w == nil {
+		var err error
+		if w, err = c.start(op, files); err != nil {
+			return nil, fail(0, err.Error())
+		}
+	} else if w.used {
+		return nil, fail(0, "criu: a worker serves one request")
+	}
+	w.used = true
+	cln, cmd := w.cln, w.cmd
 	defer func() {
 		cln.Close()
 		_ = cmd.Wait()
 	}()
 	// A read blocked on the socket returns when CRIU dies; make sure it does
 	// when the context ends even if CRIU ignores the kill for a moment.
-	stop := context.AfterFunc(ctx, func() { cln.SetDeadline(time.Now()) })
+	stop := context.AfterFunc(ctx, func() {
+		cmd.Process.Kill()
+		cln.SetDeadline(time.Now())
+	})
 	defer stop()
 
 	buf := make([]byte, 1<<16)

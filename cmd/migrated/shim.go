@@ -14,6 +14,8 @@ func shimCommand() *cli.Command {
 		Name:   shim.Command,
 		Usage:  "supervise one process: its parent, reaper and log writer (run by the daemon)",
 		Hidden: true,
+		// Read by shim.Main from the command line itself (shim.Prestart).
+		Flags:  []cli.Flag{&cli.StringFlag{Name: "criu", Usage: "start this CRIU ahead of a restore spec"}},
 		Action: func(c *cli.Context) error { return shim.Main() },
 	}
 }

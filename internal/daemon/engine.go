@@ -13,6 +13,7 @@ import (
 	"dsmigrate/criu"
 	"dsmigrate/internal/journal"
 	"dsmigrate/internal/migration"
+	"dsmigrate/internal/shim"
 	"dsmigrate/internal/wire"
 	"dsmigrate/netmove"
 	mrt "dsmigrate/runtime"
@@ -367,6 +368,30 @@ func (e engineProcs) Gone(ctx context.Context, id, to string) error {
 }
 
 func (e engineProcs) Reserve(b *migration.Begin) (string, error) {
+	logPath, err := e.reserve(b)
+	if err != nil {
+		return "", err
+	}
+	// The shim that will restore it, and its CRIU, start now, while the
+	// pages are on their way: ~50-80 ms off the restore on a loaded host.
+	// Without one, the restore starts its own.
+	pre, err := shim.Prestart(shimExe, filepath.Dir(logPath), e.d.criu.Path)
+	if err != nil {
+		e.d.log.Warn("starting the restore's shim ahead", "id", b.ID, "err", err)
+		return logPath, nil
+	}
+	if p := e.d.lookup(b.ID); p != nil {
+		p.mu.Lock()
+		if p.state == "incoming" && p.early == nil {
+			p.early, pre = pre, nil
+		}
+		p.mu.Unlock()
+	}
+	pre.Abort() // not taken: the reservation went meanwhile
+	return logPath, nil
+}
+
+func (e engineProcs) reserve(b *migration.Begin) (string, error) {
 	if b.SourceID != "" && b.SourceID == e.d.id {
 		return "", fmt.Errorf("%s is the host the process runs on: a process cannot migrate to its own host; "+
 			"give another host's daemon with --to", e.d.advertise)
@@ -414,7 +439,12 @@ func (e engineProcs) Discard(ctx context.Context, id string) error {
 	if p != nil {
 		p.mu.Lock()
 		st := p.state
+		pre := p.early
+		if st == "incoming" {
+			p.early = nil
+		}
 		p.mu.Unlock()
+		pre.Abort() // before its directory goes
 		if st != "incoming" {
 			e.d.mu.Unlock()
 			return nil // not ours to discard: a process that lives here

@@ -46,6 +46,7 @@ type Proc struct {
 	ownIP   string        // its own address (IP/PREFIX), which moves with it (Request.OwnIP)
 	shim    *shim.Client  // nil for a placeholder (incoming) and for a process found dead at start
 	shimPID int
+	early   *shim.Pending // an incoming placeholder's shim, started ahead of its restore
 
 	hooks   bool     // registered migration hooks (package runtime)
 	pending *control // a command waiting for the process to fetch it

@@ -34,7 +34,17 @@ func (d *Daemon) restoreCopy(ctx context.Context, from *Proc, key, dir string, t
 		defer cancel()
 	}
 	t0 := time.Now()
-	c, st, err := shim.Start(ctx, shimExe, shim.Spec{ID: from.ID, Dir: filepath.Dir(from.logPath), Restore: &shim.RestoreSpec{
+	from.mu.Lock()
+	pre := from.early
+	from.early = nil
+	from.mu.Unlock()
+	start := func(ctx context.Context, exe string, spec shim.Spec) (*shim.Client, *shim.Started, error) {
+		if pre != nil {
+			return pre.Start(ctx, spec)
+		}
+		return shim.Start(ctx, exe, spec)
+	}
+	c, st, err := start(ctx, shimExe, shim.Spec{ID: from.ID, Dir: filepath.Dir(from.logPath), Restore: &shim.RestoreSpec{
 		CRIU: d.criu.Path, ImagesDir: dir, PipeKey: key, TCP: tcp, Timeout: timeout,
 		// An arrival's images are restored once: its pages leave the
 		// tmpfs as they enter the process (admit.go counts on it).
@@ -56,7 +66,7 @@ func (d *Daemon) restoreCopy(ctx context.Context, from *Proc, key, dir string, t
 	}
 	if rs := st.Restore; rs != nil {
 		d.log.Info("criu restore", "id", from.ID, "took", time.Since(t0), "criu_restore", rs.Restore, "forking", rs.Forking,
-			"pages", rs.PagesRestored, "shim", st.ShimPID)
+			"pages", rs.PagesRestored, "shim", st.ShimPID, "started_ahead", pre != nil)
 	}
 	from.mu.Lock()
 	p := newProc(from.ID, from.Name, from.Argv, from.Started)

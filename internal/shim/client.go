@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"dsmigrate/criu"
 )
 
@@ -28,6 +30,9 @@ const (
 
 // Command is the hidden subcommand of the daemon's binary that runs Main.
 const Command = "shim"
+
+// criuFlag, after Command, names the CRIU a prestarted shim starts ahead.
+const criuFlag = "--criu"
 
 // maxSockPath is the longest path a sockaddr_un holds (108 bytes with the NUL).
 const maxSockPath = 107
@@ -196,7 +201,7 @@ func sockPath(dir string) (string, error) {
 
 // Start starts a shim for spec by executing exe (the daemon's binary; the
 // daemon passes /proc/self/exe) with the hidden subcommand "shim", hands it the
-// spec over a pipe (never on the command line: Env may hold secrets), and waits
+// spec over its stdin (never on the command line: Env may hold secrets), and waits
 // until the shim reports that the workload has started, or that the restore is
 // done (the restored tree is left STOPPED: the caller SIGCONTs it), or why not.
 // A failed CRIU restore comes back as the *criu.Error the shim got.
@@ -205,78 +210,146 @@ func sockPath(dir string) (string, error) {
 // parent-death signal); while the caller lives it is the shim's parent and
 // reaps it (Client.Exited). If ctx ends before the shim reports, the shim is
 // killed.
-func Start(ctx context.Context, exe string, spec Spec) (_ *Client, _ *Started, retErr error) {
+func Start(ctx context.Context, exe string, spec Spec) (*Client, *Started, error) {
 	if err := spec.check(); err != nil {
 		return nil, nil, err
 	}
-	sock, err := sockPath(spec.Dir)
+	p, err := Prestart(exe, spec.Dir, "")
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
-		return nil, nil, fmt.Errorf("shim: %w", err)
+	return p.Start(ctx, spec)
+}
+
+// Pending is a shim started before its Spec is known (Prestart): its exec
+// and start-up, and with a CRIU path the start of the CRIU that will
+// restore, happen while the caller still waits for what to restore. It
+// waits for its spec on its stdin (Start) and exits, leaving nothing, when
+// Abort is called or its caller dies first.
+type Pending struct {
+	dir     string
+	ctl     *os.File // our end of the shim's stdin (a unix stream socket)
+	repR    *os.File // the shim's stdout: its one report
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	started bool
+}
+
+// Prestart starts a shim for directory dir (the Spec's Dir) without its
+// spec. With criuPath, the shim also starts the `criu swrk` that a restore
+// spec naming that CRIU will use (criu.StartWorker).
+func Prestart(exe, dir, criuPath string) (_ *Pending, retErr error) {
+	if _, err := sockPath(dir); err != nil {
+		return nil, err
 	}
-	slog, err := os.OpenFile(filepath.Join(spec.Dir, ShimLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("shim: %w", err)
+	}
+	slog, err := os.OpenFile(filepath.Join(dir, ShimLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return nil, nil, fmt.Errorf("shim: %w", err)
+		return nil, fmt.Errorf("shim: %w", err)
 	}
 	defer slog.Close()
-	specR, specW, err := os.Pipe()
+	// stdin is a socket so that a file (RestoreSpec.Hold) can come with
+	// the spec; stdout a pipe for the report.
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, nil, fmt.Errorf("shim: %w", err)
+		return nil, fmt.Errorf("shim: %w", err)
 	}
-	defer specW.Close()
+	ctl, specR := os.NewFile(uintptr(fds[0]), "shim-ctl"), os.NewFile(uintptr(fds[1]), "shim-spec")
+	defer specR.Close()
 	repR, repW, err := os.Pipe()
 	if err != nil {
-		specR.Close()
-		return nil, nil, fmt.Errorf("shim: %w", err)
+		ctl.Close()
+		return nil, fmt.Errorf("shim: %w", err)
 	}
-	defer repR.Close()
-
+	defer repW.Close()
+	defer func() {
+		if retErr != nil {
+			ctl.Close()
+			repR.Close()
+		}
+	}()
 	cmd := exec.Command(exe, Command)
+	if criuPath != "" {
+		cmd.Args = append(cmd.Args, criuFlag, criuPath)
+	}
 	cmd.Args[0] = "migrated-shim"
 	cmd.Dir = "/" // pin no directory
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = specR, repW, slog
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if spec.Restore != nil && spec.Restore.Hold != nil {
-		cmd.ExtraFiles = []*os.File{spec.Restore.Hold} // Main marks it close-on-exec
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("shim: starting %s: %w", exe, err)
 	}
-	err = cmd.Start()
-	if spec.Restore != nil && spec.Restore.Hold != nil {
-		// Passing it made it blocking (os.File.Fd), and O_NONBLOCK is
-		// shared with the caller's own copy, which polls.
-		if sc, serr := spec.Restore.Hold.SyscallConn(); serr == nil {
-			sc.Control(func(fd uintptr) { syscall.SetNonblock(int(fd), true) })
-		}
-	}
-	specR.Close()
-	repW.Close()
-	if err != nil {
-		return nil, nil, fmt.Errorf("shim: starting %s: %w", exe, err)
-	}
-	c := &Client{dir: spec.Dir, sock: sock, shimPID: cmd.Process.Pid, exited: make(chan struct{})}
+	p := &Pending{dir: dir, ctl: ctl, repR: repR, cmd: cmd, exited: make(chan struct{})}
 	go func() {
 		cmd.Wait()
-		close(c.exited)
+		close(p.exited)
 	}()
+	return p, nil
+}
+
+// PID is the shim's pid.
+func (p *Pending) PID() int { return p.cmd.Process.Pid }
+
+// Abort ends a shim that has not been given its spec: it exits and is
+// reaped before Abort returns. A no-op after Start, and on nil.
+func (p *Pending) Abort() {
+	if p == nil || p.started {
+		return
+	}
+	p.started = true
+	p.ctl.Close()
+	p.repR.Close()
+	p.reap()
+}
+
+// reap waits for a shim that failed or was told to go: a shim that
+// failed says so and exits; one that hangs is killed.
+func (p *Pending) reap() {
+	select {
+	case <-p.exited:
+	case <-time.After(5 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// Start hands the shim its spec and waits for its report, as the function
+// Start does. A Pending starts once; a failed Start leaves no shim.
+func (p *Pending) Start(ctx context.Context, spec Spec) (_ *Client, _ *Started, retErr error) {
+	if p.started {
+		return nil, nil, errors.New("shim: this shim was started (or aborted) already")
+	}
+	p.started = true
+	defer p.repR.Close()
 	defer func() {
 		if retErr != nil {
-			// A shim that failed says so and exits; one that hangs is
-			// killed. Either way it is reaped before Start returns.
-			select {
-			case <-c.exited:
-			case <-time.After(5 * time.Second):
-				cmd.Process.Kill()
-				<-c.exited
-			}
+			p.reap()
 		}
 	}()
-
-	// The spec may exceed the pipe's buffer: write it while reading the
-	// report, which comes only after the shim has read all of it.
+	if err := spec.check(); err != nil {
+		p.ctl.Close()
+		return nil, nil, err
+	}
+	if spec.Dir != p.dir {
+		p.ctl.Close()
+		return nil, nil, fmt.Errorf("shim: started for %s, given a spec for %s", p.dir, spec.Dir)
+	}
+	sock, _ := sockPath(spec.Dir)
+	c := &Client{dir: spec.Dir, sock: sock, shimPID: p.cmd.Process.Pid, exited: p.exited}
+	var hold *os.File
+	if spec.Restore != nil {
+		hold = spec.Restore.Hold
+	}
+	// The spec may exceed the socket's buffer: write it while reading the
+	// report, which comes only after the shim has read all of it. A
+	// failed write shows as the shim's error ("no spec came").
 	go func() {
-		json.NewEncoder(specW).Encode(&spec)
-		specW.Close()
+		defer p.ctl.Close()
+		if b, err := json.Marshal(&spec); err == nil {
+			sendSpec(p.ctl, append(b, '\n'), hold)
+		}
 	}()
 	type result struct {
 		rep report
@@ -285,21 +358,21 @@ func Start(ctx context.Context, exe string, spec Spec) (_ *Client, _ *Started, r
 	ch := make(chan result, 1)
 	go func() {
 		var r result
-		r.err = json.NewDecoder(repR).Decode(&r.rep)
+		r.err = json.NewDecoder(p.repR).Decode(&r.rep)
 		ch <- r
 	}()
 	var res result
 	select {
 	case res = <-ch:
 	case <-ctx.Done():
-		cmd.Process.Kill()
+		p.cmd.Process.Kill()
 		return nil, nil, fmt.Errorf("shim for %s: no report: %w", spec.ID, context.Cause(ctx))
 	}
 	switch {
 	case res.err != nil:
 		// Give the shim a moment to finish writing its log.
 		select {
-		case <-c.exited:
+		case <-p.exited:
 		case <-time.After(time.Second):
 		}
 		return nil, nil, fmt.Errorf("shim for %s ended without a report (%v); %s says: %s", spec.ID, res.err,
@@ -312,6 +385,41 @@ func Start(ctx context.Context, exe string, spec Spec) (_ *Client, _ *Started, r
 		return nil, nil, fmt.Errorf("shim for %s: empty report", spec.ID)
 	}
 	return c, res.rep.Started, nil
+}
+
+// sendSpec writes msg to the shim's stdin socket, with hold's descriptor
+// (SCM_RIGHTS) on its first byte when there is one.
+func sendSpec(ctl *os.File, msg []byte, hold *os.File) error {
+	if hold == nil {
+		_, err := ctl.Write(msg)
+		return err
+	}
+	hc, err := hold.SyscallConn() // not Fd(): that would make it blocking
+	if err != nil {
+		return err
+	}
+	cc, err := ctl.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var n int
+	var serr error
+	if err := hc.Control(func(hfd uintptr) {
+		cerr := cc.Write(func(cfd uintptr) bool {
+			n, serr = unix.SendmsgN(int(cfd), msg, unix.UnixRights(int(hfd)), nil, 0)
+			return serr != unix.EAGAIN
+		})
+		if serr == nil {
+			serr = cerr
+		}
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return serr
+	}
+	_, err = ctl.Write(msg[n:])
+	return err
 }
 
 // Dial reattaches to the shim serving dir (after a daemon restart). It fails

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"os"
@@ -59,12 +60,28 @@ func Main() error {
 		}
 	}()
 
-	var spec Spec
-	if err := json.NewDecoder(os.Stdin).Decode(&spec); err != nil {
+	// A prestarted shim (Prestart) starts its CRIU while it waits for
+	// the spec.
+	var pre *early
+	if path := criuArg(os.Args); path != "" {
+		var err error
+		if pre, err = prepare(path); err != nil {
+			log.Printf("starting CRIU ahead: %v (it starts with the restore)", err)
+		}
+	}
+	spec, hold, err := readSpec(os.Stdin)
+	if err != nil {
+		pre.close()
+		if errors.Is(err, io.EOF) {
+			err = errors.New("shim: no spec came (the daemon gave up on this shim, or died)")
+		}
 		return reportErr(fmt.Errorf("shim: reading the spec: %w", err))
 	}
+	// The held file stays open, untouched, as long as this shim lives
+	// (RestoreSpec.Hold): it is a bare descriptor, with no finalizer.
+	_ = hold
 	log.SetPrefix(fmt.Sprintf("shim[%d] %s ", os.Getpid(), spec.ID))
-	s, started, err := start(spec)
+	s, started, err := start(spec, pre)
 	if err != nil {
 		log.Print(err)
 		return reportErr(err)
@@ -122,10 +139,11 @@ type server struct {
 	handlers sync.WaitGroup
 }
 
-// start sets up the log, the pipe and the socket, and starts or restores the
-// workload.
-func start(spec Spec) (_ *server, _ *Started, retErr error) {
+// start sets up the log, the pipe (pre's, if prestarted) and the socket, and
+// starts or restores the workload.
+func start(spec Spec, pre *early) (_ *server, _ *Started, retErr error) {
 	if err := spec.check(); err != nil {
+		pre.close()
 		return nil, nil, err
 	}
 	s := &server{spec: spec, eof: make(chan struct{}), done: make(chan struct{}), reaped: make(chan struct{})}
@@ -139,9 +157,15 @@ func start(spec Spec) (_ *server, _ *Started, retErr error) {
 	}()
 	var err error
 	if s.sock, err = sockPath(spec.Dir); err != nil {
+		pre.close()
 		return nil, nil, err
 	}
 	var undo []func()
+	if pre != nil {
+		// What was made ahead goes on any failure (a CRIU that did
+		// restore is gone already; the pipe's ends close twice harmlessly).
+		undo = append(undo, pre.close)
+	}
 	defer func() {
 		if retErr != nil {
 			for i := len(undo) - 1; i >= 0; i-- {
@@ -152,14 +176,18 @@ func start(spec Spec) (_ *server, _ *Started, retErr error) {
 	// An exit record left by an earlier stay of this process here is not
 	// this workload's.
 	if err := os.Remove(filepath.Join(spec.Dir, ExitFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		pre.close()
 		return nil, nil, fmt.Errorf("shim: %w", err)
 	}
 	if s.logf, err = os.OpenFile(filepath.Join(spec.Dir, LogFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err != nil {
 		return nil, nil, fmt.Errorf("shim: opening the log: %w", err)
 	}
 	undo = append(undo, func() { s.logf.Close() })
-	r, w, err := os.Pipe()
-	if err != nil {
+	var r, w *os.File
+	var worker *criu.Worker
+	if pre != nil {
+		r, w, worker = pre.r, pre.w, pre.forRestore(spec.Restore)
+	} else if r, w, err = os.Pipe(); err != nil {
 		return nil, nil, fmt.Errorf("shim: %w", err)
 	}
 	s.r = r
@@ -208,7 +236,7 @@ func start(spec Spec) (_ *server, _ *Started, retErr error) {
 	if spec.Restore == nil {
 		started.PID, err = s.run(w)
 	} else {
-		started.PID, started.Restore, err = s.restore(w)
+		started.PID, started.Restore, err = s.restore(w, worker)
 	}
 	if err != nil {
 		return nil, nil, err
@@ -289,7 +317,8 @@ func (s *server) run(w *os.File) (int, error) {
 
 // restore restores the image set as this process's child (CRIU's
 // restore-sibling), stopped, with w in place of the old output pipe.
-func (s *server) restore(w *os.File) (int, *criu.RestoreStats, error) {
+// worker, if not nil, is the CRIU started ahead with w (prepare).
+func (s *server) restore(w *os.File, worker *criu.Worker) (int, *criu.RestoreStats, error) {
 	rs := s.spec.Restore
 	if rs.CRIU == "" || rs.ImagesDir == "" || rs.PipeKey == "" {
 		return 0, nil, errors.New("shim: a restore needs CRIU, ImagesDir and PipeKey")
@@ -301,7 +330,8 @@ func (s *server) restore(w *os.File) (int, *criu.RestoreStats, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	pid, st, err := criu.New(rs.CRIU).Restore(ctx, criu.RestoreOpts{ImagesDir: rs.ImagesDir, TCPEstablished: rs.TCP,
-		LeaveStopped: true, InheritFds: map[string]*os.File{rs.PipeKey: w}, AutoDedup: rs.Dedup, LazyPages: rs.Lazy})
+		LeaveStopped: true, InheritFds: map[string]*os.File{rs.PipeKey: w}, AutoDedup: rs.Dedup, LazyPages: rs.Lazy,
+		Worker: worker})
 	if err != nil {
 		return 0, nil, err
 	}

@@ -122,6 +122,108 @@ func startShim(t *testing.T, spec shim.Spec) (*shim.Client, *shim.Started) {
 	return c, st
 }
 
+// prestartShim is startShim with the shim started ahead of its spec, as a
+// migration's target starts it: it waits with its CRIU started, as its
+// child, until the spec comes.
+func prestartShim(t *testing.T, spec shim.Spec) (*shim.Client, *shim.Started) {
+	t.Helper()
+	p, err := shim.Prestart(exe(t), spec.Dir, spec.Restore.CRIU)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Abort) // a no-op once started
+	if w := waitSwrk(t, p.PID()); w == 0 {
+		t.Fatalf("the prestarted shim %d has no CRIU waiting", p.PID())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, st, err := p.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		killWorkload(st.PID, c.ShimPID())
+		select {
+		case <-c.Exited():
+		case <-time.After(10 * time.Second):
+			t.Errorf("shim %d still there 10 s after its workload was killed: killing it", c.ShimPID())
+			unix.Kill(c.ShimPID(), unix.SIGKILL)
+			<-c.Exited()
+		}
+	})
+	return c, st
+}
+
+// waitSwrk waits up to 10 s for a child of pid that is a `criu swrk` and
+// returns its pid, 0 if none came. (CRIU may run under a wrapper that
+// execs ld.so: its command line, not its name, says what it is.)
+func waitSwrk(t *testing.T, pid int) int {
+	t.Helper()
+	for range 200 {
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			c, err := strconv.Atoi(e.Name())
+			if err != nil || criu.ParentOf(c) != pid {
+				continue
+			}
+			if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", c)); strings.Contains(string(b), "criu\x00swrk\x00") {
+				return c
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return 0
+}
+
+// holdsFile reports whether process pid has a descriptor open on key
+// ("pipe:[ino]").
+func holdsFile(pid int, key string) bool {
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, e := range ents {
+		if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name())); l == key {
+			return true
+		}
+	}
+	return false
+}
+
+// A shim started ahead and never given its spec leaves when told to (Abort),
+// with the CRIU it started, and when the daemon that started it dies (its
+// stdin closes: the same to the shim).
+func TestPrestartAbort(t *testing.T) {
+	needCRIU(t)
+	dir := t.TempDir()
+	p, err := shim.Prestart(exe(t), dir, testCRIU)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := waitSwrk(t, p.PID())
+	if w == 0 {
+		p.Abort()
+		t.Fatalf("the prestarted shim %d has no CRIU waiting", p.PID())
+	}
+	pid := p.PID()
+	p.Abort()
+	if err := unix.Kill(pid, 0); err != unix.ESRCH {
+		t.Errorf("the shim %d is there after Abort (%v)", pid, err)
+	}
+	for range 100 { // CRIU dies of its parent's death, reaped by the subreaper
+		if unix.Kill(w, 0) == unix.ESRCH || criu.ParentOf(w) != pid {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if criu.ParentOf(w) == pid {
+		t.Errorf("CRIU %d still waits under the aborted shim", w)
+	}
+	if log, _ := os.ReadFile(filepath.Join(dir, shim.ShimLog)); !strings.Contains(string(log), "no spec came") {
+		t.Errorf("the shim's log does not say why it left:\n%s", log)
+	}
+	if _, _, err := p.Start(context.Background(), shim.Spec{ID: "x", Dir: dir, Argv: []string{"true"}}); err == nil {
+		t.Error("an aborted shim started")
+	}
+}
+
 // killWorkload kills the tree of pid if it is still the child of shimPID
 // (not a recycled pid).
 func killWorkload(pid, shimPID int) {
@@ -498,8 +600,17 @@ func needCRIU(t *testing.T) {
 // Restore mode: a counter under one shim is dumped and killed, and restored
 // under a second shim with the first one's pipe key; it counts on into the
 // second shim's log with no gap and no repeat, as the second shim's child.
+// The second shim starts when the restore is asked for, or ahead of it
+// (Prestart, as a migration's target does), its CRIU waiting for the
+// request as its child and a held file (RestoreSpec.Hold) coming with the
+// spec.
 func TestRestore(t *testing.T) {
 	needCRIU(t)
+	t.Run("fresh", func(t *testing.T) { testRestore(t, false) })
+	t.Run("ahead", func(t *testing.T) { testRestore(t, true) })
+}
+
+func testRestore(t *testing.T, ahead bool) {
 	dir1, dir2 := t.TempDir(), t.TempDir()
 	stop := filepath.Join(t.TempDir(), "stop")
 	c1, st1 := startShim(t, counterSpec(dir1, stop))
@@ -524,8 +635,29 @@ func TestRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	c2, st2 := startShim(t, shim.Spec{ID: "c", Dir: dir2, Restore: &shim.RestoreSpec{CRIU: testCRIU, ImagesDir: images,
-		PipeKey: st1.PipeKey, Timeout: time.Minute}})
+	spec2 := shim.Spec{ID: "c", Dir: dir2, Restore: &shim.RestoreSpec{CRIU: testCRIU, ImagesDir: images,
+		PipeKey: st1.PipeKey, Timeout: time.Minute}}
+	var c2 *shim.Client
+	var st2 *shim.Started
+	holdKey := ""
+	if ahead {
+		hr, hw, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hr.Close()
+		defer hw.Close()
+		var hst unix.Stat_t
+		unix.Fstat(int(hr.Fd()), &hst)
+		holdKey = fmt.Sprintf("pipe:[%d]", hst.Ino)
+		spec2.Restore.Hold = hw
+		c2, st2 = prestartShim(t, spec2)
+	} else {
+		c2, st2 = startShim(t, spec2)
+	}
+	if ahead && !holdsFile(c2.ShimPID(), holdKey) {
+		t.Errorf("the shim %d does not hold the file sent with its spec (%s)", c2.ShimPID(), holdKey)
+	}
 	if st2.PID != st1.PID || st2.Restore == nil || st2.PipeKey == st1.PipeKey {
 		t.Fatalf("restored: %+v, want pid %d, stats and a new pipe", st2, st1.PID)
 	}
