@@ -18,8 +18,14 @@
 // # Lifecycle
 //
 // The daemon calls Start, which executes the daemon's own binary as the hidden
-// subcommand `migrated shim` (Main) and writes the Spec to its stdin (never to
-// the command line: the environment may hold secrets). The shim
+// subcommand `migrated shim` (Main) and writes the Spec to its stdin, a unix
+// socket (never to the command line: the environment may hold secrets; a
+// post-copy restore's held socket comes with it, SCM_RIGHTS). Prestart does
+// the first half ahead: a migration's target starts the shim when it accepts
+// the migration, and with `--criu PATH` the shim makes its output pipe and
+// starts the `criu swrk` that will restore, both waiting for the spec while
+// the pages arrive; without a spec (Pending.Abort, or the daemon's death
+// closing the socket) it exits, and its CRIU dies with it. The shim
 //
 //  1. names itself "migrated-shim" (so `pkill -x migrated` never matches it),
 //     becomes a child subreaper, sends its own stderr to Dir/shim.log;
