@@ -3,13 +3,9 @@ package criu
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
-
-	"github.com/checkpoint-restore/go-criu/v8/crit"
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/fdinfo"
 )
 
 // ConflictError is a restore that failed for a reason of the host it ran on,
@@ -72,25 +68,19 @@ func Explain(err error, dir string) error {
 // socketPort finds the inet socket id in the image set's files.img: its
 // local port and protocol, or 0.
 func socketPort(dir string, id uint32) (uint32, string) {
-	f, err := os.Open(filepath.Join(dir, "files.img"))
+	socks, err := inetSockets(filepath.Join(dir, "files.img"))
 	if err != nil {
 		return 0, ""
 	}
-	defer f.Close()
-	img, err := crit.New(f, nil, "", false, true).Decode(&fdinfo.FileEntry{})
-	if err != nil {
-		return 0, ""
-	}
-	for _, e := range img.Entries {
-		fe, ok := e.Message.(*fdinfo.FileEntry)
-		if !ok || fe.GetId() != id || fe.GetIsk() == nil {
+	for _, s := range socks {
+		if s.id != id {
 			continue
 		}
 		proto := "tcp"
-		if fe.GetIsk().GetProto() == 17 { // IPPROTO_UDP
+		if s.proto == 17 { // IPPROTO_UDP
 			proto = "udp"
 		}
-		return fe.GetIsk().GetSrcPort(), proto
+		return s.srcPort, proto
 	}
 	return 0, ""
 }

@@ -6,9 +6,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
-
-	"github.com/checkpoint-restore/go-criu/v8/crit"
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
 )
 
 // PageSize is the size of the pages CRIU's page server counts in.
@@ -60,31 +57,18 @@ func LazyRanges(dir string) (map[uint64][]PageRange, error) {
 }
 
 func lazyRanges(path string) ([]PageRange, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	img, err := crit.New(f, nil, "", false, true).Decode(&pagemap.PagemapEntry{})
+	es, err := pagemapEntries(path)
 	if err != nil {
 		return nil, fmt.Errorf("criu: reading %s: %v", filepath.Base(path), err)
 	}
 	var rs []PageRange
-	for _, e := range img.Entries {
-		pe, ok := e.Message.(*pagemap.PagemapEntry)
+	for _, pe := range es {
 		// A lazy dump marks the pages it left with the page server lazy
 		// and not present (in the images).
-		if !ok || pe.GetFlags()&(peParent|peLazy|pePresent) != peLazy || pe.GetInParent() {
-			continue // the head, or pages in the images or a parent's
+		if pe.flags&(peParent|peLazy|pePresent) != peLazy || pe.inParent || pe.nrPages == 0 {
+			continue // pages in the images or a parent's
 		}
-		n := pe.GetNrPages()
-		if pe.NrPages == nil {
-			n = uint64(pe.GetCompatNrPages())
-		}
-		if n == 0 {
-			continue
-		}
-		r := PageRange{pe.GetVaddr(), pe.GetVaddr() + n*PageSize}
+		r := PageRange{pe.vaddr, pe.vaddr + pe.nrPages*PageSize}
 		if len(rs) > 0 && r.Start < rs[len(rs)-1].End {
 			return nil, fmt.Errorf("criu: %s: pagemap entries out of order at %#x", filepath.Base(path), r.Start)
 		}
