@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"sync"
 )
 
 // PageSize is the size of the pages CRIU's page server counts in.
@@ -21,7 +22,7 @@ const (
 // PageRange is a run of pages by their addresses at dump time: [Start, End).
 type PageRange struct{ Start, End uint64 }
 
-var pagemapName = regexp.MustCompile(`^pagemap-(\d+)\.img$`)
+var pagemapName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^pagemap-(\d+)\.img$`) })
 
 // LazyRanges reads what a lazy dump (DumpOpts.Lazy) left for the page
 // server to serve: for each dumped task, by the id the page server knows it
@@ -37,7 +38,7 @@ func LazyRanges(dir string) (map[uint64][]PageRange, error) {
 	}
 	out := make(map[uint64][]PageRange)
 	for _, e := range ents {
-		m := pagemapName.FindStringSubmatch(e.Name())
+		m := pagemapName().FindStringSubmatch(e.Name())
 		if m == nil {
 			continue
 		}

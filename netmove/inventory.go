@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"sync"
 )
 
 // CRIU image magics (criu/include/magic.h). inventory.img starts with
@@ -22,7 +23,7 @@ const runIDField = 13
 // maxInventory bounds what readRunID reads; a real inventory is ~100 bytes.
 const maxInventory = 1 << 20
 
-var runIDPattern = regexp.MustCompile(`^[0-9A-Za-z-]{1,64}$`)
+var runIDPattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9A-Za-z-]{1,64}$`) })
 
 // readRunID returns the run id of the CRIU dump that wrote the inventory
 // image at path.
@@ -81,7 +82,7 @@ func parseRunID(b []byte) (string, error) {
 			}
 			if field == runIDField {
 				id := string(msg[n : n+int(l)])
-				if !runIDPattern.MatchString(id) {
+				if !runIDPattern().MatchString(id) {
 					return "", fmt.Errorf("implausible CRIU run id %.80q", id)
 				}
 				return id, nil

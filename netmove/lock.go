@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -105,7 +106,7 @@ func DeleteLock(table string) error {
 // (so that importing it cannot touch anything else) and returns its name.
 func CheckLock(rules string) (string, error) {
 	lines := strings.Split(strings.TrimSpace(rules), "\n")
-	m := lockHeader.FindStringSubmatch(lines[0])
+	m := lockHeader().FindStringSubmatch(lines[0])
 	if m == nil {
 		return "", fmt.Errorf("lock rules: want %q first, got %.60q", "table inet CRIU-... {", lines[0])
 	}
@@ -132,7 +133,7 @@ func CheckLock(rules string) (string, error) {
 }
 
 var (
-	lockHeader = regexp.MustCompile(`^table inet (` + lockPrefix + `[A-Za-z0-9_-]+) \{$`)
+	lockHeader = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^table inet (` + lockPrefix + `[A-Za-z0-9_-]+) \{$`) })
 	// forbiddenWords could reach outside the table or the file system.
 	forbiddenWords = []string{"table", "include", "flush", "delete", "destroy", "reset", "define", "ruleset", "insert", "replace"}
 )
@@ -142,13 +143,13 @@ func isWordRune(r rune) bool {
 }
 
 func checkTableName(table string) error {
-	if !lockName.MatchString(table) {
+	if !lockName().MatchString(table) {
 		return fmt.Errorf("bad lock table name %q: want %s...", table, lockPrefix)
 	}
 	return nil
 }
 
-var lockName = regexp.MustCompile(`^` + lockPrefix + `[A-Za-z0-9_-]+$`)
+var lockName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^` + lockPrefix + `[A-Za-z0-9_-]+$`) })
 
 // lockTables lists the tables of the inet family whose name starts with
 // lockPrefix.

@@ -90,7 +90,7 @@ func FuzzParseRunID(f *testing.F) {
 	f.Add([]byte{0x16, 0x31, 0x31, 0x58, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		id, err := parseRunID(b)
-		if err == nil && !runIDPattern.MatchString(id) {
+		if err == nil && !runIDPattern().MatchString(id) {
 			t.Fatalf("accepted run id %q", id)
 		}
 	})

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -106,4 +107,46 @@ func testEnv() []string {
 		}
 	}
 	return env
+}
+
+// Every command, the daemon and every shim start this binary, and what its
+// packages do at init is paid each time: on this kind of VM fresh memory is
+// slow to touch, and regular expressions compiled at init (a {0,127} took
+// 118 KB) and go-criu's crit (~70 image descriptors) made `migrated
+// --version` take 62 ms against 26 without them. No package of ours may
+// allocate more than 16 KiB at init (compile on first use: sync.OnceValue),
+// nor may crit come back.
+func TestInitCost(t *testing.T) {
+	dir := t.TempDir()
+	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", dir, "dsmigrate/cmd/migrated",
+		"dsmigrate/cmd/dsmrun")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the binaries: %v\n%s", err, out)
+	}
+	for _, bin := range []string{"migrated", "dsmrun"} {
+		cmd := exec.Command(filepath.Join(dir, bin), "--version")
+		cmd.Env = append(os.Environ(), "GODEBUG=inittrace=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s --version: %v\n%s", bin, err, out)
+		}
+		n := 0
+		for _, line := range strings.Split(string(out), "\n") {
+			// init PKG @T ms, C ms clock, B bytes, A allocs
+			f := strings.Fields(line)
+			if len(f) < 8 || f[0] != "init" {
+				continue
+			}
+			n++
+			if strings.Contains(f[1], "go-criu/v8/crit") {
+				t.Errorf("%s links %s: read images in package criu (image.go)", bin, f[1])
+			}
+			if b, _ := strconv.Atoi(f[7]); strings.HasPrefix(f[1], "dsmigrate/") && b > 16<<10 {
+				t.Errorf("%s: %s allocates %d bytes at init: %s", bin, f[1], b, line)
+			}
+		}
+		if n == 0 {
+			t.Fatalf("%s: no init trace:\n%s", bin, out)
+		}
+	}
 }

@@ -87,8 +87,8 @@ type Daemon struct {
 }
 
 var (
-	idRE   = regexp.MustCompile(`^[0-9a-f]{12}$`)
-	nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,63}$`)
+	idRE   = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9a-f]{12}$`) })
+	nameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,63}$`) })
 )
 
 func newID() string { return migration.NewID() }
@@ -470,7 +470,7 @@ func (d *Daemon) handleRequest(c *wire.Conn, req Request, caller api.Owner) {
 func (d *Daemon) do(c *wire.Conn, req Request, caller api.Owner) (*Reply, error) {
 	switch req.Op {
 	case "run":
-		if req.Name != "" && !nameRE.MatchString(req.Name) {
+		if req.Name != "" && !nameRE().MatchString(req.Name) {
 			return nil, fmt.Errorf("bad name %q: use letters, digits and ._:@+- (at most 64)", req.Name)
 		}
 		if err := d.refuseDrained("new processes"); err != nil {

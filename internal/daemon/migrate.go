@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sync"
 
 	"dsmigrate/criu"
 	"dsmigrate/internal/api"
@@ -29,7 +30,7 @@ const (
 // engine's stall bound, applied here to each frame of the data path).
 var stallTimeout = migration.DefaultTimeouts.Stall
 
-var fileRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+var fileRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`) })
 
 // migrateOut moves a process of caller's to another daemon (migrated migrate).
 func (d *Daemon) migrateOut(ctx context.Context, req Request, caller api.Owner, event func(Event)) (*MigrationRec, error) {
@@ -180,7 +181,7 @@ func recvImages(ctx context.Context, c *wire.Conn, dir, logPath string, total in
 		}
 		path := logPath
 		if fm.Name != logName {
-			if !fileRE.MatchString(fm.Name) {
+			if !fileRE().MatchString(fm.Name) {
 				return fmt.Errorf("refusing image file name %q", fm.Name)
 			}
 			path = filepath.Join(dir, fm.Name)

@@ -136,7 +136,7 @@ func (d *Daemon) loadProcRecords() (map[string]ProcRec, error) {
 	}
 	recs := map[string]ProcRec{}
 	for _, e := range entries {
-		if !e.IsDir() || !idRE.MatchString(e.Name()) {
+		if !e.IsDir() || !idRE().MatchString(e.Name()) {
 			continue
 		}
 		j, err := journal.Open(d.procDir(e.Name()))
@@ -299,7 +299,7 @@ func (d *Daemon) removeUnrecorded(recs map[string]ProcRec) {
 	entries, _ := os.ReadDir(filepath.Join(d.stateDir, "procs"))
 	for _, e := range entries {
 		id := e.Name()
-		if _, ok := recs[id]; ok || !e.IsDir() || !idRE.MatchString(id) {
+		if _, ok := recs[id]; ok || !e.IsDir() || !idRE().MatchString(id) {
 			continue
 		}
 		if _, err := shim.Dial(d.procDir(id)); !errors.Is(err, shim.ErrGone) {
@@ -319,7 +319,7 @@ func (d *Daemon) removeUnrecorded(recs map[string]ProcRec) {
 // watched but registered nowhere; nil if no shim serves its directory. With no
 // record, the process has only its ID, pids and pipe key (state "incoming").
 func (d *Daemon) adopt(id string) *Proc {
-	if !idRE.MatchString(id) {
+	if !idRE().MatchString(id) {
 		return nil
 	}
 	j, err := journal.Open(d.procDir(id))

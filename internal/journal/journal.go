@@ -22,6 +22,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -34,7 +35,7 @@ type Dir struct {
 }
 
 // nameRE is what a record's name may be: no paths, no hidden files.
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+var nameRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`) })
 
 const tmpPrefix = ".tmp-"
 
@@ -68,7 +69,7 @@ func Open(dir string) (*Dir, error) {
 func (d *Dir) Path() string { return d.path }
 
 func (d *Dir) file(name string) (string, error) {
-	if !nameRE.MatchString(name) {
+	if !nameRE().MatchString(name) {
 		return "", fmt.Errorf("journal: bad record name %q", name)
 	}
 	return filepath.Join(d.path, name+".json"), nil
@@ -132,7 +133,7 @@ func (d *Dir) List() ([]string, error) {
 	var names []string
 	for _, e := range entries {
 		n, ok := strings.CutSuffix(e.Name(), ".json")
-		if ok && e.Type().IsRegular() && nameRE.MatchString(n) {
+		if ok && e.Type().IsRegular() && nameRE().MatchString(n) {
 			names = append(names, n)
 		}
 	}

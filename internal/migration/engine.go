@@ -408,10 +408,10 @@ type Record struct {
 	PagesDone bool      `json:"pages_done,omitempty"` // target, post-copy: every page arrived
 }
 
-var idRE = regexp.MustCompile(`^[0-9a-f]{12}$`)
+var idRE = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9a-f]{12}$`) })
 
 // ValidID reports whether s is a process or migration ID as daemons make them.
-func ValidID(s string) bool { return idRE.MatchString(s) }
+func ValidID(s string) bool { return idRE().MatchString(s) }
 
 // save applies mutate (may be nil) to r and journals it, under the engine's
 // lock: r's fields change only here, so an outcome question (Answer) never
