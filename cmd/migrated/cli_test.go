@@ -17,12 +17,7 @@ import (
 // one line with a pointer to the usage, exit status 2, nothing done; global
 // flags anywhere.
 func TestCommandLine(t *testing.T) {
-	dir := t.TempDir()
-	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", dir, "dsmigrate/cmd/migrated",
-		"dsmigrate/cmd/dsmrun")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the binaries: %v\n%s", err, out)
-	}
+	dir := buildBinaries(t)
 	for _, tc := range []struct {
 		args   string
 		code   int
@@ -109,6 +104,18 @@ func testEnv() []string {
 	return env
 }
 
+// buildBinaries builds migrated and dsmrun into a temporary directory.
+func buildBinaries(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", dir, "dsmigrate/cmd/migrated",
+		"dsmigrate/cmd/dsmrun")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the binaries: %v\n%s", err, out)
+	}
+	return dir
+}
+
 // Every command, the daemon and every shim start this binary, and what its
 // packages do at init is paid each time: on this kind of VM fresh memory is
 // slow to touch, and regular expressions compiled at init (a {0,127} took
@@ -117,12 +124,7 @@ func testEnv() []string {
 // allocate more than 16 KiB at init (compile on first use: sync.OnceValue),
 // nor may crit come back.
 func TestInitCost(t *testing.T) {
-	dir := t.TempDir()
-	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", dir, "dsmigrate/cmd/migrated",
-		"dsmigrate/cmd/dsmrun")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the binaries: %v\n%s", err, out)
-	}
+	dir := buildBinaries(t)
 	for _, bin := range []string{"migrated", "dsmrun"} {
 		cmd := exec.Command(filepath.Join(dir, bin), "--version")
 		cmd.Env = append(os.Environ(), "GODEBUG=inittrace=1")

@@ -109,6 +109,13 @@ func startShim(t *testing.T, spec shim.Spec) (*shim.Client, *shim.Started) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	endShim(t, c, st)
+	return c, st
+}
+
+// endShim kills the workload and its shim, and reaps them, when the test
+// ends.
+func endShim(t *testing.T, c *shim.Client, st *shim.Started) {
 	t.Cleanup(func() {
 		killWorkload(st.PID, c.ShimPID())
 		select {
@@ -119,7 +126,6 @@ func startShim(t *testing.T, spec shim.Spec) (*shim.Client, *shim.Started) {
 			<-c.Exited()
 		}
 	})
-	return c, st
 }
 
 // prestartShim is startShim with the shim started ahead of its spec, as a
@@ -141,16 +147,7 @@ func prestartShim(t *testing.T, spec shim.Spec) (*shim.Client, *shim.Started) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		killWorkload(st.PID, c.ShimPID())
-		select {
-		case <-c.Exited():
-		case <-time.After(10 * time.Second):
-			t.Errorf("shim %d still there 10 s after its workload was killed: killing it", c.ShimPID())
-			unix.Kill(c.ShimPID(), unix.SIGKILL)
-			<-c.Exited()
-		}
-	})
+	endShim(t, c, st)
 	return c, st
 }
 
