@@ -549,12 +549,13 @@ func (c *Client) start(op string, files []*os.File) (*Worker, error) {
 	return &Worker{cmd: cmd, cln: cln, files: files}, nil
 }
 
-// call runs one request in a fresh `criu swrk` (or in w, started ahead),
-// answering notifications, and kills CRIU when ctx ends.
+// call runs one request in a fresh `criu swrk`, answering notifications, and
+// kills CRIU when ctx ends.
 func (c *Client) call(ctx context.Context, op string, req *rpc.CriuReq, files []*os.File, nfy Notify, logDir string) (*rpc.CriuResp, error) {
 	return c.callOn(ctx, nil, op, req, files, nfy, logDir)
 }
 
+// callOn is call in w, a CRIU started ahead with its files, if w is not nil.
 func (c *Client) callOn(ctx context.Context, w *Worker, op string, req *rpc.CriuReq, files []*os.File, nfy Notify, logDir string) (*rpc.CriuResp, error) {
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
