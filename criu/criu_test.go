@@ -6,14 +6,44 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"dsmigrate/netmove"
 )
 
 const testCRIU = "/usr/local/sbin/migrate-criu"
+
+// dropLock deletes, when the test ends, the network lock table that a dump
+// into dir leaving its tree stopped leaves behind (an empty one without TCP
+// connections): in this host's own namespace, tables left by every run would
+// pile up.
+func dropLock(t *testing.T, dir string) {
+	t.Cleanup(func() {
+		if table, err := netmove.LockName(dir); err == nil {
+			netmove.DeleteLock(table)
+		}
+	})
+}
+
+// lockTables are the names of CRIU's network lock tables in this namespace.
+func lockTables(t *testing.T) []string {
+	out, err := exec.Command("nft", "list", "tables", "inet").Output()
+	if err != nil {
+		t.Logf("nft list tables: %v", err)
+	}
+	var names []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(l); len(f) == 3 && strings.HasPrefix(f[2], "CRIU-") {
+			names = append(names, f[2])
+		}
+	}
+	return names
+}
 
 func client(t *testing.T) *Client {
 	t.Helper()
@@ -60,6 +90,7 @@ func TestDumpRestore(t *testing.T) {
 	cmd := sleeper(t)
 	pid := cmd.Process.Pid
 	dir := t.TempDir()
+	dropLock(t, dir)
 	st, err := c.Dump(context.Background(), DumpOpts{Pid: pid, ImagesDir: dir, LeaveStopped: true})
 	if err != nil {
 		t.Fatal(err)
@@ -129,6 +160,17 @@ func TestDeadlineKills(t *testing.T) {
 				cancel()
 				return nil
 			}
+			// A CRIU killed after it locked the network and before it
+			// wrote its inventory leaves a table no image names: the
+			// tables new since the start go.
+			before := lockTables(t)
+			t.Cleanup(func() {
+				for _, tb := range lockTables(t) {
+					if !slices.Contains(before, tb) {
+						netmove.DeleteLock(tb)
+					}
+				}
+			})
 			_, err := c.Dump(ctx, DumpOpts{Pid: pid, ImagesDir: t.TempDir(), LeaveRunning: true, Notify: nfy})
 			took := time.Since(canceled)
 			if canceled.IsZero() {

@@ -24,6 +24,7 @@ func TestLazyRanges(t *testing.T) {
 	cmd := sleeper(t)
 	pid := cmd.Process.Pid
 	dir := t.TempDir()
+	dropLock(t, dir)
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)

@@ -97,6 +97,7 @@ func TestQuiesceFaultingThreads(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
+	dropLock(t, dir)
 	if _, err := c.Dump(context.Background(), DumpOpts{Pid: pid, ImagesDir: dir, LeaveStopped: true}); err != nil {
 		t.Fatal(err)
 	}
