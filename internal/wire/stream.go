@@ -5,17 +5,25 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // streamChunk is the payload size of the TypeData frames SendStream writes.
 const streamChunk = 256 << 10
+
+// chunks are SendStream's buffers, reused: a migration sends some forty
+// image files, and a fresh 256 KiB buffer for each is memory the kernel must
+// fault in again (slow on a VM that returns freed memory to its host).
+var chunks = sync.Pool{New: func() any { return new([streamChunk]byte) }}
 
 // SendStream sends everything r yields as TypeData frames followed by a
 // TypeEnd frame carrying the total. If reading r fails, the peer gets the
 // error as a TypeError frame instead of TypeEnd. Nothing else may be written
 // to the Conn until SendStream returns: RecvStream rejects foreign frames.
 func (c *Conn) SendStream(r io.Reader) (n int64, err error) {
-	buf := make([]byte, streamChunk)
+	chunk := chunks.Get().(*[streamChunk]byte)
+	defer chunks.Put(chunk)
+	buf := chunk[:]
 	for {
 		k, rerr := io.ReadFull(r, buf)
 		if k > 0 {
