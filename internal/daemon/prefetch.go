@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"net"
 	"slices"
 	"sort"
@@ -39,8 +40,11 @@ import (
 //     server, and with it the process);
 //   - lazy-pages reads its replies in the order it asked, so they are handed
 //     over in that order, each from what arrived for it or from prefetched
-//     pages that cover it entirely (else the request goes to the source as
-//     it came, exactly as without prefetching);
+//     pages; a background request whose first pages are prefetched gets
+//     those, as far as they go without a gap (lazy-pages takes a reply
+//     shorter than its request and asks for the rest again), and one whose
+//     first page is not goes to the source as it came, exactly as without
+//     prefetching;
 //   - a reply is never longer than its request, and holds the pages of the
 //     addresses it names: the source's memory is stopped, so any copy of a
 //     page is the page;
@@ -107,6 +111,7 @@ type pfSeg struct {
 // pfReply is what lazy-pages is owed for one request, in the order asked.
 type pfReply struct {
 	req  psIOV
+	nr   uint64  // pages in the reply: those asked, or fewer from segs
 	segs []pfSeg // from prefetched chunks; else:
 	data []byte  // the source's reply as it came (header and pages), or raw bytes
 	done bool    // data is complete
@@ -139,7 +144,7 @@ type prefetch struct {
 	early    []psIOV           // what lazy-pages asked of the source before the plan
 	tasks    []uint64          // tasks lazy-pages asked for, in that order
 	progress map[uint64]uint64 // per task: where the background transfer is
-	cursor   map[uint64]uint64 // per task: where prefetching goes on
+	cursor   map[uint64]uint64 // per task: where the process last faulted
 	chunks   map[uint64][]*pfChunk
 	inflight int
 	held     int // bytes of chunks asked or arrived, not handed over
@@ -217,12 +222,17 @@ func (p *prefetch) ask(h psIOV, out []byte) []byte {
 	if h.nr > 1 && h.vaddr > p.progress[h.task] {
 		p.progress[h.task] = h.vaddr // a background request
 	}
-	r := &pfReply{req: h}
+	r := &pfReply{req: h, nr: h.nr}
 	if h.nr == 1 {
 		p.stats.Faults++
+		// A fault: the process is here, and likely to go on.
+		p.cursor[h.task] = h.end()
 	}
-	if segs := p.cover(h); segs != nil {
-		r.segs = segs
+	if segs, n := p.cover(h); segs != nil {
+		// All of it, or the part the prefetched runs hold from its start
+		// (a reply may be shorter than its request: uffd.c asks for the
+		// rest again).
+		r.segs, r.nr = segs, n
 		for _, s := range segs {
 			s.c.refs++
 		}
@@ -233,10 +243,6 @@ func (p *prefetch) ask(h psIOV, out []byte) []byte {
 	} else {
 		if p.planned {
 			p.trim(h.task, h.vaddr, h.end())
-			if h.nr == 1 {
-				// A fault: the process is here, and likely to go on.
-				p.cursor[h.task] = h.end()
-			}
 		} else {
 			p.early = append(p.early, h)
 		}
@@ -248,22 +254,21 @@ func (p *prefetch) ask(h psIOV, out []byte) []byte {
 	return out
 }
 
-// cover returns the chunks that hold every page h asks for, or nil.
-func (p *prefetch) cover(h psIOV) []pfSeg {
+// cover returns the chunks that hold the pages h asks for from its start
+// on, as far as they go without a gap, and how many pages that is; nil if
+// no chunk holds its first page.
+func (p *prefetch) cover(h psIOV) ([]pfSeg, uint64) {
 	cs := p.chunks[h.task]
 	var segs []pfSeg
 	addr, end := h.vaddr, h.end()
 	i := sort.Search(len(cs), func(i int) bool { return cs[i].end > addr })
-	for ; addr < end; i++ {
-		if i >= len(cs) || cs[i].start > addr {
-			return nil
-		}
+	for ; addr < end && i < len(cs) && cs[i].start <= addr; i++ {
 		c := cs[i]
 		n := min(end, c.end) - addr
 		segs = append(segs, pfSeg{c: c, off: addr - c.start, n: n})
 		addr += n
 	}
-	return segs
+	return segs, (addr - h.vaddr) / criu.PageSize
 }
 
 // trim takes [start, end) of task out of the plan: lazy-pages asked for it.
@@ -288,10 +293,8 @@ func (p *prefetch) trim(task, start, end uint64) {
 }
 
 // fill asks for the next pages while there is room, appending the requests
-// to out: for the tasks lazy-pages has asked for, in that order, each from
-// its cursor on (where the process last faulted on a page not prefetched:
-// a process reading its memory in order runs ahead of the transfer, and
-// each such fault would otherwise wait its round trip), then from its start.
+// to out, for the tasks lazy-pages has asked for, in that order (next says
+// where in each).
 func (p *prefetch) fill(out []byte) []byte {
 	if !p.planned || p.raw {
 		return out
@@ -319,24 +322,35 @@ func (p *prefetch) fill(out []byte) []byte {
 	return out
 }
 
-// next is the next run to prefetch: [start, end) of task.
+// next is the next run to prefetch: [start, end) of task. A task's pages
+// are wanted next at two places: where its process last faulted (a process
+// reading its memory in order runs ahead of the transfer, and each of its
+// faults would otherwise wait its round trip) and where lazy-pages's
+// background transfer is (it goes from the lowest address up, wherever the
+// process is). The pages not asked for yet that come first after the one
+// of them with fewer prefetched ahead of it go first; past the last run,
+// from the start.
 func (p *prefetch) next() (task, start, end uint64, ok bool) {
 	for _, t := range p.tasks {
 		rs := p.plan[t]
 		if len(rs) == 0 {
 			continue
 		}
-		i := sort.Search(len(rs), func(i int) bool { return rs[i].End > p.cursor[t] })
-		if i == len(rs) {
-			i = 0 // past the last run: from the start
+		i, start, ahead := 0, rs[0].Start, uint64(math.MaxUint64)
+		for _, m := range [...]map[uint64]uint64{p.cursor, p.progress} {
+			pos, set := m[t]
+			if !set {
+				continue
+			}
+			j := sort.Search(len(rs), func(j int) bool { return rs[j].End > pos })
+			if j == len(rs) {
+				continue
+			}
+			if s := max(rs[j].Start, pos); s-pos < ahead {
+				i, start, ahead = j, s, s-pos
+			}
 		}
-		start = max(rs[i].Start, p.cursor[t])
-		if i == 0 && start >= rs[0].End {
-			start = rs[0].Start
-		}
-		end = min(rs[i].End, start+uint64(p.chunk))
-		p.cursor[t] = end
-		return t, start, end, true
+		return t, start, min(rs[i].End, start+uint64(p.chunk)), true
 	}
 	return 0, 0, 0, false
 }
@@ -484,7 +498,7 @@ func (p *prefetch) pop() net.Buffers {
 	if r.segs == nil {
 		return net.Buffers{r.data}
 	}
-	h := psIOV{cmd: psReplyCmd, nr: r.req.nr, vaddr: r.req.vaddr, task: r.req.task}
+	h := psIOV{cmd: psReplyCmd, nr: r.nr, vaddr: r.req.vaddr, task: r.req.task}
 	bufs := net.Buffers{h.appendTo(make([]byte, 0, psHdrLen))}
 	for _, s := range r.segs {
 		bufs = append(bufs, s.c.data[s.off:s.off+s.n])

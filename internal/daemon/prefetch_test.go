@@ -153,7 +153,7 @@ func (l *fakeLazy) step(faults int) []byte {
 				h := psIOV{cmd: psIOVGet, nr: 1, vaddr: l.pos, task: task}
 				l.pending = append(l.pending, h)
 				out = h.appendTo(out)
-				l.xfer = 4 << 10
+				l.xfer = lazyXferMin
 				l.faults++
 				break read
 			default:
@@ -171,7 +171,7 @@ func (l *fakeLazy) step(faults int) []byte {
 			h := psIOV{cmd: psIOVGet, nr: 1, vaddr: a, task: task}
 			l.pending = append(l.pending, h)
 			out = h.appendTo(out)
-			l.xfer = 4 << 10
+			l.xfer = lazyXferMin
 			l.faults++
 		}
 	}
@@ -277,7 +277,7 @@ func runPrefetch(t *testing.T, seed uint64, c pfCase) (pfStats, int) {
 		bufs = c.plan
 	}
 	srv := &fakeServer{t: t, bufs: clone(bufs)}
-	lz := &fakeLazy{t: t, rng: rng, todo: clone(c.plan), xfer: 4 << 10, got: map[[2]uint64]bool{}}
+	lz := &fakeLazy{t: t, rng: rng, todo: clone(c.plan), xfer: lazyXferMin, got: map[[2]uint64]bool{}}
 	for task, rs := range c.plan {
 		lz.tasks = append(lz.tasks, task)
 		if len(lz.tasks) == 1 {
@@ -378,17 +378,26 @@ func TestPrefetchFaults(t *testing.T) {
 	}
 }
 
-// A process that reads its memory in order outruns the background transfer:
-// prefetching follows it, so that few of its faults wait for the source.
+// A process that reads its memory in order, from the middle of its heap
+// on, outruns the background transfer, which goes from the lowest address
+// up: prefetching follows both, so that few of the process's faults and few
+// of the background's requests wait for the source. (Following the process
+// alone, every background request below it went to the source: in make
+// bench, 13450 of 14065 in one 1 GiB move.)
 func TestPrefetchFollowsFaults(t *testing.T) {
 	plan := map[uint64][]criu.PageRange{
 		4: {{Start: 0x10000, End: 0x10000 + mib(200)}, {Start: 0x7f0000000000, End: 0x7f0000000000 + mib(40)}},
 	}
 	for seed := uint64(0); seed < 2; seed++ {
 		st, faults := runPrefetch(t, seed, pfCase{plan: plan, faults: seqFaults, rate: 32 << 10, late: 1})
-		relayedFaults := st.Forwarded - 1
+		relayedFaults := st.Faults - st.FaultHits
+		background := st.Hits + st.Forwarded - st.Faults
+		relayedBackground := st.Forwarded - relayedFaults
 		if faults < 100 || relayedFaults > faults/10 {
 			t.Errorf("seed %d: %d of the process's %d faults went to the source (%+v)", seed, relayedFaults, faults, st)
+		}
+		if background < 100 || relayedBackground > background/10 {
+			t.Errorf("seed %d: %d of the background transfer's %d requests went to the source (%+v)", seed, relayedBackground, background, st)
 		}
 	}
 }
@@ -430,3 +439,8 @@ func TestPrefetchNoPlan(t *testing.T) {
 		t.Fatalf("prefetched without a plan: %+v", st)
 	}
 }
+
+// lazyXferMin is the model's background request after a fault: 64 KiB in
+// uffd.c, a sixteenth here, but two pages, not one: the daemon tells a fault
+// (one page) from the background transfer by its size.
+const lazyXferMin = 2 * pg
