@@ -262,7 +262,10 @@ type lazyTarget struct {
 	pmu  sync.Mutex
 	pf   *prefetch     // between lazy-pages and the source (prefetch.go)
 	wake chan struct{} // replies for lazy-pages may be ready
-	log  *slog.Logger
+	// lmu keeps the replies to lazy-pages in pf's order: held from pf.pop
+	// through the write.
+	lmu sync.Mutex
+	log *slog.Logger
 }
 
 func (t *lazyTarget) PID() int { return t.lp.PID() }
@@ -319,7 +322,10 @@ func (k checkpointer) ServeLazy(ctx context.Context, c migration.Conn, dir strin
 }
 
 // toSource sends lazy-pages's requests that prefetched pages do not answer
-// to the source, with prefetches, until lazy-pages has gone.
+// to the source, with prefetches, until lazy-pages has gone; the replies
+// that prefetched pages make, it hands over itself (a handoff to
+// toLazyPages for each of the ~25000 requests of a GiB cost a goroutine
+// wakeup each).
 func (t *lazyTarget) toSource() {
 	buf := make([]byte, 64<<10)
 	for {
@@ -330,10 +336,9 @@ func (t *lazyTarget) toSource() {
 			t.pmu.Lock()
 			req := t.pf.fromLazy(buf[:n])
 			t.pmu.Unlock()
-			t.kick()
 			ok := t.ask(req)
 			t.smu.Unlock()
-			if !ok {
+			if !ok || !t.handOver() {
 				return
 			}
 		}
@@ -362,8 +367,8 @@ func (t *lazyTarget) kick() {
 	}
 }
 
-// toLazyPages hands lazy-pages its replies, in the order it asked, as they
-// are complete. Never shut or closed here: lazy-pages must not see an end.
+// toLazyPages hands lazy-pages its replies as the source's pages complete
+// them. Never shut or closed here: lazy-pages must not see an end.
 func (t *lazyTarget) toLazyPages() {
 	for {
 		select {
@@ -371,17 +376,27 @@ func (t *lazyTarget) toLazyPages() {
 		case <-t.done:
 			return
 		}
-		for {
-			t.pmu.Lock()
-			b := t.pf.pop()
-			t.pmu.Unlock()
-			if b == nil {
-				break
-			}
-			if _, err := b.WriteTo(t.local); err != nil {
-				t.finish(fmt.Errorf("handing pages to lazy-pages: %v", err))
-				return
-			}
+		if !t.handOver() {
+			return
+		}
+	}
+}
+
+// handOver writes the replies lazy-pages is owed that are complete, in the
+// order it asked; false if lazy-pages's socket failed.
+func (t *lazyTarget) handOver() bool {
+	t.lmu.Lock()
+	defer t.lmu.Unlock()
+	for {
+		t.pmu.Lock()
+		b := t.pf.pop()
+		t.pmu.Unlock()
+		if b == nil {
+			return true
+		}
+		if _, err := b.WriteTo(t.local); err != nil {
+			t.finish(fmt.Errorf("handing pages to lazy-pages: %v", err))
+			return false
 		}
 	}
 }
