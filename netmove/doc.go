@@ -43,4 +43,9 @@
 //	target: AddAddr(iface, cidr); Announce(iface, ip)
 //	target: criu restore --tcp-established (deletes the target's copy)
 //	source: DeleteLock(name)
+//
+// CRIU writes the inventory last, long after it locked the connections: a
+// CRIU killed in between (a deadline, its daemon's death) leaves a table
+// that no inventory names. [LocksHolding] finds it by the connections its
+// sets hold, which a dump's undo knows from the process's sockets.
 package netmove

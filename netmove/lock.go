@@ -3,8 +3,10 @@ package netmove
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -46,6 +48,99 @@ func LockName(imagesDir string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("dump in %s (run id %s): %w", imagesDir, runID, ErrNoLock)
+}
+
+// Conn is a TCP connection: this end's address and its peer's.
+type Conn struct{ Local, Remote netip.AddrPort }
+
+// LocksHolding returns the CRIU lock tables here whose connection sets name
+// any of conns (CRIU locks each connection both ways, in sets conns4 and
+// conns6). A dump's CRIU killed after it locked the connections and before
+// it wrote its inventory (its daemon died while it dumped memory) leaves a
+// table that LockName cannot find; the connections stay blocked until it
+// goes.
+//
+// Equivalent to: nft -j list sets inet, and a look at their elements.
+func LocksHolding(conns []Conn) ([]string, error) {
+	if len(conns) == 0 {
+		return nil, nil
+	}
+	out, err := nft(nil, "-j", "list", "sets", "inet")
+	if err != nil {
+		return nil, fmt.Errorf("listing lock sets: %w", err)
+	}
+	return locksHolding([]byte(out), conns)
+}
+
+// locksHolding reads nft's JSON list of sets.
+func locksHolding(js []byte, conns []Conn) ([]string, error) {
+	var doc struct {
+		Nftables []struct {
+			Set *struct {
+				Name  string            `json:"name"`
+				Table string            `json:"table"`
+				Elem  []json.RawMessage `json:"elem"`
+			} `json:"set"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal(js, &doc); err != nil {
+		return nil, fmt.Errorf("nft's list of sets: %v", err)
+	}
+	want := map[[2]netip.AddrPort]bool{}
+	for _, c := range conns {
+		want[[2]netip.AddrPort{c.Local, c.Remote}] = true
+		want[[2]netip.AddrPort{c.Remote, c.Local}] = true
+	}
+	var tables []string
+	for _, x := range doc.Nftables {
+		s := x.Set
+		if s == nil || !lockName().MatchString(s.Table) || s.Name != "conns4" && s.Name != "conns6" ||
+			slices.Contains(tables, s.Table) {
+			continue
+		}
+		for _, e := range s.Elem {
+			if k, ok := connElem(e); ok && want[k] {
+				tables = append(tables, s.Table)
+				break
+			}
+		}
+	}
+	return tables, nil
+}
+
+// connElem reads an element of a connection set: {"concat": [addr, port,
+// addr, port]}, or the same as {"elem": {"val": ...}} (an element with
+// options).
+func connElem(e json.RawMessage) ([2]netip.AddrPort, bool) {
+	var el struct {
+		Concat []json.RawMessage `json:"concat"`
+		Elem   *struct {
+			Val json.RawMessage `json:"val"`
+		} `json:"elem"`
+	}
+	if json.Unmarshal(e, &el) != nil {
+		return [2]netip.AddrPort{}, false
+	}
+	if el.Elem != nil {
+		return connElem(el.Elem.Val)
+	}
+	if len(el.Concat) != 4 {
+		return [2]netip.AddrPort{}, false
+	}
+	var k [2]netip.AddrPort
+	for i := range k {
+		var a string
+		var port uint16
+		if json.Unmarshal(el.Concat[2*i], &a) != nil || json.Unmarshal(el.Concat[2*i+1], &port) != nil {
+			return k, false
+		}
+		ip, err := netip.ParseAddr(a)
+		if err != nil {
+			return k, false
+		}
+		k[i] = netip.AddrPortFrom(ip.Unmap(), port)
+	}
+	return k, true
 }
 
 // ExportLock returns the lock table as nft prints it, ready for ImportLock

@@ -3,6 +3,7 @@ package netmove
 import (
 	"encoding/binary"
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -188,6 +189,48 @@ func TestLockRoundTrip(t *testing.T) {
 		}
 		if err := DeleteLock("inet filter"); err == nil {
 			t.Errorf("DeleteLock(bad name): no error")
+		}
+		return nil
+	})
+}
+
+// TestLocksHolding finds a lock table by the connections it blocks, as the
+// undo of a dump whose CRIU was killed before it wrote its inventory must:
+// the table of this connection (either way round), not another CRIU table
+// beside it, nor an empty one; an IPv6 connection in conns6 too.
+func TestLocksHolding(t *testing.T) {
+	tn := newTestNet(t, 7)
+	conn := func(l, r string) Conn { return Conn{netip.MustParseAddrPort(l), netip.MustParseAddrPort(r)} }
+	other := strings.NewReplacer(testTable, "CRIU-0badc0de-0000-4000-8000-00", "35494", "41000",
+		"set conns6 {\n\t\ttype ipv6_addr . inet_service . ipv6_addr . inet_service\n\t}",
+		"set conns6 {\n\t\ttype ipv6_addr . inet_service . ipv6_addr . inet_service\n\t\telements = { fd00::1 . 5000 . fd00::2 . 6000 }\n\t}").Replace(testRules)
+	mustIn(t, tn.a, func() error {
+		for _, rules := range []string{testRules, other} {
+			if err := ImportLock(rules); err != nil {
+				return err
+			}
+		}
+		if _, err := nft(strings.NewReader("table inet CRIU-12345 {\n}\n"), "-f", "-"); err != nil {
+			return err
+		}
+		for _, c := range []struct {
+			conns []Conn
+			want  string
+		}{
+			{[]Conn{conn("10.78.9.1:35494", "10.78.9.2:9999")}, testTable},
+			{[]Conn{conn("10.78.9.2:9999", "10.78.9.1:35494")}, testTable},
+			{[]Conn{conn("10.78.9.1:35495", "10.78.9.2:9999"), conn("10.78.9.1:41000", "10.78.9.2:9999")}, "CRIU-0badc0de-0000-4000-8000-00"},
+			{[]Conn{conn("[fd00::2]:6000", "[fd00::1]:5000")}, "CRIU-0badc0de-0000-4000-8000-00"},
+			{[]Conn{conn("10.78.9.1:1", "10.78.9.2:9999")}, ""},
+			{nil, ""},
+		} {
+			got, err := LocksHolding(c.conns)
+			if err != nil {
+				return err
+			}
+			if strings.Join(got, ",") != c.want {
+				t.Errorf("LocksHolding(%v) = %v, want %q", c.conns, got, c.want)
+			}
 		}
 		return nil
 	})

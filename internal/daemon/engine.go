@@ -76,7 +76,8 @@ func (j migJournal) Load() ([]*migration.Record, error) {
 
 // faults are the engine's fault points: the file STATE/faults/POINT arms
 // POINT (migration.Point names them, e.g. source-before-dump) for its next
-// pass, as CRIU_FAULT does for CRIU. A file that says "crash" makes the
+// pass, as CRIU_FAULT does for CRIU. One is inside a step:
+// source-during-dump, once CRIU streams the memory (checkpointer.Dump). A file that says "crash" makes the
 // daemon kill itself there with SIGKILL (a kill -9 at an exact step);
 // anything else makes the step fail.
 type faults struct{ d *Daemon }
@@ -185,8 +186,20 @@ func (k checkpointer) Dump(ctx context.Context, c migration.Conn, pid int, dir s
 		dl = time.Now().Add(migration.DefaultTimeouts.Dump)
 	}
 	wc.SetDeadline(dl.Add(-pagesWindDown))
-	pages := startPageSender(wc, local)
-	st, err := k.d.criu.Dump(ctx, criu.DumpOpts{Pid: pid, ImagesDir: dir, TCPEstablished: tcp, LeaveStopped: true,
+	// The fault point inside the dump, once CRIU streams memory (it has
+	// locked the tree's connections and put their sockets in repair mode,
+	// and not yet written the inventory that names its lock): a failure
+	// there kills CRIU as the dump's deadline does; a crash kills the
+	// daemon, and CRIU with it.
+	cctx, kill := context.WithCancelCause(ctx)
+	defer kill(nil)
+	pages := startPageSender(wc, local, func() {
+		p := migration.Point("source", "during", "dump")
+		if err := (faults{k.d}).Check(p); err != nil {
+			kill(fmt.Errorf("fault point %s: %w", p, err))
+		}
+	})
+	st, err := k.d.criu.Dump(cctx, criu.DumpOpts{Pid: pid, ImagesDir: dir, TCPEstablished: tcp, LeaveStopped: true,
 		PageServer: criuEnd})
 	criuEnd.Close()
 	early, relayErr := pages.wait(wc, err != nil)
@@ -335,6 +348,18 @@ func (e engineProcs) RepairOff(ctx context.Context, id string) error {
 		return err
 	}
 	return repairOff(pid)
+}
+
+func (e engineProcs) ConnLocks(ctx context.Context, id string) ([]string, error) {
+	pid, err := e.untraced(id)
+	if err != nil {
+		return nil, err
+	}
+	conns, err := tcpConns(pid)
+	if err != nil {
+		return nil, err
+	}
+	return netmove.LocksHolding(conns)
 }
 
 func (e engineProcs) Gone(ctx context.Context, id, to string) error {

@@ -79,12 +79,19 @@ type pageSender struct {
 	in    chan error   // the wire -> local goroutine's result
 	over  atomic.Bool  // the dump has returned
 	early atomic.Bool  // the relay failed before that
+	// midway, if set, is called once the stream has carried midwayBytes:
+	// CRIU is dumping memory then, past the tree's files and connections.
+	midway func()
 }
+
+// midwayBytes is more than CRIU's page-server handshake and fewer than a
+// process's pages.
+const midwayBytes = 1 << 20
 
 // startPageSender starts relaying between local and c. From here until wait
 // returns, it is c's only reader.
-func startPageSender(c *wire.Conn, local *net.UnixConn) *pageSender {
-	s := &pageSender{c: c, local: local, out: make(chan error, 1), in: make(chan error, 1)}
+func startPageSender(c *wire.Conn, local *net.UnixConn, midway func()) *pageSender {
+	s := &pageSender{c: c, local: local, out: make(chan error, 1), in: make(chan error, 1), midway: midway}
 	go func() { s.out <- s.toTarget() }()
 	go func() { s.in <- s.fromTarget() }()
 	return s
@@ -104,7 +111,11 @@ func (s *pageSender) toTarget() error {
 			if err := s.c.WriteMsg(tPages, buf[:n]); err != nil {
 				return s.failed(err)
 			}
-			s.sent.Add(int64(n))
+			if sent := s.sent.Add(int64(n)); s.midway != nil && sent >= midwayBytes {
+				f := s.midway
+				s.midway = nil
+				f()
+			}
 		}
 		if rerr == io.EOF {
 			return s.c.WriteMsg(tPagesEnd, nil)

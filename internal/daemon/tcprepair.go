@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"dsmigrate/criu"
+	"dsmigrate/netmove"
 )
 
 // repairOff takes every TCP socket of root's tree out of repair mode, as
@@ -31,6 +33,47 @@ func repairOff(root int) error { return setRepair(root, unix.TCP_REPAIR_OFF) }
 func repairOn(root int) error { return setRepair(root, unix.TCP_REPAIR_ON) }
 
 func setRepair(root, val int) error {
+	return eachTCP(root, func(fd int) error {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_REPAIR, val); err != nil &&
+			!errors.Is(err, unix.EPERM) { // a listener
+			return err
+		}
+		return nil
+	})
+}
+
+// tcpConns returns the TCP connections of root's tree: each socket's own
+// address and its peer's (listeners have no peer and are left out).
+func tcpConns(root int) ([]netmove.Conn, error) {
+	var conns []netmove.Conn
+	err := eachTCP(root, func(fd int) error {
+		la, err1 := unix.Getsockname(fd)
+		ra, err2 := unix.Getpeername(fd)
+		if err1 != nil || err2 != nil {
+			return nil // a listener, or not connected
+		}
+		l, r := addrPort(la), addrPort(ra)
+		if l.IsValid() && r.IsValid() {
+			conns = append(conns, netmove.Conn{Local: l, Remote: r})
+		}
+		return nil
+	})
+	return conns, err
+}
+
+func addrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// eachTCP calls f with a copy of each TCP socket of root's tree (pidfd_getfd),
+// once per socket however many descriptors or processes share it.
+func eachTCP(root int, f func(fd int) error) error {
 	seen := map[string]bool{}
 	var errs []error
 	for _, pid := range criu.Tree(root) {
@@ -57,7 +100,7 @@ func setRepair(root, val int) error {
 			if err != nil {
 				continue
 			}
-			if err := setRepairFd(pidfd, n, val); err != nil {
+			if err := onTCP(pidfd, n, f); err != nil {
 				errs = append(errs, fmt.Errorf("process %d fd %d (%s): %v", pid, n, link, err))
 			}
 		}
@@ -66,7 +109,7 @@ func setRepair(root, val int) error {
 	return errors.Join(errs...)
 }
 
-func setRepairFd(pidfd, n, val int) error {
+func onTCP(pidfd, n int, f func(fd int) error) error {
 	fd, err := unix.PidfdGetfd(pidfd, n, 0)
 	if err != nil {
 		if errors.Is(err, unix.EBADF) {
@@ -78,9 +121,5 @@ func setRepairFd(pidfd, n, val int) error {
 	if p, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil || p != unix.IPPROTO_TCP {
 		return nil
 	}
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_REPAIR, val); err != nil &&
-		!errors.Is(err, unix.EPERM) { // a listener
-		return err
-	}
-	return nil
+	return f(fd)
 }

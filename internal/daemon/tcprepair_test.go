@@ -5,10 +5,13 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"dsmigrate/netmove"
 )
 
 // A connection CRIU left in repair mode is dead (a write fails EINVAL);
@@ -27,14 +30,9 @@ func TestRepairOff(t *testing.T) {
 		raw.Control(func(fd uintptr) { _, werr = unix.Write(int(fd), []byte("x")) })
 		return werr
 	}
-	pidfd, err := unix.PidfdOpen(os.Getpid(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(pidfd)
 	// The client's end alone: repairOn would take the server's end too.
 	clientRepair := func(val int) (err error) {
-		raw.Control(func(fd uintptr) { err = setRepairFd(pidfd, int(fd), val) })
+		raw.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_REPAIR, val) })
 		return err
 	}
 	if err := clientRepair(unix.TCP_REPAIR_ON); err != nil {
@@ -67,5 +65,26 @@ func TestRepairOff(t *testing.T) {
 	srv.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 	if n, err := srv.Read(b); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("after a close in repair mode the peer read %d bytes, %v; want nothing (a timeout)", n, err)
+	}
+}
+
+// tcpConns lists a tree's connections, both ends of each, as a lock names
+// them; a listener is not one.
+func TestTCPConns(t *testing.T) {
+	cli, srv := loopbackPair(t)
+	conns, err := tcpConns(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []net.Conn{cli, srv} {
+		want := netmove.Conn{Local: c.LocalAddr().(*net.TCPAddr).AddrPort(), Remote: c.RemoteAddr().(*net.TCPAddr).AddrPort()}
+		if !slices.Contains(conns, want) {
+			t.Errorf("tcpConns lacks %v: %v", want, conns)
+		}
+	}
+	for _, c := range conns {
+		if !c.Remote.IsValid() || c.Remote.Port() == 0 {
+			t.Errorf("a connection without a peer: %v", c)
+		}
 	}
 }

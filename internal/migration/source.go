@@ -359,6 +359,27 @@ func (m *outMig) undump(ctx context.Context) error {
 			table = t
 		}
 	}
+	if table == "" && m.r.MoveIP != "" {
+		// CRIU failed and put the tree back as it was, or it was killed
+		// (its daemon died) after it had locked the connections and put
+		// their sockets in repair mode: the table then holds them.
+		tables, err := m.e.cfg.Procs.ConnLocks(ctx, m.r.ProcID)
+		if err != nil {
+			return fmt.Errorf("looking for a lock on the process's connections: %w", err)
+		}
+		if len(tables) > 0 {
+			m.e.log.Warn("a dump left a lock on the process's connections and no inventory: removing it",
+				"mig", m.r.Mig, "tables", tables)
+			if err := m.e.cfg.Procs.RepairOff(ctx, m.r.ProcID); err != nil {
+				return fmt.Errorf("taking the process's connections out of repair mode: %w", err)
+			}
+		}
+		var errs []error
+		for _, t := range tables {
+			errs = append(errs, m.e.cfg.Net.DeleteLock(t))
+		}
+		return errors.Join(errs...)
+	}
 	if table == "" {
 		return nil // CRIU failed, and put the tree back as it was
 	}

@@ -690,6 +690,7 @@ type host struct {
 	procs   map[string]*reg
 	addrs   map[string]bool
 	locks   map[string]string
+	lockOf  map[string]string // table: the process whose dump made it
 	dirs    map[string]*imgDir
 	journal map[string][]byte
 	jcanon  map[string]string
@@ -751,7 +752,7 @@ func newWorld(cfg worldCfg, strat strategy) *world {
 		maxBreak: cfg.maxBreak, maxFaults: cfg.maxFaults}
 	for i, name := range []string{"A", "B"} {
 		h := &host{w: w, name: name, addr: fmt.Sprintf("10.0.0.%d:7000", i+1), procs: map[string]*reg{},
-			addrs: map[string]bool{}, locks: map[string]string{}, dirs: map[string]*imgDir{},
+			addrs: map[string]bool{}, locks: map[string]string{}, lockOf: map[string]string{}, dirs: map[string]*imgDir{},
 			journal: map[string][]byte{}, jcanon: map[string]string{}, pidSeq: 100 * (i + 1)}
 		h.eng = h.newEngine()
 		w.hosts = append(w.hosts, h)
@@ -978,6 +979,20 @@ func (h *host) RepairOff(ctx context.Context, id string) error {
 	return h.ret(nil)
 }
 
+// ConnLocks: the tables that block the connections of the process's tree
+// (a dump with TCP made them).
+func (h *host) ConnLocks(ctx context.Context, id string) ([]string, error) {
+	h.op("Procs.ConnLocks")
+	var out []string
+	for t, rules := range h.locks {
+		if h.lockOf[t] == id && strings.Contains(rules, "tcp-conns") {
+			out = append(out, t)
+		}
+	}
+	slices.Sort(out)
+	return out, h.ret(nil)
+}
+
 func (h *host) Gone(ctx context.Context, id, to string) error {
 	h.op("Procs.Gone")
 	if p := h.procs[id]; p != nil && p.copy != nil && p.copy.state == "running" {
@@ -1130,9 +1145,10 @@ type imgMsg struct {
 func (h *host) Dump(ctx context.Context, c Conn, pid int, dir string, tcp bool) (*DumpResult, error) {
 	h.op("CRIU.Dump")
 	var cp *pcopy
-	for _, p := range h.procs {
+	var id string
+	for k, p := range h.procs {
 		if p.copy != nil && p.copy.pid == pid {
-			cp = p.copy
+			cp, id = p.copy, k
 		}
 	}
 	if cp == nil || cp.state != "stopped" {
@@ -1147,6 +1163,7 @@ func (h *host) Dump(ctx context.Context, c Conn, pid int, dir string, tcp bool) 
 	run := fmt.Sprintf("%s%d", h.name, h.runSeq)
 	table := "CRIU-" + run
 	h.locks[table] = lockRules(table, tcp)
+	h.lockOf[table] = id
 	cp.repair = tcp
 	exited := false
 	defer func() {

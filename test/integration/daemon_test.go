@@ -350,6 +350,14 @@ func TestMoveIPFaultAtEveryStep(t *testing.T) {
 				}
 			}
 		}
+		// Inside the dump, while CRIU streams the memory: the connection
+		// is locked and its socket in repair mode, and the inventory that
+		// names the lock is not written yet. A daemon that dies there
+		// kills its CRIU; the restarted one finds the lock by the
+		// connection it holds.
+		ip := subnetIP(160 + n%90)
+		n++
+		t.Run(mode+"/source-during-dump", func(t *testing.T) { moveIPFaultAt(t, mode, "source", "during", "dump", ip) })
 	}
 }
 
@@ -357,7 +365,13 @@ func moveIPFaultAt(t *testing.T, mode, side, when, step, ip string) {
 	const src = 1
 	cidr := fmt.Sprintf("%s/%d", ip, hosts[src-1].prefix)
 	withIP(t, src, cidr)
-	id := start(t, src, "mf-"+strings.ReplaceAll(ip, ".", "-"), "migtest", "tcp-client", ip, hostIP(3)+":7160")
+	mib := "0"
+	if when == "during" {
+		// The dump streams memory after the connection is locked: the
+		// fault point inside it waits for the first MiB.
+		mib = "64"
+	}
+	id := start(t, src, "mf-"+strings.ReplaceAll(ip, ".", "-"), "migtest", "tcp-client", ip, hostIP(3)+":7160", mib)
 	waitLog(t, src, id, `client ok`, 2)
 	got, _, out, err := faultMigrate(t, mode, side, when, step, id, "--move-ip", cidr)
 	for k := 1; k <= nHosts; k++ {

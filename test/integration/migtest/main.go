@@ -56,7 +56,7 @@ func main() {
 	case "tcp-server":
 		tcpServer(arg(args, 0, ":7000"))
 	case "tcp-client":
-		tcpClient(arg(args, 0, ""), arg(args, 1, ""))
+		tcpClient(arg(args, 0, ""), arg(args, 1, ""), atoi(arg(args, 2, "0")))
 	case "sink":
 		sink(arg(args, 0, ":7300"))
 	case "send":
@@ -244,8 +244,11 @@ func (c countWriter) Write(b []byte) (int, error) {
 }
 
 // tcpClient sends "seq N" lines from LOCAL (an IP, port chosen by the kernel)
-// to SRV every 10 ms and checks that each echo comes back in order.
-func tcpClient(local, srv string) {
+// to SRV every 10 ms and checks that each echo comes back in order. It holds
+// MIB of memory besides (a dump that takes its time).
+func tcpClient(local, srv string, mib int) {
+	mem := fill(mib)
+	defer runtime.KeepAlive(mem)
 	d := net.Dialer{Timeout: 5 * time.Second}
 	d.SetMultipathTCP(false)
 	if local != "" {
