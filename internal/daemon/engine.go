@@ -77,9 +77,9 @@ func (j migJournal) Load() ([]*migration.Record, error) {
 // faults are the engine's fault points: the file STATE/faults/POINT arms
 // POINT (migration.Point names them, e.g. source-before-dump) for its next
 // pass, as CRIU_FAULT does for CRIU. One is inside a step:
-// source-during-dump, once CRIU streams the memory (checkpointer.Dump). A file that says "crash" makes the
-// daemon kill itself there with SIGKILL (a kill -9 at an exact step);
-// anything else makes the step fail.
+// source-during-dump, once CRIU streams the memory (checkpointer.Dump). A
+// file that says "crash" makes the daemon kill itself there with SIGKILL (a
+// kill -9 at an exact step); anything else makes the step fail.
 type faults struct{ d *Daemon }
 
 func (f faults) Check(point string) error {

@@ -361,8 +361,9 @@ func (m *outMig) undump(ctx context.Context) error {
 	}
 	if table == "" && m.r.MoveIP != "" {
 		// CRIU failed and put the tree back as it was, or it was killed
-		// (its daemon died) after it had locked the connections and put
-		// their sockets in repair mode: the table then holds them.
+		// (the dump's deadline, or its daemon's death) after it had locked
+		// the connections and put their sockets in repair mode and before
+		// it wrote the inventory: its table then holds them.
 		tables, err := m.e.cfg.Procs.ConnLocks(ctx, m.r.ProcID)
 		if err != nil {
 			return fmt.Errorf("looking for a lock on the process's connections: %w", err)
