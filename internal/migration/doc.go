@@ -24,7 +24,8 @@
 // finished (tried again until they succeed; a restarted daemon finishes
 // them). Every step has fault points before and after it (Point), which the
 // daemon arms from files and the tests use to fail a step, or to kill the
-// daemon there.
+// daemon there; the daemon's dump has one inside it too
+// (source-during-dump, once CRIU streams the memory).
 //
 // Every network step has its own deadline within the migration's context
 // (Timeouts): the handshake and begin, each frame of the page stream and
