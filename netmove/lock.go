@@ -56,8 +56,8 @@ type Conn struct{ Local, Remote netip.AddrPort }
 // LocksHolding returns the CRIU lock tables here whose connection sets name
 // any of conns (CRIU locks each connection both ways, in sets conns4 and
 // conns6). A dump's CRIU killed after it locked the connections and before
-// it wrote its inventory (its daemon died while it dumped memory) leaves a
-// table that LockName cannot find; the connections stay blocked until it
+// it wrote its inventory (the dump's deadline, or its daemon's death) leaves
+// a table that LockName cannot find; the connections stay blocked until it
 // goes.
 //
 // Equivalent to: nft -j list sets inet, and a look at their elements.
@@ -108,21 +108,14 @@ func locksHolding(js []byte, conns []Conn) ([]string, error) {
 	return tables, nil
 }
 
-// connElem reads an element of a connection set: {"concat": [addr, port,
-// addr, port]}, or the same as {"elem": {"val": ...}} (an element with
-// options).
+// connElem reads an element of a connection set as CRIU adds them (no
+// options): {"concat": [addr, port, addr, port]}.
 func connElem(e json.RawMessage) ([2]netip.AddrPort, bool) {
 	var el struct {
 		Concat []json.RawMessage `json:"concat"`
-		Elem   *struct {
-			Val json.RawMessage `json:"val"`
-		} `json:"elem"`
 	}
 	if json.Unmarshal(e, &el) != nil {
 		return [2]netip.AddrPort{}, false
-	}
-	if el.Elem != nil {
-		return connElem(el.Elem.Val)
 	}
 	if len(el.Concat) != 4 {
 		return [2]netip.AddrPort{}, false

@@ -66,8 +66,8 @@ type Procs interface {
 	// ConnLocks names the network lock tables of this host that block a
 	// TCP connection of the process's tree. NetMover.LockName finds a
 	// dump's table through the inventory the dump wrote, last: a CRIU
-	// killed while it dumped memory (its daemon died) left its table and
-	// no inventory.
+	// killed while it dumped memory (the dump's deadline, or its daemon's
+	// death) left its table and no inventory.
 	ConnLocks(ctx context.Context, id string) ([]string, error)
 	// Gone kills the process's stopped tree and forgets it: it runs on the
 	// target now (to). Reaping and removing its directory may happen later.

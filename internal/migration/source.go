@@ -359,29 +359,26 @@ func (m *outMig) undump(ctx context.Context) error {
 			table = t
 		}
 	}
-	if table == "" && m.r.MoveIP != "" {
-		// CRIU failed and put the tree back as it was, or it was killed
-		// (the dump's deadline, or its daemon's death) after it had locked
-		// the connections and put their sockets in repair mode and before
-		// it wrote the inventory: its table then holds them.
-		tables, err := m.e.cfg.Procs.ConnLocks(ctx, m.r.ProcID)
-		if err != nil {
+	var tables []string
+	switch {
+	case table != "":
+		tables = []string{table}
+	case m.r.MoveIP != "":
+		// No inventory names a table: CRIU failed and put the tree back
+		// as it was, or it was killed (the dump's deadline, or its
+		// daemon's death) after it had locked the connections and put
+		// their sockets in repair mode and before it wrote the
+		// inventory. Its table then holds the connections.
+		var err error
+		if tables, err = m.e.cfg.Procs.ConnLocks(ctx, m.r.ProcID); err != nil {
 			return fmt.Errorf("looking for a lock on the process's connections: %w", err)
 		}
 		if len(tables) > 0 {
 			m.e.log.Warn("a dump left a lock on the process's connections and no inventory: removing it",
 				"mig", m.r.Mig, "tables", tables)
-			if err := m.e.cfg.Procs.RepairOff(ctx, m.r.ProcID); err != nil {
-				return fmt.Errorf("taking the process's connections out of repair mode: %w", err)
-			}
 		}
-		var errs []error
-		for _, t := range tables {
-			errs = append(errs, m.e.cfg.Net.DeleteLock(t))
-		}
-		return errors.Join(errs...)
 	}
-	if table == "" {
+	if len(tables) == 0 {
 		return nil // CRIU failed, and put the tree back as it was
 	}
 	if m.r.MoveIP != "" {
@@ -391,7 +388,11 @@ func (m *outMig) undump(ctx context.Context) error {
 			return fmt.Errorf("taking the process's connections out of repair mode: %w", err)
 		}
 	}
-	return m.e.cfg.Net.DeleteLock(table)
+	var errs []error
+	for _, t := range tables {
+		errs = append(errs, m.e.cfg.Net.DeleteLock(t))
+	}
+	return errors.Join(errs...)
 }
 
 // transfer sends the rest of the images and the log.
