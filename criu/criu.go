@@ -172,6 +172,7 @@ func (c *Client) Dump(ctx context.Context, o DumpOpts) (*DumpStats, error) {
 	opts := baseOpts(o.ImagesDir)
 	opts.Pid = ptr(int32(o.Pid))
 	opts.TcpEstablished = ptr(o.TCPEstablished)
+	opts.NetworkLock = networkLock(o.TCPEstablished)
 	// A connection that a listener of the tree has in its queue, not yet
 	// accepted, would fail the dump ("In-flight connection"): anyone who
 	// can reach a listening port could block a migration by connecting at
@@ -424,6 +425,7 @@ func (c *Client) Restore(ctx context.Context, o RestoreOpts) (int, *RestoreStats
 	opts := baseOpts(o.ImagesDir)
 	opts.RstSibling = ptr(true)
 	opts.TcpEstablished = ptr(o.TCPEstablished)
+	opts.NetworkLock = networkLock(o.TCPEstablished)
 	opts.LeaveStopped = ptr(o.LeaveStopped)
 	opts.FileLocks = ptr(o.FileLocks)
 	opts.AutoDedup = ptr(o.AutoDedup)
@@ -474,6 +476,21 @@ func baseOpts(dir string) *rpc.CriuOpts {
 		NetworkLock: rpc.CriuNetworkLockMethod_NFTABLES.Enum(),
 		ShellJob:    ptr(false),
 	}
+}
+
+// networkLock is the network lock of a dump or restore. CRIU's lock (a
+// process sharing its host's network namespace, as ours do) blocks the
+// established TCP connections it dumps, and only those: a dump without
+// --tcp-established has none (CRIU refuses a tree that holds one), so its
+// lock would be an empty nftables table, made at ~10 ms (eleven nft
+// commands), left behind by a dump that leaves the tree stopped and removed
+// by another nft run; its restore would try to delete it again. Such a
+// dump and its restore skip the lock.
+func networkLock(tcp bool) *rpc.CriuNetworkLockMethod {
+	if tcp {
+		return rpc.CriuNetworkLockMethod_NFTABLES.Enum()
+	}
+	return rpc.CriuNetworkLockMethod_SKIP.Enum()
 }
 
 // Worker is a `criu swrk` started before its request is known. Starting CRIU

@@ -317,11 +317,14 @@ func (m *outMig) dumpStep(ctx context.Context) error {
 		}
 		return fmt.Errorf("dump failed: %w", err)
 	}
-	// CRIU leaves its network lock table here after a dump that leaves
-	// the tree stopped (an empty one without TCP connections).
-	if table, err := m.e.cfg.Net.LockName(dir); err == nil {
-		if err := m.e.save(m.r, func(r *Record) { r.Lock = table }); err != nil {
-			return err
+	// CRIU leaves its network lock table here after a dump of TCP
+	// connections that leaves the tree stopped; a dump without them takes
+	// no lock (criu.networkLock).
+	if m.r.MoveIP != "" {
+		if table, err := m.e.cfg.Net.LockName(dir); err == nil {
+			if err := m.e.save(m.r, func(r *Record) { r.Lock = table }); err != nil {
+				return err
+			}
 		}
 	}
 	m.phase("freeze", t.Sub(m.dumpAt)+res.Freezing, "")

@@ -1135,8 +1135,8 @@ type imgMsg struct {
 	Lazy bool   `json:"lazy,omitempty"`
 }
 
-// Dump: CRIU locks the network (its lock table appears) and puts the TCP
-// sockets in repair mode, streams the pages (a frame) and waits for the
+// Dump: CRIU locks the TCP connections, if any (its lock table appears), and
+// puts their sockets in repair mode, streams the pages (a frame) and waits for the
 // target's page server to confirm them (its reply, relayed back), exits;
 // then the stream winds down (pages-end, and the target's pages-done), as
 // internal/daemon's relay does. A CRIU that fails while dumping (its stream
@@ -1162,8 +1162,10 @@ func (h *host) Dump(ctx context.Context, c Conn, pid int, dir string, tcp bool) 
 	h.runSeq++
 	run := fmt.Sprintf("%s%d", h.name, h.runSeq)
 	table := "CRIU-" + run
-	h.locks[table] = lockRules(table, tcp)
-	h.lockOf[table] = id
+	if tcp { // a dump without TCP connections takes no lock (criu.networkLock)
+		h.locks[table] = lockRules(table)
+		h.lockOf[table] = id
+	}
 	cp.repair = tcp
 	exited := false
 	defer func() {
@@ -1191,11 +1193,8 @@ func (h *host) Dump(ctx context.Context, c Conn, pid int, dir string, tcp bool) 
 	return res, nil
 }
 
-func lockRules(table string, tcp bool) string {
-	if tcp {
-		return "table inet " + table + " {\n\tchain input { tcp-conns drop }\n}"
-	}
-	return "table inet " + table + " {\n}"
+func lockRules(table string) string {
+	return "table inet " + table + " {\n\tchain input { tcp-conns drop }\n}"
 }
 
 func recvFrame(c Conn, want byte) ([]byte, error) {
@@ -1365,7 +1364,8 @@ func (l *fakeLazy) Stop() {
 }
 
 // DumpLazy: CRIU dumps the stopped tree but its private memory, locks the
-// network (its lock table appears) and puts the TCP sockets in repair mode,
+// TCP connections, if any (its lock table appears), puts their sockets in
+// repair mode,
 // and goes on serving the memory (a relay goroutine of this daemon).
 func (h *host) DumpLazy(ctx context.Context, pc Conn, pid int, dir string, tcp bool) (Lazy, *DumpResult, error) {
 	h.op("CRIU.DumpLazy")
@@ -1384,8 +1384,10 @@ func (h *host) DumpLazy(ctx context.Context, pc Conn, pid int, dir string, tcp b
 	}
 	h.runSeq++
 	run := fmt.Sprintf("%s%d", h.name, h.runSeq)
-	table := "CRIU-" + run
-	h.locks[table] = lockRules(table, tcp)
+	if tcp {
+		table := "CRIU-" + run
+		h.locks[table] = lockRules(table)
+	}
 	cp.repair = tcp
 	*d = imgDir{Dumped: true, Run: run, Ver: cp.ver, TCP: tcp, Lazy: true}
 	x := &criuSession{run: run, cp: cp, serving: true}
