@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -44,7 +45,7 @@ func (d *Daemon) newEngine() (*migration.Engine, error) {
 		Net:      netMover{},
 		Quiescer: &d.quiescer,
 		Peers:    peers{d},
-		Journal:  migJournal{j},
+		Journal:  migJournal{j, d.log},
 		Faults:   faults{d},
 		Log:      d.log,
 		OnRecord: d.addRecord,
@@ -54,10 +55,19 @@ func (d *Daemon) newEngine() (*migration.Engine, error) {
 }
 
 // migJournal keeps migration records in STATE/journal/migrations.
-type migJournal struct{ dir *journal.Dir }
+type migJournal struct {
+	dir *journal.Dir
+	log *slog.Logger
+}
 
-func (j migJournal) Put(r *migration.Record) error { return j.dir.Put(r.Mig, r) }
-func (j migJournal) Delete(mig string) error       { return j.dir.Delete(mig) }
+func (j migJournal) Put(r *migration.Record) error        { return j.dir.PutUnsynced(r.Mig, r) }
+func (j migJournal) PutDurable(r *migration.Record) error { return j.dir.Put(r.Mig, r) }
+func (j migJournal) Delete(mig string) error              { return j.dir.Delete(mig) }
+
+// Load reads every record. A damaged one is what a crash of this host left
+// of a record written unsynced, before any decision (a decision is synced,
+// and with it the writes before it): the process copies it speaks of went
+// with the crash. It is logged and dropped.
 func (j migJournal) Load() ([]*migration.Record, error) {
 	names, err := j.dir.List()
 	if err != nil {
@@ -66,7 +76,15 @@ func (j migJournal) Load() ([]*migration.Record, error) {
 	var out []*migration.Record
 	for _, n := range names {
 		r := &migration.Record{}
-		if ok, err := j.dir.Get(n, r); err != nil || !ok {
+		ok, err := j.dir.Get(n, r)
+		if errors.Is(err, journal.ErrDamaged) {
+			j.log.Error("a migration record this host's crash left damaged: dropped", "mig", n, "err", err)
+			if err := j.dir.Delete(n); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err != nil || !ok {
 			return nil, fmt.Errorf("reading migration record %s: %v", n, err)
 		}
 		out = append(out, r)

@@ -193,10 +193,19 @@ type Peers interface {
 	Dial(ctx context.Context, addr string) (Conn, error)
 }
 
-// Journal keeps migration records durably: Put returns once the record
-// survives a crash.
+// Journal keeps migration records.
+//
+// Put returns once the record survives this daemon's death (it is in the
+// kernel's hands), which is what the steps' records need: a crash of the
+// host that loses one takes the process copies, addresses and locks it
+// speaks of with it. PutDurable returns once the record survives the
+// host's crash too: a decision, which the other daemon acts on (the target
+// resumes its copy once the source committed; a source that answered a
+// question with abort must never commit). PutDurable makes every record
+// written before it durable too.
 type Journal interface {
 	Put(r *Record) error
+	PutDurable(r *Record) error
 	Delete(mig string) error
 	Load() ([]*Record, error)
 }

@@ -723,7 +723,7 @@ func (e *Engine) decide(r *Record, d string) (string, error) {
 		return r.Decision, nil
 	}
 	r.Decision = d
-	if err := e.cfg.Journal.Put(r); err != nil {
+	if err := e.cfg.Journal.PutDurable(r); err != nil {
 		r.Decision = ""
 		return "", fmt.Errorf("journal: %w", err)
 	}

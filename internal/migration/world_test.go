@@ -1855,6 +1855,9 @@ func cutField(s, prefix string) (string, bool) {
 	return s[:i] + s[i+len(prefix)+j+1:], true
 }
 
+// PutDurable is Put: the model's hosts never crash, only their daemons.
+func (h *host) PutDurable(r *Record) error { return h.Put(r) }
+
 func (h *host) Delete(mig string) error {
 	h.op("Journal.Delete")
 	delete(h.journal, mig)
