@@ -207,17 +207,18 @@ func (k checkpointer) Dump(ctx context.Context, c migration.Conn, pid int, dir s
 	// The fault point inside the dump, once CRIU streams memory (it has
 	// locked the tree's connections and put their sockets in repair mode,
 	// and not yet written the inventory that names its lock): a failure
-	// there kills CRIU as the dump's deadline does; a crash kills the
-	// daemon, and CRIU with it.
-	cctx, kill := context.WithCancelCause(ctx)
-	defer kill(nil)
-	pages := startPageSender(wc, local, func() {
+	// there breaks the page stream, as a target or a link lost mid-dump
+	// does (or the wire deadline); a crash kills the daemon. Either way
+	// CRIU's next write fails, and it undoes its lock and repair mode and
+	// puts the tree back, stopped.
+	pages := startPageSender(wc, local, func() error {
 		p := migration.Point("source", "during", "dump")
 		if err := (faults{k.d}).Check(p); err != nil {
-			kill(fmt.Errorf("fault point %s: %w", p, err))
+			return fmt.Errorf("fault point %s: %w", p, err)
 		}
+		return nil
 	})
-	st, err := k.d.criu.Dump(cctx, criu.DumpOpts{Pid: pid, ImagesDir: dir, TCPEstablished: tcp, LeaveStopped: true,
+	st, err := k.d.criu.Dump(ctx, criu.DumpOpts{Pid: pid, ImagesDir: dir, TCPEstablished: tcp, LeaveStopped: true,
 		PageServer: criuEnd})
 	criuEnd.Close()
 	early, relayErr := pages.wait(wc, err != nil)

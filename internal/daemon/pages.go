@@ -81,7 +81,8 @@ type pageSender struct {
 	early atomic.Bool  // the relay failed before that
 	// midway, if set, is called once the stream has carried midwayBytes:
 	// CRIU is dumping memory then, past the tree's files and connections.
-	midway func()
+	// An error from it fails the relay there.
+	midway func() error
 }
 
 // midwayBytes is more than CRIU's page-server handshake and fewer than a
@@ -90,7 +91,7 @@ const midwayBytes = 1 << 20
 
 // startPageSender starts relaying between local and c. From here until wait
 // returns, it is c's only reader.
-func startPageSender(c *wire.Conn, local *net.UnixConn, midway func()) *pageSender {
+func startPageSender(c *wire.Conn, local *net.UnixConn, midway func() error) *pageSender {
 	s := &pageSender{c: c, local: local, out: make(chan error, 1), in: make(chan error, 1), midway: midway}
 	go func() { s.out <- s.toTarget() }()
 	go func() { s.in <- s.fromTarget() }()
@@ -114,7 +115,9 @@ func (s *pageSender) toTarget() error {
 			if sent := s.sent.Add(int64(n)); s.midway != nil && sent >= midwayBytes {
 				f := s.midway
 				s.midway = nil
-				f()
+				if err := f(); err != nil {
+					return s.failed(err)
+				}
 			}
 		}
 		if rerr == io.EOF {

@@ -352,9 +352,10 @@ func TestMoveIPFaultAtEveryStep(t *testing.T) {
 		}
 		// Inside the dump, while CRIU streams the memory: the connection
 		// is locked and its socket in repair mode, and the inventory that
-		// names the lock is not written yet. A failure there kills CRIU
-		// (as the dump's deadline does) and the undo finds the lock by the
-		// connection it holds; a crash kills the daemon, and CRIU with it.
+		// names the lock is not written yet. A failure there breaks the
+		// page stream (a target or link lost mid-dump) and a crash kills
+		// the daemon: either way CRIU's next write fails, and it unlocks,
+		// takes the socket out of repair mode and puts the tree back.
 		ip := subnetIP(160 + n%90)
 		n++
 		t.Run(mode+"/source-during-dump", func(t *testing.T) { moveIPFaultAt(t, mode, "source", "during", "dump", ip) })
