@@ -152,6 +152,10 @@ type DumpOpts struct {
 	// Ready is called, with Lazy, once the images in ImagesDir are complete
 	// and CRIU is about to serve pages; an error makes the dump fail.
 	Ready func() error
+	// Worker, if set, is a CRIU started ahead (StartDumpWorker) that runs
+	// the dump; PageServer or Lazy must be among its files. Dump uses it up
+	// or, failing before, closes it.
+	Worker *Worker
 }
 
 // DumpStats are CRIU's own figures for a dump.
@@ -184,29 +188,47 @@ func (c *Client) Dump(ctx context.Context, o DumpOpts) (*DumpStats, error) {
 	opts.External = o.External
 	opts.FileLocks = ptr(o.FileLocks)
 	opts.NotifyScripts = ptr(o.Notify != nil)
+	defer o.Worker.Close() // a no-op once it has served
 	var files []*os.File
+	// sock is the descriptor CRIU has f as: ExtraFiles[0] becomes fd 4 in
+	// CRIU (fd 3 is the RPC socket), unless a worker holds f already.
+	sock := func(f *os.File) (int32, error) {
+		if o.Worker == nil {
+			files = append(files, f)
+			return int32(3 + len(files)), nil
+		}
+		if fd := o.Worker.fd(f); fd >= 0 {
+			return fd, nil
+		}
+		return 0, errors.New("criu: the dump's socket is not among its worker's files")
+	}
 	nfy := o.Notify
 	switch {
 	case o.PageServer != nil && o.Lazy != nil:
 		return nil, errors.New("criu: a dump has a page server or lazy pages, not both")
 	case o.PageServer != nil:
-		// ExtraFiles[0] becomes fd 4 in CRIU; fd 3 is the RPC socket.
-		files = append(files, o.PageServer)
-		opts.Ps = &rpc.CriuPageServerInfo{Fd: ptr(int32(4))}
+		fd, err := sock(o.PageServer)
+		if err != nil {
+			return nil, err
+		}
+		opts.Ps = &rpc.CriuPageServerInfo{Fd: ptr(fd)}
 	case o.Lazy != nil:
-		conf, err := lazyConfig()
+		fd, err := sock(o.Lazy)
+		if err != nil {
+			return nil, err
+		}
+		conf, err := lazyConfig(fd)
 		if err != nil {
 			return nil, err
 		}
 		defer os.Remove(conf)
-		files = append(files, o.Lazy)
 		opts.LazyPages = ptr(true)
 		opts.ConfigFile = ptr(conf)
 		opts.NotifyScripts = ptr(true)
-		nfy = lazyNotify(o.ImagesDir, o.Notify, o.Ready)
+		nfy = lazyNotify(o.ImagesDir, fd, o.Notify, o.Ready)
 	}
 	req := &rpc.CriuReq{Type: rpc.CriuReqType_DUMP.Enum(), Opts: opts}
-	if _, err := c.call(ctx, "dump", req, files, nfy, o.ImagesDir); err != nil {
+	if _, err := c.callOn(ctx, o.Worker, "dump", req, files, nfy, o.ImagesDir); err != nil {
 		return nil, err
 	}
 	if o.Lazy != nil {
@@ -230,29 +252,29 @@ func (c *Client) Dump(ctx context.Context, o DumpOpts) (*DumpStats, error) {
 }
 
 // lazyConfig writes the configuration file that has a lazy dump serve its
-// pages on fd 4 (ExtraFiles[0]). The RPC drops the page-server fd of a lazy
+// pages on CRIU's descriptor fd. The RPC drops the page-server fd of a lazy
 // dump and would listen on every address instead; a configuration file's
 // ps-socket is read after the request (CRIU's cr-service.c).
-func lazyConfig() (string, error) {
+func lazyConfig(fd int32) (string, error) {
 	f, err := os.CreateTemp("", "dsmigrate-lazy-*.conf")
 	if err != nil {
 		return "", fmt.Errorf("criu: %v", err)
 	}
 	defer f.Close()
-	if _, err := f.WriteString("ps-socket 4\n"); err != nil {
+	if _, err := fmt.Fprintf(f, "ps-socket %d\n", fd); err != nil {
 		os.Remove(f.Name())
 		return "", fmt.Errorf("criu: %v", err)
 	}
 	return f.Name(), nil
 }
 
-// lazyPSLine is what CRIU logs when it serves lazy pages on the given socket
+// lazyPSLine is what CRIU logs when it serves lazy pages on the socket fd
 // (page-xfer.c:cr_page_server); without it, it has opened a TCP port.
-const lazyPSLine = "Reusing ps socket 4"
+func lazyPSLine(fd int32) string { return fmt.Sprintf("Reusing ps socket %d", fd) }
 
 // lazyNotify passes the notifications of a lazy dump on to nfy and calls
-// ready at status-ready, once it has made sure CRIU serves on our socket.
-func lazyNotify(dir string, nfy Notify, ready func() error) Notify {
+// ready at status-ready, once it has made sure CRIU serves on our socket fd.
+func lazyNotify(dir string, fd int32, nfy Notify, ready func() error) Notify {
 	return func(script string, pid int) error {
 		if nfy != nil {
 			if err := nfy(script, pid); err != nil {
@@ -263,8 +285,8 @@ func lazyNotify(dir string, nfy Notify, ready func() error) Notify {
 			return nil
 		}
 		b, err := os.ReadFile(filepath.Join(dir, LogName))
-		if err != nil || !strings.Contains(string(b), lazyPSLine) {
-			return errors.New("CRIU did not take the page socket from its configuration file (no \"" + lazyPSLine +
+		if line := lazyPSLine(fd); err != nil || !strings.Contains(string(b), line) {
+			return errors.New("CRIU did not take the page socket from its configuration file (no \"" + line +
 				"\" in its log): it would serve pages on a TCP port; refusing")
 		}
 		if ready != nil {
@@ -496,9 +518,10 @@ func networkLock(tcp bool) *rpc.CriuNetworkLockMethod {
 // Worker is a `criu swrk` started before its request is known. Starting CRIU
 // (its exec, its libraries, its kernel probe) costs 10-20 ms on a loaded
 // host; a caller that knows early which files CRIU will need starts it then,
-// off its critical path, and hands it to Restore later (RestoreOpts.Worker).
-// A Worker serves one request. It dies with the thread that started it
-// (parent-death signal) and when Close is called before it served.
+// off its critical path, and hands it to Restore or Dump later
+// (RestoreOpts.Worker, DumpOpts.Worker). A Worker serves one request. A
+// restore's dies with the thread that started it (parent-death signal);
+// any dies when Close is called before it served.
 type Worker struct {
 	cmd   *exec.Cmd
 	cln   *os.File   // our end of the RPC socket (fd 3 in CRIU)
@@ -513,6 +536,17 @@ func (c *Client) StartWorker(files []*os.File) (*Worker, error) {
 	w, err := c.start("restore", files)
 	if err != nil {
 		return nil, &Error{Op: "restore", Msg: err.Error()}
+	}
+	return w, nil
+}
+
+// StartDumpWorker is StartWorker for a dump (DumpOpts.Worker). Its CRIU has
+// no parent-death signal, as no dump's has (see start); an idle one exits
+// when our end of its RPC socket closes, at Close or with its caller.
+func (c *Client) StartDumpWorker(files []*os.File) (*Worker, error) {
+	w, err := c.start("dump", files)
+	if err != nil {
+		return nil, &Error{Op: "dump", Msg: err.Error()}
 	}
 	return w, nil
 }

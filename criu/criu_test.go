@@ -19,9 +19,9 @@ import (
 const testCRIU = "/usr/local/sbin/migrate-criu"
 
 // dropLock deletes, when the test ends, the network lock table that a dump
-// into dir leaving its tree stopped leaves behind (an empty one without TCP
-// connections): in this host's own namespace, tables left by every run would
-// pile up.
+// into dir leaving its tree stopped may have left behind (one of TCP
+// connections; a test's failure): in this host's own namespace, tables left
+// by every run would pile up.
 func dropLock(t *testing.T, dir string) {
 	t.Cleanup(func() {
 		if table, err := netmove.LockName(dir); err == nil {
@@ -98,6 +98,10 @@ func TestDumpRestore(t *testing.T) {
 	if st.PagesWritten == 0 || st.Frozen == 0 {
 		t.Errorf("dump stats look empty: %+v", st)
 	}
+	// Without TCP connections there is nothing to lock (networkLock).
+	if table, err := netmove.LockName(dir); !errors.Is(err, netmove.ErrNoLock) {
+		t.Errorf("a dump without TCP connections left a network lock (%q, %v)", table, err)
+	}
 	// CRIU stops it with a SIGSTOP queued as it detaches, taken when the
 	// task is next scheduled: R may show until then.
 	for deadline := time.Now().Add(10 * time.Second); procState(pid) != "T"; time.Sleep(time.Millisecond) {
@@ -115,6 +119,78 @@ func TestDumpRestore(t *testing.T) {
 	if s := procState(rpid); s != "S" && s != "R" {
 		t.Fatalf("restored process state %q, want it running (S or R)", s)
 	}
+}
+
+// A dump runs in the CRIU started ahead for it, its pages going through the
+// page socket that CRIU was started with to a page server into the same
+// directory; the process restores from it intact. An idle worker exits once
+// our end of its RPC socket closes, as when its daemon dies.
+func TestDumpWorker(t *testing.T) {
+	c := client(t)
+	cmd := sleeper(t)
+	dir := t.TempDir()
+	dropLock(t, dir)
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dumpEnd, psEnd := os.NewFile(uintptr(fds[0]), "dump"), os.NewFile(uintptr(fds[1]), "ps")
+	defer dumpEnd.Close()
+	w, err := c.StartDumpWorker([]*os.File{dumpEnd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	ps := make(chan error, 1)
+	go func() { ps <- c.PageServer(context.Background(), dir, psEnd); psEnd.Close() }()
+	var ran []int
+	nfy := func(script string, pid int) error {
+		if script == "pre-dump" {
+			ran = swrks()
+		}
+		return nil
+	}
+	if _, err := c.Dump(context.Background(), DumpOpts{Pid: cmd.Process.Pid, ImagesDir: dir, LeaveStopped: true,
+		PageServer: dumpEnd, Worker: w, Notify: nfy}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-ps; err != nil {
+		t.Fatalf("page server: %v", err)
+	}
+	if len(ran) != 1 || ran[0] != w.cmd.Process.Pid {
+		t.Fatalf("during the dump our CRIU workers were %v, want only the one started ahead (%d)", ran,
+			w.cmd.Process.Pid)
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, "pages-*.img")); len(m) == 0 {
+		t.Fatal("the page server wrote no pages")
+	}
+	restoreInstead(t, c, cmd, dir)
+
+	idle, err := c.StartDumpWorker(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle.cln.Close()
+	exited := make(chan error, 1)
+	go func() { exited <- idle.cmd.Wait() }()
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		idle.cmd.Process.Kill()
+		t.Fatal("an idle dump worker did not exit when its RPC socket closed")
+	}
+}
+
+// swrks are our children serving a request of ours (`criu swrk`, which
+// calls itself "criu: dump --rpc ..." then), not a page server.
+func swrks() []int {
+	var out []int
+	for _, p := range swrkChildren() {
+		if b, _ := os.ReadFile(filepath.Join("/proc", itoa(p), "cmdline")); strings.Contains(string(b), "--rpc") {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // A failure carries errno-ish detail and CRIU's log lines.

@@ -56,6 +56,7 @@ type Daemon struct {
 	imagesDir string
 	criu      *criu.Client
 	quiescer  quiescer               // stops a tree for a dump
+	dumps     dumpWorkers            // the next dump's CRIU, started ahead (dumpworker.go)
 	token     atomic.Pointer[[]byte] // the cluster token(s) (wire.LoadToken); nil: none. SIGHUP reloads it
 	ctlPath   string                 // the control socket of migration-aware processes
 	sockPath  string                 // the local clients' socket
@@ -235,6 +236,8 @@ func (d *Daemon) serve(ctx context.Context, sockPath, tokenFile string) error {
 		return fmt.Errorf("settling interrupted migrations: %v", err)
 	}
 	d.removeStaleImages()
+	d.refillDump()
+	defer d.closeDumps()
 
 	lc := net.ListenConfig{}
 	lc.SetMultipathTCP(false)

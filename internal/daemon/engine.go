@@ -193,7 +193,7 @@ func (k checkpointer) Dump(ctx context.Context, c migration.Conn, pid int, dir s
 	if err != nil {
 		return nil, err
 	}
-	local, criuEnd, err := pageSocket()
+	w, local, criuEnd, err := k.d.takeDump()
 	if err != nil {
 		return nil, err
 	}
@@ -219,7 +219,7 @@ func (k checkpointer) Dump(ctx context.Context, c migration.Conn, pid int, dir s
 		return nil
 	})
 	st, err := k.d.criu.Dump(ctx, criu.DumpOpts{Pid: pid, ImagesDir: dir, TCPEstablished: tcp, LeaveStopped: true,
-		PageServer: criuEnd})
+		PageServer: criuEnd, Worker: w})
 	criuEnd.Close()
 	early, relayErr := pages.wait(wc, err != nil)
 	res := &migration.DumpResult{Sent: pages.sent.Load(), Back: pages.back.Load()}

@@ -123,7 +123,7 @@ func (k checkpointer) DumpLazy(ctx context.Context, c migration.Conn, pid int, d
 	if err != nil {
 		return nil, nil, err
 	}
-	local, criuEnd, err := pageSocket()
+	w, local, criuEnd, err := k.d.takeDump()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -143,7 +143,7 @@ func (k checkpointer) DumpLazy(ctx context.Context, c migration.Conn, pid int, d
 	t := time.Now()
 	go func() {
 		_, err := k.d.criu.Dump(cctx, criu.DumpOpts{Pid: pid, ImagesDir: dir, TCPEstablished: tcp, LeaveStopped: true,
-			Lazy: criuEnd, Ready: func() error { close(ready); return nil }})
+			Lazy: criuEnd, Worker: w, Ready: func() error { close(ready); return nil }})
 		criuEnd.Close() // the last copy but CRIU's: the relay sees EOF
 		s.dumpErr = err
 		close(s.dumpDone)

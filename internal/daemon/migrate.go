@@ -68,7 +68,9 @@ func (d *Daemon) migrateOut(ctx context.Context, req Request, caller api.Owner, 
 			return nil, api.WithKind(api.KindRefused, fmt.Errorf("--post-copy refused, nothing was touched: %w", err))
 		}
 	}
-	return d.engine.Out(ctx, migration.Request{ID: p.ID, To: req.To, MoveIP: req.MoveIP, PostCopy: req.PostCopy}, event)
+	rec, err := d.engine.Out(ctx, migration.Request{ID: p.ID, To: req.To, MoveIP: req.MoveIP, PostCopy: req.PostCopy}, event)
+	d.refillDump() // the next dump's CRIU, now that this one is over
+	return rec, err
 }
 
 // lazyPipeSize is the pipe size CRIU's lazy dump asks for to serve pages
