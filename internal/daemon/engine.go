@@ -65,9 +65,9 @@ func (j migJournal) PutDurable(r *migration.Record) error { return j.dir.Put(r.M
 func (j migJournal) Delete(mig string) error              { return j.dir.Delete(mig) }
 
 // Load reads every record. A damaged one is what a crash of this host left
-// of a record written unsynced, before any decision (a decision is synced,
-// and with it the writes before it): the process copies it speaks of went
-// with the crash. It is logged and dropped.
+// of a record written unsynced: a target's, or a source's before its
+// decision (from the decision on, a source's record is synced). The process
+// copies it speaks of went with the crash. It is logged and dropped.
 func (j migJournal) Load() ([]*migration.Record, error) {
 	names, err := j.dir.List()
 	if err != nil {

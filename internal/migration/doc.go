@@ -19,9 +19,9 @@
 // (write, rename): after the daemon's death it knows every step that may
 // have had an effect. Those writes are not synced to disk: a crash of the
 // whole host, which could lose one, takes the process copies, addresses and
-// locks it speaks of with it. The decision (commit or abort), which the
-// other daemon acts on, is synced, and every record before it with it
-// (Journal.PutDurable). A step that fails is undone with every step before it,
+// locks it speaks of with it. The source's decision (commit or abort),
+// which the other daemon acts on, is synced, and so is every later write of
+// its record (Journal.PutDurable). A step that fails is undone with every step before it,
 // in reverse order. Undos are idempotent and work from the record alone, so
 // Recover can run them for a step that may or may not have happened. The
 // steps after the bar follow the commit: they are never undone, only

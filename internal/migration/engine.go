@@ -199,10 +199,10 @@ type Peers interface {
 // kernel's hands), which is what the steps' records need: a crash of the
 // host that loses one takes the process copies, addresses and locks it
 // speaks of with it. PutDurable returns once the record survives the
-// host's crash too: a decision, which the other daemon acts on (the target
-// resumes its copy once the source committed; a source that answered a
-// question with abort must never commit). PutDurable makes every record
-// written before it durable too.
+// host's crash too: a source's decision, which the other daemon acts on
+// (the target resumes its copy once the source committed; a source that
+// answered a question with abort must never commit), and every later write
+// of that record.
 type Journal interface {
 	Put(r *Record) error
 	PutDurable(r *Record) error
@@ -430,14 +430,20 @@ func ValidID(s string) bool { return idRE().MatchString(s) }
 
 // save applies mutate (may be nil) to r and journals it, under the engine's
 // lock: r's fields change only here, so an outcome question (Answer) never
-// sees a record half-changed.
+// sees a record half-changed. A source's record that holds its decision is
+// written durably from then on: a rewrite that a crash of the host could
+// tear would take the decision with it, and the target may still ask.
 func (e *Engine) save(r *Record, mutate func(*Record)) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if mutate != nil {
 		mutate(r)
 	}
-	if err := e.cfg.Journal.Put(r); err != nil {
+	put := e.cfg.Journal.Put
+	if r.Side == SideSource && r.Decision != "" {
+		put = e.cfg.Journal.PutDurable
+	}
+	if err := put(r); err != nil {
 		return fmt.Errorf("journal: %w", err)
 	}
 	e.migs[r.Mig] = r

@@ -159,6 +159,34 @@ func TestMigrate(t *testing.T) {
 	}
 }
 
+// The journal syncs what a host's crash must not lose and nothing else: a
+// source's record from its decision on; its steps before it and the
+// target's records go unsynced.
+func TestJournalDurability(t *testing.T) {
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
+			w := run(t, v.cfg(), nil, nil)
+			defer dumpTrace(t, w)
+			decided := false
+			for _, wr := range w.A().writes {
+				f := strings.Fields(wr)
+				decided = decided || len(f) == 4
+				if durable := f[0] == "durable"; durable != decided {
+					t.Errorf("source journal write %q: durable %v, want %v", wr, durable, decided)
+				}
+			}
+			if !decided {
+				t.Errorf("the source never journaled a decision: %v", w.A().writes)
+			}
+			for _, wr := range w.B().writes {
+				if strings.HasPrefix(wr, "durable") {
+					t.Errorf("target journal write %q is durable", wr)
+				}
+			}
+		})
+	}
+}
+
 // points are the fault points a migration passes, in order, per side.
 func points(t *testing.T, v variant) (source, target []string) {
 	cfg := v.cfg()

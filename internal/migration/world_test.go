@@ -694,6 +694,9 @@ type host struct {
 	dirs    map[string]*imgDir
 	journal map[string][]byte
 	jcanon  map[string]string
+	// writes are the journal's writes in order: "durable" or not, the
+	// record's side, step and decision (not in the state).
+	writes  []string
 	hooks   []string
 	records []api.MigrationRec
 	// restored are the addresses RestoreAddr put back (not in the state:
@@ -1806,7 +1809,15 @@ func (h *host) DeleteLock(table string) error {
 // Journal: the disk. Put copies the record (JSON), so later changes of the
 // engine's record do not reach the disk.
 
-func (h *host) Put(r *Record) error {
+func (h *host) Put(r *Record) error { return h.put(r, false) }
+
+// PutDurable is Put, noted: the model's hosts never crash, only their
+// daemons, so both survive the same.
+func (h *host) PutDurable(r *Record) error { return h.put(r, true) }
+
+func (h *host) put(r *Record, durable bool) error {
+	h.writes = append(h.writes, fmt.Sprintf("%s %s %s %s", map[bool]string{true: "durable", false: "unsynced"}[durable],
+		r.Side, r.Step, r.Decision))
 	if h.w.beforePut != nil && h.w.beforePut(h, r) {
 		h.w.s.trace("CRASH %s before the journal write %s %s", h.name, r.Side, r.Step)
 		h.w.s.crashHost(h)
@@ -1854,9 +1865,6 @@ func cutField(s, prefix string) (string, bool) {
 	}
 	return s[:i] + s[i+len(prefix)+j+1:], true
 }
-
-// PutDurable is Put: the model's hosts never crash, only their daemons.
-func (h *host) PutDurable(r *Record) error { return h.Put(r) }
 
 func (h *host) Delete(mig string) error {
 	h.op("Journal.Delete")
