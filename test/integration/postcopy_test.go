@@ -55,13 +55,11 @@ func noPostCopyLeft(t *testing.T, hosts ...int) {
 			out, _ := on(k, "sh", "-c", `pgrep -a -f '[l]azy-pages|[c]riu swrk|sbin/[c]riu' || true; ls -A "$1/images"`,
 				"left", stateDir(k))
 			var rest []string
-			idle := 0
+			idle := false
 			for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-				if strings.HasSuffix(l, "/criu swrk 3") && idle == 0 {
-					idle++
-					continue
-				}
-				if l != "" {
+				if !idle && strings.HasSuffix(l, "/criu swrk 3") {
+					idle = true
+				} else if l != "" {
 					rest = append(rest, l)
 				}
 			}
