@@ -39,11 +39,16 @@ moves() { # repo tag
 	$C down >/dev/null 2>&1
 }
 
+# Each build's figures are tagged with its position among the arguments (a
+# path would not do: sed takes a slash in it for the end of its pattern).
 for _ in $(seq "$ROUNDS"); do
-	for repo in "$@"; do moves "$repo" "$repo"; done
+	i=0
+	for repo in "$@"; do i=$((i + 1)); moves "$repo" "b$i"; done
 done
+i=0
 for repo in "$@"; do
+	i=$((i + 1))
 	echo "== $repo ($ROUNDS rounds of $MOVES moves of $MIB MiB; medians, ms)"
-	awk -F'\t' -v r="$repo" '$1 == r { print $2 "\t" $3 }' "$out/times" | sort -k1,1 -k2n |
+	awk -F'\t' -v r="b$i" '$1 == r { print $2 "\t" $3 }' "$out/times" | sort -k1,1 -k2n |
 		awk -F'\t' '{ n[$1]++; v[$1, n[$1]] = $2 } END { for (k in n) printf "  %-22s %8.1f  (n=%d)\n", k, v[k, int((n[k] + 1) / 2)], n[k] }' | sort
 done
