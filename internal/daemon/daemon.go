@@ -57,6 +57,7 @@ type Daemon struct {
 	criu      *criu.Client
 	quiescer  quiescer               // stops a tree for a dump
 	dumps     dumpWorkers            // the next dump's CRIU, started ahead (dumpworker.go)
+	shims     aheadShims             // the next arrival's shim, started ahead (shimahead.go)
 	token     atomic.Pointer[[]byte] // the cluster token(s) (wire.LoadToken); nil: none. SIGHUP reloads it
 	ctlPath   string                 // the control socket of migration-aware processes
 	sockPath  string                 // the local clients' socket
@@ -236,8 +237,11 @@ func (d *Daemon) serve(ctx context.Context, sockPath, tokenFile string) error {
 		return fmt.Errorf("settling interrupted migrations: %v", err)
 	}
 	d.removeStaleImages()
+	d.removeStaleAhead()
 	d.refillDump()
 	defer d.closeDumps()
+	d.openShims()
+	defer d.closeShims()
 
 	lc := net.ListenConfig{}
 	lc.SetMultipathTCP(false)
@@ -432,6 +436,9 @@ func (d *Daemon) handlePeer(c net.Conn, authed func()) {
 		if err != nil {
 			d.log.Warn("peer request failed", "remote", c.RemoteAddr(), "type", typ, "err", err)
 		}
+		// The next arrival's shim, once an arrival is over (a no-op
+		// after the other requests: one waits).
+		d.refillShim()
 		return
 	}
 	switch typ {

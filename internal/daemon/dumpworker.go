@@ -26,6 +26,7 @@ type dumpWorkers struct {
 	ready   *dumpWorker
 	filling bool
 	closed  bool
+	fill    sync.WaitGroup // the start under way, if any
 }
 
 // dumpWorker is a CRIU waiting for a dump request, with the page socket it
@@ -66,7 +67,9 @@ func (d *Daemon) refillDump() {
 		return
 	}
 	d.dumps.filling = true
+	d.dumps.fill.Add(1)
 	go func() {
+		defer d.dumps.fill.Done()
 		x, err := d.startDumpWorker()
 		if err != nil {
 			d.log.Warn("starting CRIU ahead of the next dump", "err", err)
@@ -96,11 +99,16 @@ func (d *Daemon) startDumpWorker() (*dumpWorker, error) {
 	return &dumpWorker{w: w, local: local, criuEnd: criuEnd}, nil
 }
 
-// closeDumps ends the waiting CRIU, if any, and starts no more.
+// closeDumps ends the waiting CRIU, if any, and starts no more; a start
+// under way is waited for (and its CRIU ended).
 func (d *Daemon) closeDumps() {
 	d.dumps.mu.Lock()
+	d.dumps.closed = true
+	d.dumps.mu.Unlock()
+	d.dumps.fill.Wait()
+	d.dumps.mu.Lock()
 	x := d.dumps.ready
-	d.dumps.ready, d.dumps.closed = nil, true
+	d.dumps.ready = nil
 	d.dumps.mu.Unlock()
 	if x != nil {
 		x.close()

@@ -416,14 +416,17 @@ func (e engineProcs) Reserve(b *migration.Begin) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	// The shim that will restore it, and its CRIU, start now, while the
-	// pages are on their way (a 16 MiB move's restore step took 102-196 ms
-	// when they started in it, 71-81 ms started here). Without one, the
-	// restore starts its own.
-	pre, err := shim.Prestart(shimExe, filepath.Dir(logPath), e.d.criu.Path)
-	if err != nil {
-		e.d.log.Warn("starting the restore's shim ahead", "id", b.ID, "err", err)
-		return logPath, nil
+	// The shim that will restore it, and its CRIU: the one waiting here
+	// (shimahead.go), else one started now, while the pages are on their
+	// way (a 16 MiB move's restore step took 102-196 ms when they started
+	// in it, 71-81 ms started here). Without one, the restore starts its own.
+	pre := e.d.takeShim(filepath.Dir(logPath))
+	if pre == nil {
+		var err error
+		if pre, err = shim.Prestart(shimExe, filepath.Dir(logPath), e.d.criu.Path); err != nil {
+			e.d.log.Warn("starting the restore's shim ahead", "id", b.ID, "err", err)
+			return logPath, nil
+		}
 	}
 	if p := e.d.lookup(b.ID); p != nil {
 		p.mu.Lock()

@@ -236,8 +236,9 @@ type Pending struct {
 }
 
 // Prestart starts a shim for directory dir (the Spec's Dir) without its
-// spec. With criuPath, the shim also starts the `criu swrk` that a restore
-// spec naming that CRIU will use (criu.StartWorker).
+// spec (or for a spare directory, and Move it). With criuPath, the shim also
+// starts the `criu swrk` that a restore spec naming that CRIU will use
+// (criu.StartWorker).
 func Prestart(exe, dir, criuPath string) (_ *Pending, retErr error) {
 	if _, err := sockPath(dir); err != nil {
 		return nil, err
@@ -291,6 +292,29 @@ func Prestart(exe, dir, criuPath string) (_ *Pending, retErr error) {
 
 // PID is the shim's pid.
 func (p *Pending) PID() int { return p.cmd.Process.Pid }
+
+// Move gives a shim started ahead in a spare directory (a daemon keeps one
+// waiting before any migration comes, so that an arrival does not pay its
+// start) the directory dir its spec will name: its own log (ShimLog), open
+// as it is, moves there, replacing one an earlier stay of the process left.
+// The two directories must be on one file system. After a failed Move the
+// shim stays in its spare directory.
+func (p *Pending) Move(dir string) error {
+	if p.started {
+		return errors.New("shim: this shim was started (or aborted) already")
+	}
+	if _, err := sockPath(dir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("shim: %w", err)
+	}
+	if err := os.Rename(filepath.Join(p.dir, ShimLog), filepath.Join(dir, ShimLog)); err != nil {
+		return fmt.Errorf("shim: moving a shim started ahead: %w", err)
+	}
+	p.dir = dir
+	return nil
+}
 
 // Abort ends a shim that has not been given its spec: it exits and is
 // reaped before Abort returns. A no-op after Start, and on nil.

@@ -131,15 +131,27 @@ func endShim(t *testing.T, c *shim.Client, st *shim.Started) {
 // prestartShim is startShim with the shim started ahead of its spec, as a
 // migration's target starts it: it waits with its CRIU started, as its
 // child, until the spec comes.
-func prestartShim(t *testing.T, spec shim.Spec) (*shim.Client, *shim.Started) {
+func prestartShim(t *testing.T, spec shim.Spec, moved bool) (*shim.Client, *shim.Started) {
 	t.Helper()
-	p, err := shim.Prestart(exe(t), spec.Dir, spec.Restore.CRIU)
+	dir := spec.Dir
+	if moved {
+		dir = t.TempDir()
+	}
+	p, err := shim.Prestart(exe(t), dir, spec.Restore.CRIU)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Abort) // a no-op once started
 	if w := waitSwrk(t, p.PID()); w == 0 {
 		t.Fatalf("the prestarted shim %d has no CRIU waiting", p.PID())
+	}
+	if moved {
+		if err := p.Move(spec.Dir); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, shim.ShimLog)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the shim's log is still in its spare directory (%v)", err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -603,11 +615,15 @@ func needCRIU(t *testing.T) {
 // spec.
 func TestRestore(t *testing.T) {
 	needCRIU(t)
-	t.Run("fresh", func(t *testing.T) { testRestore(t, false) })
-	t.Run("ahead", func(t *testing.T) { testRestore(t, true) })
+	t.Run("fresh", func(t *testing.T) { testRestore(t, "") })
+	t.Run("ahead", func(t *testing.T) { testRestore(t, "ahead") })
+	// Started ahead in a spare directory and moved to the process's, as a
+	// daemon's shim that waits before any migration comes.
+	t.Run("moved", func(t *testing.T) { testRestore(t, "moved") })
 }
 
-func testRestore(t *testing.T, ahead bool) {
+func testRestore(t *testing.T, how string) {
+	ahead := how != ""
 	dir1, dir2 := t.TempDir(), t.TempDir()
 	stop := filepath.Join(t.TempDir(), "stop")
 	c1, st1 := startShim(t, counterSpec(dir1, stop))
@@ -648,12 +664,15 @@ func testRestore(t *testing.T, ahead bool) {
 		unix.Fstat(int(hr.Fd()), &hst)
 		holdKey = fmt.Sprintf("pipe:[%d]", hst.Ino)
 		spec2.Restore.Hold = hw
-		c2, st2 = prestartShim(t, spec2)
+		c2, st2 = prestartShim(t, spec2, how == "moved")
 	} else {
 		c2, st2 = startShim(t, spec2)
 	}
 	if ahead && !holdsFile(c2.ShimPID(), holdKey) {
 		t.Errorf("the shim %d does not hold the file sent with its spec (%s)", c2.ShimPID(), holdKey)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir2, shim.ShimLog)); !strings.Contains(string(b), "started pid") {
+		t.Errorf("the shim's own log in %s does not tell the start:\n%s", dir2, b)
 	}
 	if st2.PID != st1.PID || st2.Restore == nil || st2.PipeKey == st1.PipeKey {
 		t.Fatalf("restored: %+v, want pid %d, stats and a new pipe", st2, st1.PID)

@@ -43,22 +43,27 @@ func lastRecord(t *testing.T, k int) map[string]any {
 }
 
 // noPostCopyLeft checks that nothing of a post-copy migration is left on
-// the hosts once it has settled: no lazy-pages, no CRIU, no images. The one
-// CRIU that waits idle for the next dump (internal/daemon/dumpworker.go,
-// still called "criu swrk 3": a CRIU serving a request renames itself) is
-// the daemon's, not the migration's.
+// the hosts once it has settled: no lazy-pages, no CRIU, no images. Two
+// CRIUs wait idle on every host (still called "criu swrk 3": a CRIU serving
+// a request renames itself), one for each parent: the daemon's for the next
+// dump (internal/daemon/dumpworker.go) and the one of the shim that waits
+// for the next arrival (internal/daemon/shimahead.go). They are the
+// daemon's, not the migration's.
 func noPostCopyLeft(t *testing.T, hosts ...int) {
 	t.Helper()
 	for _, k := range hosts {
 		var left string
 		for end := within(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-			out, _ := on(k, "sh", "-c", `pgrep -a -f '[l]azy-pages|[c]riu swrk|sbin/[c]riu' || true; ls -A "$1/images"`,
+			// Each line: the parent's name, then the command line.
+			out, _ := on(k, "sh", "-c", `for p in $(pgrep -f '[l]azy-pages|[c]riu swrk|sbin/[c]riu'); do
+				pp=$(ps -o ppid= -p "$p" | tr -d ' '); echo "$(ps -o comm= -p "$pp") $(ps -o args= -p "$p")"; done; ls -A "$1/images"`,
 				"left", stateDir(k))
 			var rest []string
-			idle := false
+			idle := map[string]bool{}
 			for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-				if !idle && strings.HasSuffix(l, "/criu swrk 3") {
-					idle = true
+				parent, _, _ := strings.Cut(l, " ")
+				if (parent == "migrated" || parent == "migrated-shim") && !idle[parent] && strings.HasSuffix(l, "/criu swrk 3") {
+					idle[parent] = true
 				} else if l != "" {
 					rest = append(rest, l)
 				}
