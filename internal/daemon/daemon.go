@@ -57,7 +57,7 @@ type Daemon struct {
 	criu      *criu.Client
 	quiescer  quiescer               // stops a tree for a dump
 	dumps     dumpWorkers            // the next dump's CRIU, started ahead (dumpworker.go)
-	shims     aheadShims             // the next arrival's shim, started ahead (shimahead.go)
+	shims     ahead[aheadShim]       // the next arrival's shim, started ahead (shimahead.go)
 	token     atomic.Pointer[[]byte] // the cluster token(s) (wire.LoadToken); nil: none. SIGHUP reloads it
 	ctlPath   string                 // the control socket of migration-aware processes
 	sockPath  string                 // the local clients' socket
@@ -238,7 +238,7 @@ func (d *Daemon) serve(ctx context.Context, sockPath, tokenFile string) error {
 	}
 	d.removeStaleImages()
 	d.removeStaleAhead()
-	d.refillDump()
+	d.openDumps()
 	defer d.closeDumps()
 	d.openShims()
 	defer d.closeShims()

@@ -3,7 +3,6 @@ package daemon
 import (
 	"net"
 	"os"
-	"sync"
 
 	"dsmigrate/criu"
 )
@@ -17,17 +16,10 @@ import (
 // end of a page socket, and learns everything else from the request: it can
 // wait any time. One waits here at all times but while a dump uses it:
 // started when the daemon is, and again after each migration out, once it
-// is over (not during it, where its start-up would compete for the CPU with
-// the dump, the restore and, on one machine, the other host's steps). A
-// dump that finds none (two at once, or the start failed) starts its own.
-// An idle CRIU exits when the daemon closes its RPC socket, or dies.
-type dumpWorkers struct {
-	mu      sync.Mutex
-	ready   *dumpWorker
-	filling bool
-	closed  bool
-	fill    sync.WaitGroup // the start under way, if any
-}
+// is over (ahead.go). A dump that finds none (two at once, or the start
+// failed) starts its own. An idle CRIU exits when the daemon closes its RPC
+// socket, or dies.
+type dumpWorkers = ahead[dumpWorker]
 
 // dumpWorker is a CRIU waiting for a dump request, with the page socket it
 // holds as its fd 4 (criuEnd) and the daemon's end of it (local).
@@ -46,43 +38,21 @@ func (x *dumpWorker) close() {
 // takeDump returns the page socket for a dump and, if one is waiting, the
 // CRIU started ahead to run it (nil otherwise: criu.Dump starts one).
 func (d *Daemon) takeDump() (*criu.Worker, *net.UnixConn, *os.File, error) {
-	d.dumps.mu.Lock()
-	x := d.dumps.ready
-	d.dumps.ready = nil
-	d.dumps.mu.Unlock()
-	if x != nil {
+	if x := d.dumps.take(); x != nil {
 		return x.w, x.local, x.criuEnd, nil
 	}
 	local, criuEnd, err := pageSocket()
 	return nil, local, criuEnd, err
 }
 
-// refillDump starts a CRIU for the next dump in the background, unless one
-// waits or is starting. A failure is logged: the next dump starts its own,
-// and its error, if CRIU cannot start, is the one that matters.
+// openDumps starts the first CRIU ahead (serve).
+func (d *Daemon) openDumps() {
+	d.dumps.openFill(d.log, "starting CRIU ahead of the next dump", d.startDumpWorker, (*dumpWorker).close)
+}
+
+// refillDump starts a CRIU for the next dump in the background (ahead.refill).
 func (d *Daemon) refillDump() {
-	d.dumps.mu.Lock()
-	defer d.dumps.mu.Unlock()
-	if d.dumps.ready != nil || d.dumps.filling || d.dumps.closed {
-		return
-	}
-	d.dumps.filling = true
-	d.dumps.fill.Add(1)
-	go func() {
-		defer d.dumps.fill.Done()
-		x, err := d.startDumpWorker()
-		if err != nil {
-			d.log.Warn("starting CRIU ahead of the next dump", "err", err)
-		}
-		d.dumps.mu.Lock()
-		defer d.dumps.mu.Unlock()
-		d.dumps.filling = false
-		if x != nil && d.dumps.closed {
-			x.close()
-			return
-		}
-		d.dumps.ready = x
-	}()
+	d.dumps.refill(d.log, "starting CRIU ahead of the next dump", d.startDumpWorker, (*dumpWorker).close)
 }
 
 func (d *Daemon) startDumpWorker() (*dumpWorker, error) {
@@ -99,18 +69,5 @@ func (d *Daemon) startDumpWorker() (*dumpWorker, error) {
 	return &dumpWorker{w: w, local: local, criuEnd: criuEnd}, nil
 }
 
-// closeDumps ends the waiting CRIU, if any, and starts no more; a start
-// under way is waited for (and its CRIU ended).
-func (d *Daemon) closeDumps() {
-	d.dumps.mu.Lock()
-	d.dumps.closed = true
-	d.dumps.mu.Unlock()
-	d.dumps.fill.Wait()
-	d.dumps.mu.Lock()
-	x := d.dumps.ready
-	d.dumps.ready = nil
-	d.dumps.mu.Unlock()
-	if x != nil {
-		x.close()
-	}
-}
+// closeDumps ends the waiting CRIU, if any, and starts no more.
+func (d *Daemon) closeDumps() { d.dumps.close((*dumpWorker).close) }

@@ -19,9 +19,7 @@ func TestDumpWorkers(t *testing.T) {
 	waiting := func() *dumpWorker {
 		t.Helper()
 		for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			d.dumps.mu.Lock()
-			x, filling := d.dumps.ready, d.dumps.filling
-			d.dumps.mu.Unlock()
+			x, filling := d.dumps.waiting()
 			if x != nil || !filling {
 				return x
 			}
@@ -31,6 +29,10 @@ func TestDumpWorkers(t *testing.T) {
 		}
 	}
 	d.refillDump()
+	if waiting() != nil {
+		t.Fatal("a CRIU waits before openDumps")
+	}
+	d.openDumps()
 	d.refillDump()
 	x := waiting()
 	if x == nil {

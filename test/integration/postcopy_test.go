@@ -44,11 +44,10 @@ func lastRecord(t *testing.T, k int) map[string]any {
 
 // noPostCopyLeft checks that nothing of a post-copy migration is left on
 // the hosts once it has settled: no lazy-pages, no CRIU, no images. Two
-// CRIUs wait idle on every host (still called "criu swrk 3": a CRIU serving
-// a request renames itself), one for each parent: the daemon's for the next
-// dump (internal/daemon/dumpworker.go) and the one of the shim that waits
-// for the next arrival (internal/daemon/shimahead.go). They are the
-// daemon's, not the migration's.
+// CRIUs wait idle on every host, the daemon's, not the migration's (started
+// ahead: internal/daemon/ahead.go), still called "criu swrk 3" (a CRIU
+// serving a request renames itself), one for each parent: the daemon's for
+// the next dump and the one of the shim that waits for the next arrival.
 func noPostCopyLeft(t *testing.T, hosts ...int) {
 	t.Helper()
 	for _, k := range hosts {
@@ -62,9 +61,10 @@ func noPostCopyLeft(t *testing.T, hosts ...int) {
 			idle := map[string]bool{}
 			for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
 				parent, _, _ := strings.Cut(l, " ")
-				if (parent == "migrated" || parent == "migrated-shim") && !idle[parent] && strings.HasSuffix(l, "/criu swrk 3") {
+				switch {
+				case (parent == "migrated" || parent == "migrated-shim") && !idle[parent] && strings.HasSuffix(l, "/criu swrk 3"):
 					idle[parent] = true
-				} else if l != "" {
+				case l != "":
 					rest = append(rest, l)
 				}
 			}

@@ -21,11 +21,12 @@ func TestAheadShims(t *testing.T) {
 	waiting := func() (*shim.Pending, string) {
 		t.Helper()
 		for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			d.shims.mu.Lock()
-			p, spare, filling := d.shims.ready, d.shims.spare, d.shims.filling
-			d.shims.mu.Unlock()
-			if p != nil || !filling {
-				return p, spare
+			x, filling := d.shims.waiting()
+			if x != nil {
+				return x.p, x.spare
+			}
+			if !filling {
+				return nil, ""
 			}
 			if time.Now().After(end) {
 				t.Fatal("a shim started ahead never got ready")
