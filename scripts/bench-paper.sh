@@ -124,7 +124,7 @@ dsm_move() { # rank to [--move-ip CIDR]
 	t0=$(now)
 	bin/dsmrun migrate "$JOB" "$1" --to "$2" "${@:3}" >"$tmp/move.txt" 2>&1 || rc=$?
 	t1=$(now)
-	{ echo "== dsmrun migrate $JOB $* (rc $rc)"; cat "$tmp/move.txt"; } >>"$moves"
+	{ echo "== dsmrun migrate $JOB $* (rc $rc, at $(ms "$JT0" "$t0") ms of the job, for $(ms "$t0" "$t1") ms)"; cat "$tmp/move.txt"; } >>"$moves"
 	if [ $rc != 0 ]; then echo "FAIL FAIL FAIL $(ms "$t0" "$t1")"; else echo "$(done_fields "$tmp/move.txt") $(ms "$t0" "$t1")"; fi
 }
 bare_move() { # srchost id to
@@ -132,7 +132,7 @@ bare_move() { # srchost id to
 	t0=$(now)
 	$C exec "$1" migrated migrate "$2" --to "$3" >"$tmp/move.txt" 2>&1 || rc=$?
 	t1=$(now)
-	{ echo "== migrated migrate $2 --to $3 (plain process, rc $rc)"; cat "$tmp/move.txt"; } >>"$moves"
+	{ echo "== migrated migrate $2 --to $3 (plain process, rc $rc, at $(ms "$JT0" "$t0") ms of the job, for $(ms "$t0" "$t1") ms)"; cat "$tmp/move.txt"; } >>"$moves"
 	if [ $rc != 0 ]; then echo "FAIL FAIL FAIL $(ms "$t0" "$t1")"; else echo "$(done_fields "$tmp/move.txt") $(ms "$t0" "$t1")"; fi
 }
 start_plain() { # host mib -> id, once its memory is filled and checked
@@ -160,7 +160,7 @@ kill_plain "$id"
 # With "ip": the job runs with --rank-ips, rank 1 moves once with --move-ip
 # (its own address goes with it), no move back (dsm2 fields SKIP).
 mig_job() {
-	local n=$1 rep=$2 kind=${3:-mig} src srch pid dst dsth c best bestc i k rss anon shm mib pid2 prss panon order d1 b d2 j
+	local n=$1 rep=$2 kind=${3:-mig} src srch pid dst dsth c best bestc ranks i k rss anon shm mib pid2 prss panon order d1 b d2 j
 	local jargs=() margs=()
 	if [ "$kind" = ip ]; then jargs=(--rank-ips "$RANK_IPS"); margs=(--move-ip "$(ip_of 1)"); fi
 	start_job "$n" "$kind-$n-$rep" "${ITERS[$n]}" "${jargs[@]}"
@@ -169,7 +169,10 @@ mig_job() {
 		echo "${JOB:--}	${j// /	}	$(fields - 9)	$(fields FAIL 12)	job did not start"
 		return
 	fi
-	sleep_until "$(at "$JT0" "$MOVE_AT" "${TEXP[$n]}")"
+	# What the moves need is found first (under a 6- or 8-rank job each
+	# dsmrun ps and cluster.sh exec takes a few hundred ms on 2 cores:
+	# done after MOVE_AT, it put the first move 6-8 s into a 7.5 s job,
+	# after rank 1 had finished its sweeps), then the moves wait for MOVE_AT.
 	read -r src pid < <(job_ps | jq -r '.[] | select(.rank == 1) | "\(.host) \(.pid)"') || true
 	if [ -z "${src:-}" ]; then
 		finish_job "$kind-$n-$rep"; j=$J
@@ -189,9 +192,9 @@ mig_job() {
 	[ "$note" = - ] || echo "== $JOB: $note" >>"$moves"
 	# target: fewest ranks, ties to the next host after the source
 	for i in "${!HOSTS[@]}"; do [ "${HOSTS[$i]}" = "$src" ] && k=$i; done
-	best= bestc=999
+	best= bestc=999 ranks=$(job_ps)
 	for i in 1 2 3; do
-		c=$(job_ps | jq --arg h "${HOSTS[$(( (k + i) % 4 ))]}" '[.[] | select(.host == $h)] | length')
+		c=$(jq --arg h "${HOSTS[$(( (k + i) % 4 ))]}" '[.[] | select(.host == $h)] | length' <<<"$ranks")
 		if [ "$c" -lt "$bestc" ]; then bestc=$c best=${HOSTS[$(( (k + i) % 4 ))]}; fi
 	done
 	dst=$best dsth=$(hname "$best")
@@ -200,6 +203,7 @@ mig_job() {
 	id=$(start_plain "$srch" "$mib")
 	pid2=$(plain_pid "$srch" "$id")
 	prss=$(status_kb "$srch" "$pid2" VmRSS) panon=$(status_kb "$srch" "$pid2" RssAnon)
+	sleep_until "$(at "$JT0" "$MOVE_AT" "${TEXP[$n]}")"
 	if [ $((rep % 2)) = 1 ]; then
 		order=dsm-first; d1=$(dsm_move 1 "$dst" "${margs[@]}"); b=$(bare_move "$srch" "$id" "$dst")
 	else
@@ -234,8 +238,8 @@ for n in $RANKS; do
 	echo "calibration: $n ranks: 1 sweep ${t1} ms, $CALIB sweeps ${tc} ms -> ${ITERS[$n]} sweeps, expected ${TEXP[$n]} s" >>"$moves"
 done
 # Unrecorded warm-up of both kinds of move.
-mig_job 2 0 >/dev/null
-mig_job 2 0 ip >/dev/null
+mig_job "${RANKS%% *}" 0 >/dev/null
+mig_job "${RANKS%% *}" 0 ip >/dev/null
 echo "== end of warm-up" >>"$moves"
 
 printf "ranks\trep\tkind\tjob\tjob_rc\tjob_ms\tverified\tsrc\tdst\torder\trank_vmrss_kb\trank_anon_kb\trank_shmem_kb\tplain_mib_arg\tplain_vmrss_kb\tplain_anon_kb\tdsm1_total_ms\tdsm1_downtime_ms\tdsm1_mib\tdsm1_wall_ms\tbare_total_ms\tbare_downtime_ms\tbare_mib\tbare_wall_ms\tdsm2_total_ms\tdsm2_downtime_ms\tdsm2_mib\tdsm2_wall_ms\tnote\n" >"$tsv"
