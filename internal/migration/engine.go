@@ -439,6 +439,16 @@ func (e *Engine) save(r *Record, mutate func(*Record)) error {
 	if mutate != nil {
 		mutate(r)
 	}
+	if err := e.putLocked(r); err != nil {
+		return err
+	}
+	e.migs[r.Mig] = r
+	return nil
+}
+
+// putLocked journals r, durably if it is a source's record that holds its
+// decision (save). The caller holds e.mu.
+func (e *Engine) putLocked(r *Record) error {
 	put := e.cfg.Journal.Put
 	if r.Side == SideSource && r.Decision != "" {
 		put = e.cfg.Journal.PutDurable
@@ -446,7 +456,6 @@ func (e *Engine) save(r *Record, mutate func(*Record)) error {
 	if err := put(r); err != nil {
 		return fmt.Errorf("journal: %w", err)
 	}
-	e.migs[r.Mig] = r
 	return nil
 }
 

@@ -169,18 +169,17 @@ func TestJournalDurability(t *testing.T) {
 			defer dumpTrace(t, w)
 			decided := false
 			for _, wr := range w.A().writes {
-				f := strings.Fields(wr)
-				decided = decided || len(f) == 4
-				if durable := f[0] == "durable"; durable != decided {
-					t.Errorf("source journal write %q: durable %v, want %v", wr, durable, decided)
+				decided = decided || wr.decision != ""
+				if wr.durable != decided {
+					t.Errorf("source journal write %+v: durable %v, want %v", wr, wr.durable, decided)
 				}
 			}
 			if !decided {
-				t.Errorf("the source never journaled a decision: %v", w.A().writes)
+				t.Errorf("the source never journaled a decision: %+v", w.A().writes)
 			}
 			for _, wr := range w.B().writes {
-				if strings.HasPrefix(wr, "durable") {
-					t.Errorf("target journal write %q is durable", wr)
+				if wr.durable {
+					t.Errorf("target journal write %+v is durable", wr)
 				}
 			}
 		})

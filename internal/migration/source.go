@@ -723,9 +723,9 @@ func (e *Engine) decide(r *Record, d string) (string, error) {
 		return r.Decision, nil
 	}
 	r.Decision = d
-	if err := e.cfg.Journal.PutDurable(r); err != nil {
+	if err := e.putLocked(r); err != nil { // durable: it holds the decision
 		r.Decision = ""
-		return "", fmt.Errorf("journal: %w", err)
+		return "", err
 	}
 	e.migs[r.Mig] = r
 	return d, nil

@@ -694,9 +694,8 @@ type host struct {
 	dirs    map[string]*imgDir
 	journal map[string][]byte
 	jcanon  map[string]string
-	// writes are the journal's writes in order: "durable" or not, the
-	// record's side, step and decision (not in the state).
-	writes  []string
+	// writes are the journal's writes in order (not in the state).
+	writes  []journalWrite
 	hooks   []string
 	records []api.MigrationRec
 	// restored are the addresses RestoreAddr put back (not in the state:
@@ -1815,9 +1814,14 @@ func (h *host) Put(r *Record) error { return h.put(r, false) }
 // daemons, so both survive the same.
 func (h *host) PutDurable(r *Record) error { return h.put(r, true) }
 
+// journalWrite is one journal write: of which record, synced or not.
+type journalWrite struct {
+	durable              bool
+	side, step, decision string
+}
+
 func (h *host) put(r *Record, durable bool) error {
-	h.writes = append(h.writes, fmt.Sprintf("%s %s %s %s", map[bool]string{true: "durable", false: "unsynced"}[durable],
-		r.Side, r.Step, r.Decision))
+	h.writes = append(h.writes, journalWrite{durable, r.Side, r.Step, r.Decision})
 	if h.w.beforePut != nil && h.w.beforePut(h, r) {
 		h.w.s.trace("CRASH %s before the journal write %s %s", h.name, r.Side, r.Step)
 		h.w.s.crashHost(h)
