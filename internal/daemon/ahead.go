@@ -80,10 +80,3 @@ func (a *ahead[T]) close(end func(*T)) {
 		end(x)
 	}
 }
-
-// waiting reports what waits and whether a start is under way (tests).
-func (a *ahead[T]) waiting() (*T, bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.ready, a.filling
-}

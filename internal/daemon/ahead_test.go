@@ -10,6 +10,13 @@ import (
 	"dsmigrate/internal/shim"
 )
 
+// waiting reports what waits and whether a start is under way.
+func (a *ahead[T]) waiting() (*T, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ready, a.filling
+}
+
 // One shim waits for the next arrival, in a spare directory: refilled once
 // taken, never two; a take moves it, with its log, to the process's
 // directory and removes the spare one; a take with none waiting gets none;

@@ -56,7 +56,7 @@ type Daemon struct {
 	imagesDir string
 	criu      *criu.Client
 	quiescer  quiescer               // stops a tree for a dump
-	dumps     dumpWorkers            // the next dump's CRIU, started ahead (dumpworker.go)
+	dumps     ahead[dumpWorker]      // the next dump's CRIU, started ahead (dumpworker.go)
 	shims     ahead[aheadShim]       // the next arrival's shim, started ahead (shimahead.go)
 	token     atomic.Pointer[[]byte] // the cluster token(s) (wire.LoadToken); nil: none. SIGHUP reloads it
 	ctlPath   string                 // the control socket of migration-aware processes

@@ -19,7 +19,6 @@ import (
 // is over (ahead.go). A dump that finds none (two at once, or the start
 // failed) starts its own. An idle CRIU exits when the daemon closes its RPC
 // socket, or dies.
-type dumpWorkers = ahead[dumpWorker]
 
 // dumpWorker is a CRIU waiting for a dump request, with the page socket it
 // holds as its fd 4 (criuEnd) and the daemon's end of it (local).
