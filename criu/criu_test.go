@@ -130,11 +130,7 @@ func TestDumpWorker(t *testing.T) {
 	cmd := sleeper(t)
 	dir := t.TempDir()
 	dropLock(t, dir)
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dumpEnd, psEnd := os.NewFile(uintptr(fds[0]), "dump"), os.NewFile(uintptr(fds[1]), "ps")
+	dumpEnd, psEnd := socketPair(t, "dump", "ps")
 	defer dumpEnd.Close()
 	w, err := c.StartDumpWorker([]*os.File{dumpEnd})
 	if err != nil {
@@ -179,6 +175,17 @@ func TestDumpWorker(t *testing.T) {
 		idle.cmd.Process.Kill()
 		t.Fatal("an idle dump worker did not exit when its RPC socket closed")
 	}
+}
+
+// socketPair is a connected pair of blocking unix stream sockets, close-on-
+// exec (a dump or page server gets one end through ExtraFiles).
+func socketPair(t *testing.T, a, b string) (*os.File, *os.File) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return os.NewFile(uintptr(fds[0]), a), os.NewFile(uintptr(fds[1]), b)
 }
 
 // swrks are our children serving a request of ours (`criu swrk`, which

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // A lazy dump's runs, read from its pagemap, are what its page server
@@ -25,11 +23,7 @@ func TestLazyRanges(t *testing.T) {
 	pid := cmd.Process.Pid
 	dir := t.TempDir()
 	dropLock(t, dir)
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mine, theirs := os.NewFile(uintptr(fds[0]), "mine"), os.NewFile(uintptr(fds[1]), "criu")
+	mine, theirs := socketPair(t, "mine", "criu")
 	defer mine.Close()
 	ready := make(chan struct{})
 	done := make(chan error, 1)
