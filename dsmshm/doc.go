@@ -112,13 +112,23 @@
 // protected, and in a job that partitions data by home, only the pages
 // others read (a Jacobi boundary row) fault and travel as notices.
 //
-// When the page server serves an exclusive page, it write-protects the page
-// and sets the bit under the page's lock, before copying the master copy
-// (dsm.c, track). A write by one of the home's threads that lands before
-// the mprotect is in the copy; one after it faults, and the handler waits
-// for the page lock (held by a plain pthread, never by a goroutine), marks
-// the page dirty and lets the write proceed, so the next release issues a
-// notice for it. Applying a diff to an exclusive page does the same.
+// When the page server serves an exclusive page, it copies it under the
+// page's lock and sets the bit to "served while writable" (dsm.c, answer),
+// which everything else takes for dirty (set: a release flushes it with a
+// notice; Prepare(write) and diffs mark it tracked as they would a dirty
+// page). Only when the reply is sent does it write-protect the page, under
+// the lock again, and compare it with the copy it served (protect_served):
+// equal, the page is clean; different, one of the home's threads wrote it
+// between the copy and the mprotect, and it stays dirty, so the next
+// release issues a notice for that write. From the mprotect on, a write
+// faults, and the handler waits for the page lock (held by a plain
+// pthread, never by a goroutine), marks the page dirty and lets the write
+// proceed. If anything else marked the page in between (a release, a
+// Prepare(write), a diff), that mark already covers the copy and the page
+// is left as it is. The mprotect used to come first, inside the fetch's
+// round trip (~7 us of it here); the server does it before it answers
+// anything else, so one answer's pages are settled before the next copy.
+// Applying a diff to an exclusive page write-protects it first (track).
 //
 // Why no update is lost: take a home page p and a copy of it at another
 // rank R with version u. Claim: from the moment p's bit was last cleared,
@@ -139,7 +149,13 @@
 // master copy, which has every write. The bit is cleared only together
 // with a version bump and a notice, so a copy made while it is set is
 // covered by that notice in the same way, and a dirty page's writes are
-// covered by the notice of the release that flushes it.
+// covered by the notice of the release that flushes it. A page served while
+// writable is dirty until protect_served settles it: a write in between
+// either changed a byte of the copy (the comparison sees it, and the page
+// stays dirty) or left the page as the copy has it (then the copy has it).
+// No other copy is made in between: one thread serves, and it settles an
+// answer's pages before it copies anything else, and a diff's copy stays
+// with its sender, whose diff makes the comparison differ.
 //
 // A rank's copy can be behind its own notice (another rank wrote the same
 // page concurrently), so an acquire checks every notice it receives against
@@ -210,7 +226,7 @@
 // twins and serves pages without changing protections under the
 // application's feet. A page is write-protected before it is diffed, so a
 // concurrent writer of the same rank faults and re-twins after the diff.
-// The page server thread also write-protects an exclusive home page before
+// The page server thread also write-protects an exclusive home page after
 // serving it (see "Exclusive home pages").
 //
 // Measured here (2 cores, two ranks in one process; see TestFaultCosts): a

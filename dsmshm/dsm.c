@@ -39,6 +39,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -47,6 +48,7 @@
 #define MAX_SEG 1024
 #define SERVE_TIMEOUT_NS (5ull * 1000000000u) // a started request or an unread reply, at most
 #define MAX_RUN 512 // pages per flush run; bounds a stack array
+#define SERVED_WRITABLE 2 // a copyset value: see dsm_seg
 
 // A page channel's keys (see secure.go): requests are sealed with tx and a
 // counter, replies opened with rx and another.
@@ -103,6 +105,19 @@ struct dsm_node {
 	uint64_t down_wait_ns, away_wait_ns; // how long a fault waits for a broken channel
 	int fetch_run;                       // most pages a fetch asks for (dsm_node_set_fetch_run)
 	uint64_t drop_req, drop_done;     // guarded by mu: the server drops its fds
+	// The pages the last answer served while writable, for protect_served
+	// (the server thread's alone): their segment, numbers and copies, and,
+	// in an encrypting job, where those copies are kept (sealing encrypts
+	// the reply's).
+	dsm_seg *later_seg;
+	size_t later[DSM_FETCH_RUN_MAX];
+	const uint8_t *later_copy[DSM_FETCH_RUN_MAX];
+	int nlater;
+	uint8_t plain[DSM_FETCH_RUN_MAX * DSM_PAGE];
+	// A fault point for tests (dsm_node_test_served_write): nonzero, the
+	// server writes it into the first word of each such page after the
+	// reply is sent and before protect_served, as a home thread would.
+	uint64_t test_served_write;
 	// An eventfd (owned here; -1: none) signalled when a page channel
 	// breaks, so that the Go side dials a new one (see fetch).
 	int redial_fd;
@@ -124,7 +139,10 @@ struct dsm_seg {
 	// and a write makes it dirty. Zero: nobody else can hold a valid copy;
 	// the page stays writable and the home's writes need no write notice.
 	// Cleared only by a release that issues a notice for the page (see
-	// doc.go, "Exclusive home pages"). Unused for pages homed elsewhere.
+	// doc.go, "Exclusive home pages"). SERVED_WRITABLE: set, and the page
+	// server copied the page without write-protecting it first and will
+	// (protect_served); until then the page counts as dirty. Unused for
+	// pages homed elsewhere.
 	uint8_t *copyset;
 	// used[p], for a page homed elsewhere: this rank has needed it (a fault
 	// or Prepare fetched it, alone or in a run). Only used pages join a
@@ -173,20 +191,6 @@ static uint64_t now_ns(void) {
 }
 
 // ---- blocking I/O that survives EINTR (cgo callers get Go's SIGURG) ----
-
-static int read_full(int fd, void *p, size_t n) {
-	char *b = p;
-	while (n > 0) {
-		ssize_t r = read(fd, b, n);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			return r == 0 ? -EPIPE : -errno;
-		b += r;
-		n -= (size_t)r;
-	}
-	return 0;
-}
 
 static int write_full(int fd, const void *p, size_t n) {
 	const char *b = p;
@@ -248,6 +252,68 @@ static void unlock_range(dsm_seg *s, size_t a, size_t b) {
 
 // ---- page fetch (client side) ----
 
+// A page reply for got pages is, on the wire: status u64, got u64, got
+// versions u64, got pages, tag. read_reply reads the reply to a request for
+// k pages into its places (header and versions to hdr, pages to page, tag
+// to tag) with one readv, which on a local or fast link takes one system
+// call instead of four: it reads into the places of a full reply (got ==
+// k, the rule: the client asks only for pages of one home), and a shorter
+// one, status not 0 or fewer pages (the home has fewer homed from the
+// first on than asked), is moved to its own places afterwards. The pages
+// it reads over are invalid and locked by the caller, so nothing reads
+// them meanwhile. It reads no more than the reply: the channel carries one
+// request at a time. It returns 0 and sets *got (0 when status is not 0),
+// or a negative errno (-EBADMSG: a header out of bounds, which drops the
+// channel like a bad tag; the count is read before the tag is checked,
+// bounded by what was asked).
+static int read_reply(int fd, uint64_t *hdr, uint8_t *page, uint8_t *tag, size_t k, size_t *got) {
+	size_t meta = 16 + 8 * k, plen = k * DSM_PAGE;
+	struct iovec full[3] = {{hdr, meta}, {page, plen}, {tag, DSM_AEAD_TAG}};
+	size_t have = 0, want = meta + plen + DSM_AEAD_TAG, g = k;
+	int parsed = 0;
+	while (have < want) {
+		// The places of the bytes from have on, up to want.
+		struct iovec iov[3];
+		int n = 0;
+		for (size_t i = 0, off = 0; i < 3 && off < want; off += full[i].iov_len, i++) {
+			size_t a = have > off ? have - off : 0, b = want - off < full[i].iov_len ? want - off : full[i].iov_len;
+			if (a < b)
+				iov[n++] = (struct iovec){(uint8_t *)full[i].iov_base + a, b - a};
+		}
+		ssize_t r = readv(fd, iov, n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r == 0 ? -EPIPE : -errno;
+		have += (size_t)r;
+		if (!parsed && have >= 16) {
+			parsed = 1;
+			g = hdr[0] == 0 ? (size_t)hdr[1] : 0;
+			if ((hdr[0] == 0 && (g == 0 || g > k)) || (hdr[0] != 0 && hdr[1] != 0))
+				return -EBADMSG;
+			want = 16 + 8 * g + g * DSM_PAGE + DSM_AEAD_TAG;
+			if (have > want)
+				return -EBADMSG; // cannot be: the home sends one reply per request
+		}
+	}
+	*got = g;
+	if (g == k)
+		return 0;
+	// Shorter: the bytes from 16 + 8g on sit where a full reply puts them.
+	// The tag first (its 16 bytes may straddle the versions and the pages),
+	// then the pages, which went 8(k-g) bytes late: their first bytes are
+	// in the versions' places past g.
+	size_t t = 16 + 8 * g + g * DSM_PAGE;
+	for (size_t i = 0; i < DSM_AEAD_TAG; i++, t++)
+		tag[i] = t < meta ? ((uint8_t *)hdr)[t] : page[t - meta];
+	if (g > 0) {
+		size_t d = 8 * (k - g);
+		memmove(page + d, page, g * DSM_PAGE - d);
+		memcpy(page, (uint8_t *)hdr + 16 + 8 * g, d);
+	}
+	return 0;
+}
+
 // fetch copies the home's current copies of pages [p, p+k) into the system
 // view: p and the k-1 pages after it, all invalid here and of one home,
 // whose locks the caller holds (see run_end). The home may serve fewer
@@ -281,20 +347,10 @@ static int fetch(dsm_seg *s, size_t p, size_t k) {
 		dsm_aead_seal(c->k.tx, c->k.ntx++, NULL, 0, req, 12, n->enc, req + 12);
 		err = write_full(c->fd, req, sizeof req);
 	}
+	size_t got = 0;
 	if (err == 0)
-		err = read_full(c->fd, hdr, 16);
-	// The count is read before the tag is checked: bounded by what was
-	// asked, and a count out of bounds drops the channel like a bad tag.
-	size_t got = err == 0 && hdr[0] == 0 ? (size_t)hdr[1] : 0;
-	if (err == 0 && ((hdr[0] == 0 && (got == 0 || got > k)) || (hdr[0] != 0 && hdr[1] != 0)))
-		err = -EBADMSG;
-	if (err == 0 && got)
-		err = read_full(c->fd, hdr + 2, 8 * got);
+		err = read_reply(c->fd, hdr, page, tag, k, &got);
 	size_t plen = got * DSM_PAGE;
-	if (err == 0 && plen)
-		err = read_full(c->fd, page, plen); // the pages are invalid here: nothing reads sys until they are valid
-	if (err == 0)
-		err = read_full(c->fd, tag, sizeof tag);
 	if (err == 0 && dsm_aead_open(c->k.rx, c->k.nrx++, (uint8_t *)hdr, 16 + 8 * got, page, plen, n->enc, tag) != 0) {
 		// Forged or damaged on the way: the channel is dropped as broken.
 		add(&n->st.bad_tags, 1);
@@ -1041,6 +1097,10 @@ void dsm_node_set_fetch_run(dsm_node *n, int pages) {
 	__atomic_store_n(&n->fetch_run, pages, __ATOMIC_RELAXED);
 }
 
+void dsm_node_test_served_write(dsm_node *n, uint64_t v) {
+	__atomic_store_n(&n->test_served_write, v, __ATOMIC_RELAXED);
+}
+
 void dsm_node_set_failed(dsm_node *n, const char *why) {
 	if (__atomic_load_n(&n->failed, __ATOMIC_ACQUIRE))
 		return;
@@ -1122,7 +1182,12 @@ static void srv_drop(srv_conn *sc) {
 // answer fills sc->out with the reply to the request in sc->in: the pages
 // asked for, from the first, as far as they are homed here (at least the
 // first, or status 1 and none). Each is copied under its own lock, alone
-// (a lock of a page homed here, held for local work only).
+// (a lock of a page homed here, held for local work only). An exclusive
+// page is not write-protected first, which would put an mprotect (~7 us
+// here, more in a busy multi-threaded process) into the round trip: it is
+// marked served while writable (copyset 2, which everything else takes for
+// dirty) and listed for protect_served, which the server runs as soon as
+// the reply is sent (see doc.go, "Exclusive home pages").
 static void answer(dsm_node *n, srv_conn *sc) {
 	uint32_t req[3]; // segment, first page, pages
 	memcpy(req, sc->in, sizeof req);
@@ -1135,32 +1200,69 @@ static void answer(dsm_node *n, srv_conn *sc) {
 		while (k < req[2] && first < s->npages && k < s->npages - first && s->home[first + k] == n->rank)
 			k++;
 	uint8_t *pages = sc->out + 16 + 8 * k; // where k pages go after k versions
-	size_t got = 0;
-	for (; got < k; got++) {
-		size_t p = first + got;
+	n->later_seg = s;
+	n->nlater = 0;
+	for (size_t i = 0; i < k; i++) {
+		size_t p = first + i;
 		mu_lock(&s->lock[p]);
-		// Track the home's writes from here on, before copying: see track.
-		int err = track(s, p);
-		if (err == 0) {
-			memcpy(pages + got * DSM_PAGE, s->sys + p * DSM_PAGE, DSM_PAGE);
-			hdr[2 + got] = s->ver[p];
+		memcpy(pages + i * DSM_PAGE, s->sys + p * DSM_PAGE, DSM_PAGE);
+		hdr[2 + i] = s->ver[p];
+		if (s->copyset[p] == 0 && s->state[p] == DSM_RW) {
+			__atomic_store_n(&s->copyset[p], SERVED_WRITABLE, __ATOMIC_RELAXED);
+			// What protect_served compares the page with: the copy in
+			// the reply, unless sealing encrypts it.
+			uint8_t *copy = pages + i * DSM_PAGE;
+			if (n->enc) {
+				memcpy(n->plain + n->nlater * DSM_PAGE, copy, DSM_PAGE);
+				copy = n->plain + n->nlater * DSM_PAGE;
+			}
+			n->later[n->nlater] = p;
+			n->later_copy[n->nlater++] = copy;
+		} else if (s->copyset[p] == 0) {
+			__atomic_store_n(&s->copyset[p], 1, __ATOMIC_RELAXED);
 		}
 		mu_unlock(&s->lock[p]);
-		if (err != 0)
-			break;
 	}
-	if (got < k) // fewer than placed for (an mprotect failed): close up
-		memmove(sc->out + 16 + 8 * got, pages, got * DSM_PAGE);
-	if (got > 0) {
+	if (k > 0) {
 		hdr[0] = 0;
-		hdr[1] = got;
-		add(&n->st.served, got);
+		hdr[1] = k;
+		add(&n->st.served, k);
 	}
-	size_t meta = 16 + 8 * got, plen = got * DSM_PAGE;
+	size_t meta = 16 + 8 * k, plen = k * DSM_PAGE;
 	memcpy(sc->out, hdr, meta);
 	dsm_aead_seal(sc->k.tx, sc->k.ntx++, sc->out, meta, sc->out + meta, plen, n->enc, sc->out + meta + plen);
 	sc->outlen = meta + plen + DSM_AEAD_TAG;
 	sc->outoff = 0;
+}
+
+// protect_served write-protects the pages the last answer served while
+// writable, now that their copy is on its way, so that the home's writes
+// to them are tracked from here on (what track does before a copy). A page
+// still marked served while writable is protected and compared with the
+// copy served: the same, it is clean (read-only); different, one of the
+// home's threads wrote it between the copy and the mprotect, and it stays
+// dirty (writable), so the next release issues a notice for the write. A
+// page marked otherwise since (a release flushed it, Prepare(write) or a
+// diff marked it tracked) is left as it is: that mark already accounts for
+// the copy. If an mprotect fails the page stays dirty, which is safe.
+static void protect_served(dsm_node *n) {
+	dsm_seg *s = n->later_seg;
+	for (int i = 0; i < n->nlater; i++) {
+		size_t p = n->later[i];
+		char *app = s->app + p * DSM_PAGE;
+		mu_lock(&s->lock[p]);
+		if (s->copyset[p] == SERVED_WRITABLE) {
+			__atomic_store_n(&s->copyset[p], 1, __ATOMIC_RELAXED);
+			if (mprotect(app, DSM_PAGE, PROT_READ) == 0) {
+				if (memcmp(s->sys + p * DSM_PAGE, n->later_copy[i], DSM_PAGE) == 0)
+					s->state[p] = DSM_RO;
+				else // if this fails, the page is dirty and read-only: the home's next write faults and the handler makes it writable
+					(void)mprotect(app, DSM_PAGE, PROT_READ | PROT_WRITE);
+			}
+		}
+		mu_unlock(&s->lock[p]);
+	}
+	n->nlater = 0;
 }
 
 // serve_step makes what progress it can on sc without blocking: sends what
@@ -1187,8 +1289,13 @@ static int serve_step(dsm_node *n, srv_conn *sc) {
 		answer(n, sc);
 	}
 	ssize_t w = send(sc->fd, sc->out + sc->outoff, sc->outlen - sc->outoff, MSG_DONTWAIT | MSG_NOSIGNAL);
+	int serr = errno;
+	uint64_t tw = __atomic_load_n(&n->test_served_write, __ATOMIC_RELAXED);
+	for (int i = 0; tw != 0 && i < n->nlater; i++)
+		memcpy(n->later_seg->app + n->later[i] * DSM_PAGE, &tw, sizeof tw);
+	protect_served(n); // before anything else is answered: see answer
 	if (w < 0)
-		return errno == EAGAIN || errno == EINTR ? 0 : -1;
+		return serr == EAGAIN || serr == EINTR ? 0 : -1;
 	sc->outoff += (size_t)w;
 	if (sc->outoff == sc->outlen) {
 		sc->outoff = sc->outlen = 0;

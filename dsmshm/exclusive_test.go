@@ -3,7 +3,22 @@ package dsmshm
 import (
 	"sync/atomic"
 	"testing"
+	"time"
 )
+
+// servedProtected waits until the page server has write-protected page p of
+// s after serving it: it does so right after the reply is sent
+// (protect_served), so the fetching rank may get there first.
+func servedProtected(t *testing.T, s *Segment, p uint32) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Microsecond) {
+		if st, _ := s.c.pageState(p); st == stateRO {
+			return
+		} else if time.Now().After(end) {
+			t.Fatalf("home page %d served 10 s ago: state %d, want RO", p, st)
+		}
+	}
+}
 
 // A home page nobody else holds stays writable across releases and needs no
 // write notice; a fetch makes the home track its writes again.
@@ -42,9 +57,7 @@ func TestExclusiveHomePage(t *testing.T) {
 		t.Fatalf("rank 0: %d fetches, %d notices (was %d); want 1 fetch, no new notice", s.PagesFetched, s.WriteNotices, wn)
 	}
 	// The fetch write-protected the home's page: its next write is tracked.
-	if st, _ := segs[1].c.pageState(1); st != stateRO {
-		t.Fatalf("home page after a fetch: state %d, want RO", st)
-	}
+	servedProtected(t, segs[1], 1)
 	x1[w] = 5
 	if s := nodes[1].Stats(); s.WriteFaults != 2 {
 		t.Fatalf("home write after a fetch: %d write faults, want 2", s.WriteFaults)
@@ -120,6 +133,64 @@ func TestServeRacesHomeWrites(t *testing.T) {
 				t.Fatalf("round %d word %d: rank 0 reads %d, want %d", r, i, got, last.Load())
 			}
 		}
+	}
+}
+
+// The page server copies an exclusive page without write-protecting it
+// first and protects it once the reply is sent: a write by the home in
+// between (the fault point writes into the page there) is in no copy and
+// faults nowhere, so the page must stay dirty and the next release must
+// carry a notice for it, or the fetching rank would keep its stale copy.
+// A page nobody wrote in between becomes clean, and the home's next write
+// faults.
+// Both modes: an encrypting server compares with a plaintext copy of its own.
+func TestServedWhileWritable(t *testing.T) {
+	for _, enc := range []bool{false, true} {
+		name := "integrity"
+		if enc {
+			name = "encrypted"
+		}
+		t.Run(name, func(t *testing.T) { servedWhileWritable(t, enc) })
+	}
+}
+
+func servedWhileWritable(t *testing.T, enc bool) {
+	nodes := startMemEnc(t, 2, enc)
+	segs := allocAll(t, nodes, "w", 4*pageSize) // pages 2, 3 homed at rank 1
+	x1, x0 := View[uint64](segs[1]), View[uint64](segs[0])
+	const w2, w3 = 2 * pageSize / 8, 3 * pageSize / 8
+	barrier := func() {
+		t.Helper()
+		if err := each(nodes, func(n *Node) error { return n.Barrier(0) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	x1[w2], x1[w3] = 1, 1
+	barrier() // both exclusive
+	nodes[0].SetFetchRun(1)
+	nodes[1].c.testServedWrite(99)
+	if got := x0[w2]; got != 1 { // served, then written by the fault point
+		t.Fatalf("rank 0 reads %d from the copy, want 1", got)
+	}
+	nodes[1].c.testServedWrite(0)
+	if got := x0[w3]; got != 1 {
+		t.Fatalf("rank 0 reads %d from page 3, want 1", got)
+	}
+	servedProtected(t, segs[1], 3)
+	if st, _ := segs[1].c.pageState(2); st != stateRW {
+		t.Fatalf("home page written after its copy was served: state %d, want RW (dirty)", st)
+	}
+	faults := nodes[1].Stats().WriteFaults
+	x1[w3] = 2 // clean: this write faults and is tracked
+	if got := nodes[1].Stats().WriteFaults; got != faults+1 {
+		t.Fatalf("home write to the clean served page: %d write faults, want %d", got, faults+1)
+	}
+	barrier()
+	if got := x0[w2]; got != 99 {
+		t.Fatalf("rank 0 reads %d after the barrier, want 99 (the write between the copy and the protection)", got)
+	}
+	if got := x0[w3]; got != 2 {
+		t.Fatalf("rank 0 reads %d from page 3 after the barrier, want 2", got)
 	}
 }
 
