@@ -122,14 +122,15 @@ func (c cnode) stop() { C.dsm_node_stop(c.p) }
 func (c cnode) free() { C.dsm_node_free(c.p) }
 
 type cstats struct {
-	readFaults, writeFaults, twins, fetches, fetchNS, served, invalidations, badTags, fetchReqs uint64
+	readFaults, writeFaults, twins, fetches, fetchNS, served, invalidations, badTags, fetchReqs, serveNS uint64
 }
 
 func (c cnode) stats() cstats {
 	var s C.dsm_cstats
 	C.dsm_node_stats(c.p, &s)
 	return cstats{uint64(s.read_faults), uint64(s.write_faults), uint64(s.twins), uint64(s.fetches),
-		uint64(s.fetch_ns), uint64(s.served), uint64(s.invalidations), uint64(s.bad_tags), uint64(s.fetch_reqs)}
+		uint64(s.fetch_ns), uint64(s.served), uint64(s.invalidations), uint64(s.bad_tags), uint64(s.fetch_reqs),
+		uint64(s.serve_ns)}
 }
 
 // setFetchRun sets the most pages one fetch asks for (1..fetchRunMax).

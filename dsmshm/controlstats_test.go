@@ -27,7 +27,7 @@ func TestControlStats(t *testing.T) {
 	if got.ReadFaults != want.ReadFaults || got.WriteFaults != want.WriteFaults || got.PagesFetched != want.PagesFetched ||
 		got.FetchRequests != want.FetchRequests || got.Diffs != want.Diffs || got.DiffsApplied != want.DiffsApplied ||
 		got.Barriers != want.Barriers || got.BarrierWaitNS != int64(want.BarrierWait) ||
-		got.LockWaitNS != int64(want.LockWait) || got.FetchTimeNS != int64(want.FetchTime) ||
+		got.LockWaitNS != int64(want.LockWait) || got.FetchTimeNS != int64(want.FetchTime) || got.ServeTimeNS != int64(want.ServeTime) ||
 		got.PagesServed != want.PagesServed || got.LockAcquires != want.LockAcquires {
 		t.Fatalf("control stats %+v, Stats %+v", got, want)
 	}

@@ -1270,6 +1270,7 @@ static void protect_served(dsm_node *n) {
 // the channel is to be dropped: closed, broken, or a request whose tag is
 // wrong (nothing in it is used).
 static int serve_step(dsm_node *n, srv_conn *sc) {
+	uint64_t t0 = 0; // when a request was read whole here (for serve_ns)
 	if (sc->outoff == sc->outlen) {
 		ssize_t r = recv(sc->fd, sc->in + sc->inlen, sizeof sc->in - sc->inlen, MSG_DONTWAIT);
 		if (r == 0)
@@ -1282,6 +1283,7 @@ static int serve_step(dsm_node *n, srv_conn *sc) {
 		if (sc->inlen < sizeof sc->in)
 			return 0;
 		sc->inlen = 0;
+		t0 = now_ns();
 		if (dsm_aead_open(sc->k.rx, sc->k.nrx++, NULL, 0, sc->in, 12, n->enc, sc->in + 12) != 0) {
 			add(&n->st.bad_tags, 1);
 			return -1;
@@ -1290,6 +1292,8 @@ static int serve_step(dsm_node *n, srv_conn *sc) {
 	}
 	ssize_t w = send(sc->fd, sc->out + sc->outoff, sc->outlen - sc->outoff, MSG_DONTWAIT | MSG_NOSIGNAL);
 	int serr = errno;
+	if (t0 != 0)
+		add(&n->st.serve_ns, now_ns() - t0);
 	uint64_t tw = __atomic_load_n(&n->test_served_write, __ATOMIC_RELAXED);
 	for (int i = 0; tw != 0 && i < n->nlater; i++)
 		memcpy(n->later_seg->app + n->later[i] * DSM_PAGE, &tw, sizeof tw);

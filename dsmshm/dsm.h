@@ -24,6 +24,7 @@ typedef struct {
 	uint64_t read_faults, write_faults, twins, fetches, fetch_ns, served, invalidations;
 	uint64_t fetch_reqs; // page requests (round trips) that fetched the pages counted in fetches
 	uint64_t bad_tags; // page requests and replies whose tag was wrong (their channel was dropped)
+	uint64_t serve_ns; // the page server's time from a request read whole to its reply handed to the socket
 } dsm_cstats;
 
 int dsm_install_handler(void);

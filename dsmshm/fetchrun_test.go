@@ -71,6 +71,10 @@ func TestFetchRun(t *testing.T) {
 		if f, q, _ := reads(200, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19); f != rest || q != rest {
 			t.Errorf("run %d: reading all the pages then took %d faults, %d requests; want %d", run, f, q, rest)
 		}
+		// The home timed its answers; rank 1 answered none.
+		if s0, s1 := nodes[0].Stats(), nodes[1].Stats(); s0.ServeTime <= 0 || s1.ServeTime != 0 || s1.PagesServed != 0 {
+			t.Errorf("run %d: ServeTime %v at the home, %v at rank 1 (which served %d pages); want some, none", run, s0.ServeTime, s1.ServeTime, s1.PagesServed)
+		}
 		if err := each(nodes, (*Node).Close); err != nil {
 			t.Fatal(err)
 		}

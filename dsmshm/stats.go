@@ -27,6 +27,11 @@ type Stats struct {
 	LockWait      time.Duration
 	BarrierWait   time.Duration
 	FetchTime     time.Duration // time spent fetching pages, summed over threads
+	// ServeTime is the time this rank's page server spent answering page
+	// requests, from a request read whole to its reply handed to the
+	// socket (the tag checked, the pages copied, the reply sealed and
+	// sent): the home's share of other ranks' FetchTime.
+	ServeTime time.Duration
 	// Rejected counts connections to this rank that were dropped before
 	// they carried anything: failed authentication (an outsider, another
 	// job), or beyond the cap on unauthenticated connections.
@@ -63,6 +68,7 @@ func (n *Node) Stats() Stats {
 		LockWait:    time.Duration(n.st.lockWait.Load()),
 		BarrierWait: time.Duration(n.st.barrierWait.Load()),
 		FetchTime:   time.Duration(c.fetchNS),
+		ServeTime:   time.Duration(c.serveNS),
 		BadTags:     c.badTags,
 		MigDropped:  n.st.migDropped.Load(),
 		MigKept:     n.st.migKept.Load(),
@@ -91,5 +97,6 @@ func (n *Node) controlStats() mrt.Stats {
 		PagesServed: c.served, Diffs: n.st.diffs.Load(), DiffsApplied: n.st.diffsApplied.Load(),
 		Barriers: n.st.barriers.Load(), LockAcquires: n.st.lockAcquires.Load(),
 		BarrierWaitNS: n.st.barrierWait.Load(), LockWaitNS: n.st.lockWait.Load(), FetchTimeNS: int64(c.fetchNS),
+		ServeTimeNS: int64(c.serveNS),
 	}
 }

@@ -284,6 +284,7 @@ type Stats struct {
 	BarrierWaitNS int64  `json:"barrier_wait_ns"`
 	LockWaitNS    int64  `json:"lock_wait_ns"`
 	FetchTimeNS   int64  `json:"fetch_time_ns"`
+	ServeTimeNS   int64  `json:"serve_time_ns"`
 }
 
 // Command is what the daemon sends; Answer what the process returns.

@@ -263,11 +263,18 @@ func driver() int {
 		if err != nil {
 			return nil, err
 		}
-		if len(res) < 2 || res[1] == nil {
-			return nil, fmt.Errorf("rank 1 reported no result")
+		if len(res) < 2 || res[0] == nil || res[1] == nil {
+			return nil, fmt.Errorf("rank 0 or 1 reported no result")
 		}
-		pr := new(pairResult)
-		return pr, json.Unmarshal(res[1], pr)
+		pr, home := new(pairResult), new(pairResult)
+		if err := json.Unmarshal(res[1], pr); err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal(res[0], home); err != nil {
+			return nil, err
+		}
+		pr.ServeNs, pr.Served = home.ServeNs, home.Served
+		return pr, nil
 	}
 	// jacobi4Job runs item 4's job (every rank reports).
 	jacobi4Job := func(name string, p params) ([]jacobi4Result, error) {
@@ -429,6 +436,15 @@ func confirm(ok bool, what string) string {
 
 func us(ns float64) string { return fmt.Sprintf("%.2f µs", ns/1e3) }
 
+// perServed is the home's Stats.ServeTime per request it answered in the
+// recorded repetitions' fetch phases, in ns (0: none answered).
+func perServed(p *pairResult) float64 {
+	if p.Served == 0 {
+		return 0
+	}
+	return float64(p.ServeNs) / float64(p.Served)
+}
+
 // perPage collects f(rep)/pages over the repetitions, in ns.
 func perPage(p *pairResult, f func(pairRep) int64) []float64 {
 	var v []float64
@@ -499,7 +515,7 @@ func (r *report) pair(p *pairResult, err error) {
 	r.note("Item 1 raw baseline: C loop writing the first byte of each of %d read-only pages of a memfd MAP_SHARED mapping (pre-faulted, like a segment's view); its own SIGSEGV handler (SA_SIGINFO|SA_ONSTACK|SA_RESTART, all signals masked, as dsmshm's) checks the address range, mprotects the page RW and returns. Range %s.", p.Pages, spread(raw, us))
 	r.note("Item 1a DSM: the same C loop over %d pages of a segment homed at rank 0, read-only at rank 1 after a barrier (written in the previous repetition, so memory is populated); %s. Range %s; paired ratio median %.2fx.", p.Pages, confirm(twinOK, "one write fault and one twin per page, no fetch"), spread(twin, us), median(paired(twin, raw)))
 	r.note("Item 1b DSM: same loop over pages homed at rank 1 itself (write-protected by the previous barrier's release); %s. Range %s; paired ratio median %.2fx.", confirm(homeOK, "one write fault per page and no twin"), spread(home, us), median(paired(home, raw)))
-	r.note("Item 2 DSM: the C loop reads the first byte of %d pages homed at rank 0 that rank 0 wrote before the last barrier, so they are invalid at rank 1; each read faults and fetches the page (with the fetch run set to 1: a 12 B request, a 16 B header + 8 B version + 4 KiB reply over the page channel); %s, and the data read is checked. Range %s; paired ratio median %.2fx. Stats.FetchTime (the socket round trip inside the handler) is %s per fetch.", p.Pages, confirm(fetchOK, "one read fault and one fetch per page"), spread(fetch, us), median(paired(fetch, ping)), us(median(fetchLib)))
+	r.note("Item 2 DSM: the C loop reads the first byte of %d pages homed at rank 0 that rank 0 wrote before the last barrier, so they are invalid at rank 1; each read faults and fetches the page (with the fetch run set to 1: a 12 B request, a 16 B header + 8 B version + 4 KiB reply over the page channel); %s, and the data read is checked. Range %s; paired ratio median %.2fx. Stats.FetchTime (the socket round trip inside the handler) is %s per fetch, of which rank 0's page server spent %s (Stats.ServeTime per request: the tag checked, the page copied, the reply sealed and sent; the rest is the request's send and the wake-ups on both sides).", p.Pages, confirm(fetchOK, "one read fault and one fetch per page"), spread(fetch, us), median(paired(fetch, ping)), us(median(fetchLib)), us(perServed(p)))
 	r.note("Item 2 baseline: Go net TCP connection between the same two processes (MPTCP off via SetMultipathTCP(false), TCP_NODELAY), %d round trips of an 8 B request answered by 4096 B, server goroutine in rank 0. Range %s. A symmetric 4 KiB ↔ 4 KiB ping-pong takes %s (fetch/that = %.2fx). Row 2b: the same 8 B → 4 KiB round trips on a second connection (also made with MPTCP off) detached into blocking descriptors, with a C client loop and a plain pthread server in rank 0, the way dsmshm's page channels work: %s (range %s; paired ratio median %.2fx). It is the tighter bound on what a fetch could cost; Go's netpoller adds goroutine wake-ups to 2a.", p.Pages, spread(ping, us), us(median(pingSym)), mfetch/median(pingSym), us(median(cping)), spread(cping, us), median(paired(fetch, cping)))
 }
 

@@ -37,6 +37,11 @@ type pairResult struct {
 	Encrypt bool
 	BadTags uint64 // Stats.BadTags at the end of the run (should be 0)
 	Reps    []pairRep
+	// Rank 0's (the home's) over the recorded repetitions' phase 3:
+	// Stats.ServeTime and the page requests it answered (PagesServed: one
+	// page each, the fetch run being 1).
+	ServeNs int64
+	Served  uint64
 }
 
 func mptcpOff() (*net.ListenConfig, *net.Dialer) {
@@ -254,6 +259,7 @@ func runPair(p params) (_ any, retErr error) {
 		if err := node.Barrier(2); err != nil {
 			return nil, err
 		}
+		h0 := node.Stats() // rank 0: what it serves in phase 3
 		// Phase 3: rank 1 fetches the invalid pages and ping-pongs, chunk by
 		// chunk in rotating order; rank 0 serves.
 		if rank == 1 {
@@ -303,12 +309,13 @@ func runPair(p params) (_ any, retErr error) {
 		if err := node.Barrier(3); err != nil {
 			return nil, err
 		}
+		if h1 := node.Stats(); rank == 0 && rep >= p.Warm {
+			res.ServeNs += int64(h1.ServeTime - h0.ServeTime)
+			res.Served += h1.PagesServed - h0.PagesServed
+		}
 	}
-	if rank == 1 {
-		res.BadTags = node.Stats().BadTags
-		return res, nil
-	}
-	return nil, nil
+	res.BadTags = node.Stats().BadTags
+	return res, nil
 }
 
 // chunk is how many pages (or round trips) one step of interleave covers.

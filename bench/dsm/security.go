@@ -78,6 +78,7 @@ func (r *report) securityFetch(s *security) (fetchMed [2]float64) {
 	}
 	var (
 		fetch, cping, lib [2][]float64 // per repetition, pooled over a mode's jobs
+		serve             [2][]float64 // per job: the home's Stats.ServeTime per request
 		jobRatio          [2][]float64 // per job: median fetch / median round trip
 		valid             = [2]bool{true, true}
 		modeOK, statsOK   = true, true
@@ -106,6 +107,7 @@ func (r *report) securityFetch(s *security) (fetchMed [2]float64) {
 			cping[m] = append(cping[m], c...)
 			lib[m] = append(lib[m], perPage(x, func(y pairRep) int64 { return y.FetchLibNs })...)
 			jobRatio[m] = append(jobRatio[m], median(f)/median(c))
+			serve[m] = append(serve[m], perServed(x))
 		}
 	}
 	for i := range s.rounds {
@@ -127,10 +129,10 @@ func (r *report) securityFetch(s *security) (fetchMed [2]float64) {
 		fmt.Sprintf("%.2fx (%+.0f%%)", re, (re-1)*100), goalEnc, verdict(re, 1.5, valid[0] && valid[1])})
 
 	p0 := s.fetch[0][0]
-	r.note("Item 5a/5b: %d pair jobs (2 processes on 127.0.0.1, each job with a fresh secret), run in the order integrity only, encryption, integrity only, … (%d rounds), the encrypting ones with DSM_ENCRYPT=1 in the ranks' environment and the others with DSM_ENCRYPT empty (also when the driver's own environment sets it); each rank reports the mode runtime.Self read (the parser dsmshm.Start uses), and %s. In each job rank 1 runs item 2's fetch loop over %d pages, interleaved chunk by chunk (%d pages, rotating order) with item 2b's C round trip on blocking sockets between the same two processes (item 1's write faults and 2a's Go net round trips are left out: the pair mode with FetchOnly), %d warm-up + %d recorded repetitions; %s. Each job's ratio is its median fetch over its median round trip; a row's ratio is the median of its mode's per-job ratios (%s for integrity only, %s for encryption; with two jobs, their mean), its times the medians of the repetitions pooled over the mode's jobs. Fetch ranges: %s (integrity only), %s (encryption); round-trip ranges %s, %s. Stats.FetchTime per fetch: %s, %s.",
+	r.note("Item 5a/5b: %d pair jobs (2 processes on 127.0.0.1, each job with a fresh secret), run in the order integrity only, encryption, integrity only, … (%d rounds), the encrypting ones with DSM_ENCRYPT=1 in the ranks' environment and the others with DSM_ENCRYPT empty (also when the driver's own environment sets it); each rank reports the mode runtime.Self read (the parser dsmshm.Start uses), and %s. In each job rank 1 runs item 2's fetch loop over %d pages, interleaved chunk by chunk (%d pages, rotating order) with item 2b's C round trip on blocking sockets between the same two processes (item 1's write faults and 2a's Go net round trips are left out: the pair mode with FetchOnly), %d warm-up + %d recorded repetitions; %s. Each job's ratio is its median fetch over its median round trip; a row's ratio is the median of its mode's per-job ratios (%s for integrity only, %s for encryption; with two jobs, their mean), its times the medians of the repetitions pooled over the mode's jobs. Fetch ranges: %s (integrity only), %s (encryption); round-trip ranges %s, %s. Stats.FetchTime per fetch: %s, %s; of which the home's page server (Stats.ServeTime per request, median of the jobs): %s, %s.",
 		2*s.rounds, s.rounds, agreed(modeOK), p0.Pages, chunk, p0.Warm, len(p0.Reps),
 		confirm(statsOK, "one read fault and one fetch per page, and no tag failure (BadTags)"), ratios(jobRatio[0]), ratios(jobRatio[1]),
-		spread(fetch[0], us), spread(fetch[1], us), spread(cping[0], us), spread(cping[1], us), us(median(lib[0])), us(median(lib[1])))
+		spread(fetch[0], us), spread(fetch[1], us), spread(cping[0], us), spread(cping[1], us), us(median(lib[0])), us(median(lib[1])), us(median(serve[0])), us(median(serve[1])))
 	r.note("Item 5a/5b ratio: for each round, the encrypting job's ratio over the integrity-only job's ratio (%s); the row gives their median. Normalising each job by its own round trip takes out what the machine did between jobs; the raw median fetch times per round (integrity only / encryption) are %s.",
 		ratios(perRound), strings.Join(jobs, "; "))
 	return fetchMed

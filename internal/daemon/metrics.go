@@ -237,6 +237,8 @@ var dsmCounters = []dsmCounter{
 		func(s *mrt.Stats) float64 { return nsSeconds(s.LockWaitNS) }},
 	{dsmDesc("fetch_wait_seconds_total", "Time the DSM rank's threads waited for page fetches, summed over threads"),
 		func(s *mrt.Stats) float64 { return nsSeconds(s.FetchTimeNS) }},
+	{dsmDesc("serve_seconds_total", "Time the DSM rank's page server spent answering other ranks' page requests"),
+		func(s *mrt.Stats) float64 { return nsSeconds(s.ServeTimeNS) }},
 }
 
 func (c daemonCollector) Describe(ch chan<- *prometheus.Desc) {

@@ -222,7 +222,7 @@ func TestMetricsRankStats(t *testing.T) {
 	d := metricsDaemon(t)
 	r := newRankSim(t, d, "r1", "job1", 2)
 	st := mrt.Stats{ReadFaults: 10, WriteFaults: 5, PagesFetched: 7, FetchRequests: 3, Diffs: 4, DiffsApplied: 2,
-		Barriers: 6, BarrierWaitNS: 1500e6}
+		Barriers: 6, BarrierWaitNS: 1500e6, ServeTimeNS: 250e6}
 	r.answer.Store(func(cmd mrt.Command) mrt.Answer {
 		if cmd.Op != "stats" {
 			return mrt.Answer{Err: "unexpected " + cmd.Op}
@@ -240,6 +240,7 @@ func TestMetricsRankStats(t *testing.T) {
 	wantMetric(t, got, "migrated_dsm_diffs_applied_total"+lbl, 2)
 	wantMetric(t, got, "migrated_dsm_barriers_total"+lbl, 6)
 	wantMetric(t, got, "migrated_dsm_barrier_wait_seconds_total"+lbl, 1.5)
+	wantMetric(t, got, "migrated_dsm_serve_seconds_total"+lbl, 0.25)
 
 	// Current numbers at every scrape.
 	st.ReadFaults = 20
