@@ -136,12 +136,6 @@ func (c cnode) stats() cstats {
 // setFetchRun sets the most pages one fetch asks for (1..fetchRunMax).
 func (c cnode) setFetchRun(pages int) { C.dsm_node_set_fetch_run(c.p, C.int(pages)) }
 
-// testServedWrite is a fault point for tests: nonzero, the page server
-// writes v into the first word of each exclusive page it served, between
-// sending the reply and write-protecting the page (protect_served), as one
-// of the home's threads might.
-func (c cnode) testServedWrite(v uint64) { C.dsm_node_test_served_write(c.p, C.uint64_t(v)) }
-
 // fetchRunMax is the most pages one fetch asks for (DSM_FETCH_RUN_MAX).
 const fetchRunMax = C.DSM_FETCH_RUN_MAX
 

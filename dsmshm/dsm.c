@@ -105,19 +105,6 @@ struct dsm_node {
 	uint64_t down_wait_ns, away_wait_ns; // how long a fault waits for a broken channel
 	int fetch_run;                       // most pages a fetch asks for (dsm_node_set_fetch_run)
 	uint64_t drop_req, drop_done;     // guarded by mu: the server drops its fds
-	// The pages the last answer served while writable, for protect_served
-	// (the server thread's alone): their segment, numbers and copies, and,
-	// in an encrypting job, where those copies are kept (sealing encrypts
-	// the reply's).
-	dsm_seg *later_seg;
-	size_t later[DSM_FETCH_RUN_MAX];
-	const uint8_t *later_copy[DSM_FETCH_RUN_MAX];
-	int nlater;
-	uint8_t plain[DSM_FETCH_RUN_MAX * DSM_PAGE];
-	// A fault point for tests (dsm_node_test_served_write): nonzero, the
-	// server writes it into the first word of each such page after the
-	// reply is sent and before protect_served, as a home thread would.
-	uint64_t test_served_write;
 	// An eventfd (owned here; -1: none) signalled when a page channel
 	// breaks, so that the Go side dials a new one (see fetch).
 	int redial_fd;
@@ -140,9 +127,11 @@ struct dsm_seg {
 	// the page stays writable and the home's writes need no write notice.
 	// Cleared only by a release that issues a notice for the page (see
 	// doc.go, "Exclusive home pages"). SERVED_WRITABLE: set, and the page
-	// server copied the page without write-protecting it first and will
-	// (protect_served); until then the page counts as dirty. Unused for
-	// pages homed elsewhere.
+	// server copied the page while it was exclusive, without
+	// write-protecting it, keeping the copy in the page's twin slot (unused
+	// otherwise for a page homed here); the home's writes do not fault,
+	// and the next release compares the page with that copy (see
+	// dsm_flush_pages). Unused for pages homed elsewhere.
 	uint8_t *copyset;
 	// used[p], for a page homed elsewhere: this rank has needed it (a fault
 	// or Prepare fetched it, alone or in a run). Only used pages join a
@@ -765,8 +754,12 @@ static size_t encode_diff(const uint8_t *cur, const uint8_t *twin, uint8_t *out)
 // per page), setting difflen[i]; for dirty pages homed here it bumps the
 // version, sets ver[i], difflen[i] = 0, and clears the copyset: the notice
 // for the new version invalidates every older copy at its holder's next
-// acquire, so the page stays writable and exclusive (see doc.go). Pages no
-// longer dirty get difflen[i] = -1.
+// acquire, so the page stays writable and exclusive (see doc.go). A page
+// homed here that was served while writable is write-protected and
+// compared with the copy kept in its twin slot: unchanged, it is clean
+// (read-only, tracked) and needs no notice; changed, it was written since
+// it was served and is flushed as a dirty page. Pages no longer dirty get
+// difflen[i] = -1.
 int dsm_flush_pages(dsm_seg *s, const uint32_t *pages, size_t n, uint8_t *buf, int32_t *difflen, uint64_t *ver) {
 	size_t i = 0;
 	for (size_t k = 0; k < n; k++)
@@ -780,16 +773,22 @@ int dsm_flush_pages(dsm_seg *s, const uint32_t *pages, size_t n, uint8_t *buf, i
 		size_t a = pages[i], b = pages[j - 1] + 1;
 		lock_range(s, a, b);
 		uint8_t was[MAX_RUN];
-		int changed = 0;
+		int changed = 0, written = 0;
 		for (size_t p = a; p < b; p++) {
 			was[p - a] = s->state[p];
-			if (s->state[p] == DSM_RW && s->home[p] != s->node->rank) {
+			// Pages homed elsewhere are diffed, and pages served while
+			// writable compared, write-protected: a concurrent write
+			// faults and waits for the page lock.
+			if (s->state[p] == DSM_RW &&
+			    (s->home[p] != s->node->rank || s->copyset[p] == SERVED_WRITABLE)) {
 				s->state[p] = DSM_RO;
 				changed = 1;
 			}
 		}
 		int err = changed ? protect_range(s, a, b) : 0;
 		if (err != 0) {
+			for (size_t p = a; p < b; p++)
+				s->state[p] = was[p - a];
 			unlock_range(s, a, b);
 			return err;
 		}
@@ -801,6 +800,16 @@ int dsm_flush_pages(dsm_seg *s, const uint32_t *pages, size_t n, uint8_t *buf, i
 			if (s->home[p] == s->node->rank) {
 				if (!s->copyset[p])
 					continue; // exclusive: not dirty
+				if (s->copyset[p] == SERVED_WRITABLE) {
+					// Unchanged since it was served: every copy is
+					// current, and the page is clean from now on.
+					if (memcmp(s->sys + p * DSM_PAGE, s->twin + p * DSM_PAGE, DSM_PAGE) == 0) {
+						__atomic_store_n(&s->copyset[p], 1, __ATOMIC_RELAXED);
+						continue;
+					}
+					s->state[p] = DSM_RW; // written: dirty, and exclusive below
+					written = 1;
+				}
 				ver[k] = ++s->ver[p];
 				__atomic_store_n(&s->copyset[p], 0, __ATOMIC_RELAXED);
 				difflen[k] = 0;
@@ -810,7 +819,10 @@ int dsm_flush_pages(dsm_seg *s, const uint32_t *pages, size_t n, uint8_t *buf, i
 				ver[k] = s->ver[p];
 			}
 		}
+		err = written ? protect_range(s, a, b) : 0;
 		unlock_range(s, a, b);
+		if (err != 0)
+			return err;
 		i = j;
 	}
 	return 0;
@@ -857,10 +869,18 @@ int dsm_apply_diff(dsm_seg *s, uint32_t p, const uint8_t *d, size_t len, uint64_
 		mu_unlock(&s->lock[p]);
 		return err;
 	}
+	// A page served while writable: the diff goes into the copy kept for
+	// the next release's comparison too. The copies served hold what the
+	// diff changed at the version before it, and the sender's notice for
+	// its version covers them, as for a clean page; only the home's own
+	// writes are what the comparison is for.
+	int kept = s->copyset[p] == SERVED_WRITABLE;
 	for (size_t o = 0; o < len;) {
 		uint16_t h[2];
 		memcpy(h, d + o, 4);
 		memcpy(s->sys + (size_t)p * DSM_PAGE + h[0], d + o + 4, h[1]);
+		if (kept)
+			memcpy(s->twin + (size_t)p * DSM_PAGE + h[0], d + o + 4, h[1]);
 		o += 4 + h[1];
 	}
 	*before = s->ver[p]++;
@@ -954,11 +974,34 @@ static void drop_run(dsm_seg *s, size_t a, size_t b, dsm_drop *d) {
 // made inaccessible (mprotect, which returns only once no thread can still
 // read them through a stale mapping) before their memory is punched out;
 // the other way round, a thread reading one would read zeros.
+// drop_twins frees the twin slots of pages [a,b) homed here (their copies
+// kept for a comparison are not needed).
+static void drop_twins(dsm_seg *s, size_t a, size_t b, dsm_drop *d) {
+	if (a >= b)
+		return;
+	size_t off = a * DSM_PAGE, len = (b - a) * DSM_PAGE;
+	d->twins += resident(s->twin + off, len);
+	madvise(s->twin + off, len, MADV_DONTNEED);
+}
+
 int dsm_seg_drop_cached(dsm_seg *s, dsm_drop *d) {
 	size_t a = 0;
 	while (a < s->npages) {
 		size_t b = kind_end(s, a, s->npages);
 		if (homed_here(s, a)) {
+			// The home's pages stay; twin slots hold copies only for
+			// pages served while writable (answer), the rest is left
+			// over from earlier ones.
+			lock_range(s, a, b);
+			size_t run = a;
+			for (size_t p = a; p < b; p++) {
+				if (s->copyset[p] == SERVED_WRITABLE) {
+					drop_twins(s, run, p, d);
+					run = p + 1;
+				}
+			}
+			drop_twins(s, run, b, d);
+			unlock_range(s, a, b);
 			a = b;
 			continue;
 		}
@@ -1097,10 +1140,6 @@ void dsm_node_set_fetch_run(dsm_node *n, int pages) {
 	__atomic_store_n(&n->fetch_run, pages, __ATOMIC_RELAXED);
 }
 
-void dsm_node_test_served_write(dsm_node *n, uint64_t v) {
-	__atomic_store_n(&n->test_served_write, v, __ATOMIC_RELAXED);
-}
-
 void dsm_node_set_failed(dsm_node *n, const char *why) {
 	if (__atomic_load_n(&n->failed, __ATOMIC_ACQUIRE))
 		return;
@@ -1182,12 +1221,14 @@ static void srv_drop(srv_conn *sc) {
 // answer fills sc->out with the reply to the request in sc->in: the pages
 // asked for, from the first, as far as they are homed here (at least the
 // first, or status 1 and none). Each is copied under its own lock, alone
-// (a lock of a page homed here, held for local work only). An exclusive
-// page is not write-protected first, which would put an mprotect (~7 us
-// here, more in a busy multi-threaded process) into the round trip: it is
-// marked served while writable (copyset 2, which everything else takes for
-// dirty) and listed for protect_served, which the server runs as soon as
-// the reply is sent (see doc.go, "Exclusive home pages").
+// (a lock of a page homed here, held for local work only). Serving makes
+// the home's writes to a page tracked (another rank holds a copy), without
+// an mprotect, which costs more than the rest of the answer on some
+// machines (a VM's page tables): an exclusive page is marked served while
+// writable and its copy kept in its twin slot, for the next release to
+// compare with; one served so before is compared with that copy now, and
+// if the home wrote it since, it becomes dirty (as a write fault would have
+// made it) before it is copied again (see doc.go, "Exclusive home pages").
 static void answer(dsm_node *n, srv_conn *sc) {
 	uint32_t req[3]; // segment, first page, pages
 	memcpy(req, sc->in, sizeof req);
@@ -1200,27 +1241,20 @@ static void answer(dsm_node *n, srv_conn *sc) {
 		while (k < req[2] && first < s->npages && k < s->npages - first && s->home[first + k] == n->rank)
 			k++;
 	uint8_t *pages = sc->out + 16 + 8 * k; // where k pages go after k versions
-	n->later_seg = s;
-	n->nlater = 0;
 	for (size_t i = 0; i < k; i++) {
 		size_t p = first + i;
+		char *sys = s->sys + p * DSM_PAGE, *kept = s->twin + p * DSM_PAGE;
 		mu_lock(&s->lock[p]);
-		memcpy(pages + i * DSM_PAGE, s->sys + p * DSM_PAGE, DSM_PAGE);
-		hdr[2 + i] = s->ver[p];
-		if (s->copyset[p] == 0 && s->state[p] == DSM_RW) {
+		if (s->copyset[p] == SERVED_WRITABLE && memcmp(sys, kept, DSM_PAGE) != 0) {
+			__atomic_store_n(&s->copyset[p], 1, __ATOMIC_RELAXED); // written since: dirty
+		} else if (s->copyset[p] == 0 && s->state[p] == DSM_RW) {
+			memcpy(kept, sys, DSM_PAGE);
 			__atomic_store_n(&s->copyset[p], SERVED_WRITABLE, __ATOMIC_RELAXED);
-			// What protect_served compares the page with: the copy in
-			// the reply, unless sealing encrypts it.
-			uint8_t *copy = pages + i * DSM_PAGE;
-			if (n->enc) {
-				memcpy(n->plain + n->nlater * DSM_PAGE, copy, DSM_PAGE);
-				copy = n->plain + n->nlater * DSM_PAGE;
-			}
-			n->later[n->nlater] = p;
-			n->later_copy[n->nlater++] = copy;
 		} else if (s->copyset[p] == 0) {
 			__atomic_store_n(&s->copyset[p], 1, __ATOMIC_RELAXED);
 		}
+		memcpy(pages + i * DSM_PAGE, sys, DSM_PAGE);
+		hdr[2 + i] = s->ver[p];
 		mu_unlock(&s->lock[p]);
 	}
 	if (k > 0) {
@@ -1233,36 +1267,6 @@ static void answer(dsm_node *n, srv_conn *sc) {
 	dsm_aead_seal(sc->k.tx, sc->k.ntx++, sc->out, meta, sc->out + meta, plen, n->enc, sc->out + meta + plen);
 	sc->outlen = meta + plen + DSM_AEAD_TAG;
 	sc->outoff = 0;
-}
-
-// protect_served write-protects the pages the last answer served while
-// writable, now that their copy is on its way, so that the home's writes
-// to them are tracked from here on (what track does before a copy). A page
-// still marked served while writable is protected and compared with the
-// copy served: the same, it is clean (read-only); different, one of the
-// home's threads wrote it between the copy and the mprotect, and it stays
-// dirty (writable), so the next release issues a notice for the write. A
-// page marked otherwise since (a release flushed it, Prepare(write) or a
-// diff marked it tracked) is left as it is: that mark already accounts for
-// the copy. If an mprotect fails the page stays dirty, which is safe.
-static void protect_served(dsm_node *n) {
-	dsm_seg *s = n->later_seg;
-	for (int i = 0; i < n->nlater; i++) {
-		size_t p = n->later[i];
-		char *app = s->app + p * DSM_PAGE;
-		mu_lock(&s->lock[p]);
-		if (s->copyset[p] == SERVED_WRITABLE) {
-			__atomic_store_n(&s->copyset[p], 1, __ATOMIC_RELAXED);
-			if (mprotect(app, DSM_PAGE, PROT_READ) == 0) {
-				if (memcmp(s->sys + p * DSM_PAGE, n->later_copy[i], DSM_PAGE) == 0)
-					s->state[p] = DSM_RO;
-				else // if this fails, the page is dirty and read-only: the home's next write faults and the handler makes it writable
-					(void)mprotect(app, DSM_PAGE, PROT_READ | PROT_WRITE);
-			}
-		}
-		mu_unlock(&s->lock[p]);
-	}
-	n->nlater = 0;
 }
 
 // serve_step makes what progress it can on sc without blocking: sends what
@@ -1294,10 +1298,6 @@ static int serve_step(dsm_node *n, srv_conn *sc) {
 	int serr = errno;
 	if (t0 != 0)
 		add(&n->st.serve_ns, now_ns() - t0);
-	uint64_t tw = __atomic_load_n(&n->test_served_write, __ATOMIC_RELAXED);
-	for (int i = 0; tw != 0 && i < n->nlater; i++)
-		memcpy(n->later_seg->app + n->later[i] * DSM_PAGE, &tw, sizeof tw);
-	protect_served(n); // before anything else is answered: see answer
 	if (w < 0)
 		return serr == EAGAIN || serr == EINTR ? 0 : -1;
 	sc->outoff += (size_t)w;

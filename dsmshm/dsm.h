@@ -44,7 +44,6 @@ int dsm_node_replace_chan(dsm_node *n, int rank, int fd, const uint8_t *tx,
                           const uint8_t *rx); // installs fd if so (1), else leaves fd to the caller (0)
 void dsm_node_set_waits(dsm_node *n, uint64_t down_ns, uint64_t away_ns);
 void dsm_node_set_fetch_run(dsm_node *n, int pages); // 1..DSM_FETCH_RUN_MAX; the default is the most
-void dsm_node_test_served_write(dsm_node *n, uint64_t v); // tests only: see dsm.c
 void dsm_node_set_failed(dsm_node *n, const char *why); // once; why is copied (cut to 255 bytes)
 void dsm_node_pause(dsm_node *n);   // blocks fetches, waits for in-flight ones, closes every page channel
 void dsm_node_unpause(dsm_node *n);

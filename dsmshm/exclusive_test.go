@@ -3,22 +3,7 @@ package dsmshm
 import (
 	"sync/atomic"
 	"testing"
-	"time"
 )
-
-// servedProtected waits until the page server has write-protected page p of
-// s after serving it: it does so right after the reply is sent
-// (protect_served), so the fetching rank may get there first.
-func servedProtected(t *testing.T, s *Segment, p uint32) {
-	t.Helper()
-	for end := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Microsecond) {
-		if st, _ := s.c.pageState(p); st == stateRO {
-			return
-		} else if time.Now().After(end) {
-			t.Fatalf("home page %d served 10 s ago: state %d, want RO", p, st)
-		}
-	}
-}
 
 // A home page nobody else holds stays writable across releases and needs no
 // write notice; a fetch makes the home track its writes again.
@@ -56,11 +41,14 @@ func TestExclusiveHomePage(t *testing.T) {
 	if s := nodes[0].Stats(); s.PagesFetched != 1 || s.WriteNotices != wn {
 		t.Fatalf("rank 0: %d fetches, %d notices (was %d); want 1 fetch, no new notice", s.PagesFetched, s.WriteNotices, wn)
 	}
-	// The fetch write-protected the home's page: its next write is tracked.
-	servedProtected(t, segs[1], 1)
+	// The fetch left the home's page writable, its copy kept: the home's
+	// next write does not fault, and the release finds it by comparison.
+	if st, _ := segs[1].c.pageState(1); st != stateRW {
+		t.Fatalf("home page after a fetch: state %d, want RW (served while writable)", st)
+	}
 	x1[w] = 5
-	if s := nodes[1].Stats(); s.WriteFaults != 2 {
-		t.Fatalf("home write after a fetch: %d write faults, want 2", s.WriteFaults)
+	if s := nodes[1].Stats(); s.WriteFaults != 1 {
+		t.Fatalf("home write after a fetch: %d write faults, want 1", s.WriteFaults)
 	}
 	barrier()
 	if got := x0[w]; got != 5 {
@@ -136,14 +124,15 @@ func TestServeRacesHomeWrites(t *testing.T) {
 	}
 }
 
-// The page server copies an exclusive page without write-protecting it
-// first and protects it once the reply is sent: a write by the home in
-// between (the fault point writes into the page there) is in no copy and
-// faults nowhere, so the page must stay dirty and the next release must
-// carry a notice for it, or the fetching rank would keep its stale copy.
-// A page nobody wrote in between becomes clean, and the home's next write
-// faults.
-// Both modes: an encrypting server compares with a plaintext copy of its own.
+// The page server serves an exclusive page without write-protecting it,
+// keeping its copy; the next release compares. A page the home did not
+// write since is clean then: the copies stay valid (no notice, no fetch
+// again), and the home's next write faults. A page the home wrote is
+// flushed with a notice. A page the home wrote and then wrote back before
+// the release looks unchanged, so a second copy served in between, which
+// holds the intermediate value, must make it dirty then (rank 2 below), or
+// rank 2 would keep that value. Both modes (an encrypting server seals the
+// reply in place, not the copy it keeps).
 func TestServedWhileWritable(t *testing.T) {
 	for _, enc := range []bool{false, true} {
 		name := "integrity"
@@ -155,9 +144,9 @@ func TestServedWhileWritable(t *testing.T) {
 }
 
 func servedWhileWritable(t *testing.T, enc bool) {
-	nodes := startMemEnc(t, 2, enc)
-	segs := allocAll(t, nodes, "w", 4*pageSize) // pages 2, 3 homed at rank 1
-	x1, x0 := View[uint64](segs[1]), View[uint64](segs[0])
+	nodes := startMemEnc(t, 3, enc)
+	segs := allocAll(t, nodes, "w", 6*pageSize) // pages 2, 3 homed at rank 1
+	x := func(r int) []uint64 { return View[uint64](segs[r]) }
 	const w2, w3 = 2 * pageSize / 8, 3 * pageSize / 8
 	barrier := func() {
 		t.Helper()
@@ -165,33 +154,44 @@ func servedWhileWritable(t *testing.T, enc bool) {
 			t.Fatal(err)
 		}
 	}
-	x1[w2], x1[w3] = 1, 1
-	barrier() // both exclusive
-	nodes[0].SetFetchRun(1)
-	nodes[1].c.testServedWrite(99)
-	if got := x0[w2]; got != 1 { // served, then written by the fault point
-		t.Fatalf("rank 0 reads %d from the copy, want 1", got)
+	read := func(r, w int, want uint64) {
+		t.Helper()
+		if got := x(r)[w]; got != want {
+			t.Fatalf("rank %d reads %d at page %d, want %d", r, got, w*8/pageSize, want)
+		}
 	}
-	nodes[1].c.testServedWrite(0)
-	if got := x0[w3]; got != 1 {
-		t.Fatalf("rank 0 reads %d from page 3, want 1", got)
+	for _, n := range nodes {
+		n.SetFetchRun(1)
 	}
-	servedProtected(t, segs[1], 3)
-	if st, _ := segs[1].c.pageState(2); st != stateRW {
-		t.Fatalf("home page written after its copy was served: state %d, want RW (dirty)", st)
+	x(1)[w2], x(1)[w3] = 1, 1
+	barrier() // both exclusive at rank 1; the others' copies invalid
+	read(0, w2, 1)
+	read(0, w3, 1)
+	x(1)[w2] = 7 // served page 2, written: no fault
+	if s := nodes[1].Stats(); s.WriteFaults != 2 {
+		t.Fatalf("home: %d write faults, want 2 (the first writes only)", s.WriteFaults)
+	}
+	read(2, w2, 7) // a second copy, of what the home wrote since the first
+	x(1)[w2] = 1   // written back: the page equals the first copy again
+	fetched := nodes[0].Stats().PagesFetched
+	barrier()
+	read(0, w2, 1)
+	read(2, w2, 1) // its copy held 7: it must have been invalidated
+	read(0, w3, 1)
+	if got := nodes[0].Stats().PagesFetched - fetched; got != 1 {
+		t.Fatalf("rank 0 fetched %d pages after the barrier, want 1 (page 2; page 3 was not written)", got)
+	}
+	if st, _ := segs[1].c.pageState(3); st != stateRO {
+		t.Fatalf("home page 3, served and unchanged at the release: state %d, want RO (clean)", st)
 	}
 	faults := nodes[1].Stats().WriteFaults
-	x1[w3] = 2 // clean: this write faults and is tracked
+	x(1)[w3] = 2 // clean: tracked by a fault
 	if got := nodes[1].Stats().WriteFaults; got != faults+1 {
-		t.Fatalf("home write to the clean served page: %d write faults, want %d", got, faults+1)
+		t.Fatalf("home write to the clean page: %d write faults, want %d", got, faults+1)
 	}
 	barrier()
-	if got := x0[w2]; got != 99 {
-		t.Fatalf("rank 0 reads %d after the barrier, want 99 (the write between the copy and the protection)", got)
-	}
-	if got := x0[w3]; got != 2 {
-		t.Fatalf("rank 0 reads %d from page 3 after the barrier, want 2", got)
-	}
+	read(0, w3, 2)
+	read(2, w3, 2)
 }
 
 // Writes to an exclusive home page before a lock release reach the next
