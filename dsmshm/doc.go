@@ -110,25 +110,35 @@
 // the page writable. Exclusive pages cost nothing: no fault, no
 // protection change, no notice. So in a one-rank job nothing is ever
 // protected, and in a job that partitions data by home, only the pages
-// others read (a Jacobi boundary row) fault and travel as notices.
+// others read (a Jacobi boundary row) travel as notices. A fourth state,
+// served while writable, is below.
 //
 // When the page server serves an exclusive page, it copies it under the
-// page's lock and sets the bit to "served while writable" (dsm.c, answer),
-// which everything else takes for dirty (set: a release flushes it with a
-// notice; Prepare(write) and diffs mark it tracked as they would a dirty
-// page). Only when the reply is sent does it write-protect the page, under
-// the lock again, and compare it with the copy it served (protect_served):
-// equal, the page is clean; different, one of the home's threads wrote it
-// between the copy and the mprotect, and it stays dirty, so the next
-// release issues a notice for that write. From the mprotect on, a write
-// faults, and the handler waits for the page lock (held by a plain
-// pthread, never by a goroutine), marks the page dirty and lets the write
-// proceed. If anything else marked the page in between (a release, a
-// Prepare(write), a diff), that mark already covers the copy and the page
-// is left as it is. The mprotect used to come first, inside the fetch's
-// round trip (~7 us of it here); the server does it before it answers
-// anything else, so one answer's pages are settled before the next copy.
-// Applying a diff to an exclusive page write-protects it first (track).
+// page's lock, keeps the copy in the page's twin slot (a page homed here
+// has no twin otherwise), sets the bit to "served while writable" and
+// leaves the page writable (dsm.c, answer): the home's writes do not fault.
+// The next release of the home, which lists the page as dirty (writable,
+// bit set), write-protects it under its lock and compares it with the copy
+// kept (dsm_flush_pages): unchanged, the page is clean (read-only, bit
+// set) and needs no notice, every copy served being the page as it is;
+// changed, the home wrote it since, and it is flushed like a dirty page,
+// with a notice. From that mprotect on, a home write faults, and the
+// handler waits for the page lock (held by a plain pthread, never by a
+// goroutine), marks the page dirty and lets the write proceed. A page
+// served while writable and served again is first compared with the copy
+// kept: if the home wrote it since, it becomes dirty (bit 1, writable)
+// before it is copied, so that a later write-back cannot make it look
+// unchanged to the release while a copy holds the value in between. A
+// diff applied to such a page goes into the kept copy as well: the copies
+// served lack only what the diff changed, which the sender's notice covers,
+// as for a clean page. Applying a diff to an exclusive page write-protects
+// it first (track), and Prepare(write) at the home marks the page dirty
+// (bit 1), which ends "served while writable" too. This used to be an
+// mprotect before every copy, inside the fetch's round trip, and a fault at
+// the home's next write: on this project's VM (its page tables go through
+// the hypervisor) the mprotect alone cost 7 us of a ~45 us round trip, and
+// slowed the answers after it; now a fetch costs a 4 KiB copy into the twin
+// slot, and a release a 4 KiB comparison per page served since the last.
 //
 // Why no update is lost: take a home page p and a copy of it at another
 // rank R with version u. Claim: from the moment p's bit was last cleared,
@@ -150,12 +160,12 @@
 // with a version bump and a notice, so a copy made while it is set is
 // covered by that notice in the same way, and a dirty page's writes are
 // covered by the notice of the release that flushes it. A page served while
-// writable is dirty until protect_served settles it: a write in between
-// either changed a byte of the copy (the comparison sees it, and the page
-// stays dirty) or left the page as the copy has it (then the copy has it).
-// No other copy is made in between: one thread serves, and it settles an
-// answer's pages before it copies anything else, and a diff's copy stays
-// with its sender, whose diff makes the comparison differ.
+// writable is listed as dirty at every release until one finds it
+// unchanged: every copy served since the bit was set from 0 holds the
+// content kept (a second copy of a changed page made it dirty, bit 1,
+// first), plus diffs whose senders' notices cover them; so if the page
+// still equals the kept copy when write-protected, every copy is current,
+// and if it does not, the release issues the notice.
 //
 // A rank's copy can be behind its own notice (another rank wrote the same
 // page concurrently), so an acquire checks every notice it receives against
@@ -226,8 +236,8 @@
 // twins and serves pages without changing protections under the
 // application's feet. A page is write-protected before it is diffed, so a
 // concurrent writer of the same rank faults and re-twins after the diff.
-// The page server thread also write-protects an exclusive home page after
-// serving it (see "Exclusive home pages").
+// The page server thread serves home pages without changing their
+// protection (see "Exclusive home pages").
 //
 // Measured here (2 cores, two ranks in one process; see TestFaultCosts): a
 // write fault on a page homed locally costs about 8 us, a write fault with a
