@@ -984,6 +984,23 @@ static void drop_twins(dsm_seg *s, size_t a, size_t b, dsm_drop *d) {
 	madvise(s->twin + off, len, MADV_DONTNEED);
 }
 
+// drop_runs calls drop on each run of pages of [a,b) between the pages
+// keep holds.
+static void drop_runs(dsm_seg *s, size_t a, size_t b, int (*keep)(dsm_seg *, size_t),
+                      void (*drop)(dsm_seg *, size_t, size_t, dsm_drop *), dsm_drop *d) {
+	size_t run = a;
+	for (size_t p = a; p < b; p++) {
+		if (keep(s, p)) {
+			drop(s, run, p, d);
+			run = p + 1;
+		}
+	}
+	drop(s, run, b, d);
+}
+
+static int is_dirty(dsm_seg *s, size_t p) { return s->state[p] == DSM_RW; }      // homed elsewhere: dirty
+static int holds_copy(dsm_seg *s, size_t p) { return s->copyset[p] == SERVED_WRITABLE; } // homed here
+
 int dsm_seg_drop_cached(dsm_seg *s, dsm_drop *d) {
 	size_t a = 0;
 	while (a < s->npages) {
@@ -993,14 +1010,7 @@ int dsm_seg_drop_cached(dsm_seg *s, dsm_drop *d) {
 			// pages served while writable (answer), the rest is left
 			// over from earlier ones.
 			lock_range(s, a, b);
-			size_t run = a;
-			for (size_t p = a; p < b; p++) {
-				if (s->copyset[p] == SERVED_WRITABLE) {
-					drop_twins(s, run, p, d);
-					run = p + 1;
-				}
-			}
-			drop_twins(s, run, b, d);
+			drop_runs(s, a, b, holds_copy, drop_twins, d);
 			unlock_range(s, a, b);
 			a = b;
 			continue;
@@ -1013,16 +1023,8 @@ int dsm_seg_drop_cached(dsm_seg *s, dsm_drop *d) {
 				s->state[p] = DSM_INVALID;
 		}
 		int err = protect_range(s, a, b);
-		if (err == 0) {
-			size_t run = a;
-			for (size_t p = a; p < b; p++) {
-				if (s->state[p] == DSM_RW) {
-					drop_run(s, run, p, d);
-					run = p + 1;
-				}
-			}
-			drop_run(s, run, b, d);
-		}
+		if (err == 0)
+			drop_runs(s, a, b, is_dirty, drop_run, d);
 		unlock_range(s, a, b);
 		if (err != 0)
 			return err;
