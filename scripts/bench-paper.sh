@@ -150,6 +150,26 @@ kill_plain() { # id: wherever it is
 	for h in "${HOSTS[@]}"; do $C exec "$(hname "$h")" migrated kill "$1" >/dev/null 2>&1 || true; done
 }
 
+# status3 HOST PID -> "VmRSS RssAnon RssShmem" (kB) in one command.
+status3() {
+	$C exec "$1" awk '$1 == "VmRSS:" {r = $2} $1 == "RssAnon:" {a = $2} $1 == "RssShmem:" {s = $2} END {print r + 0, a + 0, s + 0}' "/proc/$2/status" 2>/dev/null || echo "0 0 0"
+}
+# With --policy round-robin rank r runs on host r mod 4 (dsmrun run --help), so
+# rank 1's host and the target (the host with fewest ranks, ties to the next
+# after the source) are known before the job starts: the same-size plain
+# process is started and filled before it too, and nothing but one dsmrun ps
+# and one status read stands between the job's start and its moves (under a 6-
+# or 8-rank job on 2 cores each command takes a few hundred ms; done after the
+# job started, that work put the moves back after rank 1's last sweep).
+target_of() { # ranks -> target host index for rank 1 (on host 1)
+	local i c best=1 bestc=999
+	for i in 1 2 3; do
+		c=$(( ($1 + 3 - (1 + i) % 4) / 4 )) # ranks r < $1 with r mod 4 == (1+i) mod 4
+		if [ "$c" -lt "$bestc" ]; then bestc=$c best=$(( (1 + i) % 4 )); fi
+	done
+	echo "$best"
+}
+
 # The migtest process's own anonymous memory with no buffer to speak of.
 id=$(start_plain h1 1)
 base_kb=$(( $(status_kb h1 "$(plain_pid h1 "$id")" RssAnon) - 1024 ))
@@ -160,56 +180,50 @@ kill_plain "$id"
 # With "ip": the job runs with --rank-ips, rank 1 moves once with --move-ip
 # (its own address goes with it), no move back (dsm2 fields SKIP).
 mig_job() {
-	local n=$1 rep=$2 kind=${3:-mig} src srch pid dst dsth c best bestc ranks i k rss anon shm mib pid2 prss panon order d1 b d2 j
+	local n=$1 rep=$2 kind=${3:-mig} src srch pid dst dsth rss anon shm mib pid2 prss panon order d1 b d2 j
 	local jargs=() margs=()
 	if [ "$kind" = ip ]; then jargs=(--rank-ips "$RANK_IPS"); margs=(--move-ip "$(ip_of 1)"); fi
+	src=${HOSTS[1]} srch=$(hname "${HOSTS[1]}") dst=${HOSTS[$(target_of "$n")]} dsth=$(hname "$dst")
+	mib=${MIB[$n]}
+	id=$(start_plain "$srch" "$mib")
+	pid2=$(plain_pid "$srch" "$id")
+	read -r prss panon _ < <(status3 "$srch" "$pid2")
 	start_job "$n" "$kind-$n-$rep" "${ITERS[$n]}" "${jargs[@]}"
 	if [ -z "$JOB" ] || ! wait_running "$n"; then
+		kill_plain "$id"
 		finish_job "$kind-$n-$rep"; j=$J
 		echo "${JOB:--}	${j// /	}	$(fields - 9)	$(fields FAIL 12)	job did not start"
 		return
 	fi
-	# What the moves need is found first (under a 6- or 8-rank job each
-	# dsmrun ps and cluster.sh exec takes a few hundred ms on 2 cores:
-	# done after MOVE_AT, it put the first move 6-8 s into a 7.5 s job,
-	# after rank 1 had finished its sweeps), then the moves wait for MOVE_AT.
-	read -r src pid < <(job_ps | jq -r '.[] | select(.rank == 1) | "\(.host) \(.pid)"') || true
-	if [ -z "${src:-}" ]; then
+	local where=
+	read -r where pid < <(job_ps | jq -r '.[] | select(.rank == 1) | "\(.host) \(.pid)"') || true
+	if [ "${where:-}" != "$src" ]; then
+		kill_plain "$id"
 		finish_job "$kind-$n-$rep"; j=$J
-		echo "$JOB	${j// /	}	$(fields - 9)	$(fields FAIL 12)	rank 1 not found"
+		echo "$JOB	${j// /	}	$(fields - 9)	$(fields FAIL 12)	rank 1 not on host 1 (round-robin) but on ${where:-none}"
 		return
 	fi
-	srch=$(hname "$src")
 	# rank 1 must be sweeping (its DSM segment mapped), or the move and the
 	# same-size plain process carry next to nothing: wait, at most until BACK_AT.
 	local note=-
-	until [ "$(status_kb "$srch" "$pid" RssShmem)" -gt 0 ] 2>/dev/null; do
+	read -r rss anon shm < <(status3 "$srch" "$pid")
+	until [ "${shm:-0}" -gt 0 ] 2>/dev/null; do
 		if ! kill -0 "$JPID" 2>/dev/null || [ "$(awk -v t="$(at "$JT0" "$BACK_AT" "${TEXP[$n]}")" -v n="$(now)" 'BEGIN { print (n > t) }')" = 1 ]; then
 			note="rank 1 had no DSM memory yet at the move"; break
 		fi
 		sleep 0.05
+		read -r rss anon shm < <(status3 "$srch" "$pid")
 	done
 	[ "$note" = - ] || echo "== $JOB: $note" >>"$moves"
-	# target: fewest ranks, ties to the next host after the source
-	for i in "${!HOSTS[@]}"; do [ "${HOSTS[$i]}" = "$src" ] && k=$i; done
-	best= bestc=999 ranks=$(job_ps)
-	for i in 1 2 3; do
-		c=$(jq --arg h "${HOSTS[$(( (k + i) % 4 ))]}" '[.[] | select(.host == $h)] | length' <<<"$ranks")
-		if [ "$c" -lt "$bestc" ]; then bestc=$c best=${HOSTS[$(( (k + i) % 4 ))]}; fi
-	done
-	dst=$best dsth=$(hname "$best")
-	rss=$(status_kb "$srch" "$pid" VmRSS) anon=$(status_kb "$srch" "$pid" RssAnon) shm=$(status_kb "$srch" "$pid" RssShmem)
-	mib=$(( (anon + shm - base_kb + 512) / 1024 )); [ $mib -ge 1 ] || mib=1
-	id=$(start_plain "$srch" "$mib")
-	pid2=$(plain_pid "$srch" "$id")
-	prss=$(status_kb "$srch" "$pid2" VmRSS) panon=$(status_kb "$srch" "$pid2" RssAnon)
 	sleep_until "$(at "$JT0" "$MOVE_AT" "${TEXP[$n]}")"
 	if [ $((rep % 2)) = 1 ]; then
 		order=dsm-first; d1=$(dsm_move 1 "$dst" "${margs[@]}"); b=$(bare_move "$srch" "$id" "$dst")
 	else
 		order=bare-first; b=$(bare_move "$srch" "$id" "$dst"); d1=$(dsm_move 1 "$dst" "${margs[@]}")
 	fi
-	kill_plain "$id"
+	# The plain process is where its move left it: one command, not one per host.
+	local kh=$dsth; [ "${b%% *}" != FAIL ] || kh=$srch
+	$C exec "$kh" migrated kill "$id" >/dev/null 2>&1 || kill_plain "$id"
 	sleep_until "$(at "$JT0" "$BACK_AT" "${TEXP[$n]}")"
 	if [ "$kind" = ip ]; then d2="SKIP SKIP SKIP -"
 	elif [ "${d1%% *}" = FAIL ]; then d2="SKIP SKIP SKIP -"; echo "== first move failed: no move back" >>"$moves"
@@ -236,6 +250,26 @@ for n in $RANKS; do
 		print (i < 100 ? 100 : i > 20000 ? 20000 : i) }')}
 	TEXP[$n]=$(awk -v a="$t1" -v c="$tc" -v k="$CALIB" -v i="${ITERS[$n]}" 'BEGIN { printf "%.2f", (a + (c - a) / (k - 1) * (i - 1)) / 1000 }')
 	echo "calibration: $n ranks: 1 sweep ${t1} ms, $CALIB sweeps ${tc} ms -> ${ITERS[$n]} sweeps, expected ${TEXP[$n]} s" >>"$moves"
+done
+# rank 1's resident anonymous and shared memory per rank count (what its
+# moves carry), measured once in a job of CALIB sweeps, less what migtest
+# holds with no buffer: the size of the plain process its bare moves carry.
+declare -A MIB
+for n in $RANKS; do
+	start_job "$n" "size-$n" "$CALIB"
+	kb=0
+	if [ -n "$JOB" ] && wait_running "$n"; then
+		read -r _ pid < <(job_ps | jq -r '.[] | select(.rank == 1) | "\(.host) \(.pid)"') || true
+		for _ in $(seq 100); do
+			read -r _ anon shm < <(status3 "$(hname "${HOSTS[1]}")" "${pid:-0}")
+			if [ "${shm:-0}" -gt 0 ]; then sleep 0.3; read -r _ anon shm < <(status3 "$(hname "${HOSTS[1]}")" "$pid"); kb=$((anon + shm)); break; fi
+			kill -0 "$JPID" 2>/dev/null || break
+			sleep 0.05
+		done
+	fi
+	finish_job "size-$n"
+	MIB[$n]=$(( (kb - base_kb + 512) / 1024 )); [ "${MIB[$n]}" -ge 1 ] || MIB[$n]=1
+	echo "size: $n ranks: rank 1 holds $kb kB anonymous + shared -> plain process of ${MIB[$n]} MiB" >>"$moves"
 done
 # Unrecorded warm-up of both kinds of move.
 mig_job "${RANKS%% *}" 0 >/dev/null
