@@ -11,9 +11,11 @@
 #      host, same running job around it, right before or after, order
 #      alternating): N is rank 1's resident anonymous and shared memory
 #      (RssAnon + RssShmem in its host's /proc/PID/status; the DSM segments
-#      are shared mappings; file pages are not dumped) less what migtest holds
-#      with no buffer, so both moves carry about the same pages (the table
-#      shows the MiB each moved). Both totals come from the same daemon code: connect, freeze,
+#      are shared mappings; file pages are not dumped), measured once per
+#      rank count in a probe job, less what migtest holds with no buffer, so
+#      both moves carry about the same pages (the table shows the MiB each
+#      moved); the plain process is started before the job (rank 1's host
+#      and the target follow from --policy round-robin). Both totals come from the same daemon code: connect, freeze,
 #      dump streaming pages to the target, transfer, restore, resume; the
 #      DSM-aware one adds prepare (quiesce the rank's peers), the rank's TCP
 #      connections to its peers, and rebind.
