@@ -160,12 +160,12 @@
 // with a version bump and a notice, so a copy made while it is set is
 // covered by that notice in the same way, and a dirty page's writes are
 // covered by the notice of the release that flushes it. A page served while
-// writable is listed as dirty at every release until one finds it
-// unchanged: every copy served since the bit was set from 0 holds the
-// content kept (a second copy of a changed page made it dirty, bit 1,
-// first), plus diffs whose senders' notices cover them; so if the page
-// still equals the kept copy when write-protected, every copy is current,
-// and if it does not, the release issues the notice.
+// writable is settled by the next release of the home: every copy served
+// since the bit was set from 0 holds the content kept (a second copy of a
+// changed page made it dirty, bit 1, first), plus diffs whose senders'
+// notices cover them; so if the page still equals the kept copy when
+// write-protected, every copy is current, and if it does not, the release
+// issues the notice.
 //
 // A rank's copy can be behind its own notice (another rank wrote the same
 // page concurrently), so an acquire checks every notice it receives against
