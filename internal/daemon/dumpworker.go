@@ -46,12 +46,12 @@ func (d *Daemon) takeDump() (*criu.Worker, *net.UnixConn, *os.File, error) {
 
 // openDumps starts the first CRIU ahead (serve).
 func (d *Daemon) openDumps() {
-	d.dumps.openFill(d.log, "starting CRIU ahead of the next dump", d.startDumpWorker, (*dumpWorker).close)
+	d.dumps.openWith(d.log, "starting CRIU ahead of the next dump", d.startDumpWorker, (*dumpWorker).close)
 }
 
 // refillDump starts a CRIU for the next dump in the background (ahead.refill).
 func (d *Daemon) refillDump() {
-	d.dumps.refill(d.log, "starting CRIU ahead of the next dump", d.startDumpWorker, (*dumpWorker).close)
+	d.dumps.refill()
 }
 
 func (d *Daemon) startDumpWorker() (*dumpWorker, error) {
@@ -69,4 +69,4 @@ func (d *Daemon) startDumpWorker() (*dumpWorker, error) {
 }
 
 // closeDumps ends the waiting CRIU, if any, and starts no more.
-func (d *Daemon) closeDumps() { d.dumps.close((*dumpWorker).close) }
+func (d *Daemon) closeDumps() { d.dumps.close() }

@@ -51,21 +51,19 @@ func (d *Daemon) takeShim(dir string) *shim.Pending {
 	return x.p
 }
 
-const shimAheadWhat = "starting a shim ahead of the next arrival"
-
 // openShims starts the first shim ahead (serve).
 func (d *Daemon) openShims() {
-	d.shims.openFill(d.log, shimAheadWhat, d.startAheadShim, (*aheadShim).end)
+	d.shims.openWith(d.log, "starting a shim ahead of the next arrival", d.startAheadShim, (*aheadShim).end)
 }
 
 // refillShim starts a shim for the next arrival in the background
 // (ahead.refill).
 func (d *Daemon) refillShim() {
-	d.shims.refill(d.log, shimAheadWhat, d.startAheadShim, (*aheadShim).end)
+	d.shims.refill()
 }
 
 // closeShims ends the waiting shim, if any, and starts no more.
-func (d *Daemon) closeShims() { d.shims.close((*aheadShim).end) }
+func (d *Daemon) closeShims() { d.shims.close() }
 
 func (d *Daemon) startAheadShim() (*aheadShim, error) {
 	if err := os.MkdirAll(d.aheadDir(), 0o700); err != nil {
