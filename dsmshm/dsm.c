@@ -952,6 +952,17 @@ static size_t resident(char *p, size_t len) {
 	return r;
 }
 
+// drop_twins frees the twin slots of pages [a,b): the twins of pages homed
+// elsewhere, or, for pages homed here, the copies kept for a comparison
+// (answer) that are not needed.
+static void drop_twins(dsm_seg *s, size_t a, size_t b, dsm_drop *d) {
+	if (a >= b)
+		return;
+	size_t off = a * DSM_PAGE, len = (b - a) * DSM_PAGE;
+	d->twins += resident(s->twin + off, len);
+	madvise(s->twin + off, len, MADV_DONTNEED);
+}
+
 // drop_run frees pages [a,b) of s, homed elsewhere, none of them dirty:
 // their memory (the memfd's pages: both views) and their twins.
 static void drop_run(dsm_seg *s, size_t a, size_t b, dsm_drop *d) {
@@ -959,29 +970,8 @@ static void drop_run(dsm_seg *s, size_t a, size_t b, dsm_drop *d) {
 		return;
 	size_t off = a * DSM_PAGE, len = (b - a) * DSM_PAGE;
 	d->copies += resident(s->sys + off, len);
-	d->twins += resident(s->twin + off, len);
 	fallocate(s->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len);
-	madvise(s->twin + off, len, MADV_DONTNEED);
-}
-
-// dsm_seg_drop_cached frees what this rank only caches, before its dump for
-// a migration (see doc.go, "Migration"): the copies of pages homed
-// elsewhere that are not dirty (read-only ones become invalid, as a write
-// notice would make them; invalid ones hold stale bytes) and their twins.
-// Dirty pages and their twins stay: they hold writes not yet released.
-// Pages homed here are never touched. A thread that reads a dropped page
-// meanwhile faults and fetches it once the rank runs again: the pages are
-// made inaccessible (mprotect, which returns only once no thread can still
-// read them through a stale mapping) before their memory is punched out;
-// the other way round, a thread reading one would read zeros.
-// drop_twins frees the twin slots of pages [a,b) homed here (their copies
-// kept for a comparison are not needed).
-static void drop_twins(dsm_seg *s, size_t a, size_t b, dsm_drop *d) {
-	if (a >= b)
-		return;
-	size_t off = a * DSM_PAGE, len = (b - a) * DSM_PAGE;
-	d->twins += resident(s->twin + off, len);
-	madvise(s->twin + off, len, MADV_DONTNEED);
+	drop_twins(s, a, b, d);
 }
 
 // drop_runs calls drop on each run of pages of [a,b) between the pages
@@ -1249,11 +1239,9 @@ static void answer(dsm_node *n, srv_conn *sc) {
 		mu_lock(&s->lock[p]);
 		if (s->copyset[p] == SERVED_WRITABLE && memcmp(sys, kept, DSM_PAGE) != 0) {
 			__atomic_store_n(&s->copyset[p], 1, __ATOMIC_RELAXED); // written since: dirty
-		} else if (s->copyset[p] == 0 && s->state[p] == DSM_RW) {
+		} else if (s->copyset[p] == 0) { // exclusive, so writable
 			memcpy(kept, sys, DSM_PAGE);
 			__atomic_store_n(&s->copyset[p], SERVED_WRITABLE, __ATOMIC_RELAXED);
-		} else if (s->copyset[p] == 0) {
-			__atomic_store_n(&s->copyset[p], 1, __ATOMIC_RELAXED);
 		}
 		memcpy(pages + i * DSM_PAGE, sys, DSM_PAGE);
 		hdr[2 + i] = s->ver[p];
