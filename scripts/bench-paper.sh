@@ -64,9 +64,6 @@ fields() { local i s=$1; for ((i = 1; i < $2; i++)); do s+=$'\t'$1; done; echo "
 now() { date +%s.%N; }
 ms() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.0f", (b-a)*1000}'; }
 hname() { sed 's/^10\.77\.0\.\([0-9]*\):.*/h\1/' <<<"$1"; }
-status_kb() { # host pid field -> kB
-	$C exec "$1" awk -v f="$3:" '$1 == f {print $2}' "/proc/$2/status" 2>/dev/null || echo 0
-}
 # done_fields FILE -> "total downtime mib" from "done: total X ms, downtime Y ms, Z MiB moved",
 # or "FAIL FAIL FAIL" when the command failed, printed no summary or warned.
 done_fields() {
@@ -111,6 +108,7 @@ finish_job() { # tag
 	J="$rc $(ms "$JT0" "$t1") $v"
 }
 job_ps() { bin/dsmrun ps --json 2>/dev/null | jq -c --arg j "$JOB" '[.[] | select(.id == $j) | .ranks[]]'; }
+rank1() { job_ps | jq -r '.[] | select(.rank == 1) | "\(.host) \(.pid)"'; } # -> "host pid"
 wait_running() { # ranks
 	for _ in $(seq 200); do
 		[ "$(job_ps | jq '[.[] | select(.state == "running")] | length')" = "$1" ] && return 0
@@ -174,7 +172,8 @@ target_of() { # ranks -> target host index for rank 1 (on host 1)
 
 # The migtest process's own anonymous memory with no buffer to speak of.
 id=$(start_plain h1 1)
-base_kb=$(( $(status_kb h1 "$(plain_pid h1 "$id")" RssAnon) - 1024 ))
+read -r _ base_kb _ < <(status3 h1 "$(plain_pid h1 "$id")")
+base_kb=$((base_kb - 1024))
 kill_plain "$id"
 
 # mig_job RANKS REP [ip]: the job with two moves of rank 1 and, next to the first,
@@ -198,7 +197,7 @@ mig_job() {
 		return
 	fi
 	local where=
-	read -r where pid < <(job_ps | jq -r '.[] | select(.rank == 1) | "\(.host) \(.pid)"') || true
+	read -r where pid < <(rank1) || true
 	if [ "${where:-}" != "$src" ]; then
 		kill_plain "$id"
 		finish_job "$kind-$n-$rep"; j=$J
@@ -261,7 +260,7 @@ for n in $RANKS; do
 	start_job "$n" "size-$n" "$CALIB"
 	kb=0
 	if [ -n "$JOB" ] && wait_running "$n"; then
-		read -r _ pid < <(job_ps | jq -r '.[] | select(.rank == 1) | "\(.host) \(.pid)"') || true
+		read -r _ pid < <(rank1) || true
 		for _ in $(seq 100); do
 			read -r _ anon shm < <(status3 "$(hname "${HOSTS[1]}")" "${pid:-0}")
 			if [ "${shm:-0}" -gt 0 ]; then sleep 0.3; read -r _ anon shm < <(status3 "$(hname "${HOSTS[1]}")" "$pid"); kb=$((anon + shm)); break; fi

@@ -259,7 +259,10 @@ func runPair(p params) (_ any, retErr error) {
 		if err := node.Barrier(2); err != nil {
 			return nil, err
 		}
-		h0 := node.Stats() // rank 0: what it serves in phase 3
+		var h0 dsmshm.Stats // rank 0: what it serves in phase 3
+		if rank == 0 {
+			h0 = node.Stats()
+		}
 		// Phase 3: rank 1 fetches the invalid pages and ping-pongs, chunk by
 		// chunk in rotating order; rank 0 serves.
 		if rank == 1 {
@@ -309,7 +312,8 @@ func runPair(p params) (_ any, retErr error) {
 		if err := node.Barrier(3); err != nil {
 			return nil, err
 		}
-		if h1 := node.Stats(); rank == 0 && rep >= p.Warm {
+		if rank == 0 && rep >= p.Warm {
+			h1 := node.Stats()
 			res.ServeNs += int64(h1.ServeTime - h0.ServeTime)
 			res.Served += h1.PagesServed - h0.PagesServed
 		}
