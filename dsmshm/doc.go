@@ -136,9 +136,10 @@
 // (bit 1), which ends "served while writable" too. This used to be an
 // mprotect before every copy, inside the fetch's round trip, and a fault at
 // the home's next write: on this project's VM (its page tables go through
-// the hypervisor) the mprotect alone cost 7 us of a ~45 us round trip, and
-// slowed the answers after it; now a fetch costs a 4 KiB copy into the twin
-// slot, and a release a 4 KiB comparison per page served since the last.
+// the hypervisor) it and the client's four reads of a reply made a fetch's
+// round trip (Stats.FetchTime) ~60 us instead of ~40 (README, "DSM"); now a
+// fetch costs a 4 KiB copy into the twin slot, and a release a 4 KiB
+// comparison per page served since the last.
 //
 // Why no update is lost: take a home page p and a copy of it at another
 // rank R with version u. Claim: from the moment p's bit was last cleared,
